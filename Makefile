@@ -1,0 +1,40 @@
+# The two commands of README.md: `make demo` and `make test` (and `make bench`).
+# Each sets up .venv on first use; nothing needs to be installed beforehand
+# beyond python3 (with venv) and a C compiler.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: test demo bench build clean slow
+
+$(PY):
+	$(PYTHON) -m venv $(VENV) || { \
+	  echo "python3 -m venv failed; installing python3-venv"; \
+	  (apt-get update && apt-get install -y python3-venv) && $(PYTHON) -m venv $(VENV); }
+
+$(STAMP): $(PY) pyproject.toml setup.py
+	$(PY) -m pip install -q --upgrade pip "setuptools>=77" wheel "Cython>=3.0,<4"
+	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	touch $(STAMP)
+
+# Rebuild the extension when a core source changed (editable install).
+build: $(STAMP)
+	$(PY) setup.py -q build_ext --inplace
+
+test: build
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+slow: build
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+demo: build
+	$(PY) examples/demo.py
+
+bench: build
+	$(PY) -m pytest benchmarks --benchmark-disable-gc --benchmark-columns=median,ops,rounds $(PYTEST_ARGS)
+
+clean:
+	rm -rf build *.egg-info pylm_core/_core.c pylm_core/*.so pylm_core/*.html

@@ -1,0 +1,51 @@
+# cython: language_level=3, embedsignature=True
+"""pylm_core: the envelope codec and the message loops of pylm, in C.
+
+One extension made of included parts (uvloop style): errors.pyx (libzmq
+return codes), frame.pyx (received messages), envelope.pyx (the PALM codec),
+loop.pyx (the single execution loop and the Master's broker).
+"""
+
+cimport cython
+from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release,
+                             PyBuffer_FillInfo, PyObject_CheckBuffer,
+                             PyBUF_SIMPLE)
+from cpython.bytes cimport (PyBytes_FromStringAndSize, PyBytes_AS_STRING,
+                            PyBytes_GET_SIZE)
+from cpython.exc cimport PyErr_CheckSignals
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.errno cimport EINTR, EAGAIN
+from libc.stdint cimport int64_t, uint64_t
+from libc.string cimport memcpy, memcmp
+
+from pylm_core.libzmq cimport *
+from pylm_core.wire cimport *
+
+from pylm_core.errors import DecodeError
+
+cdef extern from "Python.h":
+    const char *PyUnicode_AsUTF8AndSize(object, Py_ssize_t *) except NULL
+
+
+def load_libzmq(str path):
+    """Resolve libzmq's entry points from the object at `path`, which must
+    already be loaded (pyzmq's backend extension, whose dependencies include
+    the libzmq it uses).  Called once by pylm_core/__init__.py."""
+    cdef const char *missing = NULL
+    cdef bytes bpath = path.encode()
+    if pz_load(bpath, &missing) != 0:
+        raise ImportError("pylm_core: cannot use pyzmq's libzmq (%s): %s"
+                          % (path, (<bytes>missing).decode(errors="replace") if missing else "?"))
+    _bind_zmq_errors()
+
+
+def zmq_version():
+    """The version of the libzmq the core calls, as "major.minor.patch"."""
+    cdef int a, b, c
+    pz_version(&a, &b, &c)
+    return "%d.%d.%d" % (a, b, c)
+
+
+include "errors.pyx"
+include "frame.pyx"
+include "envelope.pyx"

@@ -1,0 +1,283 @@
+# The PALM envelope as a Python object (pylm.parts.messages_pb2.PalmMessage).
+# Wire work is done by wire.h; this file only moves values between Python
+# objects and pz_env slices.
+
+cdef Py_ssize_t VIEW_THRESHOLD = 65536   # payloads this big stay views on decode
+
+cdef dict _DECODE_REASONS = {
+    PZ_E_VARINT: "truncated or over-long varint",
+    PZ_E_FIELD0: "invalid tag (field number 0 or tag wider than 32 bits)",
+    PZ_E_WIRETYPE: "invalid wire type (6 or 7)",
+    PZ_E_LENGTH: "length-delimited field runs past the end of the buffer",
+    PZ_E_FIXED: "truncated fixed-width field",
+    PZ_E_UTF8: "string field is not valid UTF-8",
+    PZ_E_GROUP: "unbalanced or mismatched group",
+    PZ_E_DEPTH: "groups nested too deeply",
+}
+
+cdef str _FIELD_NAMES_BY_NUMBER(int number):
+    return {1: "pipeline", 2: "client", 4: "function", 5: "cache",
+            15: "error"}.get(number, str(number))
+
+
+cdef int _raise_decode(int rc, pz_env *env, Py_ssize_t size) except -1:
+    reason = _DECODE_REASONS.get(rc, "malformed envelope")
+    if rc == PZ_E_UTF8:
+        reason = "field %r is not valid UTF-8" % _FIELD_NAMES_BY_NUMBER(env.bad_field)
+    raise DecodeError("not a PALM envelope (%d bytes): %s" % (size, reason))
+
+
+cdef inline int parse_or_raise(const char *buf, size_t n, pz_env *env) except -1:
+    cdef int rc
+    with nogil:
+        rc = pz_parse(buf, n, env)
+    if rc != PZ_OK:
+        _raise_decode(rc, env, <Py_ssize_t>n)
+    return 0
+
+
+cdef inline str _slice_str(pz_slice s):
+    if s.n == 0:
+        return ""
+    return PyUnicode_DecodeUTF8(s.p, <Py_ssize_t>s.n, NULL)
+
+
+cdef inline object _check_str(object value, str field):
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        try:
+            return (<bytes>value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("%s: bytes are not valid UTF-8" % field) from None
+    raise TypeError("%s must be str, not %s" % (field, type(value).__name__))
+
+
+cdef inline int _str_slice(object value, pz_slice *s) except -1:
+    cdef Py_ssize_t n
+    s.p = PyUnicode_AsUTF8AndSize(value, &n)
+    s.n = <size_t>n
+    return 0
+
+
+cdef object check_payload(object value):
+    """bytes pass through; other bytes-like objects (memoryview, bytearray,
+    numpy arrays) are kept as they are and read through the buffer protocol
+    when encoded; anything else is a TypeError."""
+    if type(value) is bytes:
+        return value
+    if isinstance(value, str) or not PyObject_CheckBuffer(value):
+        raise TypeError("payload must be bytes or a bytes-like object, not %s"
+                        % type(value).__name__)
+    return value
+
+
+@cython.freelist(64)
+cdef class PalmMessage:
+    """The PALM envelope: six protobuf fields (pipeline, client, stage,
+    function, cache, payload) plus pylm's own `error`, encoded exactly as
+    protobuf encodes `PalmMessage`.
+
+    Drop-in for pylm 0.14's generated class: mutable attributes,
+    ``SerializeToString()``, ``ParseFromString(data)``; keyword arguments to
+    the constructor set fields.  A decoded payload of 64 KiB or more stays a
+    view of the received buffer until ``payload`` is read
+    (``payload_view`` never copies).
+    """
+
+    def __init__(self, pipeline=None, client=None, stage=None, function=None,
+                 cache=None, payload=None, error=None):
+        if pipeline is not None: self.pipeline = pipeline
+        if client is not None: self.client = client
+        if stage is not None: self.stage = stage
+        if function is not None: self.function = function
+        if cache is not None: self.cache = cache
+        if payload is not None: self.payload = payload
+        if error is not None: self.error = error
+
+    def __cinit__(self):
+        self._pipeline = self._client = self._function = self._cache = ""
+        self._error = ""
+        self._payload = b""
+        self._owner = None
+        self._stage = 0
+
+    property pipeline:
+        def __get__(self): return self._pipeline
+        def __set__(self, value): self._pipeline = _check_str(value, "pipeline")
+
+    property client:
+        def __get__(self): return self._client
+        def __set__(self, value): self._client = _check_str(value, "client")
+
+    property function:
+        def __get__(self): return self._function
+        def __set__(self, value): self._function = _check_str(value, "function")
+
+    property cache:
+        def __get__(self): return self._cache
+        def __set__(self, value): self._cache = _check_str(value, "cache")
+
+    property error:
+        """pylm's field 15: ``"Type: message\\n<traceback>"`` of a failed call."""
+        def __get__(self): return self._error
+        def __set__(self, value): self._error = _check_str(value, "error")
+
+    property stage:
+        def __get__(self): return self._stage
+        def __set__(self, value):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError("stage must be int, not %s" % type(value).__name__)
+            if not (-0x8000000000000000 <= value <= 0x7fffffffffffffff):
+                raise ValueError("stage %d is out of the int64 range" % value)
+            self._stage = value
+
+    property payload:
+        def __get__(self):
+            if self._payload is None:
+                self._payload = PyBytes_FromStringAndSize(self._view_p, self._view_n)
+                self._owner = None
+            return self._payload
+        def __set__(self, value):
+            self._payload = check_payload(value)
+            self._owner = None
+
+    property payload_view:
+        """The payload as a read-only memoryview, without a copy."""
+        def __get__(self):
+            if self._payload is None:
+                return memoryview(self._owner)[self._view_off:self._view_off + self._view_n]
+            return memoryview(self._payload).toreadonly()
+
+    cdef int to_env(self, pz_env *env, Py_buffer *payload_buf) except -1:
+        """Fill env from the fields.  Returns 1 when payload_buf was acquired
+        (the caller releases it once env is no longer used), else 0."""
+        _str_slice(self._pipeline, &env.f[PZ_F_PIPELINE])
+        _str_slice(self._client, &env.f[PZ_F_CLIENT])
+        _str_slice(self._function, &env.f[PZ_F_FUNCTION])
+        _str_slice(self._cache, &env.f[PZ_F_CACHE])
+        _str_slice(self._error, &env.f[PZ_F_ERROR])
+        env.stage = self._stage
+        if self._payload is None:
+            env.f[PZ_F_PAYLOAD].p = self._view_p
+            env.f[PZ_F_PAYLOAD].n = <size_t>self._view_n
+        elif type(self._payload) is bytes:
+            env.f[PZ_F_PAYLOAD].p = PyBytes_AS_STRING(self._payload)
+            env.f[PZ_F_PAYLOAD].n = <size_t>PyBytes_GET_SIZE(self._payload)
+        else:
+            PyObject_GetBuffer(self._payload, payload_buf, PyBUF_SIMPLE)
+            env.f[PZ_F_PAYLOAD].p = <const char *>payload_buf.buf
+            env.f[PZ_F_PAYLOAD].n = <size_t>payload_buf.len
+            return 1
+        return 0
+
+    cdef int from_env(self, pz_env *env, object owner) except -1:
+        """Take the fields of a parsed env whose slices point into owner."""
+        self._pipeline = _slice_str(env.f[PZ_F_PIPELINE])
+        self._client = _slice_str(env.f[PZ_F_CLIENT])
+        self._function = _slice_str(env.f[PZ_F_FUNCTION])
+        self._cache = _slice_str(env.f[PZ_F_CACHE])
+        self._error = _slice_str(env.f[PZ_F_ERROR])
+        self._stage = env.stage
+        cdef Py_buffer buf
+        if <Py_ssize_t>env.f[PZ_F_PAYLOAD].n >= VIEW_THRESHOLD and (
+                type(owner) is bytes or type(owner) is Frame):
+            PyObject_GetBuffer(owner, &buf, PyBUF_SIMPLE)
+            self._view_off = env.f[PZ_F_PAYLOAD].p - <const char *>buf.buf
+            PyBuffer_Release(&buf)
+            self._payload = None
+            self._owner = owner
+            self._view_p = env.f[PZ_F_PAYLOAD].p
+            self._view_n = <Py_ssize_t>env.f[PZ_F_PAYLOAD].n
+        else:
+            self._payload = PyBytes_FromStringAndSize(
+                env.f[PZ_F_PAYLOAD].p, <Py_ssize_t>env.f[PZ_F_PAYLOAD].n)
+            self._owner = None
+        return 0
+
+    def SerializeToString(self, **kwargs):
+        """The protobuf encoding of the envelope (fields in number order,
+        defaults omitted), as bytes."""
+        cdef pz_env env
+        cdef Py_buffer pbuf
+        cdef bytes out
+        cdef int held = self.to_env(&env, &pbuf)
+        try:
+            out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>pz_encoded_size(&env))
+            pz_encode(&env, PyBytes_AS_STRING(out))
+        finally:
+            if held:
+                PyBuffer_Release(&pbuf)
+        return out
+
+    def ParseFromString(self, data):
+        """Replace every field with those decoded from `data` (any
+        bytes-like object); returns the number of bytes read.  Raises
+        pylm_core.errors.DecodeError for anything that is not an envelope."""
+        cdef Py_buffer buf
+        cdef pz_env env
+        if isinstance(data, str) or not PyObject_CheckBuffer(data):
+            raise TypeError("expected a bytes-like object, not %s" % type(data).__name__)
+        PyObject_GetBuffer(data, &buf, PyBUF_SIMPLE)
+        try:
+            parse_or_raise(<const char *>buf.buf, <size_t>buf.len, &env)
+            self.from_env(&env, data)
+            return buf.len
+        finally:
+            PyBuffer_Release(&buf)
+
+    @classmethod
+    def FromString(cls, data):
+        """A new envelope decoded from data."""
+        msg = cls()
+        msg.ParseFromString(data)
+        return msg
+
+    def ByteSize(self):
+        cdef pz_env env
+        cdef Py_buffer pbuf
+        if self.to_env(&env, &pbuf):
+            PyBuffer_Release(&pbuf)
+        return pz_encoded_size(&env)
+
+    def Clear(self):
+        self.__cinit__()
+
+    def CopyFrom(self, PalmMessage other):
+        self._pipeline = other._pipeline
+        self._client = other._client
+        self._function = other._function
+        self._cache = other._cache
+        self._error = other._error
+        self._stage = other._stage
+        self._payload = other._payload
+        self._owner = other._owner
+        self._view_p = other._view_p
+        self._view_n = other._view_n
+        self._view_off = other._view_off
+
+    def _fields(self):
+        return (self._pipeline, self._client, self._stage, self._function,
+                self._cache, bytes(self.payload_view), self._error)
+
+    def __eq__(self, other):
+        if not isinstance(other, PalmMessage):
+            return NotImplemented
+        return self._fields() == (<PalmMessage>other)._fields()
+
+    def __reduce__(self):
+        return (type(self).FromString, (self.SerializeToString(),))
+
+    def __repr__(self):
+        parts = []
+        for name in ("pipeline", "client", "stage", "function", "cache", "error"):
+            value = getattr(self, name)
+            if value:
+                parts.append("%s=%r" % (name, value))
+        n = len(self.payload_view)
+        if n:
+            head = bytes(self.payload_view[:32])
+            parts.append("payload=%r%s" % (head, "...(%d bytes)" % n if n > 32 else ""))
+        return "PalmMessage(%s)" % ", ".join(parts)
+
+    __hash__ = None

@@ -1,0 +1,256 @@
+/* The PALM envelope on the wire: protobuf-3 varints and length-delimited
+ * fields, parsed and written without touching Python objects (nogil).
+ *
+ * Schema (shared/API.md): pipeline=1 client=2 stage=3(int64) function=4
+ * cache=5 (strings), payload=6 (bytes).  Field 15 (string `error`) is
+ * pylm's own: it carries a remote exception to our clients and is skipped as
+ * an unknown field by protobuf parsers, so pylm 0.14 peers still get a reply.
+ *
+ * The parser accepts what protobuf accepts for that schema: any field order,
+ * repeated fields (last wins), unknown fields and groups (skipped), a known
+ * field with an unexpected wire type (treated as unknown).  It never reads
+ * past `end` and reports the first problem as a negative code.
+ */
+#ifndef PYLM_WIRE_H
+#define PYLM_WIRE_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <string.h>
+
+enum {
+    PZ_F_PIPELINE = 0, PZ_F_CLIENT, PZ_F_FUNCTION, PZ_F_CACHE, PZ_F_PAYLOAD,
+    PZ_F_ERROR, PZ_NSLICE
+};
+
+enum {
+    PZ_OK = 0,
+    PZ_E_VARINT = -1,      /* truncated or over-long varint */
+    PZ_E_FIELD0 = -2,      /* field number 0 or tag over 32 bits */
+    PZ_E_WIRETYPE = -3,    /* wire type 6 or 7 */
+    PZ_E_LENGTH = -4,      /* length-delimited field runs past the end */
+    PZ_E_FIXED = -5,       /* truncated fixed32/fixed64 */
+    PZ_E_UTF8 = -6,        /* a string field is not valid UTF-8 */
+    PZ_E_GROUP = -7,       /* unbalanced or mismatched group */
+    PZ_E_DEPTH = -8        /* groups nested too deeply */
+};
+
+#define PZ_MAX_DEPTH 100
+
+typedef struct { const char *p; size_t n; } pz_slice;
+
+typedef struct {
+    pz_slice f[PZ_NSLICE];
+    int64_t stage;
+    int bad_field;          /* field number of a UTF-8 failure, for messages */
+} pz_env;
+
+static const int pz_field_numbers[PZ_NSLICE] = {1, 2, 4, 5, 6, 15};
+
+static inline int pz_read_varint(const char **pp, const char *end, uint64_t *out)
+{
+    const unsigned char *p = (const unsigned char *)*pp;
+    uint64_t v = 0;
+    int shift = 0;
+    while (1) {
+        if ((const char *)p >= end) return PZ_E_VARINT;
+        unsigned char b = *p++;
+        if (shift < 64) v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) break;
+        shift += 7;
+        if (shift >= 70) return PZ_E_VARINT;
+    }
+    *pp = (const char *)p;
+    *out = v;
+    return PZ_OK;
+}
+
+/* Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF),
+ * as protobuf requires for proto3 strings. */
+static inline int pz_utf8_ok(const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s, *e = p + n;
+    while (p < e) {
+        unsigned char c = *p;
+        if (c < 0x80) { p++; continue; }
+        if (c >= 0xC2 && c <= 0xDF) {
+            if (e - p < 2 || (p[1] & 0xC0) != 0x80) return 0;
+            p += 2;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            if (e - p < 3 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80) return 0;
+            if (c == 0xE0 && p[1] < 0xA0) return 0;
+            if (c == 0xED && p[1] > 0x9F) return 0;
+            p += 3;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            if (e - p < 4 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80
+                || (p[3] & 0xC0) != 0x80) return 0;
+            if (c == 0xF0 && p[1] < 0x90) return 0;
+            if (c == 0xF4 && p[1] > 0x8F) return 0;
+            p += 4;
+        } else {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Skip the value of a field with the given wire type (groups nest). */
+static int pz_skip(const char **pp, const char *end, int wt, uint32_t field, int depth)
+{
+    uint64_t v;
+    int rc;
+    switch (wt) {
+    case 0:
+        return pz_read_varint(pp, end, &v);
+    case 1:
+        if (end - *pp < 8) return PZ_E_FIXED;
+        *pp += 8;
+        return PZ_OK;
+    case 5:
+        if (end - *pp < 4) return PZ_E_FIXED;
+        *pp += 4;
+        return PZ_OK;
+    case 2:
+        if ((rc = pz_read_varint(pp, end, &v)) < 0) return rc;
+        if (v > (uint64_t)(end - *pp)) return PZ_E_LENGTH;
+        *pp += v;
+        return PZ_OK;
+    case 3:
+        if (depth >= PZ_MAX_DEPTH) return PZ_E_DEPTH;
+        while (1) {
+            uint64_t tag;
+            if (*pp >= end) return PZ_E_GROUP;
+            if ((rc = pz_read_varint(pp, end, &tag)) < 0) return rc;
+            if (tag > 0xFFFFFFFFu || (tag >> 3) == 0) return PZ_E_FIELD0;
+            int iwt = (int)(tag & 7);
+            if (iwt == 4) {
+                if ((uint32_t)(tag >> 3) != field) return PZ_E_GROUP;
+                return PZ_OK;
+            }
+            if ((rc = pz_skip(pp, end, iwt, (uint32_t)(tag >> 3), depth + 1)) < 0) return rc;
+        }
+    case 4:
+        return PZ_E_GROUP;
+    default:
+        return PZ_E_WIRETYPE;
+    }
+}
+
+static inline int pz_slot_of(uint32_t field)
+{
+    switch (field) {
+    case 1: return PZ_F_PIPELINE;
+    case 2: return PZ_F_CLIENT;
+    case 4: return PZ_F_FUNCTION;
+    case 5: return PZ_F_CACHE;
+    case 6: return PZ_F_PAYLOAD;
+    case 15: return PZ_F_ERROR;
+    default: return -1;
+    }
+}
+
+/* Parse buf[0:n] into e (slices point into buf).  0 or a PZ_E_* code. */
+static int pz_parse(const char *buf, size_t n, pz_env *e)
+{
+    const char *p = buf, *end = buf + n;
+    int rc, i;
+    for (i = 0; i < PZ_NSLICE; i++) { e->f[i].p = buf; e->f[i].n = 0; }
+    e->stage = 0;
+    e->bad_field = 0;
+    while (p < end) {
+        uint64_t tag, v;
+        if ((rc = pz_read_varint(&p, end, &tag)) < 0) return rc;
+        if (tag > 0xFFFFFFFFu || (tag >> 3) == 0) return PZ_E_FIELD0;
+        uint32_t field = (uint32_t)(tag >> 3);
+        int wt = (int)(tag & 7);
+        if (field == 3 && wt == 0) {
+            if ((rc = pz_read_varint(&p, end, &v)) < 0) return rc;
+            e->stage = (int64_t)v;
+            continue;
+        }
+        int slot = pz_slot_of(field);
+        if (slot >= 0 && wt == 2) {
+            if ((rc = pz_read_varint(&p, end, &v)) < 0) return rc;
+            if (v > (uint64_t)(end - p)) return PZ_E_LENGTH;
+            if (slot != PZ_F_PAYLOAD && !pz_utf8_ok(p, (size_t)v)) {
+                e->bad_field = (int)field;
+                return PZ_E_UTF8;
+            }
+            e->f[slot].p = p;
+            e->f[slot].n = (size_t)v;
+            p += v;
+            continue;
+        }
+        if ((rc = pz_skip(&p, end, wt, field, 0)) < 0) return rc;
+    }
+    return PZ_OK;
+}
+
+static inline size_t pz_varint_len(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) { v >>= 7; n++; }
+    return n;
+}
+
+static inline char *pz_put_varint(char *p, uint64_t v)
+{
+    while (v >= 0x80) { *p++ = (char)((v & 0x7f) | 0x80); v >>= 7; }
+    *p++ = (char)v;
+    return p;
+}
+
+/* Bytes needed for e in canonical protobuf order (defaults omitted). */
+static inline size_t pz_encoded_size(const pz_env *e)
+{
+    size_t total = 0;
+    int i;
+    for (i = 0; i < PZ_NSLICE; i++) {
+        if (e->f[i].n)
+            total += pz_varint_len((uint64_t)pz_field_numbers[i] << 3)
+                     + pz_varint_len(e->f[i].n) + e->f[i].n;
+    }
+    if (e->stage) total += 1 + pz_varint_len((uint64_t)e->stage);
+    return total;
+}
+
+static inline char *pz_put_field(char *p, int field, const pz_slice *s)
+{
+    p = pz_put_varint(p, ((uint64_t)field << 3) | 2);
+    p = pz_put_varint(p, s->n);
+    if (s->n) memcpy(p, s->p, s->n);
+    return p + s->n;
+}
+
+/* Write e into out (pz_encoded_size bytes); returns the end pointer. */
+static inline char *pz_encode(const pz_env *e, char *out)
+{
+    char *p = out;
+    if (e->f[PZ_F_PIPELINE].n) p = pz_put_field(p, 1, &e->f[PZ_F_PIPELINE]);
+    if (e->f[PZ_F_CLIENT].n) p = pz_put_field(p, 2, &e->f[PZ_F_CLIENT]);
+    if (e->stage) { *p++ = (char)(3 << 3); p = pz_put_varint(p, (uint64_t)e->stage); }
+    if (e->f[PZ_F_FUNCTION].n) p = pz_put_field(p, 4, &e->f[PZ_F_FUNCTION]);
+    if (e->f[PZ_F_CACHE].n) p = pz_put_field(p, 5, &e->f[PZ_F_CACHE]);
+    if (e->f[PZ_F_PAYLOAD].n) p = pz_put_field(p, 6, &e->f[PZ_F_PAYLOAD]);
+    if (e->f[PZ_F_ERROR].n) p = pz_put_field(p, 15, &e->f[PZ_F_ERROR]);
+    return p;
+}
+
+/* The entry of a space-separated `function` at index `stage`, as a slice.
+ * Returns 0 when stage is out of range. */
+static inline int pz_function_at(const pz_slice *fn, int64_t stage, pz_slice *out)
+{
+    const char *p = fn->p, *end = fn->p + fn->n;
+    int64_t i = 0;
+    if (stage < 0) return 0;
+    while (1) {
+        const char *sp = memchr(p, ' ', (size_t)(end - p));
+        const char *stop = sp ? sp : end;
+        if (i == stage) { out->p = p; out->n = (size_t)(stop - p); return 1; }
+        if (!sp) return 0;
+        p = sp + 1;
+        i++;
+    }
+}
+
+#endif

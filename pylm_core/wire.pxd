@@ -1,0 +1,25 @@
+# Declarations over wire.h: the envelope's protobuf wire format in C.
+from libc.stdint cimport int64_t, uint64_t
+
+cdef extern from "wire.h" nogil:
+    enum:
+        PZ_F_PIPELINE, PZ_F_CLIENT, PZ_F_FUNCTION, PZ_F_CACHE, PZ_F_PAYLOAD
+        PZ_F_ERROR, PZ_NSLICE
+    enum:
+        PZ_OK, PZ_E_VARINT, PZ_E_FIELD0, PZ_E_WIRETYPE, PZ_E_LENGTH
+        PZ_E_FIXED, PZ_E_UTF8, PZ_E_GROUP, PZ_E_DEPTH
+
+    ctypedef struct pz_slice:
+        const char *p
+        size_t n
+
+    ctypedef struct pz_env:
+        pz_slice f[6]
+        int64_t stage
+        int bad_field
+
+    int pz_parse(const char *buf, size_t n, pz_env *e)
+    size_t pz_encoded_size(const pz_env *e)
+    char *pz_encode(const pz_env *e, char *out)
+    int pz_function_at(const pz_slice *fn, int64_t stage, pz_slice *out)
+    bint pz_utf8_ok(const char *s, size_t n)
