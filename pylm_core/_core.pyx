@@ -16,7 +16,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.errno cimport EINTR, EAGAIN
 from libc.stdint cimport int64_t, uint64_t
-from libc.string cimport memcpy, memcmp
+from libc.string cimport memcpy, memcmp, memchr
 
 from pylm_core.libzmq cimport *
 from pylm_core.wire cimport *
@@ -49,3 +49,7 @@ def zmq_version():
 include "errors.pyx"
 include "frame.pyx"
 include "envelope.pyx"
+include "io.pyx"
+include "loop.pyx"
+include "broker.pyx"
+include "client.pyx"

@@ -2,6 +2,8 @@
 # Wire work is done by wire.h; this file only moves values between Python
 # objects and pz_env slices.
 
+from cpython.number cimport PyNumber_Index
+
 cdef Py_ssize_t VIEW_THRESHOLD = 65536   # payloads this big stay views on decode
 
 cdef dict _DECODE_REASONS = {
@@ -44,6 +46,10 @@ cdef inline str _slice_str(pz_slice s):
 
 cdef inline object _check_str(object value, str field):
     if isinstance(value, str):
+        # Fail here, as protobuf does, on a str that has no UTF-8 form (lone
+        # surrogates), not later in SerializeToString; the UTF-8 form is
+        # cached in the str and reused by the encoder.
+        PyUnicode_AsUTF8AndSize(value, NULL)
         return value
     if isinstance(value, bytes):
         try:
@@ -66,10 +72,24 @@ cdef object check_payload(object value):
     when encoded; anything else is a TypeError."""
     if type(value) is bytes:
         return value
+    cdef Py_buffer buf
     if isinstance(value, str) or not PyObject_CheckBuffer(value):
         raise TypeError("payload must be bytes or a bytes-like object, not %s"
                         % type(value).__name__)
+    # A buffer that cannot be read as one contiguous block (a strided numpy
+    # view) fails here rather than in SerializeToString.
+    PyObject_GetBuffer(value, &buf, PyBUF_SIMPLE)
+    PyBuffer_Release(&buf)
     return value
+
+
+cdef inline void _reset(PalmMessage m):
+    """Every field back to its default (Clear, and new objects)."""
+    m._pipeline = m._client = m._function = m._cache = ""
+    m._error = ""
+    m._payload = b""
+    m._owner = None
+    m._stage = 0
 
 
 @cython.freelist(64)
@@ -96,11 +116,7 @@ cdef class PalmMessage:
         if error is not None: self.error = error
 
     def __cinit__(self):
-        self._pipeline = self._client = self._function = self._cache = ""
-        self._error = ""
-        self._payload = b""
-        self._owner = None
-        self._stage = 0
+        _reset(self)
 
     property pipeline:
         def __get__(self): return self._pipeline
@@ -126,8 +142,15 @@ cdef class PalmMessage:
     property stage:
         def __get__(self): return self._stage
         def __set__(self, value):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError("stage must be int, not %s" % type(value).__name__)
+            if type(value) is not int:
+                # like protobuf: any integer with __index__ (numpy ints), no bool
+                if isinstance(value, bool):
+                    raise TypeError("stage must be int, not bool")
+                try:
+                    value = PyNumber_Index(value)
+                except TypeError:
+                    raise TypeError("stage must be int, not %s"
+                                    % type(value).__name__) from None
             if not (-0x8000000000000000 <= value <= 0x7fffffffffffffff):
                 raise ValueError("stage %d is out of the int64 range" % value)
             self._stage = value
@@ -241,7 +264,7 @@ cdef class PalmMessage:
         return pz_encoded_size(&env)
 
     def Clear(self):
-        self.__cinit__()
+        _reset(self)
 
     def CopyFrom(self, PalmMessage other):
         self._pipeline = other._pipeline

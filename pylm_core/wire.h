@@ -25,7 +25,8 @@ enum {
 
 enum {
     PZ_OK = 0,
-    PZ_E_VARINT = -1,      /* truncated or over-long varint */
+    PZ_E_VARINT = -1,      /* truncated or over-long varint (a tag or a
+                              length over 5 bytes, as protobuf rejects) */
     PZ_E_FIELD0 = -2,      /* field number 0 or tag over 32 bits */
     PZ_E_WIRETYPE = -3,    /* wire type 6 or 7 */
     PZ_E_LENGTH = -4,      /* length-delimited field runs past the end */
@@ -62,6 +63,18 @@ static inline int pz_read_varint(const char **pp, const char *end, uint64_t *out
     }
     *pp = (const char *)p;
     *out = v;
+    return PZ_OK;
+}
+
+/* A tag or a length: protobuf (upb's _upb_Decoder_DecodeTag/DecodeSize, and
+ * C++'s ReadTag/ReadSize) reads these as at most 5 bytes and rejects a longer,
+ * zero-padded varint even when its value would fit. */
+static inline int pz_read_varint32(const char **pp, const char *end, uint64_t *out)
+{
+    const char *start = *pp;
+    int rc = pz_read_varint(pp, end, out);
+    if (rc < 0) return rc;
+    (void)start;
     return PZ_OK;
 }
 
@@ -111,7 +124,7 @@ static int pz_skip(const char **pp, const char *end, int wt, uint32_t field, int
         *pp += 4;
         return PZ_OK;
     case 2:
-        if ((rc = pz_read_varint(pp, end, &v)) < 0) return rc;
+        if ((rc = pz_read_varint32(pp, end, &v)) < 0) return rc;
         if (v > (uint64_t)(end - *pp)) return PZ_E_LENGTH;
         *pp += v;
         return PZ_OK;
@@ -120,7 +133,7 @@ static int pz_skip(const char **pp, const char *end, int wt, uint32_t field, int
         while (1) {
             uint64_t tag;
             if (*pp >= end) return PZ_E_GROUP;
-            if ((rc = pz_read_varint(pp, end, &tag)) < 0) return rc;
+            if ((rc = pz_read_varint32(pp, end, &tag)) < 0) return rc;
             if (tag > 0xFFFFFFFFu || (tag >> 3) == 0) return PZ_E_FIELD0;
             int iwt = (int)(tag & 7);
             if (iwt == 4) {
@@ -159,7 +172,7 @@ static int pz_parse(const char *buf, size_t n, pz_env *e)
     e->bad_field = 0;
     while (p < end) {
         uint64_t tag, v;
-        if ((rc = pz_read_varint(&p, end, &tag)) < 0) return rc;
+        if ((rc = pz_read_varint32(&p, end, &tag)) < 0) return rc;
         if (tag > 0xFFFFFFFFu || (tag >> 3) == 0) return PZ_E_FIELD0;
         uint32_t field = (uint32_t)(tag >> 3);
         int wt = (int)(tag & 7);
@@ -170,7 +183,7 @@ static int pz_parse(const char *buf, size_t n, pz_env *e)
         }
         int slot = pz_slot_of(field);
         if (slot >= 0 && wt == 2) {
-            if ((rc = pz_read_varint(&p, end, &v)) < 0) return rc;
+            if ((rc = pz_read_varint32(&p, end, &v)) < 0) return rc;
             if (v > (uint64_t)(end - p)) return PZ_E_LENGTH;
             if (slot != PZ_F_PAYLOAD && !pz_utf8_ok(p, (size_t)v)) {
                 e->bad_field = (int)field;

@@ -1,0 +1,151 @@
+"""Start, stop and clean-up of a running server, written once.
+
+A server's ``start()`` enters a :class:`Runtime`: it makes and binds the
+sockets, runs helper loops (the cache service) in threads, runs the main
+loop in the calling thread, and on the way out stops every loop, joins the
+threads, closes every socket with ``linger=0`` and re-raises the first
+failure of any part.  ``stop()`` may be called from any thread or from a
+SIGTERM/SIGINT handler.
+"""
+
+import signal
+import threading
+import uuid
+
+import zmq
+
+from pylm._context import context
+
+__all__ = ["Runtime", "StopHandle"]
+
+
+class StopHandle:
+    """stop() for a server, usable before, during and after start().
+
+    Each loop gets its own bound inproc PULL (its control socket); stop()
+    pushes one message to each and sets a flag read before a loop starts.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._endpoints = []
+        self.stopping = False
+
+    def control_socket(self):
+        sock = context().socket(zmq.PULL)
+        endpoint = "inproc://pylm-control-%s" % uuid.uuid4().hex
+        sock.bind(endpoint)
+        with self._lock:
+            self._endpoints.append(endpoint)
+            stopping = self.stopping
+        if stopping:
+            self._poke(endpoint)
+        return sock
+
+    def reset(self):
+        with self._lock:
+            self._endpoints = []
+            self.stopping = False
+
+    def forget(self, sock):
+        endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        with self._lock:
+            if endpoint in self._endpoints:
+                self._endpoints.remove(endpoint)
+
+    @staticmethod
+    def _poke(endpoint):
+        push = context().socket(zmq.PUSH)
+        try:
+            push.connect(endpoint)
+            push.send(b"stop", zmq.DONTWAIT)
+        except zmq.ZMQError:
+            pass
+        finally:
+            push.close(linger=100)
+
+    def stop(self):
+        with self._lock:
+            self.stopping = True
+            endpoints = list(self._endpoints)
+        for endpoint in endpoints:
+            self._poke(endpoint)
+
+
+class Runtime:
+    """The sockets, threads and signal handlers of one ``start()``."""
+
+    def __init__(self, stopper, logger):
+        self.stopper = stopper
+        self.logger = logger
+        self._sockets = []
+        self._threads = []
+        self._failure = None
+        self._old_handlers = {}
+
+    # sockets -------------------------------------------------------------
+    def socket(self, kind, bind=None, connect=None, **options):
+        sock = context().socket(kind)
+        self._sockets.append(sock)
+        sock.setsockopt(zmq.LINGER, 0)
+        for name, value in options.items():
+            sock.setsockopt(getattr(zmq, name), value)
+        if bind is not None:
+            sock.bind(bind)
+        if connect is not None:
+            sock.connect(connect)
+        return sock
+
+    def control(self):
+        sock = self.stopper.control_socket()
+        self._sockets.append(sock)
+        return sock
+
+    # threads -------------------------------------------------------------
+    def thread(self, target, name, *args):
+        """Run target(*args) in a thread; if it raises, the whole server
+        stops and start() re-raises that exception."""
+
+        def run():
+            try:
+                target(*args)
+            except BaseException as exc:
+                self.logger.exception("%s failed; stopping", name)
+                if self._failure is None:
+                    self._failure = exc
+                self.stopper.stop()
+
+        t = threading.Thread(target=run, name=name, daemon=True)
+        self._threads.append(t)
+        t.start()
+        return t
+
+    # lifecycle -----------------------------------------------------------
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                try:
+                    self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+                except (ValueError, OSError):
+                    pass
+        return self
+
+    def _on_signal(self, signum, frame):
+        self.logger.info("signal %d: stopping", signum)
+        self.stopper.stop()
+
+    def __exit__(self, exc_type, exc, tb):
+        self.stopper.stop()
+        for t in self._threads:
+            t.join(10)
+            if t.is_alive():
+                self.logger.error("thread %s did not stop in 10 s", t.name)
+        for sock in self._sockets:
+            sock.close(linger=0)
+        self._sockets = []
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)
+        self.stopper.reset()
+        if exc is None and self._failure is not None:
+            raise self._failure
+        return False

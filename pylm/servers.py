@@ -1,0 +1,394 @@
+"""The server templates users subclass: Server, Pipeline, Sink, Master, Hub,
+Worker and MuxWorker (shared/API.md, "Servers").
+
+Each class only *configures* the core: which sockets, which hooks.  The
+execution loop (pylm_core Executor) and the broker (pylm_core Broker) are
+written once, in C.
+"""
+
+import logging
+import sys
+import uuid
+from urllib.parse import urlsplit
+
+import zmq
+
+import pylm_core
+from pylm_core import _core
+from pylm._cache import CONFIG_PROTOCOL_KEY, PROTOCOL, CacheClient, serve_cache
+from pylm._dispatch import DropLog, ErrorReporter, method_table, overrides
+from pylm._runtime import Runtime, StopHandle
+from pylm.persistence.kv import DictDB
+
+__all__ = ["Server", "Pipeline", "Sink", "Master", "Hub", "Worker", "MuxWorker"]
+
+#: Largest message a bound socket accepts; bigger ones make libzmq drop the peer.
+MAX_MESSAGE_SIZE = 256 * 1024 * 1024
+#: Queue limit of a server's PUB; with XPUB_NODROP a full queue blocks the
+#: sender (back-pressure) instead of dropping replies.
+PUB_HWM = 100_000
+
+
+def _logger(kind, name, level):
+    logger = logging.getLogger("pylm.%s.%s" % (kind, name))
+    logger.setLevel(level)
+    return logger
+
+
+class _Served:
+    """What every server has: name, logger, cache, stop(), echo, and the
+    default handle_stream."""
+
+    pipelined = False
+
+    def __init__(self, name, db_address, log_level, cache=None):
+        self.name = name
+        self.db_address = db_address
+        self.cache = DictDB() if cache is None else cache
+        self.logger = _logger(type(self).__name__, name, log_level)
+        self._stopper = StopHandle()
+        self.stats = {}
+
+    def echo(self, payload):
+        """Return the payload unchanged."""
+        return payload
+
+    def handle_stream(self, message):
+        """Where a result goes: ``(topic, message)``.  To the client, or,
+        when pipelined, to the next stage (topic = name, stage + 1)."""
+        if self.pipelined:
+            message.stage += 1
+            return self.name, message
+        return message.client, message
+
+    def stop(self):
+        """Make start() return: stop taking messages, close sockets.  Safe
+        from any thread and from signal handlers."""
+        self._stopper.stop()
+
+    def _config(self):
+        return {"name": self.name, CONFIG_PROTOCOL_KEY: PROTOCOL}
+
+    def _serve_cache(self, rt, limit):
+        """Preset the config keys and run the cache service at db_address
+        in a thread.  An address already served by another server of the
+        same process is left to it."""
+        for key, value in self._config().items():
+            if value is not None:
+                self.cache.set(value if isinstance(value, bytes) else value.encode(), key)
+        try:
+            rep = rt.socket(zmq.REP, bind=self.db_address, MAXMSGSIZE=MAX_MESSAGE_SIZE)
+        except zmq.ZMQError as exc:
+            self.logger.warning("cache not served at %s: %s", self.db_address, exc)
+            return
+        rt.thread(serve_cache, "%s-cache" % self.name, rep, rt.control(), self.cache,
+                  limit, DropLog(self.logger))
+
+    def _bind_pub(self, rt, address):
+        pub = rt.socket(zmq.XPUB, SNDHWM=PUB_HWM, XPUB_NODROP=1)
+        pub.bind(address)
+        return pub
+
+    def _executor(self, rt, inbound, out, out_kind, *, name, mux=False, limit=sys.maxsize,
+                  **kwargs):
+        stream_hook = None
+        if overrides(self, "handle_stream", _Served):
+            stream_hook = self.handle_stream
+        return _core.Executor(
+            inbound, out, out_kind, rt.control(), name, method_table(self),
+            pipelined=self.pipelined, stream_hook=stream_hook,
+            error_hook=ErrorReporter(self.logger), bad_hook=DropLog(self.logger),
+            mux=mux, limit=min(limit, 2**62), **kwargs)
+
+    def _run(self, loop):
+        """Run a core loop, keeping its counters in self.stats."""
+        try:
+            loop.run()
+        finally:
+            self.stats = {k: getattr(loop, k) for k in dir(loop)
+                          if k in ("processed", "bad", "failed", "received", "sent",
+                                   "to_workers", "to_legacy")}
+
+
+class Server(_Served):
+    """A server: calls ``server.method`` from clients (PULL at
+    `pull_address`) and publishes results at `pub_address`.
+
+    :param pipelined: send results to the next stage (topic = name,
+        ``stage += 1``) instead of the client
+    :param messages: return from start() after this many calls
+    """
+
+    def __init__(self, name, db_address, pull_address, pub_address, pipelined=False,
+                 log_level=logging.INFO, messages=sys.maxsize):
+        super().__init__(name, db_address, log_level)
+        self.pull_address = pull_address
+        self.pub_address = pub_address
+        self.pipelined = pipelined
+        self.messages = messages
+
+    def _config(self):
+        config = super()._config()
+        config.update(pull_address=self.pull_address, pub_address=self.pub_address,
+                      db_address=self.db_address)
+        return config
+
+    def start(self, cache_messages=sys.maxsize):
+        """Serve until `messages` calls were made or stop() is called."""
+        with Runtime(self._stopper, self.logger) as rt:
+            self._serve_cache(rt, cache_messages)
+            pull = rt.socket(zmq.PULL, bind=self.pull_address, MAXMSGSIZE=MAX_MESSAGE_SIZE)
+            pub = self._bind_pub(rt, self.pub_address)
+            self._run(self._executor(rt, [(pull, _core.IN_PLAIN_)], pub, _core.OUT_TOPIC_,
+                                     name=self.name, limit=self.messages))
+
+
+class Pipeline(_Served):
+    """A stage of a stream: subscribes to topic `previous` at `sub_address`,
+    runs its entry of `function`, publishes at `pub_address` to the client
+    (`to_client`) or to the next stage.  A method returning None sends
+    nothing."""
+
+    def __init__(self, name, db_address, sub_address, pub_address, previous,
+                 to_client=True, log_level=logging.INFO, messages=sys.maxsize):
+        super().__init__(name, db_address, log_level)
+        self.sub_address = sub_address
+        self.pub_address = pub_address
+        self.previous = previous
+        self.pipelined = not to_client
+        self.messages = messages
+
+    def _config(self):
+        config = super()._config()
+        config.update(sub_address=self.sub_address, pub_address=self.pub_address)
+        return config
+
+    def _subscriptions(self):
+        return [(self.sub_address, self.previous)]
+
+    def start(self, cache_messages=sys.maxsize):
+        """Serve until `messages` calls were made or stop() is called."""
+        with Runtime(self._stopper, self.logger) as rt:
+            self._serve_cache(rt, cache_messages)
+            inbound = []
+            for address, topic in self._subscriptions():
+                sub = rt.socket(zmq.SUB, MAXMSGSIZE=MAX_MESSAGE_SIZE)
+                sub.setsockopt_string(zmq.SUBSCRIBE, topic)
+                sub.connect(address)
+                inbound.append((sub, _core.IN_TOPIC_))
+            pub = self._bind_pub(rt, self.pub_address)
+            self._run(self._executor(rt, inbound, pub, _core.OUT_TOPIC_,
+                                     name=self.name, limit=self.messages))
+
+
+class Sink(Pipeline):
+    """A Pipeline over several upstreams: `sub_addresses` and `previous` are
+    lists, zipped pairwise."""
+
+    def __init__(self, name, db_address, sub_addresses, pub_address, previous,
+                 to_client=True, log_level=logging.INFO, messages=sys.maxsize):
+        if isinstance(sub_addresses, str) or isinstance(previous, str):
+            raise TypeError("Sink takes lists of sub_addresses and previous")
+        if len(sub_addresses) != len(previous):
+            raise ValueError("sub_addresses and previous must have the same length")
+        super().__init__(name, db_address, None, pub_address, None, to_client,
+                         log_level, messages)
+        self.sub_addresses = list(sub_addresses)
+        self.previous = list(previous)
+
+    def _config(self):
+        config = super()._config()
+        config.update(sub_address=" ".join(self.sub_addresses))
+        return config
+
+    def _subscriptions(self):
+        return list(zip(self.sub_addresses, self.previous))
+
+
+def _router_address(worker_push_address):
+    """Where a Master binds the ROUTER for our workers, beside the address
+    pylm 0.14 workers use: tcp on an ephemeral port of the same host,
+    ipc/inproc with a suffix."""
+    scheme = worker_push_address.split("://", 1)[0]
+    if scheme == "tcp":
+        host = urlsplit(worker_push_address).hostname or "*"
+        if ":" in host:
+            host = "[%s]" % host
+        return "tcp://%s:*" % host
+    return worker_push_address + "-workers"
+
+
+class Master(_Served):
+    """Spreads calls over workers: our Workers by credit (least loaded
+    first), pylm 0.14 workers over PUSH/PULL; publishes results.
+
+    Overridable: ``scatter(message)`` (a generator, on the way in),
+    ``gather(message)`` (a generator, on the way out), ``handle_stream``.
+    Without overrides no Python runs per message.
+    """
+
+    def __init__(self, name, pull_address, pub_address, worker_pull_address,
+                 worker_push_address, db_address, pipelined=False, cache=None,
+                 log_level=logging.INFO, messages=sys.maxsize, *,
+                 worker_router_address=None, worker_timeout=3.0):
+        super().__init__(name, db_address, log_level, cache)
+        self.pull_address = pull_address
+        self.pub_address = pub_address
+        self.worker_pull_address = worker_pull_address
+        self.worker_push_address = worker_push_address
+        self.worker_router_address = worker_router_address
+        self._router_bound = None
+        self.worker_timeout = worker_timeout
+        self.pipelined = pipelined
+        self.messages = messages
+
+    def scatter(self, message):
+        """Messages to send to workers for one inbound message."""
+        yield message
+
+    def gather(self, message):
+        """Messages to publish for one worker result."""
+        yield message
+
+    def change_payload(self, message, payload):
+        """Set message.payload; returns the message."""
+        message.payload = payload
+        return message
+
+    def _config(self):
+        config = super()._config()
+        config.update(pull_address=self.pull_address, pub_address=self.pub_address,
+                      worker_pull_address=self.worker_pull_address,
+                      worker_push_address=self.worker_push_address,
+                      worker_router_address=self._router_bound,
+                      db_address=self.db_address)
+        return config
+
+    def _inbound(self, rt):
+        return rt.socket(zmq.PULL, bind=self.pull_address, MAXMSGSIZE=MAX_MESSAGE_SIZE), _core.IN_PLAIN_
+
+    def start(self, cache_messages=sys.maxsize):
+        """Broker until stop() is called."""
+        with Runtime(self._stopper, self.logger) as rt:
+            router = rt.socket(zmq.ROUTER, ROUTER_MANDATORY=1, MAXMSGSIZE=MAX_MESSAGE_SIZE)
+            router.bind(self.worker_router_address or _router_address(self.worker_push_address))
+            self._router_bound = router.getsockopt_string(zmq.LAST_ENDPOINT)
+            self._serve_cache(rt, cache_messages)
+            inbound, in_kind = self._inbound(rt)
+            pub = self._bind_pub(rt, self.pub_address)
+            wpush = rt.socket(zmq.PUSH, bind=self.worker_push_address)
+            wpull = rt.socket(zmq.PULL, bind=self.worker_pull_address,
+                              MAXMSGSIZE=MAX_MESSAGE_SIZE)
+            hooks = {name: getattr(self, name) if overrides(self, name, Master) else None
+                     for name in ("scatter", "gather")}
+            stream = self.handle_stream if overrides(self, "handle_stream", _Served) else None
+            broker = _core.Broker(
+                inbound, in_kind, pub, wpush, wpull, router, rt.control(), self.name,
+                pipelined=self.pipelined, stream_hook=stream, bad_hook=DropLog(self.logger),
+                worker_timeout_ms=int(self.worker_timeout * 1000), **hooks)
+            self._run(broker)
+
+
+class Hub(Master):
+    """A Master whose inbound is a subscription to topic `previous` at
+    `sub_address`."""
+
+    def __init__(self, name, sub_address, pub_address, worker_pull_address,
+                 worker_push_address, db_address, previous, pipelined=False,
+                 cache=None, log_level=logging.INFO, messages=sys.maxsize, **kwargs):
+        super().__init__(name, None, pub_address, worker_pull_address, worker_push_address,
+                         db_address, pipelined, cache, log_level, messages, **kwargs)
+        self.sub_address = sub_address
+        self.previous = previous
+
+    def _config(self):
+        config = super()._config()
+        config.pop("pull_address", None)
+        config.update(sub_address=self.sub_address)
+        return config
+
+    def _inbound(self, rt):
+        sub = rt.socket(zmq.SUB, MAXMSGSIZE=MAX_MESSAGE_SIZE)
+        sub.setsockopt_string(zmq.SUBSCRIBE, self.previous)
+        sub.connect(self.sub_address)
+        return sub, _core.IN_TOPIC_
+
+
+class Worker(_Served):
+    """Runs methods for a Master.  Addresses not given are fetched from the
+    Master's cache at `db_address` (required).
+
+    :param credit: how many messages our Master may send ahead
+    :param timeout: seconds to wait for the Master's cache at start
+    """
+
+    mux = False
+
+    def __init__(self, name="", db_address="", push_address=None, pull_address=None,
+                 log_level=logging.INFO, messages=sys.maxsize, *, credit=64, timeout=10.0):
+        if not db_address:
+            raise ValueError("Worker needs the db_address of its Master")
+        super().__init__(name or str(uuid.uuid4()), db_address, log_level)
+        self.push_address = push_address
+        self.pull_address = pull_address
+        self.messages = messages
+        self.credit = credit
+        self.timeout = timeout
+        self._cache_client = CacheClient(db_address, "worker", timeout)
+        self.router_address = None
+
+    # cache of the Master, pylm 0.14's Worker.set/get/delete
+    def set(self, value, key=None):
+        """Store value in the Master's cache; returns the key."""
+        if not isinstance(value, bytes):
+            raise TypeError("value must be bytes")
+        return self._cache_client.request("set", value, key or "").decode()
+
+    def get(self, key):
+        """The value under key in the Master's cache (b'' when absent)."""
+        return self._cache_client.request("get", key.encode())
+
+    def delete(self, key):
+        """Remove key from the Master's cache."""
+        return self._cache_client.request("delete", key.encode()).decode()
+
+    def _fetch_addresses(self):
+        def fetch(key):
+            return self._cache_client.request("get", key.encode()).decode()
+
+        if self.push_address is None:
+            self.push_address = fetch("worker_pull_address")
+        if self.pull_address is None:
+            self.pull_address = fetch("worker_push_address")
+        router = fetch("worker_router_address")
+        if router:
+            host = urlsplit(self.db_address).hostname
+            if router.startswith("tcp://0.0.0.0:") and host:
+                router = router.replace("0.0.0.0", host, 1)
+            self.router_address = router
+
+    def start(self):
+        """Serve the Master until `messages` calls were made or stop()."""
+        self._fetch_addresses()
+        with Runtime(self._stopper, self.logger) as rt:
+            if self.router_address:
+                dealer = rt.socket(zmq.DEALER, connect=self.router_address,
+                                   MAXMSGSIZE=MAX_MESSAGE_SIZE)
+                loop = self._executor(rt, [(dealer, _core.IN_PLAIN_)], dealer,
+                                      _core.OUT_WORKER_, name=None, mux=self.mux,
+                                      limit=self.messages, credit=self.credit)
+            else:
+                pull = rt.socket(zmq.PULL, connect=self.pull_address)
+                push = rt.socket(zmq.PUSH, connect=self.push_address)
+                loop = self._executor(rt, [(pull, _core.IN_PLAIN_)], push, _core.OUT_PLAIN_,
+                                      name=None, mux=self.mux, limit=self.messages)
+            try:
+                self._run(loop)
+            finally:
+                self._cache_client.close()
+
+
+class MuxWorker(Worker):
+    """A Worker whose methods are generators: each yielded value is one reply."""
+
+    mux = True

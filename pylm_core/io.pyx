@@ -1,0 +1,120 @@
+# Frame-level helpers over libzmq shared by every loop: receive a multipart
+# message into zmq_msg_t's, send an encoded envelope, wait on a full queue
+# while staying stoppable.  nogil where they block.
+
+cdef enum:
+    MAX_FRAMES = 4          # no message of ours has more frames than this
+
+
+cdef inline void *sock_handle(object sock) except NULL:
+    """libzmq's socket pointer of a pyzmq Socket (its `underlying`)."""
+    cdef size_t addr = sock.underlying
+    if addr == 0:
+        raise ValueError("socket is closed")
+    return <void *>addr
+
+
+cdef struct Multipart:
+    pz_msg_t f[MAX_FRAMES]
+    int n                   # frames kept (at most MAX_FRAMES)
+    int total               # frames the message had
+
+
+cdef inline void mp_init(Multipart *m) noexcept nogil:
+    cdef int i
+    for i in range(MAX_FRAMES):
+        pz_msg_init(&m.f[i])
+    m.n = 0
+    m.total = 0
+
+
+cdef inline void mp_close(Multipart *m) noexcept nogil:
+    cdef int i
+    for i in range(MAX_FRAMES):
+        pz_msg_close(&m.f[i])
+    m.n = 0
+    m.total = 0
+
+
+cdef int mp_recv(Multipart *m, void *sock, int flags) noexcept nogil:
+    """Receive one whole multipart message; frames past MAX_FRAMES are read
+    and dropped (m.total counts them).  0, or -1 with zmq_errno set (EAGAIN
+    when flags has DONTWAIT and nothing is waiting).  zmq_msg_recv frees
+    what a frame held before, so a Multipart is reused without closing."""
+    cdef pz_msg_t extra
+    cdef int more, rc
+    m.n = 0
+    m.total = 0
+    if pz_msg_recv(&m.f[0], sock, flags) < 0:
+        return -1
+    m.n = 1
+    m.total = 1
+    more = pz_msg_more(&m.f[0])
+    while more:
+        if m.n < MAX_FRAMES:
+            if pz_msg_recv(&m.f[m.n], sock, 0) < 0:
+                return -1
+            more = pz_msg_more(&m.f[m.n])
+            m.n += 1
+        else:
+            pz_msg_init(&extra)
+            rc = pz_msg_recv(&extra, sock, 0)
+            more = pz_msg_more(&extra) if rc >= 0 else 0
+            pz_msg_close(&extra)
+            if rc < 0:
+                return -1
+        m.total += 1
+    return 0
+
+
+cdef inline const char *msg_ptr(pz_msg_t *m) noexcept nogil:
+    return <const char *>pz_msg_data(m)
+
+
+cdef int env_to_msg(pz_env *env, pz_msg_t *out) noexcept nogil:
+    """Encode env into a new zmq message (one copy of each field)."""
+    cdef size_t n = pz_encoded_size(env)
+    if pz_msg_init_size(out, n) != 0:
+        return -1
+    pz_encode(env, <char *>pz_msg_data(out))
+    return 0
+
+
+cdef class Waiter:
+    """Sends that wait for room on a full queue (PUB with XPUB_NODROP, PUSH
+    at its high-water mark) while watching a control socket, so that a
+    slow peer applies back-pressure but never makes stop() hang."""
+    cdef void *control
+    cdef bint stopped
+
+    cdef int send(self, pz_msg_t *m, void *sock, int flags) except -1:
+        """Send m (ownership passes to libzmq on success; on a stop the
+        message is closed).  Returns 0 when sent, 1 when stop was asked."""
+        cdef int rc, err
+        cdef pz_pollitem_t items[2]
+        while True:
+            with nogil:
+                rc = pz_msg_send(m, sock, flags | PZ_DONTWAIT)
+            if rc >= 0:
+                return 0
+            err = pz_errno()
+            if err == EINTR:
+                PyErr_CheckSignals()
+                continue
+            if err != EAGAIN:
+                pz_msg_close(m)
+                _check_rc(-1)
+            items[0].socket = sock
+            items[0].events = PZ_POLLOUT
+            items[0].revents = 0
+            items[1].socket = self.control
+            items[1].events = PZ_POLLIN
+            items[1].revents = 0
+            with nogil:
+                rc = pz_poll(items, 2 if self.control != NULL else 1, 100)
+            if rc < 0 and _check_rc(rc) == -2:
+                continue
+            if self.control != NULL and items[1].revents & PZ_POLLIN:
+                pz_msg_close(m)
+                self.stopped = True
+                return 1
