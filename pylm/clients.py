@@ -24,6 +24,10 @@ __all__ = ["Client"]
 #: Wait before the first call to a pylm 0.14 server, whose subscriptions
 #: cannot be confirmed (the time pylm 0.14 itself slept).
 LEGACY_JOIN_WAIT = 0.5
+#: How long the handshake pings for an answer after the welcome.
+PING_BUDGET = 0.5
+#: The first message every pylm server's XPUB sends a new subscriber.
+WELCOME = _core.WELCOME
 #: Calls a job keeps in flight; bounds every queue between client and workers.
 JOB_WINDOW = 2000
 
@@ -125,45 +129,57 @@ class Client:
             self._sub.setsockopt(zmq.LINGER, 0)
             self._sub.setsockopt(zmq.RCVHWM, 0)
             self._sub.setsockopt_string(zmq.SUBSCRIBE, self.uuid)
+            self._sub.setsockopt(zmq.SUBSCRIBE, WELCOME)
             self._sub.connect(self.sub_address)
             self._reader = _core.ReplyReader(self._sub)
         if not self._joined:
             self._join(timeout)
 
     def _join(self, timeout):
-        """Make sure the SUB receives: ping our servers until a ping comes
-        back; wait once for pylm 0.14 servers."""
+        """Make sure the SUB receives before the first call.
+
+        Our servers' XPUB greets each new subscriber (XPUB_WELCOME_MSG):
+        the welcome proves the connection is up and our subscription was
+        sent.  A ping through the push path, answered at the last stage,
+        then proves the subscription is in place (best effort: a stream with
+        custom topics does not carry pings).  pylm 0.14 servers do neither:
+        for them the client waits once, as pylm 0.14 did before every call.
+        """
         if self._protocol is not None and self._protocol != PROTOCOL:
             time.sleep(LEGACY_JOIN_WAIT)
             self._joined = True
             return
         limit = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + (limit if limit is not None else 1e9)
-        nonce = uuid.uuid4().hex
-        ping_cache = (_core.PING_PREFIX + b":" + nonce.encode()).decode()
-        interval = 0.02
+        limit = 1e9 if limit is None else limit
+        deadline = time.monotonic() + limit
+        known = self._protocol == PROTOCOL
+        welcome_by = deadline if known else time.monotonic() + min(limit, 1.0)
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                if self._protocol is None:
-                    # this_config and no answer: maybe a pylm 0.14 server
+            left = welcome_by - time.monotonic()
+            if left <= 0 or not self._sub.poll(int(left * 1000) + 1, zmq.POLLIN):
+                if not known:       # this_config and silent: a pylm 0.14 server
                     self._joined = True
                     return
-                raise TimeoutError("no answer from %r at %s within %s s"
-                                   % (self.server_name, self.push_address, limit))
+                raise TimeoutError("no publisher answered at %s within %s s"
+                                   % (self.sub_address, limit))
+            if self._sub.recv_multipart() == [WELCOME]:
+                break
+        nonce = uuid.uuid4().hex.encode()
+        ping_cache = _core.PING_PREFIX + b":" + nonce
+        pong_by = min(deadline, time.monotonic() + PING_BUDGET)
+        interval = 0.005
+        while time.monotonic() < pong_by:
             self._reader.pipeline = None
-            _core.send_call(self._push, nonce.encode(), self.uuid.encode(), b"",
-                            ping_cache.encode(), b"", timeout=left)
+            _core.send_call(self._push, nonce, self.uuid.encode(), b"", ping_cache, b"",
+                            timeout=max(0.0, deadline - time.monotonic()))
             try:
-                msg = self._reader.recv_raw(timeout=min(interval, max(left, 0.001)))
+                msg = self._reader.recv_raw(timeout=interval)
             except TimeoutError:
-                interval = min(interval * 2, 0.5)
+                interval = min(interval * 2, 0.1)
                 continue
-            if msg.cache == ping_cache:
-                # drain the other pongs of this handshake lazily: they carry
-                # pipeline=nonce, which no call uses, so readers drop them
-                self._joined = True
-                return
+            if msg.cache.encode() == ping_cache:
+                break
+        self._joined = True
 
     def _function(self, function):
         if isinstance(function, (list, tuple)):

@@ -85,7 +85,8 @@ class _Served:
                   limit, DropLog(self.logger))
 
     def _bind_pub(self, rt, address):
-        pub = rt.socket(zmq.XPUB, SNDHWM=PUB_HWM, XPUB_NODROP=1)
+        pub = rt.socket(zmq.XPUB, SNDHWM=PUB_HWM, XPUB_NODROP=1,
+                        XPUB_WELCOME_MSG=_core.WELCOME)
         pub.bind(address)
         return pub
 

@@ -108,7 +108,7 @@ cdef class Broker:
 
     def run(self):
         """Broker until a stop request arrives."""
-        cdef pz_pollitem_t items[5]
+        cdef pz_pollitem_t items[6]
         cdef int n, rc, i_in, i_push
         cdef Multipart mp
         mp_init(&mp)
@@ -117,10 +117,11 @@ cdef class Broker:
                 items[0].socket = self.control
                 items[1].socket = self.router
                 items[2].socket = self.wpull
-                for n in range(3):
+                items[3].socket = self.pub     # subscriptions, welcomes
+                for n in range(4):
                     items[n].events = PZ_POLLIN
                     items[n].revents = 0
-                n = 3
+                n = 4
                 i_in = i_push = -1
                 if self.q_len == 0:
                     items[n].socket = self.inbound
@@ -141,6 +142,8 @@ cdef class Broker:
                     continue
                 if items[0].revents & PZ_POLLIN:
                     return
+                if items[3].revents & PZ_POLLIN:
+                    drain(self.pub)
                 if items[1].revents & PZ_POLLIN:
                     if self._drain_router(&mp):
                         return
@@ -297,7 +300,14 @@ cdef class Broker:
                 continue
             self.received += 1
             if is_ping(&env):
-                if self._publish(frame, &env, env.f[PZ_F_CLIENT].p, env.f[PZ_F_CLIENT].n):
+                # pings follow the default route of results (see loop.pyx)
+                if not self.pipelined:
+                    rc = self._publish(frame, &env, env.f[PZ_F_CLIENT].p, env.f[PZ_F_CLIENT].n)
+                elif self.stream_hook is None:
+                    rc = self._publish(frame, &env, <char *>self.name, len(self.name))
+                else:
+                    rc = 0
+                if rc:
                     return 1
                 continue
             if self.scatter is not None:

@@ -152,7 +152,7 @@ cdef class ReplyReader:
         while True:
             self._wait(dl)
             if self.mp.total != 2:
-                self.bad += 1
+                self.bad += self.mp.total != 1   # one frame: a welcome
                 continue
             with nogil:
                 rc = pz_parse(msg_ptr(&self.mp.f[1]), pz_msg_size(&self.mp.f[1]), env)
@@ -188,7 +188,10 @@ cdef class ReplyReader:
         """The next [topic, envelope] message, unfiltered, as a PalmMessage
         (handshakes and tests)."""
         cdef PalmMessage msg = PalmMessage.__new__(PalmMessage)
-        self._wait(_Deadline(timeout))
+        cdef _Deadline dl = _Deadline(timeout)
+        self._wait(dl)
+        while self.mp.total == 1:       # a welcome
+            self._wait(dl)
         if self.mp.total != 2:
             raise DecodeError("a reply of %d frames, not 2" % self.mp.total)
         msg.ParseFromString(Frame_from(&self.mp.f[1]))
@@ -305,7 +308,7 @@ cdef class JobStream:
                     _check_rc(rc)
                 continue
             if self.reader.mp.total != 2:
-                self.reader.bad += 1
+                self.reader.bad += self.reader.mp.total != 1   # one frame: a welcome
                 continue
             with nogil:
                 rc = pz_parse(msg_ptr(&self.reader.mp.f[1]),

@@ -118,3 +118,22 @@ cdef class Waiter:
                 pz_msg_close(m)
                 self.stopped = True
                 return 1
+
+
+cdef int drain(void *sock) except -1:
+    """Read and discard what is waiting on sock (subscription messages on a
+    server's XPUB: reading them is also what makes libzmq attach new
+    subscribers and send them the welcome message)."""
+    cdef pz_msg_t m
+    cdef int rc
+    pz_msg_init(&m)
+    try:
+        while True:
+            with nogil:
+                rc = pz_msg_recv(&m, sock, PZ_DONTWAIT)
+            if rc < 0:
+                if pz_errno() == EAGAIN:
+                    return 0
+                _check_rc(rc)
+    finally:
+        pz_msg_close(&m)

@@ -21,6 +21,8 @@ OUT_WORKER_ = OUT_WORKER
 # with an empty `function` and this prefix in `cache` is published straight
 # back to its `client` topic by every pylm server (never run as a call).
 PING_PREFIX = b"\x00pylm-ping"
+# What every pylm server's XPUB sends a new subscriber first (one frame).
+WELCOME = b"\x00pylm-welcome"
 cdef bytes _PING = PING_PREFIX
 
 # Frames of our worker protocol (worker DEALER <-> Master ROUTER).
@@ -117,7 +119,7 @@ cdef class Executor:
 
     def run(self):
         """Serve until `limit` calls were made or a stop request arrives."""
-        cdef pz_pollitem_t items[17]
+        cdef pz_pollitem_t items[18]
         cdef Multipart mp
         cdef int i, j, rc, err
         cdef long timeout = self.heartbeat_ms if self.out_kind == OUT_WORKER else -1
@@ -133,8 +135,12 @@ cdef class Executor:
                 items[self.n_in].socket = self.control
                 items[self.n_in].events = PZ_POLLIN
                 items[self.n_in].revents = 0
+                # the XPUB too: subscriptions (and welcomes) are handled there
+                items[self.n_in + 1].socket = self.out
+                items[self.n_in + 1].events = PZ_POLLIN if self.out_kind == OUT_TOPIC else 0
+                items[self.n_in + 1].revents = 0
                 with nogil:
-                    rc = pz_poll(items, self.n_in + 1, timeout)
+                    rc = pz_poll(items, self.n_in + 2, timeout)
                 if rc < 0:
                     _check_rc(rc)
                     continue
@@ -143,6 +149,8 @@ cdef class Executor:
                     continue
                 if items[self.n_in].revents & PZ_POLLIN:
                     return
+                if items[self.n_in + 1].revents & PZ_POLLIN:
+                    drain(self.out)
                 for i in range(self.n_in):
                     if not items[i].revents & PZ_POLLIN:
                         continue
@@ -251,13 +259,15 @@ cdef class Executor:
                    bytes wkind) except -1:
         """Send the reply to `env`: its payload replaced by `result`, or an
         error reply (empty payload, `error` set) that always goes to the
-        client; `as_is` sends env unchanged to the client (pings).  In worker
+        client; `as_is` passes env on unchanged (pings: to the client, or
+        along the stream when pipelined; a custom handle_stream, whose
+        topics we cannot know, does not see pings).  In worker
         mode a None result still returns the credit.  1 when stopped."""
         cdef pz_env o = env[0]
         cdef Py_buffer buf
         cdef bint held = False
         cdef pz_msg_t m
-        cdef bint to_client = as_is or error is not None or not self.pipelined
+        cdef bint to_client = error is not None or not self.pipelined
         cdef bytes etext
         cdef PalmMessage msg
         cdef object topic = None
@@ -266,7 +276,10 @@ cdef class Executor:
             o.f[PZ_F_PAYLOAD].n = 0
             o.f[PZ_F_ERROR].p = <char *>etext
             o.f[PZ_F_ERROR].n = len(etext)
-        elif not as_is:
+        elif as_is:
+            if self.pipelined and self.stream_hook is not None:
+                return 0
+        else:
             if result is None:
                 if self.out_kind == OUT_WORKER and wkind is W_DONE:
                     return self._send_control(W_DONE, None)

@@ -74,7 +74,7 @@ static inline int pz_read_varint32(const char **pp, const char *end, uint64_t *o
     const char *start = *pp;
     int rc = pz_read_varint(pp, end, out);
     if (rc < 0) return rc;
-    (void)start;
+    if (*pp - start > 5) { *pp = start; return PZ_E_VARINT; }
     return PZ_OK;
 }
 
@@ -84,6 +84,14 @@ static inline int pz_utf8_ok(const char *s, size_t n)
 {
     const unsigned char *p = (const unsigned char *)s, *e = p + n;
     while (p < e) {
+        /* runs of ASCII (ids, method names) 8 bytes at a time */
+        while (e - p >= 8) {
+            uint64_t w;
+            memcpy(&w, p, 8);
+            if (w & 0x8080808080808080ULL) break;
+            p += 8;
+        }
+        if (p >= e) break;
         unsigned char c = *p;
         if (c < 0x80) { p++; continue; }
         if (c >= 0xC2 && c <= 0xDF) {
@@ -134,7 +142,10 @@ static int pz_skip(const char **pp, const char *end, int wt, uint32_t field, int
             uint64_t tag;
             if (*pp >= end) return PZ_E_GROUP;
             if ((rc = pz_read_varint32(pp, end, &tag)) < 0) return rc;
-            if (tag > 0xFFFFFFFFu || (tag >> 3) == 0) return PZ_E_FIELD0;
+            /* Field number 0 is only refused at the top level: inside a
+             * skipped group upb skips it like any other field (its
+             * upb_WireReader_SkipGroup reads values, not field numbers). */
+            if (tag > 0xFFFFFFFFu) return PZ_E_FIELD0;
             int iwt = (int)(tag & 7);
             if (iwt == 4) {
                 if ((uint32_t)(tag >> 3) != field) return PZ_E_GROUP;

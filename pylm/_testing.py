@@ -1,0 +1,286 @@
+"""Helpers for tests of pylm servers and clients, with real sockets and real
+processes (shipped in the package, like uvloop's ``_testbase``).
+
+- :func:`free_port` / :func:`tcp_addresses`: loopback TCP addresses chosen
+  at run time, so that tests never collide on fixed ports.
+- :func:`running`: a context manager that runs a server's ``start()`` in a
+  thread, waits until it answers, and on exit stops it and joins the thread
+  with a bounded timeout, failing loudly when it does not stop or when
+  ``start()`` raised.
+- :class:`ChildProcess` / :func:`in_child`: a server or worker subclass run
+  in a child process (multiprocessing, ``spawn`` by default), stopped by a
+  SIGTERM to its PID.
+
+Nothing here mocks: every helper drives the library as user code does.
+"""
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+__all__ = ["free_port", "tcp_addresses", "running", "Running", "ServerFailed",
+           "ChildProcess", "in_child", "wait_for"]
+
+#: Seconds a server gets to answer after start(), and to stop after stop().
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+
+
+class ServerFailed(AssertionError):
+    """A server did not start, did not stop, or its start() raised."""
+
+
+def free_port(host="127.0.0.1"):
+    """A TCP port on `host` that was free a moment ago (the OS picks it)."""
+    return tcp_ports(1, host)[0]
+
+
+def tcp_ports(n, host="127.0.0.1"):
+    """`n` distinct free TCP ports on `host`: all are held open together
+    while the OS picks them, so none repeats."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def tcp_addresses(n, host="127.0.0.1"):
+    """`n` distinct ``tcp://host:port`` addresses on free ports."""
+    return ["tcp://%s:%d" % (host, port) for port in tcp_ports(n, host)]
+
+
+def wait_for(predicate, timeout=10.0, interval=0.01, what="condition"):
+    """Poll `predicate` until it returns a true value (returned), or raise
+    AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("%s not met within %s s" % (what, timeout))
+        time.sleep(interval)
+        interval = min(interval * 2, 0.2)
+
+
+def _answers(server, deadline):
+    """Wait until a Client of `server` can be made and its subscription
+    handshake succeeds (Server, Master: they answer pings without running
+    any method)."""
+    from pylm.clients import Client
+
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        try:
+            client = Client(server.name, server.db_address, timeout=min(left, 1.0))
+        except TimeoutError:
+            continue
+        try:
+            connect = getattr(client, "_connect", None)
+            if connect is None:
+                return True
+            try:
+                connect(min(deadline - time.monotonic(), 2.0))
+            except TimeoutError:
+                continue
+            return True
+        finally:
+            client.close()
+
+
+class Running:
+    """A server running in a thread; made by :func:`running`."""
+
+    def __init__(self, server, start_kwargs):
+        self.server = server
+        self.error = None
+        self.returned = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(start_kwargs,),
+                                       name="pylm-test-%s" % getattr(server, "name", "server"),
+                                       daemon=True)
+
+    def _run(self, start_kwargs):
+        try:
+            self.server.start(**start_kwargs)
+        except BaseException as exc:  # reported in the test thread
+            self.error = exc
+        finally:
+            self.returned.set()
+
+    def check(self):
+        """Raise ServerFailed if start() raised."""
+        if self.error is not None:
+            raise ServerFailed("%s.start() raised %r" % (type(self.server).__name__,
+                                                        self.error)) from self.error
+
+    def join(self, timeout=STOP_TIMEOUT):
+        """Wait for start() to return by itself (``messages=N``); raise
+        ServerFailed if it does not within `timeout` or if it raised."""
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise ServerFailed("%s.start() did not return within %s s"
+                               % (type(self.server).__name__, timeout))
+        self.check()
+
+    def stop(self, timeout=STOP_TIMEOUT):
+        """stop() the server and join its thread (bounded)."""
+        self.server.stop()
+        self.join(timeout)
+
+
+@contextlib.contextmanager
+def running(server, ready=None, start_timeout=START_TIMEOUT, stop_timeout=STOP_TIMEOUT,
+            **start_kwargs):
+    """Run ``server.start(**start_kwargs)`` in a thread for the duration of
+    the block; yields a :class:`Running`.
+
+    :param ready: ``callable(server) -> bool`` polled until true; by default
+        a Server or Master is ready when a Client can be made and its
+        subscription handshake is answered, anything else (a Worker) when
+        its thread runs
+    :raises ServerFailed: start() raised, the server never got ready, or it
+        did not stop within `stop_timeout` seconds after stop()
+    """
+    run = Running(server, start_kwargs)
+    run.thread.start()
+    try:
+        deadline = time.monotonic() + start_timeout
+        if ready is None and getattr(server, "pull_address", None) and \
+                getattr(server, "pub_address", None):
+            ok = _answers(server, deadline)
+        elif ready is None:
+            ok = True
+        else:
+            ok = False
+            while time.monotonic() < deadline and not run.returned.is_set():
+                if ready(server):
+                    ok = True
+                    break
+                time.sleep(0.02)
+        run.check()
+        if not ok:
+            raise ServerFailed("%s did not answer within %s s"
+                               % (type(server).__name__, start_timeout))
+        yield run
+    finally:
+        server.stop()
+        run.thread.join(stop_timeout)
+        if run.thread.is_alive():
+            raise ServerFailed("%s did not stop within %s s of stop()"
+                               % (type(server).__name__, stop_timeout))
+        run.check()
+
+
+# -- child processes -----------------------------------------------------------
+
+def _child_main(cls, args, kwargs, start_kwargs, log_level):
+    logging.basicConfig(level=log_level, stream=sys.stderr,
+                        format="%(processName)s %(name)s %(levelname)s %(message)s")
+    server = cls(*args, **kwargs)
+    server.start(**start_kwargs)
+
+
+class ChildProcess:
+    """``cls(*args, **kwargs).start(**start_kwargs)`` in a child process.
+
+    The child is stopped by SIGTERM to its PID (servers and workers install
+    a handler that makes start() return); :meth:`stop` fails loudly when it
+    does not exit in time (and then kills it) or exits with an error.
+    Usable as a context manager.
+    """
+
+    def __init__(self, cls, *args, start_kwargs=None, method="spawn",
+                 log_level=logging.WARNING, **kwargs):
+        ctx = multiprocessing.get_context(method)
+        self.cls = cls
+        self.process = ctx.Process(
+            target=_child_main, args=(cls, args, kwargs, start_kwargs or {}, log_level),
+            name="pylm-child-%s" % cls.__name__, daemon=True)
+        self._signalled = False
+
+    @property
+    def pid(self):
+        return self.process.pid
+
+    @property
+    def exitcode(self):
+        return self.process.exitcode
+
+    def start(self):
+        self.process.start()
+        return self
+
+    def is_alive(self):
+        return self.process.is_alive()
+
+    def join(self, timeout=STOP_TIMEOUT):
+        """Wait for the child to exit by itself (``messages=N``); raise
+        ServerFailed if it does not or exits with an error."""
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self._kill()
+            raise ServerFailed("child %s (pid %s) did not exit within %s s"
+                               % (self.cls.__name__, self.pid, timeout))
+        self._check_exit()
+
+    def _kill(self):
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.join(5)
+
+    def _check_exit(self):
+        code = self.process.exitcode
+        # -SIGTERM: the signal came before start() installed its handler
+        ok = (0, -signal.SIGTERM) if self._signalled else (0,)
+        if code not in ok:
+            raise ServerFailed("child %s (pid %s) exited with code %s"
+                               % (self.cls.__name__, self.pid, code))
+
+    def stop(self, timeout=STOP_TIMEOUT):
+        """SIGTERM the child by PID and wait for it; raise ServerFailed when
+        it does not exit within `timeout` (it is then killed) or when it
+        exited with an error."""
+        if self.process.pid is None:
+            return
+        if self.process.is_alive():
+            self._signalled = True
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self._kill()
+            raise ServerFailed("child %s (pid %s) did not stop within %s s of SIGTERM"
+                               % (self.cls.__name__, self.pid, timeout))
+        self._check_exit()
+
+    def __enter__(self):
+        if self.process.pid is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def in_child(cls, *args, **kwargs):
+    """Start ``cls(*args, **kwargs)`` in a child process; returns the
+    started :class:`ChildProcess` (see there for the keywords)."""
+    return ChildProcess(cls, *args, **kwargs).start()
