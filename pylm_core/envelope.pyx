@@ -246,6 +246,10 @@ cdef class PalmMessage:
         pylm_core.errors.DecodeError for anything that is not an envelope."""
         cdef Py_buffer buf
         cdef pz_env env
+        if type(data) is bytes:     # the common case needs no buffer export
+            parse_or_raise(PyBytes_AS_STRING(data), <size_t>PyBytes_GET_SIZE(data), &env)
+            self.from_env(&env, data)
+            return PyBytes_GET_SIZE(data)
         if isinstance(data, str) or not PyObject_CheckBuffer(data):
             raise TypeError("expected a bytes-like object, not %s" % type(data).__name__)
         PyObject_GetBuffer(data, &buf, PyBUF_SIMPLE)
