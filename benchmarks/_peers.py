@@ -1,0 +1,396 @@
+"""Peers for the throughput and latency benchmarks (bench_job.py,
+bench_stream.py): our servers and the hand-written pyzmq baselines, each run
+in its own process, plus the small helpers around them.
+
+Every peer runs in a process made by the ``spawn`` start method, so that no
+child inherits the benchmark process's libzmq context (forking a process
+whose context has I/O threads is undefined, zguide chapter 1).  A peer that
+binds a port chosen by the kernel (``tcp://127.0.0.1:*``) reports the
+endpoints back through a pipe; servers of ours, whose cache presets the
+addresses they were given, get ports from :func:`free_port`.
+
+A peer is started once per module (a fixture) and stopped by its handle,
+:meth:`Peer.stop`: SIGTERM, which our servers turn into ``stop()`` and which
+ends the baseline loops, then SIGKILL if it has not exited.
+
+:func:`record` puts msgs/s in each benchmark's extra_info and prints the
+ratio of the medians (ours / baseline) when a group is complete.
+"""
+
+import logging
+import multiprocessing
+import signal
+import socket
+import sys
+
+import zmq
+
+from pylm.servers import Master, Pipeline, Server, Worker
+
+__all__ = [
+    "free_port", "tcp", "Peer", "record", "group_lines",
+    "PAYLOAD", "JOB_WINDOW", "PUB_HWM", "SNDMORE",
+]
+
+#: 100 bytes, not all alike (a payload of one repeated byte could flatter a
+#: compressing transport; none is used here, but keep it honest).
+PAYLOAD = bytes(range(100))
+
+#: Calls the baseline stream client keeps in flight; the same bound as
+#: pylm.clients.JOB_WINDOW, so that both chains run with the same window.
+JOB_WINDOW = 2000
+
+#: High-water mark of the baseline PUB/SUB sockets; the same as
+#: pylm.servers.PUB_HWM.  With JOB_WINDOW in flight no queue ever fills, so
+#: no message is dropped.
+PUB_HWM = 100_000
+
+_SPAWN = multiprocessing.get_context("spawn")
+
+
+# ---------------------------------------------------------------------------
+# addresses
+
+def free_port(host="127.0.0.1"):
+    """A TCP port the kernel just handed out on `host` (bind to port 0),
+    for servers that must be told their address before they bind."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def tcp(port=None):
+    """``tcp://127.0.0.1:<port>``, a fresh free port by default."""
+    return "tcp://127.0.0.1:%d" % (free_port() if port is None else port)
+
+
+# ---------------------------------------------------------------------------
+# process handles
+
+class Peer:
+    """One peer process.  ``start()`` returns what the child reported on its
+    pipe (endpoints, or None): the baselines report once bound and
+    connected; our servers report just before ``start()`` (which cannot
+    report), so the fixtures check that they serve over the wire.
+    ``stop()`` ends the process.  A child that fails before reporting makes
+    ``start()`` raise with its error."""
+
+    def __init__(self, target, *args, name=None):
+        self._parent, child = _SPAWN.Pipe()
+        self.process = _SPAWN.Process(target=_run_peer, args=(target, child) + args,
+                                      name=name or target.__name__, daemon=True)
+        self._child = child
+        self.info = None
+
+    def start(self, timeout=30.0):
+        self.process.start()
+        self._child.close()
+        if not self._parent.poll(timeout):
+            self.stop()
+            raise TimeoutError("peer %s did not start within %s s" % (self.process.name, timeout))
+        try:
+            status, info = self._parent.recv()
+        except EOFError:
+            self.stop()
+            raise RuntimeError("peer %s died at start (exit code %s)"
+                               % (self.process.name, self.process.exitcode)) from None
+        if status != "ok":
+            self.stop()
+            raise RuntimeError("peer %s failed at start: %s" % (self.process.name, info))
+        self.info = info
+        return info
+
+    def alive(self):
+        return self.process.is_alive()
+
+    def stop(self, timeout=5.0):
+        """SIGTERM, wait, then SIGKILL.  Returns the exit code."""
+        p = self.process
+        if p.pid is not None and p.exitcode is None:
+            p.terminate()
+            p.join(timeout)
+            if p.exitcode is None:
+                p.kill()
+                p.join(timeout)
+        self._parent.close()
+        return p.exitcode
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _run_peer(target, conn, *args):
+    """Child side: run target(report, *args); report(info) tells the parent
+    that the peer is serving.  An exception before that is sent back."""
+    reported = False
+
+    def report(info=None):
+        nonlocal reported
+        conn.send(("ok", info))
+        reported = True
+
+    try:
+        target(report, *args)
+    except BaseException as exc:
+        if not reported:
+            try:
+                conn.send(("error", "%s: %s" % (type(exc).__name__, exc)))
+            except OSError:
+                pass
+        raise
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------------------
+# our servers (targets run in the child; classes defined here so that the
+# spawned child can import them)
+
+#: our servers log at this level: warnings and errors only, so that a
+#: benchmark's output is its tables
+LOG_LEVEL = logging.WARNING
+
+
+def _quiet_logging():
+    logging.basicConfig(level=LOG_LEVEL, stream=sys.stderr)
+
+
+class IdentityWorker(Worker):
+    def foo(self, payload):
+        return payload
+
+    def who(self, payload):
+        return self.name.encode()
+
+
+class IdentityServer(Server):
+    def foo(self, payload):
+        return payload
+
+    def f(self, payload):
+        return payload
+
+
+class IdentityPipeline(Pipeline):
+    def g(self, payload):
+        return payload
+
+    def h(self, payload):
+        return payload
+
+
+def run_master(report, name, pull, pub, wpull, wpush, db):
+    """A pylm Master.  Reports before start(); readiness is checked over
+    the wire by the parent (its cache answers, workers answer `who`)."""
+    _quiet_logging()
+    server = Master(name, pull, pub, wpull, wpush, db, log_level=LOG_LEVEL)
+    report()
+    server.start()
+
+
+def run_worker(report, name, db):
+    """A pylm Worker with the identity method ``foo``."""
+    _quiet_logging()
+    worker = IdentityWorker(name, db, log_level=LOG_LEVEL)
+    report()
+    worker.start()
+
+
+def run_server(report, name, db, pull, pub, pipelined):
+    """A pylm Server with the identity methods ``foo`` and ``f``."""
+    _quiet_logging()
+    server = IdentityServer(name, db, pull, pub, pipelined=pipelined, log_level=LOG_LEVEL)
+    report()
+    server.start()
+
+
+def run_pipeline(report, name, db, sub, pub, previous, to_client):
+    """A pylm Pipeline with the identity methods ``g`` and ``h``."""
+    _quiet_logging()
+    server = IdentityPipeline(name, db, sub, pub, previous, to_client=to_client,
+                              log_level=LOG_LEVEL)
+    report()
+    server.start()
+
+
+# ---------------------------------------------------------------------------
+# hand-written pyzmq baselines (the child side)
+
+def _exit_on_sigterm():
+    """SIGTERM ends the baseline loop: the handler raises SystemExit in the
+    main thread, which interrupts the blocking recv (pyzmq retries EINTR
+    after running signal handlers)."""
+    def handler(signum, frame):
+        raise SystemExit(0)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def identity(payload):
+    return payload
+
+
+def run_pushpull_worker(report, pull_endpoint, push_endpoint):
+    """zguide's task worker: PULL from the ventilator, call the identity,
+    PUSH to the sink.  One frame per message, zero-copy frames."""
+    ctx = zmq.Context()
+    _exit_on_sigterm()
+    pull = ctx.socket(zmq.PULL)
+    push = ctx.socket(zmq.PUSH)
+    try:
+        pull.connect(pull_endpoint)
+        push.connect(push_endpoint)
+        report()
+        recv, send, fn = pull.recv, push.send, identity
+        while True:
+            send(fn(recv()))
+    finally:
+        pull.close(linger=0)
+        push.close(linger=0)
+        ctx.term()
+
+
+def run_rep(report):
+    """A REP echo server bound on a kernel-chosen port."""
+    ctx = zmq.Context()
+    _exit_on_sigterm()
+    rep = ctx.socket(zmq.REP)
+    try:
+        rep.bind("tcp://127.0.0.1:*")
+        report(rep.getsockopt_string(zmq.LAST_ENDPOINT))
+        recv, send, fn = rep.recv, rep.send, identity
+        while True:
+            send(fn(recv()))
+    finally:
+        rep.close(linger=0)
+        ctx.term()
+
+
+# The chain's frames are sent and received one by one with an int SNDMORE:
+# pyzmq 27's send_multipart/recv_multipart cost ~5.5 us each for three frames
+# here (Python-level flag enums), against ~2.7 us and ~0.6 us this way, and
+# the frame count is fixed by this protocol.  Stage to stage:
+# [stage topic, client topic, payload]; last stage to the client:
+# [client topic, payload] (the client's topic travels with the payload, as
+# `client` does in our envelope).
+SNDMORE = int(zmq.SNDMORE)
+
+
+def run_stream_head(report, topic):
+    """First stage of the baseline chain: PULL (bound) -> identity -> PUB
+    (bound) on `topic`; reports (pull endpoint, pub endpoint)."""
+    ctx = zmq.Context()
+    _exit_on_sigterm()
+    pull = ctx.socket(zmq.PULL)
+    pub = ctx.socket(zmq.PUB)
+    try:
+        pub.setsockopt(zmq.SNDHWM, PUB_HWM)
+        pull.bind("tcp://127.0.0.1:*")
+        pub.bind("tcp://127.0.0.1:*")
+        report((pull.getsockopt_string(zmq.LAST_ENDPOINT),
+                pub.getsockopt_string(zmq.LAST_ENDPOINT)))
+        recv, send, fn, more = pull.recv, pub.send, identity, SNDMORE
+        t = topic.encode()
+        while True:
+            client = recv()
+            payload = fn(recv())
+            send(t, more)
+            send(client, more)
+            send(payload)
+    finally:
+        pull.close(linger=0)
+        pub.close(linger=0)
+        ctx.term()
+
+
+def run_stream_stage(report, sub_endpoint, previous, topic):
+    """A middle or last stage of the baseline chain: SUB to `previous` ->
+    identity -> PUB (bound) on `topic`, or on the client's topic when
+    `topic` is None; reports the pub endpoint."""
+    ctx = zmq.Context()
+    _exit_on_sigterm()
+    sub = ctx.socket(zmq.SUB)
+    pub = ctx.socket(zmq.PUB)
+    try:
+        sub.setsockopt(zmq.RCVHWM, PUB_HWM)
+        pub.setsockopt(zmq.SNDHWM, PUB_HWM)
+        sub.setsockopt_string(zmq.SUBSCRIBE, previous)
+        sub.connect(sub_endpoint)
+        pub.bind("tcp://127.0.0.1:*")
+        report(pub.getsockopt_string(zmq.LAST_ENDPOINT))
+        recv, send, fn, more = sub.recv, pub.send, identity, SNDMORE
+        t = None if topic is None else topic.encode()
+        while True:
+            recv()
+            client = recv()
+            payload = fn(recv())
+            if t is not None:
+                send(t, more)
+            send(client, more)
+            send(payload)
+    finally:
+        sub.close(linger=0)
+        pub.close(linger=0)
+        ctx.term()
+
+
+# ---------------------------------------------------------------------------
+# ratio of medians, printed after pytest-benchmark's tables
+
+_MEDIANS = {}   # group -> {role: (median seconds, messages per round, test name)}
+
+
+def group_lines(group):
+    """The lines that compare ours with the baseline in `group` (empty
+    until both ran)."""
+    roles = _MEDIANS.get(group, {})
+    if "ours" not in roles or "baseline" not in roles:
+        return []
+    (t_ours, n_ours, name_ours), (t_base, n_base, name_base) = roles["ours"], roles["baseline"]
+    ratio = t_ours / t_base
+    if n_ours:
+        return [
+            "%s: ours     %-26s median %8.4f s/round = %9.0f msgs/s"
+            % (group, name_ours, t_ours, n_ours / t_ours),
+            "%s: baseline %-26s median %8.4f s/round = %9.0f msgs/s"
+            % (group, name_base, t_base, n_base / t_base),
+            "%s: ratio of medians (ours / baseline) = %.3f   (msgs/s ours / baseline = %.3f)"
+            % (group, ratio, 1 / ratio),
+        ]
+    return [
+        "%s: ours     %-26s p50 %8.1f us" % (group, name_ours, t_ours * 1e6),
+        "%s: baseline %-26s p50 %8.1f us" % (group, name_base, t_base * 1e6),
+        "%s: ratio of medians (ours / baseline) = %.3f" % (group, ratio),
+    ]
+
+
+def record(request, benchmark, group, role, messages):
+    """After a run: put msgs/s (and, for a latency benchmark, p50/p99) in
+    extra_info, and print the ratio of medians as soon as both sides of the
+    group ran (conftest.py prints all ratios again after the tables).
+    `messages` is the number of messages per round, 0 for a latency
+    benchmark of one call per round.  Times are reported, never asserted."""
+    stats = getattr(benchmark, "stats", None)
+    if stats is None:  # --benchmark-disable
+        return
+    median = stats.stats.median
+    if messages:
+        benchmark.extra_info["msgs_per_round"] = messages
+        benchmark.extra_info["msgs_per_s"] = round(messages / median)
+    else:
+        data = sorted(stats.stats.data)
+        benchmark.extra_info["p50_us"] = round(median * 1e6, 1)
+        benchmark.extra_info["p99_us"] = round(data[min(len(data) - 1, int(len(data) * 0.99))] * 1e6, 1)
+        benchmark.extra_info["msgs_per_s"] = round(1 / median)
+    _MEDIANS.setdefault(group, {})[role] = (median, messages, request.node.name)
+    lines = group_lines(group)
+    tr = request.config.pluginmanager.get_plugin("terminalreporter")
+    capman = request.config.pluginmanager.get_plugin("capturemanager")
+    if lines and tr is not None and capman is not None:
+        with capman.global_and_fixture_disabled():
+            tr.write_line("")
+            for line in lines:
+                tr.write_line(line)

@@ -1,0 +1,226 @@
+"""Master/Worker throughput and Server round-trip latency, each next to a
+hand-written pyzmq baseline of the same shape in the same run.
+
+group "job": 100-byte payloads, MESSAGES per round, reported as msgs/s
+    ours      Client.job -> Master (process) -> 2 Workers (processes) -> Master -> Client
+    baseline  ventilator PUSH (thread) -> 2 workers PULL/PUSH (processes) -> sink PULL
+group "eval": one call per round, the median is the p50 latency
+    ours      Client.eval -> Server (process) -> Client
+    baseline  REQ -> REP (process) -> REQ
+
+Run:  .venv/bin/python -m pytest benchmarks/bench_job.py --benchmark-disable-gc
+The ratio of the medians (ours / baseline) of each group is printed, with
+msgs/s, when the group is complete, and again after the tables (conftest.py).
+Times are never asserted.  Sizes: PYLM_BENCH_MESSAGES, PYLM_BENCH_ROUNDS,
+PYLM_BENCH_EVAL_ROUNDS in the environment; conftest.py's --rounds,
+--warmup-rounds, --iterations override the rounds.
+"""
+
+import itertools
+import os
+import threading
+
+import pytest
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from pylm.clients import Client
+
+try:  # benchmarks/ on sys.path (pytest's rootdir insertion; no __init__.py)
+    from _peers import (
+        PAYLOAD, Peer, record, run_master, run_pushpull_worker, run_rep, run_server,
+        run_worker, tcp)
+except ImportError:  # benchmarks/ imported as a package
+    from benchmarks._peers import (
+        PAYLOAD, Peer, record, run_master, run_pushpull_worker, run_rep, run_server,
+        run_worker, tcp)
+
+MESSAGES = int(os.environ.get("PYLM_BENCH_MESSAGES", 100_000))
+ROUNDS = int(os.environ.get("PYLM_BENCH_ROUNDS", 10))
+EVAL_ROUNDS = int(os.environ.get("PYLM_BENCH_EVAL_ROUNDS", 20000))
+WORKERS = 2
+#: seconds a fixture may take to bring its processes up
+START_TIMEOUT = 30.0
+
+
+def _stop_all(peers):
+    for peer in reversed(peers):
+        peer.stop()
+
+
+# ---------------------------------------------------------------------------
+# group "job"
+
+@pytest.fixture(scope="module")
+def master_client():
+    """A Master and WORKERS Workers, each in its own process, and a Client
+    in this one.  Ready when every worker has answered a call."""
+    db, pull, pub, wpull, wpush = (tcp() for _ in range(5))
+    peers = [Peer(run_master, "master", pull, pub, wpull, wpush, db, name="master")]
+    client = None
+    try:
+        peers[0].start(START_TIMEOUT)
+        names = ["worker-%d" % i for i in range(WORKERS)]
+        for name in names:
+            peers.append(Peer(run_worker, name, db, name=name))
+            peers[-1].start(START_TIMEOUT)
+        client = Client("master", db, timeout=START_TIMEOUT)
+        # a worker that has not connected yet gets no calls: call `who`
+        # until every worker has answered (the Master picks by credit)
+        seen = set()
+        for _ in range(50):
+            seen.update(client.job("master.who", itertools.repeat(b"", 2000), messages=2000,
+                                   timeout=START_TIMEOUT))
+            if len(seen) == WORKERS:
+                break
+        assert seen == {n.encode() for n in names}, seen
+        yield client
+    finally:
+        if client is not None:
+            client.close()
+        _stop_all(peers)
+
+
+def _wait_handshakes(sock, events, count):
+    """Block until `count` peers completed the ZMTP handshake with `sock`,
+    seen on its monitor socket `events` (a PUSH sends only to the peers it
+    has, so no round may start before every worker is there)."""
+    try:
+        done = 0
+        while done < count:
+            if not events.poll(int(START_TIMEOUT * 1000)):
+                raise TimeoutError("%d of %d baseline workers connected" % (done, count))
+            if recv_monitor_message(events)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                done += 1
+    finally:
+        sock.disable_monitor()
+        events.close(linger=0)
+
+
+@pytest.fixture(scope="module")
+def pushpull():
+    """zguide's ventilator/workers/sink: ventilator PUSH and sink PULL bound
+    here, WORKERS worker processes between them."""
+    ctx = zmq.Context()
+    vent = ctx.socket(zmq.PUSH)
+    sink = ctx.socket(zmq.PULL)
+    peers = []
+    try:
+        vent.bind("tcp://127.0.0.1:*")
+        sink.bind("tcp://127.0.0.1:*")
+        vent_ep = vent.getsockopt_string(zmq.LAST_ENDPOINT)
+        sink_ep = sink.getsockopt_string(zmq.LAST_ENDPOINT)
+        # monitors first, so that no handshake event is missed
+        vent_events = vent.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        sink_events = sink.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        for i in range(WORKERS):
+            peers.append(Peer(run_pushpull_worker, vent_ep, sink_ep, name="pp-worker-%d" % i))
+            peers[-1].start(START_TIMEOUT)
+        _wait_handshakes(vent, vent_events, WORKERS)
+        _wait_handshakes(sink, sink_events, WORKERS)
+        sink.setsockopt(zmq.RCVTIMEO, int(START_TIMEOUT * 1000))  # a lost message fails, not hangs
+        yield vent, sink
+    finally:
+        _stop_all(peers)
+        vent.close(linger=0)
+        sink.close(linger=0)
+        ctx.term()
+
+
+def _job_round(client, n):
+    got = 0
+    # timeout: a lost message fails the round instead of hanging it
+    for _ in client.job("master.foo", itertools.repeat(PAYLOAD, n), messages=n,
+                        timeout=START_TIMEOUT):
+        got += 1
+    assert got == n
+
+
+def _ventilate(vent, n):
+    send = vent.send
+    for _ in range(n):
+        send(PAYLOAD)
+
+
+def _pushpull_round(vent, sink, n):
+    ventilator = threading.Thread(target=_ventilate, args=(vent, n))
+    ventilator.start()
+    recv = sink.recv
+    for _ in range(n):
+        recv()
+    ventilator.join()
+
+
+@pytest.mark.benchmark(group="job")
+def test_job_ours(bench, benchmark, request, master_client):
+    bench(_job_round, master_client, MESSAGES, role="ours",
+          rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    record(request, benchmark, "job", "ours", MESSAGES)
+
+
+@pytest.mark.benchmark(group="job")
+def test_job_baseline_pyzmq(bench, benchmark, request, pushpull):
+    vent, sink = pushpull
+    bench(_pushpull_round, vent, sink, MESSAGES, role="baseline",
+          rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    record(request, benchmark, "job", "baseline", MESSAGES)
+
+
+# ---------------------------------------------------------------------------
+# group "eval"
+
+@pytest.fixture(scope="module")
+def server_client():
+    """A Server in its own process and a Client of it here."""
+    db, pull, pub = tcp(), tcp(), tcp()
+    peer = Peer(run_server, "server", db, pull, pub, False, name="server")
+    client = None
+    try:
+        peer.start(START_TIMEOUT)
+        client = Client("server", db, timeout=START_TIMEOUT)
+        assert client.eval("server.foo", PAYLOAD, timeout=START_TIMEOUT) == PAYLOAD
+        yield client
+    finally:
+        if client is not None:
+            client.close()
+        peer.stop()
+
+
+@pytest.fixture(scope="module")
+def req_socket():
+    """A REP echo in its own process and a REQ to it here."""
+    peer = Peer(run_rep, name="rep")
+    ctx = zmq.Context()
+    req = ctx.socket(zmq.REQ)
+    try:
+        endpoint = peer.start(START_TIMEOUT)
+        req.setsockopt(zmq.RCVTIMEO, int(START_TIMEOUT * 1000))
+        req.connect(endpoint)
+        req.send(PAYLOAD)
+        assert req.recv() == PAYLOAD
+        yield req
+    finally:
+        peer.stop()
+        req.close(linger=0)
+        ctx.term()
+
+
+def _req_rep(req):
+    req.send(PAYLOAD)
+    return req.recv()
+
+
+@pytest.mark.benchmark(group="eval")
+def test_eval_ours(bench, benchmark, request, server_client):
+    result = bench(server_client.eval, "server.foo", PAYLOAD, role="ours",
+                   rounds=EVAL_ROUNDS, warmup_rounds=200, iterations=1)
+    assert result == PAYLOAD
+    record(request, benchmark, "eval", "ours", 0)
+
+
+@pytest.mark.benchmark(group="eval")
+def test_eval_baseline_pyzmq(bench, benchmark, request, req_socket):
+    result = bench(_req_rep, req_socket, role="baseline",
+                   rounds=EVAL_ROUNDS, warmup_rounds=200, iterations=1)
+    assert result == PAYLOAD
+    record(request, benchmark, "eval", "baseline", 0)

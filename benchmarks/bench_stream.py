@@ -1,0 +1,184 @@
+"""Stream (pipeline) throughput, next to a hand-written pyzmq chain of the
+same shape in the same run.
+
+group "stream": 100-byte payloads, MESSAGES per round, reported as msgs/s
+    ours      Client.job(['server.f', 'p1.g', 'p2.h']) -> Server(pipelined=True)
+              -> Pipeline('p1', to_client=False) -> Pipeline('p2', to_client=True)
+              -> Client (its sub_address is p2's pub_address); one process each
+    baseline  PUSH -> [PULL -> PUB] -> [SUB -> PUB] -> [SUB -> PUB] -> SUB, one
+              process per stage, the client keeping the same window of calls
+              in flight as Client.job (pylm.clients.JOB_WINDOW); frames sent
+              one by one, not with send_multipart (see _peers.py)
+
+If our chain cannot be brought up, the benchmark is skipped with the error.
+
+Run:  .venv/bin/python -m pytest benchmarks/bench_stream.py --benchmark-disable-gc
+Environment: PYLM_BENCH_MESSAGES, PYLM_BENCH_ROUNDS.
+"""
+
+import itertools
+import os
+import time
+import uuid
+
+import pytest
+import zmq
+
+from pylm.clients import Client
+
+try:  # benchmarks/ on sys.path (pytest's rootdir insertion; no __init__.py)
+    from _peers import (
+        JOB_WINDOW, PAYLOAD, PUB_HWM, SNDMORE, Peer, record, run_pipeline, run_server,
+        run_stream_head, run_stream_stage, tcp)
+except ImportError:  # benchmarks/ imported as a package
+    from benchmarks._peers import (
+        JOB_WINDOW, PAYLOAD, PUB_HWM, SNDMORE, Peer, record, run_pipeline, run_server,
+        run_stream_head, run_stream_stage, tcp)
+
+MESSAGES = int(os.environ.get("PYLM_BENCH_MESSAGES", 100_000))
+ROUNDS = int(os.environ.get("PYLM_BENCH_ROUNDS", 7))
+START_TIMEOUT = 30.0
+#: seconds for the client handshake, and for each reply of a round
+PROBE_TIMEOUT = 10.0
+#: seconds to wait for a first call to make it through our chain
+CHAIN_TIMEOUT = 15.0
+FUNCTION = ["server.f", "p1.g", "p2.h"]
+
+
+def _stop_all(peers):
+    for peer in reversed(peers):
+        peer.stop()
+
+
+# ---------------------------------------------------------------------------
+# ours
+
+@pytest.fixture(scope="module")
+def stream_client():
+    """Server -> p1 -> p2, each in its own process; a Client here whose
+    sub_address is p2's pub_address.  Ready when a call went through the
+    whole chain (each stage's subscription is live)."""
+    db0, pull0, pub0, db1, pub1, db2, pub2 = (tcp() for _ in range(7))
+    peers = [
+        Peer(run_server, "server", db0, pull0, pub0, True, name="server"),
+        Peer(run_pipeline, "p1", db1, pub0, pub1, "server", False, name="p1"),
+        Peer(run_pipeline, "p2", db2, pub1, pub2, "p1", True, name="p2"),
+    ]
+    client = None
+    try:
+        for peer in peers:
+            peer.start(START_TIMEOUT)
+        step = "Client('server', db_address, sub_address=<p2 pub_address>)"
+        try:
+            client = Client("server", db0, sub_address=pub2, timeout=PROBE_TIMEOUT)
+            step = "Client.eval(%r, ...) through the chain" % (FUNCTION,)
+            deadline = time.monotonic() + CHAIN_TIMEOUT
+            while True:
+                # a stage drops what it publishes before the next stage's
+                # subscription arrives: probe until one call goes through
+                try:
+                    reply = client.eval(FUNCTION, PAYLOAD, timeout=1.0)
+                    break
+                except TimeoutError:
+                    if time.monotonic() > deadline:
+                        raise
+            if reply != PAYLOAD:
+                raise AssertionError("the chain answered %r" % (reply,))
+        except Exception as exc:
+            pytest.skip("our Server -> Pipeline -> Pipeline chain failed at %s: %s: %s"
+                        % (step, type(exc).__name__, exc))
+        yield client
+    finally:
+        if client is not None:
+            client.close()
+        _stop_all(peers)
+
+
+def _stream_round(client, n):
+    got = 0
+    # timeout: a lost message fails the round instead of hanging it
+    for _ in client.job(FUNCTION, itertools.repeat(PAYLOAD, n), messages=n,
+                        timeout=PROBE_TIMEOUT):
+        got += 1
+    assert got == n
+
+
+@pytest.mark.benchmark(group="stream")
+def test_stream_ours(bench, benchmark, request, stream_client):
+    try:
+        bench(_stream_round, stream_client, MESSAGES, role="ours",
+              rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    except Exception as exc:
+        pytest.skip("our Server -> Pipeline -> Pipeline chain failed during Client.job: "
+                    "%s: %s" % (type(exc).__name__, exc))
+    record(request, benchmark, "stream", "ours", MESSAGES)
+
+
+# ---------------------------------------------------------------------------
+# hand-written pyzmq chain
+
+@pytest.fixture(scope="module")
+def pyzmq_chain():
+    """head (PULL -> PUB 'server') -> stage (SUB 'server' -> PUB 'p1') ->
+    stage (SUB 'p1' -> PUB <client>), each in its own process; PUSH and
+    SUB here.  Messages are [topic, client, payload] between stages and
+    [client, payload] to the client."""
+    peers = []
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    sub = ctx.socket(zmq.SUB)
+    me = uuid.uuid4().hex.encode()
+    try:
+        head = Peer(run_stream_head, "server", name="chain-head")
+        peers.append(head)
+        pull_ep, pub0 = head.start(START_TIMEOUT)
+        p1 = Peer(run_stream_stage, pub0, "server", "p1", name="chain-p1")
+        peers.append(p1)
+        pub1 = p1.start(START_TIMEOUT)
+        p2 = Peer(run_stream_stage, pub1, "p1", None, name="chain-p2")
+        peers.append(p2)
+        pub2 = p2.start(START_TIMEOUT)
+        sub.setsockopt(zmq.RCVHWM, PUB_HWM)
+        sub.setsockopt(zmq.SUBSCRIBE, me)
+        sub.connect(pub2)
+        push.connect(pull_ep)
+        # probe until one message goes through every subscription
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            push.send_multipart([me, b"probe"])
+            if sub.poll(100):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError("the pyzmq chain did not answer in %s s" % START_TIMEOUT)
+        while sub.poll(200):  # late answers to earlier probes
+            sub.recv_multipart()
+        sub.setsockopt(zmq.RCVTIMEO, int(START_TIMEOUT * 1000))  # a lost message fails, not hangs
+        yield push, sub, me
+    finally:
+        _stop_all(peers)
+        push.close(linger=0)
+        sub.close(linger=0)
+        ctx.term()
+
+
+def _chain_round(push, sub, me, n, window=JOB_WINDOW):
+    """Send n calls [client, payload] keeping at most `window` in flight;
+    receive the n replies [client, payload]."""
+    send, recv, more, payload = push.send, sub.recv, SNDMORE, PAYLOAD
+    sent = got = 0
+    while got < n:
+        while sent < n and sent - got < window:
+            send(me, more)
+            send(payload)
+            sent += 1
+        recv()
+        recv()
+        got += 1
+
+
+@pytest.mark.benchmark(group="stream")
+def test_stream_baseline_pyzmq(bench, benchmark, request, pyzmq_chain):
+    push, sub, me = pyzmq_chain
+    bench(_chain_round, push, sub, me, MESSAGES, role="baseline",
+          rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    record(request, benchmark, "stream", "baseline", MESSAGES)
