@@ -74,6 +74,9 @@ class Client:
         self._joined = False
         self._protocol = None
         self._closed = False
+        # A sub_address given by the caller may be the pub of a later stage
+        # (a pylm 0.14 Pipeline, say): whether it welcomes is then unknown.
+        self._sub_is_server = sub_address is None
         if not this_config:
             try:
                 name = self._cache.request("get", b"name").decode()
@@ -152,12 +155,12 @@ class Client:
         limit = self.timeout if timeout is None else timeout
         limit = 1e9 if limit is None else limit
         deadline = time.monotonic() + limit
-        known = self._protocol == PROTOCOL
+        known = self._protocol == PROTOCOL and self._sub_is_server
         welcome_by = deadline if known else time.monotonic() + min(limit, 1.0)
         while True:
             left = welcome_by - time.monotonic()
             if left <= 0 or not self._sub.poll(int(left * 1000) + 1, zmq.POLLIN):
-                if not known:       # this_config and silent: a pylm 0.14 server
+                if not known:       # silent publisher of unknown kind: pylm 0.14
                     self._joined = True
                     return
                 raise TimeoutError("no publisher answered at %s within %s s"
