@@ -38,3 +38,11 @@ bench: build
 
 clean:
 	rm -rf build *.egg-info pylm_core/_core.c pylm_core/*.so pylm_core/*.html
+
+# pylm 0.14.4 from PyPI in a venv of its own, for tests/test_interop.py (which
+# builds it on first use too; CI can prebuild it). Reused while it is valid.
+LEGACY_VENV ?= .venv-pylm014
+
+.PHONY: legacy-venv
+legacy-venv:
+	$(PYTHON) tests/legacy.py build $(LEGACY_VENV)
