@@ -75,15 +75,15 @@ def wait_for(predicate, timeout=10.0, interval=0.01, what="condition"):
         interval = min(interval * 2, 0.2)
 
 
-def _answers(server, deadline):
+def _answers(server, deadline, returned):
     """Wait until a Client of `server` can be made and its subscription
     handshake succeeds (Server, Master: they answer pings without running
-    any method)."""
+    any method).  False when the deadline passed or start() returned."""
     from pylm.clients import Client
 
     while True:
         left = deadline - time.monotonic()
-        if left <= 0:
+        if left <= 0 or returned.is_set():
             return False
         try:
             client = Client(server.name, server.db_address, timeout=min(left, 1.0))
@@ -161,7 +161,7 @@ def running(server, ready=None, start_timeout=START_TIMEOUT, stop_timeout=STOP_T
         deadline = time.monotonic() + start_timeout
         if ready is None and getattr(server, "pull_address", None) and \
                 getattr(server, "pub_address", None):
-            ok = _answers(server, deadline)
+            ok = _answers(server, deadline, run.returned)
         elif ready is None:
             ok = True
         else:
@@ -211,6 +211,7 @@ class ChildProcess:
             target=_child_main, args=(cls, args, kwargs, start_kwargs or {}, log_level),
             name="pylm-child-%s" % cls.__name__, daemon=True)
         self._signalled = False
+        self._reported = False  # stop() raised once: later calls are no-ops
 
     @property
     def pid(self):
@@ -233,6 +234,7 @@ class ChildProcess:
         self.process.join(timeout)
         if self.process.is_alive():
             self._kill()
+            self._reported = True
             raise ServerFailed("child %s (pid %s) did not exit within %s s"
                                % (self.cls.__name__, self.pid, timeout))
         self._check_exit()
@@ -249,24 +251,36 @@ class ChildProcess:
         # -SIGTERM: the signal came before start() installed its handler
         ok = (0, -signal.SIGTERM) if self._signalled else (0,)
         if code not in ok:
+            self._reported = True
             raise ServerFailed("child %s (pid %s) exited with code %s"
                                % (self.cls.__name__, self.pid, code))
 
-    def stop(self, timeout=STOP_TIMEOUT):
+    def stop(self, timeout=STOP_TIMEOUT, repeat=1.0):
         """SIGTERM the child by PID and wait for it; raise ServerFailed when
         it does not exit within `timeout` (it is then killed) or when it
-        exited with an error."""
-        if self.process.pid is None:
+        exited with an error.
+
+        The signal is repeated every `repeat` seconds (None: sent once): a
+        SIGTERM that reaches a server while its main thread is outside
+        zmq_poll is only acted on at its next message (see
+        tests/test_server.py::test_a_sigterm_during_a_call_stops_the_server).
+        """
+        if self.process.pid is None or self._reported:
             return
-        if self.process.is_alive():
+        deadline = time.monotonic() + timeout
+        while self.process.is_alive():
             self._signalled = True
             try:
                 os.kill(self.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        self.process.join(timeout)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self.process.join(left if repeat is None else min(left, repeat))
         if self.process.is_alive():
             self._kill()
+            self._reported = True
             raise ServerFailed("child %s (pid %s) did not stop within %s s of SIGTERM"
                                % (self.cls.__name__, self.pid, timeout))
         self._check_exit()
