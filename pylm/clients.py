@@ -166,6 +166,7 @@ class Client:
                 raise TimeoutError("no publisher answered at %s within %s s"
                                    % (self.sub_address, limit))
             if self._sub.recv_multipart() == [WELCOME]:
+                self._protocol = PROTOCOL
                 break
         nonce = uuid.uuid4().hex.encode()
         ping_cache = _core.PING_PREFIX + b":" + nonce
@@ -176,7 +177,7 @@ class Client:
             _core.send_call(self._push, nonce, self.uuid.encode(), b"", ping_cache, b"",
                             timeout=max(0.0, deadline - time.monotonic()))
             try:
-                msg = self._reader.recv_raw(timeout=interval)
+                msg = self._reader.recv_message(timeout=interval)
             except TimeoutError:
                 interval = min(interval * 2, 0.1)
                 continue
@@ -205,7 +206,8 @@ class Client:
         pipeline = self.session or str(uuid.uuid4())
         self._reader.pipeline = pipeline.encode()
         _core.send_call(self._push, pipeline.encode(), self.uuid.encode(), function.encode(),
-                        cache.encode(), payload, timeout=timeout)
+                        cache.encode(), payload, timeout=timeout,
+                        batch_replies=self._protocol == PROTOCOL)
         results = []
         deadline = None if timeout is None else time.monotonic() + timeout
         for _ in range(messages):
@@ -231,6 +233,7 @@ class Client:
         stream = _core.JobStream(self._push, self._reader, generator, pipeline.encode(),
                                  self.uuid.encode(), function.encode(), cache.encode(),
                                  min(messages, 2**62), window=window, timeout=timeout,
+                                 batch=self._protocol == PROTOCOL,
                                  on_error=self._raise_remote)
         yield from stream
 

@@ -319,14 +319,15 @@ class Worker(_Served):
     """Runs methods for a Master.  Addresses not given are fetched from the
     Master's cache at `db_address` (required).
 
-    :param credit: how many messages our Master may send ahead
+    :param credit: the most messages our Master may send ahead (the worker
+        asks for about 20 ms of work at its measured speed, up to this)
     :param timeout: seconds to wait for the Master's cache at start
     """
 
     mux = False
 
     def __init__(self, name="", db_address="", push_address=None, pull_address=None,
-                 log_level=logging.INFO, messages=sys.maxsize, *, credit=64, timeout=10.0):
+                 log_level=logging.INFO, messages=sys.maxsize, *, credit=1000, timeout=10.0):
         if not db_address:
             raise ValueError("Worker needs the db_address of its Master")
         super().__init__(name or str(uuid.uuid4()), db_address, log_level)

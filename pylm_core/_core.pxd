@@ -1,5 +1,5 @@
 # cdef classes of the pylm_core extension, for cimport by siblings and tests.
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint64_t
 from pylm_core.libzmq cimport pz_msg_t
 from pylm_core.wire cimport pz_env
 
@@ -14,6 +14,8 @@ cdef class PalmMessage:
         # the string fields, always str ("" is protobuf's default)
         object _pipeline, _client, _function, _cache, _error
         int64_t _stage
+        # pylm's field 16 (PZ_FLAG_BATCH...), kept so hooks do not lose it
+        uint64_t _flags
         # bytes or a bytes-like object; None while the payload is a view
         object _payload
         # the buffer a payload view points into (bytes or Frame)

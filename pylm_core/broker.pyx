@@ -5,20 +5,38 @@
 # always, take client messages only when a worker can take them.
 
 from libc.stdlib cimport malloc, realloc, free
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
+cdef enum:
+    MAX_SEND = 256              # envelopes in one batch to a worker
 
 
 cdef struct WorkerSlot:
     char ident[256]
     int ident_n
-    int credit                  # messages it can take now
+    int limit                   # messages it wants in flight (its credit)
+    int inflight                # messages sent and not finished
     long long last_seen         # monotonic ms of its last frame
 
 
-cdef inline long long now_ms() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <long long>ts.tv_sec * 1000 + ts.tv_nsec // 1000000
+cdef struct Fifo:
+    # envelopes waiting for a worker, each preceded by its length (the
+    # batch format, so k of them go to a worker with one memcpy)
+    pz_batch b
+    size_t head                 # offset of the first waiting envelope
+    long count
+
+
+cdef int fifo_push(Fifo *f, const char *p, size_t n) except -1:
+    if f.head and f.head == f.b.len:
+        f.head = f.b.len = 0
+    elif f.head > 65536 and f.head * 2 > f.b.len:
+        memmove(f.b.buf, f.b.buf + f.head, f.b.len - f.head)
+        f.b.len -= f.head
+        f.head = 0
+    if pz_batch_add_raw(&f.b, p, n) != 0:
+        raise MemoryError()
+    f.count += 1
+    return 0
 
 
 cdef class Broker:
@@ -53,8 +71,9 @@ cdef class Broker:
         Waiter waiter
         WorkerSlot *workers         # our workers (malloc'd, n_workers used)
         int n_workers, cap_workers
-        pz_msg_t *queue             # messages waiting for a worker (ring)
-        int q_head, q_len, q_cap
+        Fifo queue                  # envelopes waiting for a worker
+        pz_batch cbatch             # results for one client, sent as one frame
+        bytes cbatch_topic
         long long worker_timeout_ms
     cdef public long long received, sent, bad, to_legacy, to_workers
 
@@ -83,17 +102,12 @@ cdef class Broker:
     def __cinit__(self):
         self.cap_workers = 16
         self.workers = <WorkerSlot *>malloc(self.cap_workers * sizeof(WorkerSlot))
-        self.q_cap = 64
-        self.queue = <pz_msg_t *>malloc(self.q_cap * sizeof(pz_msg_t))
-        if self.workers == NULL or self.queue == NULL:
+        if self.workers == NULL:
             raise MemoryError()
 
     def __dealloc__(self):
-        cdef int i
-        if self.queue != NULL:
-            for i in range(self.q_len):
-                pz_msg_close(&self.queue[(self.q_head + i) % self.q_cap])
-            free(self.queue)
+        free(self.queue.b.buf)
+        free(self.cbatch.buf)
         free(self.workers)
 
     @property
@@ -104,7 +118,7 @@ cdef class Broker:
     @property
     def queued(self):
         """Messages waiting for a worker."""
-        return self.q_len
+        return self.queue.count
 
     def run(self):
         """Broker until a stop request arrives."""
@@ -123,7 +137,7 @@ cdef class Broker:
                     items[n].revents = 0
                 n = 4
                 i_in = i_push = -1
-                if self.q_len == 0:
+                if self.queue.count == 0:
                     items[n].socket = self.inbound
                     items[n].events = PZ_POLLIN
                     items[n].revents = 0
@@ -151,8 +165,8 @@ cdef class Broker:
                     if self._drain_legacy(&mp):
                         return
                 self._expire_workers()
-                if self.q_len:
-                    self._dispatch_queue(i_push >= 0 and items[i_push].revents & PZ_POLLOUT)
+                if self.queue.count:
+                    self._dispatch(i_push >= 0 and items[i_push].revents & PZ_POLLOUT)
                 elif i_in >= 0 and items[i_in].revents & PZ_POLLIN:
                     if self._drain_inbound(&mp):
                         return
@@ -184,7 +198,8 @@ cdef class Broker:
             self.cap_workers *= 2
         memcpy(self.workers[self.n_workers].ident, pz_msg_data(ident), n)
         self.workers[self.n_workers].ident_n = <int>n
-        self.workers[self.n_workers].credit = credit
+        self.workers[self.n_workers].limit = credit
+        self.workers[self.n_workers].inflight = 0
         self.workers[self.n_workers].last_seen = now_ms()
         self.n_workers += 1
         return 0
@@ -205,10 +220,13 @@ cdef class Broker:
         return 0
 
     cdef int _drain_router(self, Multipart *mp) except -1:
-        """Frames from our workers: [ident, R, credit] | [ident, D(, env)] |
-        [ident, P, env] | [ident, H]."""
+        """Frames from our workers (protocol in loop.pyx)."""
         cdef int j, rc, w
         cdef char kind
+        cdef long long value
+        cdef const char *p
+        cdef const char *end
+        cdef pz_slice one
         for j in range(BATCH):
             with nogil:
                 rc = mp_recv(mp, self.router, PZ_DONTWAIT)
@@ -222,34 +240,40 @@ cdef class Broker:
                 continue
             kind = msg_ptr(&mp.f[1])[0]
             w = self._find_worker(&mp.f[0])
-            if kind == b'R':
-                if mp.total != 3:
-                    self._drop("a worker READY without its credit")
-                    continue
-                try:
-                    credit = int(PyBytes_FromStringAndSize(msg_ptr(&mp.f[2]),
-                                                           <Py_ssize_t>pz_msg_size(&mp.f[2])))
-                except ValueError:
-                    self._drop("a worker READY with a bad credit")
-                    continue
-                if w < 0:
-                    self._add_worker(&mp.f[0], max(1, min(credit, 100000)))
-                else:
-                    self.workers[w].credit = max(1, min(credit, 100000))
-                continue
-            if w < 0:
-                # a worker we forgot (silent too long) or never met: it
-                # must say READY again; its results are still delivered.
-                pass
-            else:
+            if w >= 0:
                 self.workers[w].last_seen = now_ms()
-            if kind == b'D' and w >= 0:
-                self.workers[w].credit += 1
-            if (kind == b'D' or kind == b'P') and mp.total == 3:
-                if self._deliver(&mp.f[2]):
+            if kind == 72 and mp.total == 2:
+                continue
+            if (kind != 82 and kind != 68) or mp.n < 3 or (kind == 68) != (mp.total == 4):
+                self._drop("a malformed message from a worker")
+                continue
+            value = _small_int(&mp.f[2])
+            if value < 0:
+                self._drop("a worker message with a bad count")
+                continue
+            if kind == 82:       # R
+                value = max(1, min(value, 100000))
+                if w < 0:
+                    self._add_worker(&mp.f[0], <int>value)
+                else:
+                    self.workers[w].limit = <int>value
+                continue
+            if w >= 0:
+                self.workers[w].inflight = max(0, self.workers[w].inflight - <int>value)
+            # results; a worker we forgot still has them delivered
+            p = msg_ptr(&mp.f[3])
+            end = p + pz_msg_size(&mp.f[3])
+            while True:
+                rc = pz_batch_next(&p, end, &one)
+                if rc == 0:
+                    break
+                if rc < 0:
+                    self._drop("a malformed batch from a worker")
+                    break
+                if self._deliver(one.p, one.n, NULL):
                     return 1
-            elif kind != b'D' and kind != b'H':
-                self._drop("a worker message of unknown kind %r" % chr(kind))
+            if self._flush():
+                return 1
         return 0
 
     cdef int _drain_legacy(self, Multipart *mp) except -1:
@@ -259,157 +283,177 @@ cdef class Broker:
                 rc = mp_recv(mp, self.wpull, PZ_DONTWAIT)
             if rc < 0:
                 if pz_errno() == EAGAIN:
-                    return 0
+                    return self._flush()
                 _check_rc(rc)
                 continue
             if mp.total != 1:
                 self._drop("a worker result has %d frames, not 1" % mp.total)
                 continue
-            if self._deliver(&mp.f[0]):
+            if self._deliver(msg_ptr(&mp.f[0]), pz_msg_size(&mp.f[0]), &mp.f[0]):
                 return 1
-        return 0
+        return self._flush()
 
     # -- inbound -----------------------------------------------------------
 
     cdef int _drain_inbound(self, Multipart *mp) except -1:
         cdef int j, rc
         cdef pz_msg_t *frame
-        cdef pz_env env
+        cdef bint batch
+        cdef const char *p
+        cdef const char *end
+        cdef pz_slice one
         for j in range(BATCH):
             with nogil:
                 rc = mp_recv(mp, self.inbound, PZ_DONTWAIT)
             if rc < 0:
                 if pz_errno() == EAGAIN:
-                    return 0
+                    break
                 _check_rc(rc)
                 continue
+            batch = False
             if self.in_kind == IN_TOPIC:
-                if mp.total != 2:
+                if mp.total == 3 and is_mark(&mp.f[1]):
+                    frame = &mp.f[2]
+                    batch = True
+                elif mp.total != 2:
                     self._drop("a subscription message has %d frames, not 2" % mp.total)
                     continue
-                frame = &mp.f[1]
+                else:
+                    frame = &mp.f[1]
             else:
-                if mp.total != 1:
+                if mp.total == 2 and is_mark(&mp.f[0]):
+                    frame = &mp.f[1]
+                    batch = True
+                elif mp.total != 1:
                     self._drop("an inbound message has %d frames, not 1" % mp.total)
                     continue
-                frame = &mp.f[0]
-            with nogil:
-                rc = pz_parse(msg_ptr(frame), pz_msg_size(frame), &env)
-            if rc != PZ_OK:
-                self._drop(_DECODE_REASONS.get(rc, "malformed envelope"))
-                continue
-            self.received += 1
-            if is_ping(&env):
-                # pings follow the default route of results (see loop.pyx)
-                if not self.pipelined:
-                    rc = self._publish(frame, &env, env.f[PZ_F_CLIENT].p, env.f[PZ_F_CLIENT].n)
-                elif self.stream_hook is None:
-                    rc = self._publish(frame, &env, <char *>self.name, len(self.name))
                 else:
-                    rc = 0
-                if rc:
+                    frame = &mp.f[0]
+            p = msg_ptr(frame)
+            end = p + pz_msg_size(frame)
+            if not batch:
+                if self._accept(p, <size_t>(end - p), frame):
                     return 1
-                continue
-            if self.scatter is not None:
-                self._scatter(frame)
             else:
-                self._enqueue(frame)
-            self._dispatch_queue(False)
-            if self.q_len:
-                return 0        # workers are full: stop reading clients
-        return 0
+                while True:
+                    rc = pz_batch_next(&p, end, &one)
+                    if rc == 0:
+                        break
+                    if rc < 0:
+                        self._drop("a malformed batch")
+                        break
+                    if self._accept(one.p, one.n, NULL):
+                        return 1
+            self._dispatch(False)
+            if self.queue.count:
+                break           # workers are full: stop reading clients
+        return self._flush()
 
-    cdef int _scatter(self, pz_msg_t *frame) except -1:
+    cdef int _accept(self, const char *p, size_t n, pz_msg_t *frame) except -1:
+        """One envelope from a client: validate, answer pings, scatter,
+        queue.  1 when stopped."""
+        cdef pz_env env
+        cdef int rc
+        with nogil:
+            rc = pz_parse(p, n, &env)
+        if rc != PZ_OK:
+            return self._drop(_DECODE_REASONS.get(rc, "malformed envelope"))
+        self.received += 1
+        if is_ping(&env):
+            # pings follow the default route of results (see loop.pyx)
+            if not self.pipelined:
+                return self._publish_env(&env, env.f[PZ_F_CLIENT].p, env.f[PZ_F_CLIENT].n)
+            if self.stream_hook is None:
+                return self._publish_env(&env, <char *>self.name, len(self.name))
+            return 0
+        if self.scatter is None:
+            return fifo_push(&self.queue, p, n)
         cdef PalmMessage msg = PalmMessage.__new__(PalmMessage)
-        cdef pz_msg_t m
-        msg.ParseFromString(Frame_from(frame))
+        msg.from_env(&env, None)
         for out in self.scatter(msg):
             data = (<PalmMessage?>out).SerializeToString()
-            if pz_msg_init_size(&m, len(data)) != 0:
-                _check_rc(-1)
-            memcpy(pz_msg_data(&m), <char *>data, len(data))
-            self._enqueue(&m)
-            pz_msg_close(&m)
+            fifo_push(&self.queue, <char *>data, len(data))
         return 0
 
-    cdef int _enqueue(self, pz_msg_t *frame) except -1:
-        """Queue a copy of frame (zero-copy: libzmq shares the data)."""
-        cdef pz_msg_t *grown
-        cdef int i, slot
-        if self.q_len == self.q_cap:
-            grown = <pz_msg_t *>malloc(2 * self.q_cap * sizeof(pz_msg_t))
-            if grown == NULL:
-                raise MemoryError()
-            for i in range(self.q_len):
-                memcpy(&grown[i], &self.queue[(self.q_head + i) % self.q_cap], sizeof(pz_msg_t))
-            free(self.queue)
-            self.queue = grown
-            self.q_head = 0
-            self.q_cap *= 2
-        slot = (self.q_head + self.q_len) % self.q_cap
-        pz_msg_init(&self.queue[slot])
-        pz_msg_copy(&self.queue[slot], frame)
-        self.q_len += 1
-        return 0
-
-    cdef int _dispatch_queue(self, bint legacy_ready) except -1:
-        """Send queued messages: to our worker with the most credit (least
-        loaded), else to pylm 0.14 workers while their PUSH has room."""
-        cdef int i, best, rc
-        cdef pz_msg_t *m
-        while self.q_len:
-            m = &self.queue[self.q_head]
+    cdef int _dispatch(self, bint legacy_ready) except -1:
+        """Send queued envelopes: batches to our worker with the most credit
+        (least loaded first), else one by one to pylm 0.14 workers while
+        their PUSH has room."""
+        cdef int i, best, rc, k, room = 0
+        cdef const char *p
+        cdef const char *end
+        cdef const char *start
+        cdef pz_slice one
+        cdef pz_msg_t m
+        while self.queue.count:
             best = -1
             for i in range(self.n_workers):
-                if self.workers[i].credit > 0 and (
-                        best < 0 or self.workers[i].credit > self.workers[best].credit):
+                k = self.workers[i].limit - self.workers[i].inflight
+                if k > 0 and (best < 0 or k > room):
                     best = i
+                    room = k
+            start = p = self.queue.b.buf + self.queue.head
+            end = self.queue.b.buf + self.queue.b.len
             if best >= 0:
+                k = 0
+                while k < room and k < MAX_SEND and \
+                        pz_batch_next(&p, end, &one) == 1:
+                    k += 1
+                if pz_msg_init_size(&m, <size_t>(p - start)) != 0:
+                    raise MemoryError()
+                memcpy(pz_msg_data(&m), start, <size_t>(p - start))
                 rc = pz_send(self.router, self.workers[best].ident,
                              self.workers[best].ident_n, PZ_SNDMORE)
                 if rc < 0:
                     # EHOSTUNREACH (ROUTER_MANDATORY): the worker is gone
+                    pz_msg_close(&m)
                     self._remove_worker(best)
                     continue
-                with nogil:
-                    rc = pz_msg_send(m, self.router, 0)
-                if rc < 0:
-                    _check_rc(rc)
-                self.workers[best].credit -= 1
-                self.to_workers += 1
+                send_owned(self.router, &m, 0)
+                self.workers[best].inflight += k
+                self.to_workers += k
             elif legacy_ready:
+                k = 1
+                pz_batch_next(&p, end, &one)
+                if pz_msg_init_size(&m, one.n) != 0:
+                    raise MemoryError()
+                memcpy(pz_msg_data(&m), one.p, one.n)
                 with nogil:
-                    rc = pz_msg_send(m, self.wpush, PZ_DONTWAIT)
+                    rc = pz_msg_send(&m, self.wpush, PZ_DONTWAIT)
                 if rc < 0:
+                    pz_msg_close(&m)
                     if pz_errno() == EAGAIN:
                         return 0
-                    _check_rc(rc)
+                    _check_rc(-1)
                 self.to_legacy += 1
             else:
                 return 0
-            pz_msg_close(m)
-            self.q_head = (self.q_head + 1) % self.q_cap
-            self.q_len -= 1
+            self.queue.head += <size_t>(p - start)
+            self.queue.count -= k
+        self.queue.head = self.queue.b.len = 0
         return 0
 
     # -- outbound ----------------------------------------------------------
 
-    cdef int _deliver(self, pz_msg_t *frame) except -1:
-        """A result from a worker: gather, handle_stream, publish."""
+    cdef int _deliver(self, const char *p, size_t n, pz_msg_t *frame) except -1:
+        """A result from a worker: gather, handle_stream, publish.  `frame`
+        is the zmq message holding exactly p[0:n], when there is one."""
         cdef pz_env env
         cdef int rc
         cdef PalmMessage msg
         with nogil:
-            rc = pz_parse(msg_ptr(frame), pz_msg_size(frame), &env)
+            rc = pz_parse(p, n, &env)
         if rc != PZ_OK:
             return self._drop("a worker result: " + _DECODE_REASONS.get(rc, "malformed envelope"))
         if self.gather is None and self.stream_hook is None:
             if env.f[PZ_F_ERROR].n or not self.pipelined:
-                return self._publish(frame, &env, env.f[PZ_F_CLIENT].p, env.f[PZ_F_CLIENT].n)
+                if env.flags & PZ_FLAG_BATCH:
+                    return self._batch(&env, p, n)
+                return self._publish_raw(p, n, frame, env.f[PZ_F_CLIENT].p, env.f[PZ_F_CLIENT].n)
             env.stage += 1
-            return self._publish(NULL, &env, <char *>self.name, len(self.name))
+            return self._publish_env(&env, <char *>self.name, len(self.name))
         msg = PalmMessage.__new__(PalmMessage)
-        msg.ParseFromString(Frame_from(frame))
+        msg.from_env(&env, None)
         outs = self.gather(msg) if self.gather is not None else (msg,)
         for out in outs:
             if out is None:
@@ -430,47 +474,88 @@ cdef class Broker:
                 return 1
         return 0
 
+    cdef int _batch(self, pz_env *env, const char *p, size_t n) except -1:
+        """Add an encoded result to the batch of its client."""
+        cdef size_t tn = env.f[PZ_F_CLIENT].n
+        if self.cbatch.count and (tn != <size_t>len(self.cbatch_topic) or memcmp(
+                env.f[PZ_F_CLIENT].p, <char *>self.cbatch_topic, tn) != 0):
+            if self._flush():
+                return 1
+        if self.cbatch.count == 0:
+            self.cbatch_topic = PyBytes_FromStringAndSize(env.f[PZ_F_CLIENT].p, <Py_ssize_t>tn)
+        if pz_batch_add_raw(&self.cbatch, p, n) != 0:
+            raise MemoryError()
+        self.sent += 1
+        if self.cbatch.len >= BATCH_BYTES:
+            return self._flush()
+        return 0
+
+    cdef int _flush(self) except -1:
+        cdef pz_msg_t m
+        if self.cbatch.count == 0:
+            return 0
+        batch_to_msg(&self.cbatch, &m)
+        return send_topic(self.waiter, self.pub, <char *>self.cbatch_topic,
+                          len(self.cbatch_topic), &m, <char *>_BATCH_MARK)
+
     cdef int publish_message(self, object topic, PalmMessage msg) except -1:
         cdef pz_env env
         cdef Py_buffer buf
         cdef int held = msg.to_env(&env, &buf)
         cdef bytes btopic = topic.encode() if isinstance(topic, str) else bytes(topic)
         try:
-            return self._publish(NULL, &env, <char *>btopic, len(btopic))
+            return self._publish_env(&env, <char *>btopic, len(btopic))
         finally:
             if held:
                 PyBuffer_Release(&buf)
 
-    cdef int _publish(self, pz_msg_t *frame, pz_env *env, const char *tp, size_t tn) except -1:
-        """Publish [topic, envelope]: `frame` as it is (shared, no copy) or,
-        when NULL, `env` encoded.  1 when stopped while waiting for room."""
-        cdef pz_msg_t t, m
-        cdef int rc
+    cdef int _publish_env(self, pz_env *env, const char *tp, size_t tn) except -1:
+        cdef pz_msg_t m
+        if self._flush():
+            return 1
+        if env_to_msg(env, &m) != 0:
+            raise MemoryError()
+        self.sent += 1
+        return send_topic(self.waiter, self.pub, tp, tn, &m, NULL)
+
+    cdef int _publish_raw(self, const char *p, size_t n, pz_msg_t *frame,
+                          const char *tp, size_t tn) except -1:
+        """Publish an encoded envelope: `frame` shared as it is (no copy)
+        when given, else a copy of p[0:n]."""
+        cdef pz_msg_t m
+        if self._flush():
+            return 1
         if frame != NULL:
             pz_msg_init(&m)
             pz_msg_copy(&m, frame)
-        elif env_to_msg(env, &m) != 0:
-            _check_rc(-1)
-        if pz_msg_init_size(&t, tn) != 0:
-            pz_msg_close(&m)
-            _check_rc(-1)
-        memcpy(pz_msg_data(&t), tp, tn)
-        if self.waiter.send(&t, self.pub, PZ_SNDMORE):
-            pz_msg_close(&m)
-            return 1
-        with nogil:
-            rc = pz_msg_send(&m, self.pub, 0)
-        if rc < 0:
-            pz_msg_close(&m)
-            _check_rc(rc)
+        else:
+            if pz_msg_init_size(&m, n) != 0:
+                raise MemoryError()
+            memcpy(pz_msg_data(&m), p, n)
         self.sent += 1
-        return 0
+        return send_topic(self.waiter, self.pub, tp, tn, &m, NULL)
 
     cdef int _drop(self, str reason) except -1:
         self.bad += 1
         if self.bad_hook is not None:
             self.bad_hook(reason)
         return 0
+
+
+cdef long long _small_int(pz_msg_t *m) noexcept nogil:
+    """The decimal number in a frame (at most 9 digits), or -1."""
+    cdef size_t i, n = pz_msg_size(m)
+    cdef const char *p = msg_ptr(m)
+    cdef long long v = 0
+    if n == 0 or n > 9:
+        return -1
+    cdef char c
+    for i in range(n):
+        c = p[i]
+        if c < 48 or c > 57:
+            return -1
+        v = v * 10 + (c - 48)
+    return v
 
 
 cdef Frame Frame_from(pz_msg_t *m):

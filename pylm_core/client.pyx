@@ -62,11 +62,12 @@ cdef int _send_call(void *sock, pz_env *env, _Deadline dl) except -1:
 
 
 cdef int _fill_call(pz_env *env, bytes pipeline, bytes client, bytes function,
-                    bytes cache, const char *p, size_t n) except -1:
+                    bytes cache, const char *p, size_t n, uint64_t flags) except -1:
     cdef int i
     for i in range(PZ_NSLICE):
         env.f[i].n = 0
     env.stage = 0
+    env.flags = flags
     env.f[PZ_F_PIPELINE].p = <char *>pipeline
     env.f[PZ_F_PIPELINE].n = len(pipeline)
     env.f[PZ_F_CLIENT].p = <char *>client
@@ -81,29 +82,34 @@ cdef int _fill_call(pz_env *env, bytes pipeline, bytes client, bytes function,
 
 
 def send_call(push, bytes pipeline, bytes client, bytes function, bytes cache,
-              payload, timeout=None):
+              payload, timeout=None, bint batch_replies=False):
     """Send one call envelope on `push` (pyzmq PUSH socket).  The payload
-    (any bytes-like object) is copied once, straight into the message."""
+    (any bytes-like object) is copied once, straight into the message.
+    `batch_replies` tells a pylm server that this client reads batches."""
     cdef pz_env env
     cdef Py_buffer buf
     check_payload(payload)
     PyObject_GetBuffer(payload, &buf, PyBUF_SIMPLE)
     try:
         _fill_call(&env, pipeline, client, function, cache,
-                   <const char *>buf.buf, <size_t>buf.len)
+                   <const char *>buf.buf, <size_t>buf.len,
+                   PZ_FLAG_BATCH if batch_replies else 0)
         _send_call(sock_handle(push), &env, _Deadline(timeout))
     finally:
         PyBuffer_Release(&buf)
 
 
 cdef class ReplyReader:
-    """Receives [topic, envelope] replies on a SUB socket, keeping only
-    those whose `pipeline` is the current call's (late replies of a call
-    that timed out are dropped, not handed to the next call)."""
+    """Receives replies on a SUB socket: [topic, envelope], or [topic,
+    BATCH_MARK, batch] from pylm servers, keeping only those whose
+    `pipeline` is the current call's (late replies of a call that timed out
+    are dropped, not handed to the next call)."""
     cdef:
         void *sub
         object _sock
         Multipart mp
+        const char *bp             # cursor in the batch being read ...
+        const char *bend           # ... and its end; bp == bend: none
         public bytes pipeline       # None: accept every reply
         public long long stale, bad
 
@@ -119,20 +125,58 @@ cdef class ReplyReader:
     def __dealloc__(self):
         mp_close(&self.mp)
 
-    cdef int _wait(self, _Deadline dl) except -1:
-        """Receive the next reply of this call into self.mp; returns 0, or
-        raises TimeoutError.  env is left parsed in the returned frame."""
+    cdef int _accept(self, pz_env *env) noexcept:
+        if self.pipeline is None:
+            return 1
+        cdef size_t pn = len(self.pipeline)
+        if env.f[PZ_F_PIPELINE].n != pn or memcmp(
+                env.f[PZ_F_PIPELINE].p, <char *>self.pipeline, pn) != 0:
+            self.stale += 1
+            return 0
+        return 1
+
+    cdef int try_next(self, pz_env *env) except -1:
+        """The next reply of this call into env, without waiting: 1, or 0
+        when none is there yet.  env's slices stay valid until the next call."""
+        cdef int rc
+        cdef pz_slice one
+        while True:
+            while self.bp < self.bend:
+                rc = pz_batch_next(&self.bp, self.bend, &one)
+                if rc != 1 or pz_parse(one.p, one.n, env) != PZ_OK:
+                    self.bad += 1
+                    self.bp = self.bend
+                    break
+                if self._accept(env):
+                    return 1
+            with nogil:
+                rc = mp_recv(&self.mp, self.sub, PZ_DONTWAIT)
+            if rc < 0:
+                if pz_errno() == EAGAIN:
+                    return 0
+                _check_rc(-1)
+                continue
+            if self.mp.total == 3 and is_mark(&self.mp.f[1]):
+                self.bp = msg_ptr(&self.mp.f[2])
+                self.bend = self.bp + pz_msg_size(&self.mp.f[2])
+                continue
+            if self.mp.total != 2:
+                self.bad += self.mp.total != 1   # one frame: a welcome
+                continue
+            with nogil:
+                rc = pz_parse(msg_ptr(&self.mp.f[1]), pz_msg_size(&self.mp.f[1]), env)
+            if rc != PZ_OK:
+                self.bad += 1
+                continue
+            if self._accept(env):
+                return 1
+
+    cdef int next_env(self, pz_env *env, _Deadline dl) except -1:
+        """Wait for the next reply of this call; raises TimeoutError."""
         cdef pz_pollitem_t item
         cdef int rc
         cdef long left
-        while True:
-            with nogil:
-                rc = mp_recv(&self.mp, self.sub, PZ_DONTWAIT)
-            if rc == 0:
-                return 0
-            if pz_errno() != EAGAIN:
-                _check_rc(-1)
-                continue
+        while not self.try_next(env):
             left = dl.left()
             if left == 0:
                 raise TimeoutError("no reply in time")
@@ -143,40 +187,16 @@ cdef class ReplyReader:
                 rc = pz_poll(&item, 1, left)
             if rc < 0:
                 _check_rc(rc)
-
-    cdef int next_env(self, pz_env *env, _Deadline dl) except -1:
-        """Wait for the next reply of this call and parse it into env
-        (slices into self.mp's envelope frame)."""
-        cdef int rc
-        cdef size_t pn
-        while True:
-            self._wait(dl)
-            if self.mp.total != 2:
-                self.bad += self.mp.total != 1   # one frame: a welcome
-                continue
-            with nogil:
-                rc = pz_parse(msg_ptr(&self.mp.f[1]), pz_msg_size(&self.mp.f[1]), env)
-            if rc != PZ_OK:
-                self.bad += 1
-                continue
-            if self.pipeline is not None:
-                pn = len(self.pipeline)
-                if env.f[PZ_F_PIPELINE].n != pn or memcmp(
-                        env.f[PZ_F_PIPELINE].p, <char *>self.pipeline, pn) != 0:
-                    self.stale += 1
-                    continue
-            return 0
+        return 0
 
     def recv(self, timeout=None):
-        """The next reply of this call as (payload, error): payload bytes
-        (a Frame view when 64 KiB or more), error the remote error text or
-        None.  Raises TimeoutError."""
+        """The next reply of this call as (payload, error): payload bytes,
+        error the remote error text or None.  Raises TimeoutError."""
         cdef pz_env env
         self.next_env(&env, _Deadline(timeout))
         return self._result(&env)
 
     cdef object _result(self, pz_env *env):
-        cdef Frame f
         error = None
         if env.f[PZ_F_ERROR].n:
             error = PyUnicode_DecodeUTF8(env.f[PZ_F_ERROR].p,
@@ -184,17 +204,12 @@ cdef class ReplyReader:
         return (PyBytes_FromStringAndSize(env.f[PZ_F_PAYLOAD].p,
                                           <Py_ssize_t>env.f[PZ_F_PAYLOAD].n), error)
 
-    def recv_raw(self, timeout=None):
-        """The next [topic, envelope] message, unfiltered, as a PalmMessage
-        (handshakes and tests)."""
+    def recv_message(self, timeout=None):
+        """The next reply (filtered as above) as a PalmMessage."""
+        cdef pz_env env
         cdef PalmMessage msg = PalmMessage.__new__(PalmMessage)
-        cdef _Deadline dl = _Deadline(timeout)
-        self._wait(dl)
-        while self.mp.total == 1:       # a welcome
-            self._wait(dl)
-        if self.mp.total != 2:
-            raise DecodeError("a reply of %d frames, not 2" % self.mp.total)
-        msg.ParseFromString(Frame_from(&self.mp.f[1]))
+        self.next_env(&env, _Deadline(timeout))
+        msg.from_env(&env, None)
         return msg
 
 
@@ -202,8 +217,10 @@ cdef class JobStream:
     """The iterator behind Client.job: sends payloads from a generator and
     yields reply payloads, keeping at most `window` calls in flight, so that
     an endless generator works and neither side's queues grow without
-    bound.  Raises TimeoutError when no reply comes for `timeout` seconds,
-    and calls `on_error(text)` (which raises) for error replies."""
+    bound.  With a pylm server (`batch`), calls go in batches of up to
+    MAX_SEND envelopes.  Raises TimeoutError when no reply comes for
+    `timeout` seconds, and calls `on_error(text)` (which raises) for error
+    replies."""
     cdef:
         void *push
         object _push
@@ -211,31 +228,57 @@ cdef class JobStream:
         object it
         bytes pipeline, client, function, cache
         long long window, inflight, expected, received
-        bint gen_done
+        bint gen_done, batch
         object pending              # a payload the PUSH queue had no room for
+        pz_batch out                # batch mode: calls not sent yet
+        long long out_pending       # ... how many
         object timeout, on_error
 
     def __init__(self, push, ReplyReader reader, generator, bytes pipeline,
                  bytes client, bytes function, bytes cache, long long messages,
-                 *, long long window=1000, timeout=None, on_error=None):
+                 *, long long window=1000, bint batch=False, timeout=None, on_error=None):
         self._push = push
         self.push = sock_handle(push)
         self.reader = reader
+        reader.pipeline = pipeline
         self.it = iter(generator)
         self.pipeline = pipeline
         self.client = client
         self.function = function
         self.cache = cache
-        self.window = window
+        self.window = max(1, window)
         self.expected = messages
         self.inflight = self.received = 0
         self.gen_done = False
+        self.batch = batch
         self.pending = None
+        self.out_pending = 0
         self.timeout = timeout
         self.on_error = on_error
 
+    def __dealloc__(self):
+        free(self.out.buf)
+
     def __iter__(self):
         return self
+
+    cdef int _send_batch(self) except -1:
+        """Send the calls batched so far; 0 when sent (or none), 1 when the
+        PUSH queue is full (they stay batched)."""
+        cdef pz_msg_t m
+        cdef int rc
+        if self.out.count == 0:
+            return 0
+        rc = pz_send(self.push, <char *>_BATCH_MARK, 11, PZ_SNDMORE | PZ_DONTWAIT)
+        if rc < 0:
+            if pz_errno() == EAGAIN:
+                return 1
+            _check_rc(-1)
+        rc = self.out.count
+        batch_to_msg(&self.out, &m)
+        send_owned(self.push, &m, 0)
+        self.inflight += rc
+        return 0
 
     cdef int _fill(self) except -1:
         """Send while the window has room; never blocks."""
@@ -243,7 +286,15 @@ cdef class JobStream:
         cdef pz_msg_t m
         cdef Py_buffer buf
         cdef int rc
-        while not self.gen_done and self.inflight < self.window:
+        if self.batch:
+            if self._send_batch():
+                return 0
+            # refill in whole batches: wait until a batch worth of room is
+            # free (or nothing is in flight), so calls and replies travel
+            # in batches rather than one by one
+            if self.inflight and self.window - self.inflight < min(MAX_SEND, self.window // 2):
+                return 0
+        while not self.gen_done and self.inflight + self.out.count < self.window:
             if self.pending is not None:
                 payload = self.pending
                 self.pending = None
@@ -252,16 +303,25 @@ cdef class JobStream:
                     payload = next(self.it)
                 except StopIteration:
                     self.gen_done = True
-                    return 0
+                    break
                 check_payload(payload)
             PyObject_GetBuffer(payload, &buf, PyBUF_SIMPLE)
             try:
                 _fill_call(&env, self.pipeline, self.client, self.function,
-                           self.cache, <const char *>buf.buf, <size_t>buf.len)
-                if env_to_msg(&env, &m) != 0:
-                    _check_rc(-1)
+                           self.cache, <const char *>buf.buf, <size_t>buf.len,
+                           PZ_FLAG_BATCH if self.batch else 0)
+                if self.batch:
+                    if pz_batch_add_env(&self.out, &env) != 0:
+                        raise MemoryError()
+                elif env_to_msg(&env, &m) != 0:
+                    raise MemoryError()
             finally:
                 PyBuffer_Release(&buf)
+            if self.batch:
+                if self.out.count >= MAX_SEND or self.out.len >= BATCH_BYTES:
+                    if self._send_batch():
+                        return 0
+                continue
             with nogil:
                 rc = pz_msg_send(&m, self.push, PZ_DONTWAIT)
             if rc < 0:
@@ -271,6 +331,8 @@ cdef class JobStream:
                     return 0
                 _check_rc(-1)
             self.inflight += 1
+        if self.batch:
+            self._send_batch()
         return 0
 
     def __next__(self):
@@ -279,51 +341,34 @@ cdef class JobStream:
         cdef _Deadline dl = _Deadline(self.timeout)
         cdef int rc
         cdef long left
+        cdef bint blocked
         while True:
             if self.received >= self.expected:
                 raise StopIteration
             self._fill()
-            if self.gen_done and self.inflight <= 0 and self.pending is None:
+            blocked = self.pending is not None or self.out.count > 0
+            if self.gen_done and self.inflight <= 0 and not blocked:
                 raise StopIteration
-            # a reply already queued?
+            if self.reader.try_next(&env):
+                break
+            left = dl.left()
+            if left == 0:
+                raise TimeoutError("no reply for %s s (%d of the job's replies "
+                                   "received)" % (self.timeout, self.received))
+            items[0].socket = self.reader.sub
+            items[0].events = PZ_POLLIN
+            items[0].revents = 0
+            items[1].socket = self.push
+            items[1].events = PZ_POLLOUT
+            items[1].revents = 0
             with nogil:
-                rc = mp_recv(&self.reader.mp, self.reader.sub, PZ_DONTWAIT)
+                rc = pz_poll(items, 2 if blocked else 1, left)
             if rc < 0:
-                if pz_errno() != EAGAIN:
-                    _check_rc(-1)
-                    continue
-                left = dl.left()
-                if left == 0:
-                    raise TimeoutError("no reply for %s s (%d of the job's replies "
-                                       "received)" % (self.timeout, self.received))
-                items[0].socket = self.reader.sub
-                items[0].events = PZ_POLLIN
-                items[0].revents = 0
-                items[1].socket = self.push
-                items[1].events = PZ_POLLOUT
-                items[1].revents = 0
-                with nogil:
-                    rc = pz_poll(items, 2 if self.pending is not None else 1, left)
-                if rc < 0:
-                    _check_rc(rc)
-                continue
-            if self.reader.mp.total != 2:
-                self.reader.bad += self.reader.mp.total != 1   # one frame: a welcome
-                continue
-            with nogil:
-                rc = pz_parse(msg_ptr(&self.reader.mp.f[1]),
-                              pz_msg_size(&self.reader.mp.f[1]), &env)
-            if rc != PZ_OK:
-                self.reader.bad += 1
-                continue
-            if env.f[PZ_F_PIPELINE].n != <size_t>len(self.pipeline) or memcmp(
-                    env.f[PZ_F_PIPELINE].p, <char *>self.pipeline, len(self.pipeline)) != 0:
-                self.reader.stale += 1
-                continue
-            self.received += 1
-            if self.inflight > 0:
-                self.inflight -= 1
-            payload, error = self.reader._result(&env)
-            if error is not None and self.on_error is not None:
-                self.on_error(error)
-            return payload
+                _check_rc(rc)
+        self.received += 1
+        if self.inflight > 0:
+            self.inflight -= 1
+        payload, error = self.reader._result(&env)
+        if error is not None and self.on_error is not None:
+            self.on_error(error)
+        return payload

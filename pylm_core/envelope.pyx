@@ -188,6 +188,7 @@ cdef class PalmMessage:
         _str_slice(self._cache, &env.f[PZ_F_CACHE])
         _str_slice(self._error, &env.f[PZ_F_ERROR])
         env.stage = self._stage
+        env.flags = self._flags
         if self._payload is None:
             env.f[PZ_F_PAYLOAD].p = self._view_p
             env.f[PZ_F_PAYLOAD].n = <size_t>self._view_n
@@ -209,6 +210,7 @@ cdef class PalmMessage:
         self._cache = _slice_str(env.f[PZ_F_CACHE])
         self._error = _slice_str(env.f[PZ_F_ERROR])
         self._stage = env.stage
+        self._flags = env.flags
         cdef Py_buffer buf
         if <Py_ssize_t>env.f[PZ_F_PAYLOAD].n >= VIEW_THRESHOLD and (
                 type(owner) is bytes or type(owner) is Frame):
@@ -284,6 +286,7 @@ cdef class PalmMessage:
         self._cache = other._cache
         self._error = other._error
         self._stage = other._stage
+        self._flags = other._flags
         self._payload = other._payload
         self._owner = other._owner
         self._view_p = other._view_p

@@ -22,10 +22,13 @@ cdef int _check_rc(int rc) except -1:
     EINTR is returned as -2 after giving Python's signal handlers a chance
     to run (a KeyboardInterrupt propagates from here), so that the caller
     can retry with the time it has left."""
-    cdef int err
     if rc != -1:
         return 0
-    err = pz_errno()
+    return _raise_errno(pz_errno())
+
+
+cdef int _raise_errno(int err) except -1:
+    """_check_rc for an errno already read (see there)."""
     if err == EINTR:
         PyErr_CheckSignals()
         return -2

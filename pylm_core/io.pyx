@@ -2,8 +2,20 @@
 # message into zmq_msg_t's, send an encoded envelope, wait on a full queue
 # while staying stoppable.  nogil where they block.
 
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
 cdef enum:
     MAX_FRAMES = 4          # no message of ours has more frames than this
+
+
+cdef inline long long now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef inline long long now_ms() noexcept nogil:
+    return now_ns() // 1000000
 
 
 cdef inline void *sock_handle(object sock) except NULL:
@@ -65,6 +77,45 @@ cdef int mp_recv(Multipart *m, void *sock, int flags) noexcept nogil:
                 return -1
         m.total += 1
     return 0
+
+
+# The frame before a batch of envelopes on a pylm-to-pylm link:
+# client -> server [BATCH_MARK, batch]; server -> client [topic, BATCH_MARK, batch].
+BATCH_MARK = b"\x00pylm-batch"
+cdef bytes _BATCH_MARK = BATCH_MARK
+
+
+cdef inline bint is_mark(pz_msg_t *m) noexcept nogil:
+    return pz_msg_size(m) == 11 and memcmp(pz_msg_data(m), b"\x00pylm-batch", 11) == 0
+
+
+cdef int batch_to_msg(pz_batch *b, pz_msg_t *m) except -1:
+    """Hand b's buffer to a new zmq message (libzmq frees it; no copy) and
+    leave b empty."""
+    if b.buf == NULL:
+        pz_msg_init(m)
+    elif pz_msg_init_data(m, b.buf, b.len, pz_batch_free_cb, NULL) != 0:
+        raise MemoryError()
+    b.buf = NULL
+    b.len = b.cap = 0
+    b.count = b.completed = 0
+    return 0
+
+
+cdef int send_owned(void *sock, pz_msg_t *m, int flags) except -1:
+    """Send m (closing it on failure)."""
+    cdef int rc, err
+    while True:
+        with nogil:
+            rc = pz_msg_send(m, sock, flags)
+        if rc >= 0:
+            return 0
+        err = pz_errno()
+        if err == EINTR:
+            PyErr_CheckSignals()
+            continue
+        pz_msg_close(m)
+        _raise_errno(err)
 
 
 cdef inline const char *msg_ptr(pz_msg_t *m) noexcept nogil:
@@ -137,3 +188,20 @@ cdef int drain(void *sock) except -1:
                 _check_rc(rc)
     finally:
         pz_msg_close(&m)
+
+
+cdef int send_topic(Waiter waiter, void *sock, const char *tp, size_t tn, pz_msg_t *m,
+                    const char *mark) except -1:
+    """Publish [topic, (BATCH_MARK,) m], waiting for room for the topic frame
+    (the rest of a multipart message always follows).  1 when stopped."""
+    cdef pz_msg_t t
+    if pz_msg_init_size(&t, tn) != 0:
+        pz_msg_close(m)
+        raise MemoryError()
+    memcpy(pz_msg_data(&t), tp, tn)
+    if waiter.send(&t, sock, PZ_SNDMORE):
+        pz_msg_close(m)
+        return 1
+    if mark != NULL:
+        _check_rc(pz_send(sock, mark, 11, PZ_SNDMORE))
+    return send_owned(sock, m, 0)

@@ -10,6 +10,9 @@ cdef enum:
     OUT_WORKER = 3          # DEALER to our Master: kind frame + envelope
     MAX_IN = 16
     BATCH = 256             # messages taken from one socket per poll
+    BATCH_BYTES = 262144    # a batch is sent once it holds this much
+    CREDIT_START = 16       # a worker's first credit, before it has timings
+    CREDIT_WORK_NS = 20000000   # a worker asks for about 20 ms of work
 
 IN_PLAIN_ = IN_PLAIN
 IN_TOPIC_ = IN_TOPIC
@@ -25,11 +28,17 @@ PING_PREFIX = b"\x00pylm-ping"
 WELCOME = b"\x00pylm-welcome"
 cdef bytes _PING = PING_PREFIX
 
-# Frames of our worker protocol (worker DEALER <-> Master ROUTER).
-cdef bytes W_READY = b"R"        # worker -> master: [R, credit]
-cdef bytes W_DONE = b"D"         # worker -> master: [D, envelope] or [D]; returns a credit
-cdef bytes W_PART = b"P"         # worker -> master: [P, envelope] (MuxWorker)
-cdef bytes W_BEAT = b"H"         # worker -> master: [H] heartbeat
+# Frames of our worker protocol (worker DEALER <-> Master ROUTER):
+#   master -> worker: [batch]
+#   worker -> master: [R, credit] ready, or a new credit: how many requests
+#   it wants in flight; [D, completed, batch] results, with the number of
+#   requests finished; [H] heartbeat.
+# A worker sets its credit to about CREDIT_WORK_NS of work at its measured
+# speed: a fast worker asks for big batches, a slow one for a few messages,
+# so a slow worker never sits on a backlog that others could run.
+cdef bytes W_READY = b"R"
+cdef bytes W_DONE = b"D"
+cdef bytes W_BEAT = b"H"
 
 
 cdef inline bint is_ping(pz_env *env) noexcept nogil:
@@ -62,8 +71,8 @@ cdef class Executor:
     :param limit: return after this many calls (``messages=N``)
     :param heartbeat_ms: in worker mode, a heartbeat is sent after this
         much idle time
-    :param credit: in worker mode, how many messages the Master may send
-        ahead (least-loaded dispatch; a slow worker holds at most this many)
+    :param credit: in worker mode, the most messages the Master may have
+        in flight here; the worker asks for fewer when its calls are slow
     """
     cdef:
         void *ins[16]               # inbound sockets (libzmq handles)
@@ -78,10 +87,15 @@ cdef class Executor:
         bint pipelined, mux
         object stream_hook, error_hook, bad_hook
         long heartbeat_ms
-        int credit                  # messages our Master may have in flight here
+        int credit                  # most messages the Master may send ahead
+        int credit_now              # what we last asked the Master for
+        double ns_per_call          # moving average of a call's duration
         Waiter waiter
         bytes last_entry            # the last `server.method` resolved ...
         object last_fn              # ... and its callable
+        pz_batch wbatch             # worker mode: results for the Master
+        pz_batch cbatch             # replies to one client, sent as one frame
+        bytes cbatch_topic          # ... that client's topic
     cdef public long long limit, processed, bad, failed
 
     def __init__(self, inbound, out, int out_kind, control, name, dict methods,
@@ -112,7 +126,9 @@ cdef class Executor:
         self.mux = mux
         self.limit = limit
         self.heartbeat_ms = heartbeat_ms
-        self.credit = credit
+        self.credit = max(1, credit)
+        self.credit_now = min(self.credit, CREDIT_START)
+        self.ns_per_call = 0
         self.waiter = Waiter()
         self.waiter.control = self.control
         self.processed = self.bad = self.failed = 0
@@ -126,7 +142,7 @@ cdef class Executor:
         mp_init(&mp)
         try:
             if self.out_kind == OUT_WORKER:
-                self._send_control(W_READY, b"%d" % self.credit)
+                self._send_control(W_READY, b"%d" % self.credit_now)
             while self.processed < self.limit:
                 for i in range(self.n_in):
                     items[i].socket = self.ins[i]
@@ -135,12 +151,16 @@ cdef class Executor:
                 items[self.n_in].socket = self.control
                 items[self.n_in].events = PZ_POLLIN
                 items[self.n_in].revents = 0
-                # the XPUB too: subscriptions (and welcomes) are handled there
+                # the XPUB too: subscriptions (and welcomes) are handled there.
+                # Only a socket not polled already: ZMQ_EVENTS on a second
+                # item of the same socket would consume the wake-up of the
+                # first and leave the poll blocked until its timeout.
                 items[self.n_in + 1].socket = self.out
-                items[self.n_in + 1].events = PZ_POLLIN if self.out_kind == OUT_TOPIC else 0
+                items[self.n_in + 1].events = PZ_POLLIN
                 items[self.n_in + 1].revents = 0
                 with nogil:
-                    rc = pz_poll(items, self.n_in + 2, timeout)
+                    rc = pz_poll(items, self.n_in + (2 if self.out_kind == OUT_TOPIC else 1),
+                                 timeout)
                 if rc < 0:
                     _check_rc(rc)
                     continue
@@ -168,8 +188,11 @@ cdef class Executor:
         finally:
             mp_close(&mp)
 
+    def __dealloc__(self):
+        free(self.wbatch.buf)
+        free(self.cbatch.buf)
+
     cdef int _send_control(self, bytes kind, bytes arg) except -1:
-        cdef pz_msg_t m
         if self.out_kind != OUT_WORKER:
             return 0
         if arg is None:
@@ -180,26 +203,85 @@ cdef class Executor:
         return 0
 
     cdef int _handle(self, Multipart *mp, int kind) except -1:
-        """One inbound message.  Returns 1 when a stop was requested."""
+        """One inbound message: an envelope, or a batch of them (from our
+        Master in worker mode, or [BATCH_MARK, batch] from our clients).
+        Returns 1 when a stop was requested."""
+        cdef pz_msg_t *frame
+        cdef const char *p
+        cdef const char *end
+        cdef pz_slice one
+        cdef int rc, n
+        cdef bint batch = False
+        if self.out_kind == OUT_WORKER:
+            if mp.total != 1:
+                return self._drop("a message from the Master has %d frames, not 1" % mp.total)
+            frame = &mp.f[0]
+            batch = True
+        elif kind == IN_TOPIC:
+            if mp.total == 3 and is_mark(&mp.f[1]):
+                frame = &mp.f[2]
+                batch = True
+            elif mp.total != 2:
+                return self._drop("a subscription message has %d frames, not 2" % mp.total)
+            else:
+                frame = &mp.f[1]
+        else:
+            if mp.total == 2 and is_mark(&mp.f[0]):
+                frame = &mp.f[1]
+                batch = True
+            elif mp.total != 1:
+                return self._drop("an inbound message has %d frames, not 1" % mp.total)
+            else:
+                frame = &mp.f[0]
+        p = msg_ptr(frame)
+        end = p + pz_msg_size(frame)
+        cdef long long t0 = now_ns()
+        cdef long long done0 = self.processed
+        if not batch:
+            rc = self._one(p, <size_t>(end - p))
+        else:
+            rc = 0
+            while rc == 0:
+                n = pz_batch_next(&p, end, &one)
+                if n == 0:
+                    break
+                if n < 0:
+                    self._drop("a malformed batch")
+                    break
+                rc = self._one(one.p, one.n)
+        if rc == 0:
+            rc = self._flush()
+        if self.out_kind == OUT_WORKER and self.processed > done0 and rc == 0:
+            self._adapt_credit(now_ns() - t0, self.processed - done0)
+        return rc
+
+    cdef int _adapt_credit(self, long long ns, long long calls) except -1:
+        """Ask the Master for about CREDIT_WORK_NS of work at the speed
+        measured (moving average), when that differs by 2x from the last ask."""
+        cdef double per = <double>ns / calls
+        cdef long long want
+        self.ns_per_call = per if self.ns_per_call == 0 else 0.7 * self.ns_per_call + 0.3 * per
+        want = <long long>(CREDIT_WORK_NS / max(self.ns_per_call, 1.0))
+        want = max(1, min(want, self.credit))
+        if want * 2 <= self.credit_now or want >= self.credit_now * 2 or \
+                (want == self.credit and self.credit_now != self.credit):
+            self.credit_now = <int>want
+            self._send_control(W_READY, b"%d" % want)
+        return 0
+
+    cdef int _one(self, const char *p, size_t n) except -1:
+        """Serve one envelope.  1 when a stop was requested."""
         cdef pz_env env
         cdef pz_slice entry
-        cdef pz_msg_t *frame
         cdef int rc
         cdef const char *dot
-        if kind == IN_TOPIC:
-            if mp.total != 2:
-                return self._drop("a subscription message has %d frames, not 2" % mp.total)
-            frame = &mp.f[1]
-        else:
-            if mp.total != 1:
-                return self._drop("an inbound message has %d frames, not 1" % mp.total)
-            frame = &mp.f[0]
         with nogil:
-            rc = pz_parse(msg_ptr(frame), pz_msg_size(frame), &env)
+            rc = pz_parse(p, n, &env)
         if rc != PZ_OK:
-            return self._drop(_DECODE_REASONS.get(rc, "malformed envelope"))
+            self._drop(_DECODE_REASONS.get(rc, "malformed envelope"))
+            return self._complete()
         if is_ping(&env):
-            return self._emit(&env, None, None, True, W_PART)
+            return self._emit(&env, None, None, True)
         self.processed += 1
         if not pz_function_at(&env.f[PZ_F_FUNCTION], env.stage, &entry):
             return self._fail(&env, "LookupError: stage %d is past the end of function %r"
@@ -223,14 +305,21 @@ cdef class Executor:
             result = fn(payload)
             if self.mux:
                 for value in result:
-                    if value is not None and self._emit(&env, value, None, False, W_PART):
+                    if value is not None and self._emit(&env, value, None, False):
                         return 1
-                return self._emit(&env, None, None, False, W_DONE) if self.out_kind == OUT_WORKER else 0
+                return self._complete()
         except Exception as exc:
             self.failed += 1
             text = self.error_hook(slice_str(entry), exc) if self.error_hook is not None else repr(exc)
-            return self._emit(&env, None, text, False, W_DONE)
-        return self._emit(&env, result, None, False, W_DONE)
+            rc = self._emit(&env, None, text, False)
+            return rc or self._complete()
+        rc = self._emit(&env, result, None, False)
+        return rc or self._complete()
+
+    cdef inline int _complete(self) except -1:
+        """A request is finished: in worker mode it returns a credit."""
+        self.wbatch.completed += 1
+        return 0
 
     cdef object _lookup(self, const char *p, size_t n):
         if self.last_entry is not None and <size_t>len(self.last_entry) == n and \
@@ -253,20 +342,17 @@ cdef class Executor:
         self.failed += 1
         if self.bad_hook is not None:
             self.bad_hook(text)
-        return self._emit(env, None, text, False, W_DONE)
+        return self._emit(env, None, text, False) or self._complete()
 
-    cdef int _emit(self, pz_env *env, object result, str error, bint as_is,
-                   bytes wkind) except -1:
+    cdef int _emit(self, pz_env *env, object result, str error, bint as_is) except -1:
         """Send the reply to `env`: its payload replaced by `result`, or an
         error reply (empty payload, `error` set) that always goes to the
         client; `as_is` passes env on unchanged (pings: to the client, or
         along the stream when pipelined; a custom handle_stream, whose
-        topics we cannot know, does not see pings).  In worker
-        mode a None result still returns the credit.  1 when stopped."""
+        topics we cannot know, does not see pings).  1 when stopped."""
         cdef pz_env o = env[0]
         cdef Py_buffer buf
         cdef bint held = False
-        cdef pz_msg_t m
         cdef bint to_client = error is not None or not self.pipelined
         cdef bytes etext
         cdef PalmMessage msg
@@ -281,8 +367,6 @@ cdef class Executor:
                 return 0
         else:
             if result is None:
-                if self.out_kind == OUT_WORKER and wkind is W_DONE:
-                    return self._send_control(W_DONE, None)
                 return 0
             if type(result) is bytes:
                 o.f[PZ_F_PAYLOAD].p = PyBytes_AS_STRING(result)
@@ -293,7 +377,7 @@ cdef class Executor:
                 except TypeError as exc:
                     self.failed += 1
                     text = self.error_hook("", exc) if self.error_hook is not None else repr(exc)
-                    return self._emit(env, None, text, False, wkind)
+                    return self._emit(env, None, text, False)
                 PyObject_GetBuffer(result, &buf, PyBUF_SIMPLE)
                 held = True
                 o.f[PZ_F_PAYLOAD].p = <const char *>buf.buf
@@ -316,20 +400,39 @@ cdef class Executor:
                     held = False
                 held = msg.to_env(&o, &buf)
                 topic = topic.encode() if isinstance(topic, str) else bytes(topic)
-            if env_to_msg(&o, &m) != 0:
-                _check_rc(-1)
+            return self._out(&o, to_client, topic)
         finally:
             if held:
                 PyBuffer_Release(&buf)
-        return self._send_reply(&m, &o, to_client, topic, wkind)
 
-    cdef int _send_reply(self, pz_msg_t *m, pz_env *o, bint to_client, object topic,
-                         bytes wkind) except -1:
-        cdef pz_msg_t t
-        cdef int rc
+    cdef int _out(self, pz_env *o, bint to_client, object topic) except -1:
+        """Queue or send one reply.  Worker mode: into the batch for the
+        Master.  Replies to a client that takes batches (flags) on the
+        default route: into that client's batch.  Anything else: alone,
+        after the batch so far (order is kept).  1 when stopped."""
+        cdef pz_msg_t m
         cdef const char *tp
         cdef size_t tn
+        if self.out_kind == OUT_WORKER:
+            if pz_batch_add_env(&self.wbatch, o) != 0:
+                raise MemoryError()
+            return 0
         if self.out_kind == OUT_TOPIC:
+            if topic is None and to_client and o.flags & PZ_FLAG_BATCH:
+                tn = o.f[PZ_F_CLIENT].n
+                if self.cbatch.count and (tn != <size_t>len(self.cbatch_topic) or memcmp(
+                        o.f[PZ_F_CLIENT].p, <char *>self.cbatch_topic, tn) != 0):
+                    if self._flush():
+                        return 1
+                if self.cbatch.count == 0:
+                    self.cbatch_topic = PyBytes_FromStringAndSize(o.f[PZ_F_CLIENT].p, <Py_ssize_t>tn)
+                if pz_batch_add_env(&self.cbatch, o) != 0:
+                    raise MemoryError()
+                if self.cbatch.len >= BATCH_BYTES:
+                    return self._flush()
+                return 0
+            if self.cbatch.count and self._flush():
+                return 1
             if topic is not None:
                 tp = <char *>topic
                 tn = len(topic)
@@ -339,20 +442,27 @@ cdef class Executor:
             else:
                 tp = <char *>self.name
                 tn = len(self.name)
-            if pz_msg_init_size(&t, tn) != 0:
-                pz_msg_close(m)
-                _check_rc(-1)
-            memcpy(pz_msg_data(&t), tp, tn)
-            if self.waiter.send(&t, self.out, PZ_SNDMORE):
-                pz_msg_close(m)
-                return 1
-        elif self.out_kind == OUT_WORKER:
-            _check_rc(pz_send(self.out, <char *>wkind, 1, PZ_SNDMORE))
-        if self.out_kind == OUT_TOPIC or self.out_kind == OUT_WORKER:
-            with nogil:
-                rc = pz_msg_send(m, self.out, 0)
-            if rc < 0:
-                pz_msg_close(m)
-                _check_rc(rc)
+            if env_to_msg(o, &m) != 0:
+                raise MemoryError()
+            return send_topic(self.waiter, self.out, tp, tn, &m, NULL)
+        if env_to_msg(o, &m) != 0:
+            raise MemoryError()
+        return self.waiter.send(&m, self.out, 0)
+
+    cdef int _flush(self) except -1:
+        """Send what the batches hold.  1 when stopped."""
+        cdef pz_msg_t m
+        cdef bytes done
+        if self.out_kind == OUT_WORKER:
+            if self.wbatch.completed == 0 and self.wbatch.count == 0:
+                return 0
+            done = b"%d" % self.wbatch.completed
+            batch_to_msg(&self.wbatch, &m)
+            _check_rc(pz_send(self.out, <char *>W_DONE, 1, PZ_SNDMORE))
+            _check_rc(pz_send(self.out, <char *>done, len(done), PZ_SNDMORE))
+            return send_owned(self.out, &m, 0)
+        if self.cbatch.count == 0:
             return 0
-        return self.waiter.send(m, self.out, 0)
+        batch_to_msg(&self.cbatch, &m)
+        return send_topic(self.waiter, self.out, <char *>self.cbatch_topic,
+                          len(self.cbatch_topic), &m, <char *>BATCH_MARK)

@@ -2,9 +2,14 @@
  * fields, parsed and written without touching Python objects (nogil).
  *
  * Schema (shared/API.md): pipeline=1 client=2 stage=3(int64) function=4
- * cache=5 (strings), payload=6 (bytes).  Field 15 (string `error`) is
- * pylm's own: it carries a remote exception to our clients and is skipped as
- * an unknown field by protobuf parsers, so pylm 0.14 peers still get a reply.
+ * cache=5 (strings), payload=6 (bytes).  Two fields are pylm's own, skipped
+ * as unknown fields by protobuf parsers (and kept by them when they
+ * re-serialize), so pylm 0.14 peers are not disturbed:
+ *   15 `error` (string): a remote exception, for our clients;
+ *   16 `flags` (varint): PZ_FLAG_BATCH = the client takes batched replies.
+ *
+ * A batch (pylm-to-pylm links only) is a frame holding several envelopes,
+ * each preceded by its length as a varint.
  *
  * The parser accepts what protobuf accepts for that schema: any field order,
  * repeated fields (last wins), unknown fields and groups (skipped), a known
@@ -17,6 +22,7 @@
 #include <stdint.h>
 #include <stddef.h>
 #include <string.h>
+#include <stdlib.h>
 
 enum {
     PZ_F_PIPELINE = 0, PZ_F_CLIENT, PZ_F_FUNCTION, PZ_F_CACHE, PZ_F_PAYLOAD,
@@ -40,9 +46,12 @@ enum {
 
 typedef struct { const char *p; size_t n; } pz_slice;
 
+#define PZ_FLAG_BATCH 1
+
 typedef struct {
     pz_slice f[PZ_NSLICE];
     int64_t stage;
+    uint64_t flags;
     int bad_field;          /* field number of a UTF-8 failure, for messages */
 } pz_env;
 
@@ -180,6 +189,7 @@ static int pz_parse(const char *buf, size_t n, pz_env *e)
     int rc, i;
     for (i = 0; i < PZ_NSLICE; i++) { e->f[i].p = buf; e->f[i].n = 0; }
     e->stage = 0;
+    e->flags = 0;
     e->bad_field = 0;
     while (p < end) {
         uint64_t tag, v;
@@ -190,6 +200,11 @@ static int pz_parse(const char *buf, size_t n, pz_env *e)
         if (field == 3 && wt == 0) {
             if ((rc = pz_read_varint(&p, end, &v)) < 0) return rc;
             e->stage = (int64_t)v;
+            continue;
+        }
+        if (field == 16 && wt == 0) {
+            if ((rc = pz_read_varint(&p, end, &v)) < 0) return rc;
+            e->flags = v;
             continue;
         }
         int slot = pz_slot_of(field);
@@ -235,6 +250,7 @@ static inline size_t pz_encoded_size(const pz_env *e)
                      + pz_varint_len(e->f[i].n) + e->f[i].n;
     }
     if (e->stage) total += 1 + pz_varint_len((uint64_t)e->stage);
+    if (e->flags) total += 2 + pz_varint_len(e->flags);
     return total;
 }
 
@@ -257,6 +273,7 @@ static inline char *pz_encode(const pz_env *e, char *out)
     if (e->f[PZ_F_CACHE].n) p = pz_put_field(p, 5, &e->f[PZ_F_CACHE]);
     if (e->f[PZ_F_PAYLOAD].n) p = pz_put_field(p, 6, &e->f[PZ_F_PAYLOAD]);
     if (e->f[PZ_F_ERROR].n) p = pz_put_field(p, 15, &e->f[PZ_F_ERROR]);
+    if (e->flags) { *p++ = (char)0x80; *p++ = (char)0x01; p = pz_put_varint(p, e->flags); }
     return p;
 }
 
@@ -276,5 +293,66 @@ static inline int pz_function_at(const pz_slice *fn, int64_t stage, pz_slice *ou
         i++;
     }
 }
+
+/* Next envelope of a batch at *pp: 1 and out set, 0 at the end, or
+ * PZ_E_LENGTH / PZ_E_VARINT for a malformed batch. */
+static inline int pz_batch_next(const char **pp, const char *end, pz_slice *out)
+{
+    uint64_t n;
+    int rc;
+    if (*pp >= end) return 0;
+    if ((rc = pz_read_varint(pp, end, &n)) < 0) return rc;
+    if (n > (uint64_t)(end - *pp)) return PZ_E_LENGTH;
+    out->p = *pp;
+    out->n = (size_t)n;
+    *pp += n;
+    return 1;
+}
+
+/* A growable buffer batches are written into (malloc'd; handed to libzmq
+ * with free() as the deallocator, so sending it copies nothing). */
+typedef struct {
+    char *buf;
+    size_t len, cap;
+    int count;              /* envelopes written */
+    int completed;          /* requests finished (worker -> master credit) */
+} pz_batch;
+
+static inline int pz_batch_reserve(pz_batch *b, size_t extra)
+{
+    if (b->len + extra <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + extra) cap *= 2;
+    char *grown = (char *)realloc(b->buf, cap);
+    if (!grown) return -1;
+    b->buf = grown;
+    b->cap = cap;
+    return 0;
+}
+
+/* Append one encoded envelope to the batch. */
+static inline int pz_batch_add_env(pz_batch *b, const pz_env *e)
+{
+    size_t n = pz_encoded_size(e);
+    if (pz_batch_reserve(b, n + 10) < 0) return -1;
+    char *p = pz_put_varint(b->buf + b->len, n);
+    p = pz_encode(e, p);
+    b->len = (size_t)(p - b->buf);
+    b->count++;
+    return 0;
+}
+
+/* Append an already encoded envelope. */
+static inline int pz_batch_add_raw(pz_batch *b, const char *data, size_t n)
+{
+    if (pz_batch_reserve(b, n + 10) < 0) return -1;
+    char *p = pz_put_varint(b->buf + b->len, n);
+    memcpy(p, data, n);
+    b->len = (size_t)(p + n - b->buf);
+    b->count++;
+    return 0;
+}
+
+static void pz_batch_free_cb(void *data, void *hint) { (void)hint; free(data); }
 
 #endif

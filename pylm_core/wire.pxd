@@ -16,7 +16,22 @@ cdef extern from "wire.h" nogil:
     ctypedef struct pz_env:
         pz_slice f[6]
         int64_t stage
+        uint64_t flags
         int bad_field
+
+    int PZ_FLAG_BATCH
+
+    ctypedef struct pz_batch:
+        char *buf
+        size_t len, cap
+        int count
+        int completed
+
+    int pz_batch_next(const char **pp, const char *end, pz_slice *out)
+    int pz_batch_reserve(pz_batch *b, size_t extra)
+    int pz_batch_add_env(pz_batch *b, const pz_env *e)
+    int pz_batch_add_raw(pz_batch *b, const char *data, size_t n)
+    void pz_batch_free_cb(void *data, void *hint) noexcept
 
     int pz_parse(const char *buf, size_t n, pz_env *e)
     size_t pz_encoded_size(const pz_env *e)
