@@ -7,6 +7,7 @@ envelope, and the server keeps serving.
 """
 
 import inspect
+import json
 import logging
 import time
 import traceback
@@ -50,10 +51,11 @@ def overrides(obj, name, base):
 
 
 def error_text(exc):
-    """The text carried in the envelope's error field: ``"Type: message"``
-    then the formatted traceback (pylm.errors.RemoteError.from_wire)."""
+    """The text carried in the envelope's error field: JSON with the
+    exception's type, message and formatted traceback (read back by
+    pylm.errors.RemoteError.from_wire)."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return "%s: %s\n%s" % (type(exc).__name__, exc, tb)
+    return json.dumps({"type": type(exc).__name__, "message": str(exc), "traceback": tb})
 
 
 class ErrorReporter:

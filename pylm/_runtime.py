@@ -9,6 +9,7 @@ SIGTERM/SIGINT handler.
 """
 
 import signal
+import socket
 import threading
 import uuid
 
@@ -82,6 +83,8 @@ class Runtime:
         self._threads = []
         self._failure = None
         self._old_handlers = {}
+        self._wake = None
+        self._old_wakeup = -1
 
     # sockets -------------------------------------------------------------
     def socket(self, kind, bind=None, connect=None, **options):
@@ -128,7 +131,21 @@ class Runtime:
                     self._old_handlers[sig] = signal.signal(sig, self._on_signal)
                 except (ValueError, OSError):
                     pass
+            # The core loops block in zmq_poll, not in Python: a signal
+            # handler would only run at the loop's next message.  The wakeup
+            # fd makes zmq_poll return as soon as a signal arrives.
+            self._wake = socket.socketpair()
+            for end in self._wake:
+                end.setblocking(False)
+            self._old_wakeup = signal.set_wakeup_fd(self._wake[1].fileno(),
+                                                    warn_on_full_buffer=False)
         return self
+
+    @property
+    def wakeup_fd(self):
+        """An fd readable when a signal arrived, for the main loop; -1 when
+        start() does not run in the main thread (no signals there)."""
+        return self._wake[0].fileno() if self._wake else -1
 
     def _on_signal(self, signum, frame):
         self.logger.info("signal %d: stopping", signum)
@@ -145,6 +162,11 @@ class Runtime:
         self._sockets = []
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)
+        if self._wake:
+            signal.set_wakeup_fd(self._old_wakeup)
+            for end in self._wake:
+                end.close()
+            self._wake = None
         self.stopper.reset()
         if exc is None and self._failure is not None:
             raise self._failure

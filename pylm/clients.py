@@ -8,6 +8,7 @@ Every blocking call takes ``timeout=`` (seconds; None waits forever).
 """
 
 import logging
+import os
 import sys
 import time
 import uuid
@@ -72,6 +73,7 @@ class Client:
         self._cache = CacheClient(db_address, server_name, timeout) if db_address else None
         self._push = self._sub = self._reader = None
         self._joined = False
+        self._calls = int.from_bytes(os.urandom(4), "little") << 16
         self._protocol = None
         self._closed = False
         # A sub_address given by the caller may be the pub of a later stage
@@ -174,6 +176,7 @@ class Client:
         interval = 0.005
         while time.monotonic() < pong_by:
             self._reader.pipeline = None
+            self._reader.call = 0
             _core.send_call(self._push, nonce, self.uuid.encode(), b"", ping_cache, b"",
                             timeout=max(0.0, deadline - time.monotonic()))
             try:
@@ -184,6 +187,12 @@ class Client:
             if msg.cache.encode() == ping_cache:
                 break
         self._joined = True
+
+    def _next_call(self):
+        """A new call id (field 17): replies carry it back, so a late reply
+        of an earlier call is never taken for one of this call."""
+        self._calls += 1
+        return self._calls
 
     def _function(self, function):
         if isinstance(function, (list, tuple)):
@@ -204,10 +213,12 @@ class Client:
         _check_payload(payload)
         self._connect(timeout)
         pipeline = self.session or str(uuid.uuid4())
+        call = self._next_call()
         self._reader.pipeline = pipeline.encode()
+        self._reader.call = call
         _core.send_call(self._push, pipeline.encode(), self.uuid.encode(), function.encode(),
                         cache.encode(), payload, timeout=timeout,
-                        batch_replies=self._protocol == PROTOCOL)
+                        batch_replies=self._protocol == PROTOCOL, call=call)
         results = []
         deadline = None if timeout is None else time.monotonic() + timeout
         for _ in range(messages):
@@ -234,7 +245,8 @@ class Client:
                                  self.uuid.encode(), function.encode(), cache.encode(),
                                  min(messages, 2**62), window=window, timeout=timeout,
                                  batch=self._protocol == PROTOCOL,
-                                 on_error=self._raise_remote)
+                                 on_error=self._raise_remote, call=self._next_call(),
+                                 until_answered=messages == sys.maxsize)
         yield from stream
 
     # cache -------------------------------------------------------------------

@@ -99,7 +99,7 @@ class _Served:
             inbound, out, out_kind, rt.control(), name, method_table(self),
             pipelined=self.pipelined, stream_hook=stream_hook,
             error_hook=ErrorReporter(self.logger), bad_hook=DropLog(self.logger),
-            mux=mux, limit=min(limit, 2**62), **kwargs)
+            mux=mux, limit=min(limit, 2**62), wakeup_fd=rt.wakeup_fd, **kwargs)
 
     def _run(self, loop):
         """Run a core loop, keeping its counters in self.stats."""
@@ -286,7 +286,8 @@ class Master(_Served):
             broker = _core.Broker(
                 inbound, in_kind, pub, wpush, wpull, router, rt.control(), self.name,
                 pipelined=self.pipelined, stream_hook=stream, bad_hook=DropLog(self.logger),
-                worker_timeout_ms=int(self.worker_timeout * 1000), **hooks)
+                worker_timeout_ms=int(self.worker_timeout * 1000),
+                wakeup_fd=rt.wakeup_fd, **hooks)
             self._run(broker)
 
 

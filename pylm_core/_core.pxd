@@ -16,6 +16,8 @@ cdef class PalmMessage:
         int64_t _stage
         # pylm's field 16 (PZ_FLAG_BATCH...), kept so hooks do not lose it
         uint64_t _flags
+        # pylm's field 17, the client's call id
+        uint64_t _call
         # bytes or a bytes-like object; None while the payload is a view
         object _payload
         # the buffer a payload view points into (bytes or Frame)

@@ -55,6 +55,7 @@ cdef class Broker:
     :param scatter, gather, stream_hook: the subclass's overrides or None
     :param bad_hook: ``callable(reason)`` for dropped input
     :param worker_timeout_ms: a worker silent this long is forgotten
+    :param wakeup_fd: readable when a signal arrived (see Executor), or -1
     """
     cdef:
         void *inbound
@@ -75,11 +76,13 @@ cdef class Broker:
         pz_batch cbatch             # results for one client, sent as one frame
         bytes cbatch_topic
         long long worker_timeout_ms
+        int wakeup_fd               # readable when a signal arrived, or -1
     cdef public long long received, sent, bad, to_legacy, to_workers
 
     def __init__(self, inbound, int in_kind, pub, wpush, wpull, router, control,
                  name, *, bint pipelined=False, scatter=None, gather=None,
-                 stream_hook=None, bad_hook=None, long long worker_timeout_ms=3000):
+                 stream_hook=None, bad_hook=None, long long worker_timeout_ms=3000,
+                 int wakeup_fd=-1):
         self._sockets = (inbound, pub, wpush, wpull, router, control)
         self.inbound = sock_handle(inbound)
         self.in_kind = in_kind
@@ -95,6 +98,7 @@ cdef class Broker:
         self.stream_hook = stream_hook
         self.bad_hook = bad_hook
         self.worker_timeout_ms = worker_timeout_ms
+        self.wakeup_fd = wakeup_fd
         self.waiter = Waiter()
         self.waiter.control = self.control
         self.received = self.sent = self.bad = self.to_legacy = self.to_workers = 0
@@ -122,8 +126,8 @@ cdef class Broker:
 
     def run(self):
         """Broker until a stop request arrives."""
-        cdef pz_pollitem_t items[6]
-        cdef int n, rc, i_in, i_push
+        cdef pz_pollitem_t items[7]
+        cdef int n, rc, i_in, i_push, i_wake
         cdef Multipart mp
         mp_init(&mp)
         try:
@@ -149,11 +153,21 @@ cdef class Broker:
                     items[n].revents = 0
                     i_push = n
                     n += 1
+                i_wake = -1
+                if self.wakeup_fd >= 0:
+                    i_wake = n
+                    items[n].socket = NULL
+                    items[n].fd = self.wakeup_fd
+                    items[n].events = PZ_POLLIN
+                    items[n].revents = 0
+                    n += 1
                 with nogil:
                     rc = pz_poll(items, n, 1000)
                 if rc < 0:
                     _check_rc(rc)
                     continue
+                if i_wake >= 0 and items[i_wake].revents & PZ_POLLIN:
+                    on_wakeup(self.wakeup_fd)
                 if items[0].revents & PZ_POLLIN:
                     return
                 if items[3].revents & PZ_POLLIN:

@@ -62,12 +62,14 @@ cdef int _send_call(void *sock, pz_env *env, _Deadline dl) except -1:
 
 
 cdef int _fill_call(pz_env *env, bytes pipeline, bytes client, bytes function,
-                    bytes cache, const char *p, size_t n, uint64_t flags) except -1:
+                    bytes cache, const char *p, size_t n, uint64_t flags,
+                    uint64_t call) except -1:
     cdef int i
     for i in range(PZ_NSLICE):
         env.f[i].n = 0
     env.stage = 0
     env.flags = flags
+    env.call = call
     env.f[PZ_F_PIPELINE].p = <char *>pipeline
     env.f[PZ_F_PIPELINE].n = len(pipeline)
     env.f[PZ_F_CLIENT].p = <char *>client
@@ -82,10 +84,11 @@ cdef int _fill_call(pz_env *env, bytes pipeline, bytes client, bytes function,
 
 
 def send_call(push, bytes pipeline, bytes client, bytes function, bytes cache,
-              payload, timeout=None, bint batch_replies=False):
+              payload, timeout=None, bint batch_replies=False, uint64_t call=0):
     """Send one call envelope on `push` (pyzmq PUSH socket).  The payload
     (any bytes-like object) is copied once, straight into the message.
-    `batch_replies` tells a pylm server that this client reads batches."""
+    `batch_replies` tells a pylm server that this client reads batches;
+    `call` is the call's id (field 17), echoed in its replies."""
     cdef pz_env env
     cdef Py_buffer buf
     check_payload(payload)
@@ -93,7 +96,7 @@ def send_call(push, bytes pipeline, bytes client, bytes function, bytes cache,
     try:
         _fill_call(&env, pipeline, client, function, cache,
                    <const char *>buf.buf, <size_t>buf.len,
-                   PZ_FLAG_BATCH if batch_replies else 0)
+                   PZ_FLAG_BATCH if batch_replies else 0, call)
         _send_call(sock_handle(push), &env, _Deadline(timeout))
     finally:
         PyBuffer_Release(&buf)
@@ -111,6 +114,7 @@ cdef class ReplyReader:
         const char *bp             # cursor in the batch being read ...
         const char *bend           # ... and its end; bp == bend: none
         public bytes pipeline       # None: accept every reply
+        public unsigned long long call  # 0: any call id
         public long long stale, bad
 
     def __cinit__(self):
@@ -120,15 +124,21 @@ cdef class ReplyReader:
         self._sock = sub
         self.sub = sock_handle(sub)
         self.pipeline = None
+        self.call = 0
         self.stale = self.bad = 0
 
     def __dealloc__(self):
         mp_close(&self.mp)
 
     cdef int _accept(self, pz_env *env) noexcept:
+        """Is env a reply of the current call (pipeline and call id)?"""
+        cdef size_t pn
+        if self.call and env.call != self.call:
+            self.stale += 1
+            return 0
         if self.pipeline is None:
             return 1
-        cdef size_t pn = len(self.pipeline)
+        pn = len(self.pipeline)
         if env.f[PZ_F_PIPELINE].n != pn or memcmp(
                 env.f[PZ_F_PIPELINE].p, <char *>self.pipeline, pn) != 0:
             self.stale += 1
@@ -218,7 +228,9 @@ cdef class JobStream:
     yields reply payloads, keeping at most `window` calls in flight, so that
     an endless generator works and neither side's queues grow without
     bound.  With a pylm server (`batch`), calls go in batches of up to
-    MAX_SEND envelopes.  Raises TimeoutError when no reply comes for
+    MAX_SEND envelopes.  It ends after `messages` replies, or, with
+    `until_answered`, once the generator is done and every call sent got
+    one reply.  Raises TimeoutError when no reply comes for
     `timeout` seconds, and calls `on_error(text)` (which raises) for error
     replies."""
     cdef:
@@ -228,7 +240,8 @@ cdef class JobStream:
         object it
         bytes pipeline, client, function, cache
         long long window, inflight, expected, received
-        bint gen_done, batch
+        uint64_t call
+        bint gen_done, batch, until_answered
         object pending              # a payload the PUSH queue had no room for
         pz_batch out                # batch mode: calls not sent yet
         long long out_pending       # ... how many
@@ -236,11 +249,15 @@ cdef class JobStream:
 
     def __init__(self, push, ReplyReader reader, generator, bytes pipeline,
                  bytes client, bytes function, bytes cache, long long messages,
-                 *, long long window=1000, bint batch=False, timeout=None, on_error=None):
+                 *, long long window=1000, bint batch=False, timeout=None, on_error=None,
+                 uint64_t call=0, bint until_answered=False):
         self._push = push
         self.push = sock_handle(push)
         self.reader = reader
         reader.pipeline = pipeline
+        reader.call = call
+        self.call = call
+        self.until_answered = until_answered
         self.it = iter(generator)
         self.pipeline = pipeline
         self.client = client
@@ -309,7 +326,7 @@ cdef class JobStream:
             try:
                 _fill_call(&env, self.pipeline, self.client, self.function,
                            self.cache, <const char *>buf.buf, <size_t>buf.len,
-                           PZ_FLAG_BATCH if self.batch else 0)
+                           PZ_FLAG_BATCH if self.batch else 0, self.call)
                 if self.batch:
                     if pz_batch_add_env(&self.out, &env) != 0:
                         raise MemoryError()
@@ -347,7 +364,7 @@ cdef class JobStream:
                 raise StopIteration
             self._fill()
             blocked = self.pending is not None or self.out.count > 0
-            if self.gen_done and self.inflight <= 0 and not blocked:
+            if self.until_answered and self.gen_done and self.inflight <= 0 and not blocked:
                 raise StopIteration
             if self.reader.try_next(&env):
                 break

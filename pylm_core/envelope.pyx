@@ -96,6 +96,8 @@ cdef inline void _reset(PalmMessage m):
     m._payload = b""
     m._owner = None
     m._stage = 0
+    m._flags = 0
+    m._call = 0
 
 
 @cython.freelist(64)
@@ -189,6 +191,7 @@ cdef class PalmMessage:
         _str_slice(self._error, &env.f[PZ_F_ERROR])
         env.stage = self._stage
         env.flags = self._flags
+        env.call = self._call
         if self._payload is None:
             env.f[PZ_F_PAYLOAD].p = self._view_p
             env.f[PZ_F_PAYLOAD].n = <size_t>self._view_n
@@ -211,6 +214,7 @@ cdef class PalmMessage:
         self._error = _slice_str(env.f[PZ_F_ERROR])
         self._stage = env.stage
         self._flags = env.flags
+        self._call = env.call
         cdef Py_buffer buf
         if <Py_ssize_t>env.f[PZ_F_PAYLOAD].n >= VIEW_THRESHOLD and (
                 type(owner) is bytes or type(owner) is Frame):
@@ -287,6 +291,7 @@ cdef class PalmMessage:
         self._error = other._error
         self._stage = other._stage
         self._flags = other._flags
+        self._call = other._call
         self._payload = other._payload
         self._owner = other._owner
         self._view_p = other._view_p

@@ -14,6 +14,8 @@ written for them keep working)::
 pyzmq's own exceptions (``zmq.ZMQError``) are not wrapped.
 """
 
+import json
+
 __all__ = ["PylmError", "DecodeError", "RemoteError", "WorkerLost"]
 
 
@@ -44,10 +46,15 @@ class RemoteError(PylmError):
 
     @classmethod
     def from_wire(cls, text):
-        """Rebuild from the envelope's ``error`` field (see pylm._dispatch)."""
-        head, _, tb = text.partition("\n")
-        rtype, _, rmsg = head.partition(": ")
-        return cls(rtype, rmsg, tb)
+        """Rebuild from the envelope's ``error`` field: JSON with type,
+        message and traceback (pylm._dispatch.error_text), or, from a server
+        that writes plain text, ``"Type: message"``."""
+        try:
+            fields = json.loads(text)
+            return cls(fields["type"], fields["message"], fields.get("traceback", ""))
+        except (ValueError, KeyError, TypeError):
+            rtype, _, rmsg = text.partition(": ")
+            return cls(rtype, rmsg, "")
 
 
 class WorkerLost(PylmError):

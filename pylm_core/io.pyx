@@ -205,3 +205,18 @@ cdef int send_topic(Waiter waiter, void *sock, const char *tp, size_t tn, pz_msg
     if mark != NULL:
         _check_rc(pz_send(sock, mark, 11, PZ_SNDMORE))
     return send_owned(sock, m, 0)
+
+
+cdef extern from "unistd.h" nogil:
+    ssize_t read(int fd, void *buf, size_t count)
+
+
+cdef int on_wakeup(int fd) except -1:
+    """A signal arrived (signal.set_wakeup_fd wrote to fd): empty the fd and
+    run Python's signal handlers now.  Without this, a handler waits for the
+    loop's next message, since the core blocks in zmq_poll, not in Python."""
+    cdef char buf[64]
+    while read(fd, buf, 64) > 0:
+        pass
+    PyErr_CheckSignals()
+    return 0

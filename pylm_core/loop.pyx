@@ -71,6 +71,8 @@ cdef class Executor:
     :param limit: return after this many calls (``messages=N``)
     :param heartbeat_ms: in worker mode, a heartbeat is sent after this
         much idle time
+    :param wakeup_fd: a file descriptor that becomes readable when a signal
+        arrives (``signal.set_wakeup_fd``), so that handlers run at once
     :param credit: in worker mode, the most messages the Master may have
         in flight here; the worker asks for fewer when its calls are slow
     """
@@ -87,6 +89,7 @@ cdef class Executor:
         bint pipelined, mux
         object stream_hook, error_hook, bad_hook
         long heartbeat_ms
+        int wakeup_fd               # readable when a signal arrived, or -1
         int credit                  # most messages the Master may send ahead
         int credit_now              # what we last asked the Master for
         double ns_per_call          # moving average of a call's duration
@@ -101,7 +104,7 @@ cdef class Executor:
     def __init__(self, inbound, out, int out_kind, control, name, dict methods,
                  *, bint pipelined=False, stream_hook=None, error_hook=None,
                  bad_hook=None, bint mux=False, long long limit=2**62,
-                 long heartbeat_ms=1000, int credit=64):
+                 long heartbeat_ms=1000, int credit=64, int wakeup_fd=-1):
         if not 0 < len(inbound) <= MAX_IN:
             raise ValueError("between 1 and %d inbound sockets" % MAX_IN)
         self._sockets = (list(inbound), out, control)
@@ -126,6 +129,7 @@ cdef class Executor:
         self.mux = mux
         self.limit = limit
         self.heartbeat_ms = heartbeat_ms
+        self.wakeup_fd = wakeup_fd
         self.credit = max(1, credit)
         self.credit_now = min(self.credit, CREDIT_START)
         self.ns_per_call = 0
@@ -135,7 +139,8 @@ cdef class Executor:
 
     def run(self):
         """Serve until `limit` calls were made or a stop request arrives."""
-        cdef pz_pollitem_t items[18]
+        cdef pz_pollitem_t items[19]
+        cdef int n_items, i_wake
         cdef Multipart mp
         cdef int i, j, rc, err
         cdef long timeout = self.heartbeat_ms if self.out_kind == OUT_WORKER else -1
@@ -158,15 +163,25 @@ cdef class Executor:
                 items[self.n_in + 1].socket = self.out
                 items[self.n_in + 1].events = PZ_POLLIN
                 items[self.n_in + 1].revents = 0
+                n_items = self.n_in + (2 if self.out_kind == OUT_TOPIC else 1)
+                i_wake = -1
+                if self.wakeup_fd >= 0:
+                    i_wake = n_items
+                    items[i_wake].socket = NULL
+                    items[i_wake].fd = self.wakeup_fd
+                    items[i_wake].events = PZ_POLLIN
+                    items[i_wake].revents = 0
+                    n_items += 1
                 with nogil:
-                    rc = pz_poll(items, self.n_in + (2 if self.out_kind == OUT_TOPIC else 1),
-                                 timeout)
+                    rc = pz_poll(items, n_items, timeout)
                 if rc < 0:
                     _check_rc(rc)
                     continue
                 if rc == 0:
                     self._send_control(W_BEAT, None)
                     continue
+                if i_wake >= 0 and items[i_wake].revents & PZ_POLLIN:
+                    on_wakeup(self.wakeup_fd)
                 if items[self.n_in].revents & PZ_POLLIN:
                     return
                 if items[self.n_in + 1].revents & PZ_POLLIN:

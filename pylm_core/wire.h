@@ -6,7 +6,9 @@
  * as unknown fields by protobuf parsers (and kept by them when they
  * re-serialize), so pylm 0.14 peers are not disturbed:
  *   15 `error` (string): a remote exception, for our clients;
- *   16 `flags` (varint): PZ_FLAG_BATCH = the client takes batched replies.
+ *   16 `flags` (varint): PZ_FLAG_BATCH = the client takes batched replies;
+ *   17 `call` (varint): the client's id of the call, so that a late reply
+ *      of an earlier call (same pipeline, e.g. a session) is told apart.
  *
  * A batch (pylm-to-pylm links only) is a frame holding several envelopes,
  * each preceded by its length as a varint.
@@ -52,6 +54,7 @@ typedef struct {
     pz_slice f[PZ_NSLICE];
     int64_t stage;
     uint64_t flags;
+    uint64_t call;
     int bad_field;          /* field number of a UTF-8 failure, for messages */
 } pz_env;
 
@@ -190,6 +193,7 @@ static int pz_parse(const char *buf, size_t n, pz_env *e)
     for (i = 0; i < PZ_NSLICE; i++) { e->f[i].p = buf; e->f[i].n = 0; }
     e->stage = 0;
     e->flags = 0;
+    e->call = 0;
     e->bad_field = 0;
     while (p < end) {
         uint64_t tag, v;
@@ -202,9 +206,9 @@ static int pz_parse(const char *buf, size_t n, pz_env *e)
             e->stage = (int64_t)v;
             continue;
         }
-        if (field == 16 && wt == 0) {
+        if ((field == 16 || field == 17) && wt == 0) {
             if ((rc = pz_read_varint(&p, end, &v)) < 0) return rc;
-            e->flags = v;
+            if (field == 16) e->flags = v; else e->call = v;
             continue;
         }
         int slot = pz_slot_of(field);
@@ -251,6 +255,7 @@ static inline size_t pz_encoded_size(const pz_env *e)
     }
     if (e->stage) total += 1 + pz_varint_len((uint64_t)e->stage);
     if (e->flags) total += 2 + pz_varint_len(e->flags);
+    if (e->call) total += 2 + pz_varint_len(e->call);
     return total;
 }
 
@@ -274,6 +279,7 @@ static inline char *pz_encode(const pz_env *e, char *out)
     if (e->f[PZ_F_PAYLOAD].n) p = pz_put_field(p, 6, &e->f[PZ_F_PAYLOAD]);
     if (e->f[PZ_F_ERROR].n) p = pz_put_field(p, 15, &e->f[PZ_F_ERROR]);
     if (e->flags) { *p++ = (char)0x80; *p++ = (char)0x01; p = pz_put_varint(p, e->flags); }
+    if (e->call) { *p++ = (char)0x88; *p++ = (char)0x01; p = pz_put_varint(p, e->call); }
     return p;
 }
 

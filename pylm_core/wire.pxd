@@ -17,6 +17,7 @@ cdef extern from "wire.h" nogil:
         pz_slice f[6]
         int64_t stage
         uint64_t flags
+        uint64_t call
         int bad_field
 
     int PZ_FLAG_BATCH

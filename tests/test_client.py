@@ -102,11 +102,6 @@ def test_a_late_reply_is_not_returned_to_the_next_call(client):
     assert client.eval("svc.upper", b"then", timeout=TIMEOUT) == b"THEN"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: with session= every call uses the session id as its pipeline "
-    "(pylm/clients.py eval/job: pipeline = self.session or uuid4), and "
-    "ReplyReader filters replies by pipeline only, so a late reply of a "
-    "timed-out call is returned to the next call"))
 def test_a_late_reply_is_not_returned_to_the_next_call_with_session(svc, make_client):
     client = make_client("svc", svc.db_address, session="my-session")
     with pytest.raises(TimeoutError):

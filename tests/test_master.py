@@ -258,14 +258,6 @@ def test_master_hooks(cls, payload, messages, expected):
         assert client.eval("hooked.tag", payload, messages=messages, timeout=TIMEOUT)
 
 
-JOB_MESSAGES_BUG = (
-    "BUG: job(..., messages=N) stops once every payload sent got one reply, "
-    "even when N is larger (pylm_core/client.pyx JobStream.__next__: "
-    "'if self.gen_done and self.inflight <= 0 ...: raise StopIteration'), so "
-    "a job through scatter or a MuxWorker returns only one reply per payload")
-
-
-@pytest.mark.xfail(strict=True, reason=JOB_MESSAGES_BUG)
 def test_a_job_through_scatter_gets_every_reply():
     master = ScatterMaster("hooked", **master_addresses())
     with master_with_workers(master, Plain("plain", master.db_address)) as (client, _):
@@ -275,7 +267,6 @@ def test_a_job_through_scatter_gets_every_reply():
                                            for i in range(100) for j in range(2))
 
 
-@pytest.mark.xfail(strict=True, reason=JOB_MESSAGES_BUG)
 def test_a_job_through_a_mux_worker_gets_every_reply():
     master = Master("mux", **master_addresses())
     with master_with_workers(master, Triple("triple", master.db_address)) as (client, _):

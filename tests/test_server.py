@@ -175,10 +175,6 @@ def test_a_raising_method_reaches_the_caller_and_is_logged(calc, client, caplog)
     assert client.eval("calc.upper", b"after", timeout=TIMEOUT) == b"AFTER"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a multi-line exception message is cut at its first line: "
-    "pylm/_dispatch.error_text writes 'Type: message\\ntraceback' and "
-    "RemoteError.from_wire splits at the first newline"))
 def test_a_multiline_remote_message_is_kept(client):
     with pytest.raises(RemoteError) as info:
         client.eval("calc.fail_multiline", b"x", timeout=TIMEOUT)
@@ -216,14 +212,6 @@ class Hasher(Server):
                                           iterations=1_500_000))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a SIGTERM that arrives while the server's main thread is outside "
-    "zmq_poll (here: in a method written in C; in general: right after a "
-    "reply) is never acted on until the next message: the Python handler "
-    "installed by pylm/_runtime.Runtime only runs on PyErr_CheckSignals, which "
-    "the core loops (pylm_core/loop.pyx Executor.run, broker.pyx Broker.run) "
-    "call only when zmq_poll returns EINTR; the Executor then polls with an "
-    "infinite timeout"))
 def test_a_sigterm_during_a_call_stops_the_server(addresses, make_client):
     db, pull, pub = addresses(3)
     proc = in_child(Hasher, "hasher", db, pull, pub)
