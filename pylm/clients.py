@@ -18,7 +18,7 @@ import zmq
 from pylm_core import _core
 from pylm._cache import CONFIG_PROTOCOL_KEY, PROTOCOL, CacheClient
 from pylm._context import context
-from pylm_core.errors import RemoteError
+from pylm_core.errors import RemoteError, WorkerLost
 
 __all__ = ["Client"]
 
@@ -29,6 +29,10 @@ LEGACY_JOIN_WAIT = 0.5
 PING_BUDGET = 0.5
 #: The first message every pylm server's XPUB sends a new subscriber.
 WELCOME = _core.WELCOME
+#: Workers a message may take down before the Master gives up on it.
+MAX_LOST = 3
+#: What on_error returns for a reply the job does not yield.
+_LOST = object()
 #: Calls a job keeps in flight; bounds every queue between client and workers.
 JOB_WINDOW = 2000
 
@@ -201,8 +205,17 @@ class Client:
             raise TypeError("function must be str or a list of str")
         return function
 
+    @staticmethod
+    def _remote_error(error):
+        """The exception for an error reply: WorkerLost for a poison
+        message, RemoteError for a method that raised."""
+        exc = RemoteError.from_wire(error)
+        if exc.remote_type == "WorkerLost":
+            return WorkerLost(exc.remote_message)
+        return exc
+
     def _raise_remote(self, error):
-        raise RemoteError.from_wire(error)
+        raise self._remote_error(error)
 
     # calls -----------------------------------------------------------------
     def eval(self, function, payload, messages=1, cache="", *, timeout=None):
@@ -237,17 +250,36 @@ class Client:
         """Send every payload the generator yields and yield the replies as
         they come, until `messages` replies arrived (or, by default, one
         for each payload sent).  At most `window` calls are in flight.
-        `timeout` bounds the wait for each reply."""
+        `timeout` bounds the wait for each reply.  A method that raises
+        raises pylm.RemoteError here; a message that took down MAX_LOST
+        workers (poison) is skipped, and pylm.WorkerLost is raised once the
+        rest of the job has been delivered."""
         function = self._function(function)
         self._connect(timeout)
         pipeline = self.session or str(uuid.uuid4())
+        lost = []
+
+        def on_error(error):
+            # a poison message does not stop the job: it is reported at the end
+            exc = self._remote_error(error)
+            if not isinstance(exc, WorkerLost):
+                raise exc
+            lost.append(exc)
+            return _LOST
+
         stream = _core.JobStream(self._push, self._reader, generator, pipeline.encode(),
                                  self.uuid.encode(), function.encode(), cache.encode(),
                                  min(messages, 2**62), window=window, timeout=timeout,
                                  batch=self._protocol == PROTOCOL,
-                                 on_error=self._raise_remote, call=self._next_call(),
+                                 on_error=on_error, call=self._next_call(),
                                  until_answered=messages == sys.maxsize)
-        yield from stream
+        for payload in stream:
+            if payload is not _LOST:
+                yield payload
+        if lost:
+            raise WorkerLost("%d message(s) of the job took down %d workers each and "
+                             "were not run; the other replies were delivered"
+                             % (len(lost), MAX_LOST), lost)
 
     # cache -------------------------------------------------------------------
     def _key(self, key):

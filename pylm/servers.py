@@ -29,6 +29,11 @@ MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 PUB_HWM = 100_000
 
 
+#: Counters of the core loops copied to ``server.stats`` when start() returns.
+_STAT_NAMES = ("processed", "bad", "failed", "received", "sent", "to_workers",
+               "to_legacy", "workers_lost", "requeued", "poisoned", "late")
+
+
 def _logger(kind, name, level):
     logger = logging.getLogger("pylm.%s.%s" % (kind, name))
     logger.setLevel(level)
@@ -106,9 +111,7 @@ class _Served:
         try:
             loop.run()
         finally:
-            self.stats = {k: getattr(loop, k) for k in dir(loop)
-                          if k in ("processed", "bad", "failed", "received", "sent",
-                                   "to_workers", "to_legacy")}
+            self.stats = {k: getattr(loop, k) for k in _STAT_NAMES if hasattr(loop, k)}
 
 
 class Server(_Served):
@@ -323,12 +326,16 @@ class Worker(_Served):
     :param credit: the most messages our Master may send ahead (the worker
         asks for about 20 ms of work at its measured speed, up to this)
     :param timeout: seconds to wait for the Master's cache at start
+    :param heartbeat: seconds between heartbeats to our Master, which gives
+        up a worker silent for its `worker_timeout` and hands its messages
+        to other workers
     """
 
     mux = False
 
     def __init__(self, name="", db_address="", push_address=None, pull_address=None,
-                 log_level=logging.INFO, messages=sys.maxsize, *, credit=1000, timeout=10.0):
+                 log_level=logging.INFO, messages=sys.maxsize, *, credit=1000, timeout=10.0,
+                 heartbeat=1.0):
         if not db_address:
             raise ValueError("Worker needs the db_address of its Master")
         super().__init__(name or str(uuid.uuid4()), db_address, log_level)
@@ -337,6 +344,7 @@ class Worker(_Served):
         self.messages = messages
         self.credit = credit
         self.timeout = timeout
+        self.heartbeat = heartbeat
         self._cache_client = CacheClient(db_address, "worker", timeout)
         self.router_address = None
 
@@ -375,8 +383,15 @@ class Worker(_Served):
         self._fetch_addresses()
         with Runtime(self._stopper, self.logger) as rt:
             if self.router_address:
-                dealer = rt.socket(zmq.DEALER, connect=self.router_address,
+                ident = ("w-%s" % uuid.uuid4().hex).encode()
+                dealer = rt.socket(zmq.DEALER, ROUTING_ID=ident, connect=self.router_address,
                                    MAXMSGSIZE=MAX_MESSAGE_SIZE)
+                # heartbeats from a thread of their own: they keep coming while
+                # a long call runs, and stop when the process is frozen or dead
+                beat = rt.socket(zmq.DEALER, ROUTING_ID=ident + _core.HB_SUFFIX,
+                                 connect=self.router_address)
+                rt.thread(_heartbeat, "%s-heartbeat" % self.name, beat, rt.control(),
+                          self.heartbeat)
                 loop = self._executor(rt, [(dealer, _core.IN_PLAIN_)], dealer,
                                       _core.OUT_WORKER_, name=None, mux=self.mux,
                                       limit=self.messages, credit=self.credit)
@@ -389,6 +404,15 @@ class Worker(_Served):
                 self._run(loop)
             finally:
                 self._cache_client.close()
+
+
+def _heartbeat(sock, control, interval):
+    """Send [H] every `interval` seconds until control is readable."""
+    while not control.poll(int(interval * 1000)):
+        try:
+            sock.send(b"H", zmq.DONTWAIT)
+        except zmq.Again:
+            pass
 
 
 class MuxWorker(Worker):

@@ -16,7 +16,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.errno cimport EINTR, EAGAIN
 from libc.stdint cimport int64_t, uint64_t
-from libc.string cimport memcpy, memcmp, memchr, memmove
+from libc.string cimport memcpy, memcmp, memchr, memmove, memset
 from libc.stdlib cimport free
 
 from pylm_core.libzmq cimport *

@@ -8,14 +8,10 @@ from libc.stdlib cimport malloc, realloc, free
 
 cdef enum:
     MAX_SEND = 256              # envelopes in one batch to a worker
+    MAX_LOST = 3                # workers a message may take down: then poison
+    DRAIN_MS = 2000             # on stop, how long in-flight results are awaited
 
-
-cdef struct WorkerSlot:
-    char ident[256]
-    int ident_n
-    int limit                   # messages it wants in flight (its credit)
-    int inflight                # messages sent and not finished
-    long long last_seen         # monotonic ms of its last frame
+cdef bytes _HB_SUFFIX = HB_SUFFIX     # see loop.pyx
 
 
 cdef struct Fifo:
@@ -36,6 +32,40 @@ cdef int fifo_push(Fifo *f, const char *p, size_t n) except -1:
     if pz_batch_add_raw(&f.b, p, n) != 0:
         raise MemoryError()
     f.count += 1
+    return 0
+
+
+cdef struct WorkerSlot:
+    char ident[256]
+    int ident_n
+    int limit                   # messages it wants in flight (its credit)
+    long long last_seen         # monotonic ms of its last frame
+    Fifo fly                    # messages sent to it and not finished, in
+                                # order (a worker finishes them in order)
+
+
+cdef int fifo_pop(Fifo *f, long k) noexcept nogil:
+    """Forget the first k envelopes of f."""
+    cdef const char *p = f.b.buf + f.head
+    cdef const char *start = p
+    cdef const char *end = f.b.buf + f.b.len
+    cdef pz_slice one
+    while k > 0 and f.count > 0 and pz_batch_next(&p, end, &one) == 1:
+        k -= 1
+        f.count -= 1
+    f.head += <size_t>(p - start)
+    if f.count == 0:
+        f.head = f.b.len = 0
+    return 0
+
+
+cdef int fifo_append(Fifo *f, const char *span, size_t n, long k) except -1:
+    """Append k envelopes already in batch format (span of n bytes)."""
+    if pz_batch_reserve(&f.b, n) != 0:
+        raise MemoryError()
+    memcpy(f.b.buf + f.b.len, span, n)
+    f.b.len += n
+    f.count += k
     return 0
 
 
@@ -78,6 +108,7 @@ cdef class Broker:
         long long worker_timeout_ms
         int wakeup_fd               # readable when a signal arrived, or -1
     cdef public long long received, sent, bad, to_legacy, to_workers
+    cdef public long long workers_lost, requeued, poisoned, late
 
     def __init__(self, inbound, int in_kind, pub, wpush, wpull, router, control,
                  name, *, bint pipelined=False, scatter=None, gather=None,
@@ -102,6 +133,7 @@ cdef class Broker:
         self.waiter = Waiter()
         self.waiter.control = self.control
         self.received = self.sent = self.bad = self.to_legacy = self.to_workers = 0
+        self.workers_lost = self.requeued = self.poisoned = self.late = 0
 
     def __cinit__(self):
         self.cap_workers = 16
@@ -110,8 +142,12 @@ cdef class Broker:
             raise MemoryError()
 
     def __dealloc__(self):
+        cdef int i
         free(self.queue.b.buf)
         free(self.cbatch.buf)
+        if self.workers != NULL:
+            for i in range(self.n_workers):
+                free(self.workers[i].fly.b.buf)
         free(self.workers)
 
     @property
@@ -124,14 +160,24 @@ cdef class Broker:
         """Messages waiting for a worker."""
         return self.queue.count
 
+    @property
+    def in_flight(self):
+        """Messages on our workers, not finished yet."""
+        return sum(self.workers[i].fly.count for i in range(self.n_workers))
+
     def run(self):
-        """Broker until a stop request arrives."""
+        """Broker until a stop request arrives; then, for up to DRAIN_MS,
+        take no new calls but deliver the results of those in flight."""
         cdef pz_pollitem_t items[7]
         cdef int n, rc, i_in, i_push, i_wake
+        cdef long long drain_until = -1
         cdef Multipart mp
         mp_init(&mp)
         try:
             while True:
+                if drain_until >= 0 and (now_ms() > drain_until or (
+                        self.in_flight == 0 and self.queue.count == 0)):
+                    return
                 items[0].socket = self.control
                 items[1].socket = self.router
                 items[2].socket = self.wpull
@@ -141,7 +187,7 @@ cdef class Broker:
                     items[n].revents = 0
                 n = 4
                 i_in = i_push = -1
-                if self.queue.count == 0:
+                if self.queue.count == 0 and drain_until < 0:
                     items[n].socket = self.inbound
                     items[n].events = PZ_POLLIN
                     items[n].revents = 0
@@ -162,14 +208,17 @@ cdef class Broker:
                     items[n].revents = 0
                     n += 1
                 with nogil:
-                    rc = pz_poll(items, n, 1000)
+                    rc = pz_poll(items, n, 250 if self.n_workers or drain_until >= 0 else 1000)
                 if rc < 0:
                     _check_rc(rc)
                     continue
                 if i_wake >= 0 and items[i_wake].revents & PZ_POLLIN:
                     on_wakeup(self.wakeup_fd)
                 if items[0].revents & PZ_POLLIN:
-                    return
+                    drain(self.control)
+                    if drain_until >= 0:
+                        return              # a second stop: now
+                    drain_until = now_ms() + DRAIN_MS
                 if items[3].revents & PZ_POLLIN:
                     drain(self.pub)
                 if items[1].revents & PZ_POLLIN:
@@ -181,7 +230,7 @@ cdef class Broker:
                 self._expire_workers()
                 if self.queue.count:
                     self._dispatch(i_push >= 0 and items[i_push].revents & PZ_POLLOUT)
-                elif i_in >= 0 and items[i_in].revents & PZ_POLLIN:
+                elif drain_until < 0 and i_in >= 0 and items[i_in].revents & PZ_POLLIN:
                     if self._drain_inbound(&mp):
                         return
         finally:
@@ -189,18 +238,17 @@ cdef class Broker:
 
     # -- workers ---------------------------------------------------------
 
-    cdef int _find_worker(self, pz_msg_t *ident) noexcept nogil:
+    cdef int _find_worker(self, const char *ident, size_t n) noexcept nogil:
         cdef int i
-        cdef size_t n = pz_msg_size(ident)
         for i in range(self.n_workers):
             if <size_t>self.workers[i].ident_n == n and memcmp(
-                    self.workers[i].ident, pz_msg_data(ident), n) == 0:
+                    self.workers[i].ident, ident, n) == 0:
                 return i
         return -1
 
-    cdef int _add_worker(self, pz_msg_t *ident, int credit) except -1:
+    cdef int _add_worker(self, const char *ident, size_t n, int credit) except -1:
         cdef WorkerSlot *grown
-        cdef size_t n = pz_msg_size(ident)
+        cdef WorkerSlot *w
         if n > 255:
             return self._drop("a worker identity longer than 255 bytes")
         if self.n_workers == self.cap_workers:
@@ -210,36 +258,86 @@ cdef class Broker:
                 raise MemoryError()
             self.workers = grown
             self.cap_workers *= 2
-        memcpy(self.workers[self.n_workers].ident, pz_msg_data(ident), n)
-        self.workers[self.n_workers].ident_n = <int>n
-        self.workers[self.n_workers].limit = credit
-        self.workers[self.n_workers].inflight = 0
-        self.workers[self.n_workers].last_seen = now_ms()
+        w = &self.workers[self.n_workers]
+        memset(w, 0, sizeof(WorkerSlot))
+        memcpy(w.ident, ident, n)
+        w.ident_n = <int>n
+        w.limit = credit
+        w.last_seen = now_ms()
         self.n_workers += 1
-        return 0
+        return self.n_workers - 1
 
-    cdef void _remove_worker(self, int i) noexcept nogil:
+    cdef int _lose_worker(self, int i) except -1:
+        """Forget worker i (dead, frozen or gone): the messages it held go
+        back to the queue, counting one more loss each; a message that has
+        now been lost with MAX_LOST workers is poison, and its client gets a
+        WorkerLost error instead.  Results that the worker sends later are
+        dropped (late), so every call is answered once."""
+        cdef Fifo fly = self.workers[i].fly
+        cdef const char *p = fly.b.buf + fly.head if fly.b.buf != NULL else NULL
+        cdef const char *end = fly.b.buf + fly.b.len if fly.b.buf != NULL else NULL
+        cdef pz_slice one
+        cdef pz_env env
+        cdef pz_batch tmp
         self.n_workers -= 1
         if i != self.n_workers:
             self.workers[i] = self.workers[self.n_workers]
+        self.workers_lost += 1
+        memset(&tmp, 0, sizeof(pz_batch))
+        try:
+            while p != NULL and pz_batch_next(&p, end, &one) == 1:
+                if pz_parse(one.p, one.n, &env) != PZ_OK:
+                    continue
+                env.lost += 1
+                if env.lost >= MAX_LOST:
+                    self.poisoned += 1
+                    if self._poison(&env):
+                        return 1
+                    continue
+                self.requeued += 1
+                tmp.len = tmp.count = 0
+                if pz_batch_add_env(&tmp, &env) != 0:
+                    raise MemoryError()
+                fifo_append(&self.queue, tmp.buf, tmp.len, 1)
+        finally:
+            free(tmp.buf)
+            free(fly.b.buf)
+        return 0
+
+    cdef int _poison(self, pz_env *env) except -1:
+        """Answer a poison message's client with a WorkerLost error."""
+        cdef bytes text = (
+            '{"type": "WorkerLost", "message": "the message was in flight on %d '
+            'workers that died; it is not sent again", "traceback": ""}'
+            % env.lost).encode()
+        env.f[PZ_F_PAYLOAD].n = 0
+        env.f[PZ_F_ERROR].p = <char *>text
+        env.f[PZ_F_ERROR].n = len(text)
+        env.lost = 0
+        return self._publish_env(env, env.f[PZ_F_CLIENT].p, env.f[PZ_F_CLIENT].n)
 
     cdef int _expire_workers(self) except -1:
         cdef long long now = now_ms()
         cdef int i = 0
         while i < self.n_workers:
             if now - self.workers[i].last_seen > self.worker_timeout_ms:
-                self._remove_worker(i)
+                if self._lose_worker(i):
+                    return 1
             else:
                 i += 1
         return 0
 
     cdef int _drain_router(self, Multipart *mp) except -1:
-        """Frames from our workers (protocol in loop.pyx)."""
+        """Frames from our workers (protocol in loop.pyx; [B] is a worker
+        leaving, whose messages are handed back at once).  Heartbeats may
+        come from a worker's second socket, whose id ends in HB_SUFFIX."""
         cdef int j, rc, w
         cdef char kind
         cdef long long value
         cdef const char *p
         cdef const char *end
+        cdef const char *ident
+        cdef size_t ident_n
         cdef pz_slice one
         for j in range(BATCH):
             with nogil:
@@ -253,10 +351,19 @@ cdef class Broker:
                 self._drop("a worker message without a kind frame")
                 continue
             kind = msg_ptr(&mp.f[1])[0]
-            w = self._find_worker(&mp.f[0])
-            if w >= 0:
-                self.workers[w].last_seen = now_ms()
-            if kind == 72 and mp.total == 2:
+            ident = msg_ptr(&mp.f[0])
+            ident_n = pz_msg_size(&mp.f[0])
+            if kind == 72 and mp.total == 2:            # H
+                if ident_n > 3 and memcmp(ident + ident_n - 3, <char *>_HB_SUFFIX, 3) == 0:
+                    ident_n -= 3
+                w = self._find_worker(ident, ident_n)
+                if w >= 0:
+                    self.workers[w].last_seen = now_ms()
+                continue
+            w = self._find_worker(ident, ident_n)
+            if kind == 66 and mp.total == 2:            # B
+                if w >= 0 and self._lose_worker(w):
+                    return 1
                 continue
             if (kind != 82 and kind != 68) or mp.n < 3 or (kind == 68) != (mp.total == 4):
                 self._drop("a malformed message from a worker")
@@ -265,16 +372,22 @@ cdef class Broker:
             if value < 0:
                 self._drop("a worker message with a bad count")
                 continue
-            if kind == 82:       # R
+            if kind == 82:                              # R
                 value = max(1, min(value, 100000))
                 if w < 0:
-                    self._add_worker(&mp.f[0], <int>value)
+                    self._add_worker(ident, ident_n, <int>value)
                 else:
                     self.workers[w].limit = <int>value
+                    self.workers[w].last_seen = now_ms()
                 continue
-            if w >= 0:
-                self.workers[w].inflight = max(0, self.workers[w].inflight - <int>value)
-            # results; a worker we forgot still has them delivered
+            if w < 0:
+                # results of a worker given up for dead: its messages went
+                # to others, so these are dropped; it may work again
+                self.late += value
+                self._add_worker(ident, ident_n, CREDIT_START)
+                continue
+            self.workers[w].last_seen = now_ms()
+            fifo_pop(&self.workers[w].fly, value)
             p = msg_ptr(&mp.f[3])
             end = p + pz_msg_size(&mp.f[3])
             while True:
@@ -402,7 +515,7 @@ cdef class Broker:
         while self.queue.count:
             best = -1
             for i in range(self.n_workers):
-                k = self.workers[i].limit - self.workers[i].inflight
+                k = self.workers[i].limit - <int>self.workers[i].fly.count
                 if k > 0 and (best < 0 or k > room):
                     best = i
                     room = k
@@ -421,10 +534,11 @@ cdef class Broker:
                 if rc < 0:
                     # EHOSTUNREACH (ROUTER_MANDATORY): the worker is gone
                     pz_msg_close(&m)
-                    self._remove_worker(best)
+                    if self._lose_worker(best):
+                        return 1
                     continue
                 send_owned(self.router, &m, 0)
-                self.workers[best].inflight += k
+                fifo_append(&self.workers[best].fly, start, <size_t>(p - start), k)
                 self.to_workers += k
             elif legacy_ready:
                 k = 1

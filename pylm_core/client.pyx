@@ -70,6 +70,7 @@ cdef int _fill_call(pz_env *env, bytes pipeline, bytes client, bytes function,
     env.stage = 0
     env.flags = flags
     env.call = call
+    env.lost = 0
     env.f[PZ_F_PIPELINE].p = <char *>pipeline
     env.f[PZ_F_PIPELINE].n = len(pipeline)
     env.f[PZ_F_CLIENT].p = <char *>client
@@ -231,8 +232,8 @@ cdef class JobStream:
     MAX_SEND envelopes.  It ends after `messages` replies, or, with
     `until_answered`, once the generator is done and every call sent got
     one reply.  Raises TimeoutError when no reply comes for
-    `timeout` seconds, and calls `on_error(text)` (which raises) for error
-    replies."""
+    `timeout` seconds; for an error reply it returns what `on_error(text)`
+    returns (or raises what it raises)."""
     cdef:
         void *push
         object _push
@@ -387,5 +388,5 @@ cdef class JobStream:
             self.inflight -= 1
         payload, error = self.reader._result(&env)
         if error is not None and self.on_error is not None:
-            self.on_error(error)
+            return self.on_error(error)
         return payload

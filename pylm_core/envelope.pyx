@@ -192,6 +192,7 @@ cdef class PalmMessage:
         env.stage = self._stage
         env.flags = self._flags
         env.call = self._call
+        env.lost = 0          # the Master's own count, never carried by messages
         if self._payload is None:
             env.f[PZ_F_PAYLOAD].p = self._view_p
             env.f[PZ_F_PAYLOAD].n = <size_t>self._view_n

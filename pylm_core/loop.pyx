@@ -32,13 +32,16 @@ cdef bytes _PING = PING_PREFIX
 #   master -> worker: [batch]
 #   worker -> master: [R, credit] ready, or a new credit: how many requests
 #   it wants in flight; [D, completed, batch] results, with the number of
-#   requests finished; [H] heartbeat.
+#   requests finished; [H] heartbeat; [B] leaving (the Master hands what it
+#   sent here and was not finished to other workers).
 # A worker sets its credit to about CREDIT_WORK_NS of work at its measured
 # speed: a fast worker asks for big batches, a slow one for a few messages,
 # so a slow worker never sits on a backlog that others could run.
 cdef bytes W_READY = b"R"
 cdef bytes W_DONE = b"D"
 cdef bytes W_BEAT = b"H"
+cdef bytes W_BYE = b"B"
+HB_SUFFIX = b"!hb"      # routing id suffix of a worker's heartbeat socket
 
 
 cdef inline bint is_ping(pz_env *env) noexcept nogil:
@@ -202,6 +205,8 @@ cdef class Executor:
                             return
         finally:
             mp_close(&mp)
+            if self.out_kind == OUT_WORKER:
+                pz_send(self.out, <char *>W_BYE, 1, PZ_DONTWAIT)
 
     def __dealloc__(self):
         free(self.wbatch.buf)

@@ -8,7 +8,9 @@
  *   15 `error` (string): a remote exception, for our clients;
  *   16 `flags` (varint): PZ_FLAG_BATCH = the client takes batched replies;
  *   17 `call` (varint): the client's id of the call, so that a late reply
- *      of an earlier call (same pipeline, e.g. a session) is told apart.
+ *      of an earlier call (same pipeline, e.g. a session) is told apart;
+ *   18 `lost` (varint): how many workers died holding this message (the
+ *      Master's count for poison messages).
  *
  * A batch (pylm-to-pylm links only) is a frame holding several envelopes,
  * each preceded by its length as a varint.
@@ -55,6 +57,7 @@ typedef struct {
     int64_t stage;
     uint64_t flags;
     uint64_t call;
+    uint64_t lost;
     int bad_field;          /* field number of a UTF-8 failure, for messages */
 } pz_env;
 
@@ -194,6 +197,7 @@ static int pz_parse(const char *buf, size_t n, pz_env *e)
     e->stage = 0;
     e->flags = 0;
     e->call = 0;
+    e->lost = 0;
     e->bad_field = 0;
     while (p < end) {
         uint64_t tag, v;
@@ -206,9 +210,11 @@ static int pz_parse(const char *buf, size_t n, pz_env *e)
             e->stage = (int64_t)v;
             continue;
         }
-        if ((field == 16 || field == 17) && wt == 0) {
+        if (field >= 16 && field <= 18 && wt == 0) {
             if ((rc = pz_read_varint(&p, end, &v)) < 0) return rc;
-            if (field == 16) e->flags = v; else e->call = v;
+            if (field == 16) e->flags = v;
+            else if (field == 17) e->call = v;
+            else e->lost = v;
             continue;
         }
         int slot = pz_slot_of(field);
@@ -256,6 +262,7 @@ static inline size_t pz_encoded_size(const pz_env *e)
     if (e->stage) total += 1 + pz_varint_len((uint64_t)e->stage);
     if (e->flags) total += 2 + pz_varint_len(e->flags);
     if (e->call) total += 2 + pz_varint_len(e->call);
+    if (e->lost) total += 2 + pz_varint_len(e->lost);
     return total;
 }
 
@@ -280,6 +287,7 @@ static inline char *pz_encode(const pz_env *e, char *out)
     if (e->f[PZ_F_ERROR].n) p = pz_put_field(p, 15, &e->f[PZ_F_ERROR]);
     if (e->flags) { *p++ = (char)0x80; *p++ = (char)0x01; p = pz_put_varint(p, e->flags); }
     if (e->call) { *p++ = (char)0x88; *p++ = (char)0x01; p = pz_put_varint(p, e->call); }
+    if (e->lost) { *p++ = (char)0x90; *p++ = (char)0x01; p = pz_put_varint(p, e->lost); }
     return p;
 }
 

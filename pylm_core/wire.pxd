@@ -18,6 +18,7 @@ cdef extern from "wire.h" nogil:
         int64_t stage
         uint64_t flags
         uint64_t call
+        uint64_t lost
         int bad_field
 
     int PZ_FLAG_BATCH
