@@ -306,10 +306,13 @@ cdef class Broker:
 
     cdef int _poison(self, pz_env *env) except -1:
         """Answer a poison message's client with a WorkerLost error."""
-        cdef bytes text = (
+        return self._poison_text(env, (
             '{"type": "WorkerLost", "message": "the message was in flight on %d '
             'workers that died; it is not sent again", "traceback": ""}'
-            % env.lost).encode()
+            % env.lost).encode())
+
+    cdef int _poison_text(self, pz_env *env, bytes text) except -1:
+        """Answer env's client (its own topic) with an error reply."""
         env.f[PZ_F_PAYLOAD].n = 0
         env.f[PZ_F_ERROR].p = <char *>text
         env.f[PZ_F_ERROR].n = len(text)
@@ -493,12 +496,21 @@ cdef class Broker:
             if self.stream_hook is None:
                 return self._publish_env(&env, <char *>self.name, len(self.name))
             return 0
+        if env.f[PZ_F_ERROR].n:
+            # an error of an earlier stage (a Hub's upstream) travels on
+            if self.pipelined and self.stream_hook is None:
+                return self._publish_env(&env, <char *>self.name, len(self.name))
+            return self._publish_env(&env, env.f[PZ_F_CLIENT].p, env.f[PZ_F_CLIENT].n)
         if self.scatter is None:
             return fifo_push(&self.queue, p, n)
         cdef PalmMessage msg = PalmMessage.__new__(PalmMessage)
         msg.from_env(&env, None)
-        for out in self.scatter(msg):
-            data = (<PalmMessage?>out).SerializeToString()
+        try:
+            outs = [(<PalmMessage?>out).SerializeToString() for out in self.scatter(msg)]
+        except Exception as exc:
+            self._drop("scatter raised %s: %s" % (type(exc).__name__, exc))
+            return self._poison_text(&env, error_json(exc))
+        for data in outs:
             fifo_push(&self.queue, <char *>data, len(data))
         return 0
 
@@ -573,8 +585,16 @@ cdef class Broker:
             rc = pz_parse(p, n, &env)
         if rc != PZ_OK:
             return self._drop("a worker result: " + _DECODE_REASONS.get(rc, "malformed envelope"))
+        if env.f[PZ_F_ERROR].n:
+            # errors take the default route and also go to the client's
+            # topic here (see loop.pyx _emit)
+            if self._publish_env(&env, env.f[PZ_F_CLIENT].p, env.f[PZ_F_CLIENT].n):
+                return 1
+            if self.pipelined and self.stream_hook is None:
+                return self._publish_env(&env, <char *>self.name, len(self.name))
+            return 0
         if self.gather is None and self.stream_hook is None:
-            if env.f[PZ_F_ERROR].n or not self.pipelined:
+            if not self.pipelined:
                 if env.flags & PZ_FLAG_BATCH:
                     return self._batch(&env, p, n)
                 return self._publish_raw(p, n, frame, env.f[PZ_F_CLIENT].p, env.f[PZ_F_CLIENT].n)
@@ -582,22 +602,34 @@ cdef class Broker:
             return self._publish_env(&env, <char *>self.name, len(self.name))
         msg = PalmMessage.__new__(PalmMessage)
         msg.from_env(&env, None)
-        outs = self.gather(msg) if self.gather is not None else (msg,)
-        for out in outs:
-            if out is None:
-                continue
-            if (<PalmMessage?>out)._error:
-                topic = (<PalmMessage>out)._client
-            elif self.stream_hook is not None:
-                res = self.stream_hook(out)
-                if res is None:
+        try:
+            routed = []
+            for out in (self.gather(msg) if self.gather is not None else (msg,)):
+                if out is None:
                     continue
-                topic, out = res
-            elif self.pipelined:
-                (<PalmMessage>out).stage += 1
-                topic = self.name
-            else:
-                topic = (<PalmMessage>out)._client
+                if not isinstance(out, PalmMessage):
+                    raise TypeError("gather yielded %s, not PalmMessage" % type(out).__name__)
+                if self.stream_hook is not None:
+                    res = self.stream_hook(out)
+                    if res is None:
+                        continue
+                    topic, out = res
+                    if out is None:
+                        continue
+                    if not isinstance(out, PalmMessage):
+                        raise TypeError("handle_stream returned %s, not (topic, PalmMessage)"
+                                        % type(out).__name__)
+                elif self.pipelined:
+                    (<PalmMessage>out).stage += 1
+                    topic = self.name
+                else:
+                    topic = (<PalmMessage>out)._client
+                routed.append((topic, out))
+        except Exception as exc:
+            # a failing hook is the caller's error, not the Master's end
+            self._drop("gather/handle_stream raised %s: %s" % (type(exc).__name__, exc))
+            return self._poison_text(&env, error_json(exc))
+        for topic, out in routed:
             if self.publish_message(topic, out):
                 return 1
         return 0
@@ -668,6 +700,15 @@ cdef class Broker:
         if self.bad_hook is not None:
             self.bad_hook(reason)
         return 0
+
+
+cdef bytes error_json(exc):
+    """The error field for an exception raised by a hook (the format of
+    pylm._dispatch.error_text)."""
+    import json, traceback
+    return json.dumps({"type": type(exc).__name__, "message": str(exc),
+                       "traceback": "".join(traceback.format_exception(
+                           type(exc), exc, exc.__traceback__))}).encode()
 
 
 cdef long long _small_int(pz_msg_t *m) noexcept nogil:

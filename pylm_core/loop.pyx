@@ -302,6 +302,9 @@ cdef class Executor:
             return self._complete()
         if is_ping(&env):
             return self._emit(&env, None, None, True)
+        if env.f[PZ_F_ERROR].n:
+            # an error of an earlier stage travels on to the client
+            return self._emit(&env, None, None, True) or self._complete()
         self.processed += 1
         if not pz_function_at(&env.f[PZ_F_FUNCTION], env.stage, &entry):
             return self._fail(&env, "LookupError: stage %d is past the end of function %r"
@@ -366,14 +369,17 @@ cdef class Executor:
 
     cdef int _emit(self, pz_env *env, object result, str error, bint as_is) except -1:
         """Send the reply to `env`: its payload replaced by `result`, or an
-        error reply (empty payload, `error` set) that always goes to the
-        client; `as_is` passes env on unchanged (pings: to the client, or
-        along the stream when pipelined; a custom handle_stream, whose
-        topics we cannot know, does not see pings).  1 when stopped."""
+        error reply (empty payload, `error` set); `as_is` passes env on
+        unchanged (pings, and errors of earlier stages).  Pings, errors and
+        results take the default route: to the client, or along the stream
+        (topic = name) when pipelined, where the last stage hands them to the
+        client; an error raised here also goes to the client's topic here.
+        Past a custom handle_stream, whose topics we cannot know, pings stop
+        and errors go straight to the client's topic.  1 when stopped."""
         cdef pz_env o = env[0]
         cdef Py_buffer buf
         cdef bint held = False
-        cdef bint to_client = error is not None or not self.pipelined
+        cdef bint to_client = not self.pipelined
         cdef bytes etext
         cdef PalmMessage msg
         cdef object topic = None
@@ -382,9 +388,16 @@ cdef class Executor:
             o.f[PZ_F_PAYLOAD].n = 0
             o.f[PZ_F_ERROR].p = <char *>etext
             o.f[PZ_F_ERROR].n = len(etext)
+            if self.pipelined and self.stream_hook is None:
+                # both to a client subscribed here and along the stream to
+                # one subscribed at the last stage: each client sees one
+                return self._out(&o, True, None) or self._out(&o, False, None)
+            to_client = True
         elif as_is:
             if self.pipelined and self.stream_hook is not None:
-                return 0
+                if not o.f[PZ_F_ERROR].n:
+                    return 0
+                to_client = True
         else:
             if result is None:
                 return 0
@@ -409,10 +422,20 @@ cdef class Executor:
             if self.stream_hook is not None and not as_is and error is None:
                 msg = PalmMessage.__new__(PalmMessage)
                 msg.from_env(&o, result)
-                res = self.stream_hook(msg)
+                try:
+                    res = self.stream_hook(msg)
+                    if res is not None:
+                        topic, msg = res
+                        if msg is not None and not isinstance(msg, PalmMessage):
+                            raise TypeError("handle_stream returned %s, not "
+                                            "(topic, PalmMessage)" % type(msg).__name__)
+                except Exception as exc:
+                    self.failed += 1
+                    text = (self.error_hook("handle_stream", exc)
+                            if self.error_hook is not None else repr(exc))
+                    return self._emit(env, None, text, False)
                 if res is None:
                     return 0
-                topic, msg = res
                 if msg is None:
                     return 0
                 if held:
