@@ -71,6 +71,10 @@ class Client:
         self.db_address = db_address
         self.session = session
         self.uuid = str(uuid.uuid4())
+        self._topic = self.uuid.encode()
+        # the `pipeline` of this client's calls (pylm 0.14: the session or a
+        # UUID); calls are told apart by their call id (field 17)
+        self._pipeline = (session or str(uuid.uuid4())).encode()
         self.timeout = timeout
         self.logger = logging.getLogger("pylm.client")
         self.logger.setLevel(logging_level)
@@ -225,11 +229,11 @@ class Client:
         function = self._function(function)
         _check_payload(payload)
         self._connect(timeout)
-        pipeline = self.session or str(uuid.uuid4())
         call = self._next_call()
-        self._reader.pipeline = pipeline.encode()
+        pipeline = self._pipeline
+        self._reader.pipeline = pipeline
         self._reader.call = call
-        _core.send_call(self._push, pipeline.encode(), self.uuid.encode(), function.encode(),
+        _core.send_call(self._push, pipeline, self._topic, function.encode(),
                         cache.encode(), payload, timeout=timeout,
                         batch_replies=self._protocol == PROTOCOL, call=call)
         results = []
@@ -256,7 +260,6 @@ class Client:
         rest of the job has been delivered."""
         function = self._function(function)
         self._connect(timeout)
-        pipeline = self.session or str(uuid.uuid4())
         lost = []
 
         def on_error(error):
@@ -267,8 +270,8 @@ class Client:
             lost.append(exc)
             return _LOST
 
-        stream = _core.JobStream(self._push, self._reader, generator, pipeline.encode(),
-                                 self.uuid.encode(), function.encode(), cache.encode(),
+        stream = _core.JobStream(self._push, self._reader, generator, self._pipeline,
+                                 self._topic, function.encode(), cache.encode(),
                                  min(messages, 2**62), window=window, timeout=timeout,
                                  batch=self._protocol == PROTOCOL,
                                  on_error=on_error, call=self._next_call(),

@@ -1,0 +1,95 @@
+# Type stubs of the pylm_core._core extension (the public part).
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Tuple
+
+PING_PREFIX: bytes
+WELCOME: bytes
+BATCH_MARK: bytes
+HB_SUFFIX: bytes
+IN_PLAIN_: int
+IN_TOPIC_: int
+OUT_TOPIC_: int
+OUT_PLAIN_: int
+OUT_WORKER_: int
+
+def load_libzmq(path: str) -> None: ...
+def zmq_version() -> str: ...
+
+class Frame:
+    def __len__(self) -> int: ...
+    def bytes(self) -> bytes: ...
+
+class PalmMessage:
+    pipeline: str
+    client: str
+    stage: int
+    function: str
+    cache: str
+    payload: Any
+    error: str
+    @property
+    def payload_view(self) -> memoryview: ...
+    def __init__(self, *, pipeline: Optional[str] = ..., client: Optional[str] = ...,
+                 stage: Optional[int] = ..., function: Optional[str] = ...,
+                 cache: Optional[str] = ..., payload: Any = ...,
+                 error: Optional[str] = ...) -> None: ...
+    def SerializeToString(self, **kwargs: Any) -> bytes: ...
+    def ParseFromString(self, data: Any) -> int: ...
+    @classmethod
+    def FromString(cls, data: Any) -> "PalmMessage": ...
+    def ByteSize(self) -> int: ...
+    def Clear(self) -> None: ...
+    def CopyFrom(self, other: "PalmMessage") -> None: ...
+
+class Executor:
+    limit: int
+    processed: int
+    bad: int
+    failed: int
+    def __init__(self, inbound: Sequence[Tuple[Any, int]], out: Any, out_kind: int,
+                 control: Any, name: Optional[str], methods: dict, *,
+                 pipelined: bool = ..., stream_hook: Optional[Callable] = ...,
+                 error_hook: Optional[Callable] = ..., bad_hook: Optional[Callable] = ...,
+                 mux: bool = ..., limit: int = ..., heartbeat_ms: int = ...,
+                 credit: int = ..., wakeup_fd: int = ...) -> None: ...
+    def run(self) -> None: ...
+
+class Broker:
+    received: int
+    sent: int
+    bad: int
+    to_legacy: int
+    to_workers: int
+    workers_lost: int
+    requeued: int
+    poisoned: int
+    late: int
+    workers_connected: int
+    queued: int
+    in_flight: int
+    def __init__(self, inbound: Any, in_kind: int, pub: Any, wpush: Any, wpull: Any,
+                 router: Any, control: Any, name: str, *, pipelined: bool = ...,
+                 scatter: Optional[Callable] = ..., gather: Optional[Callable] = ...,
+                 stream_hook: Optional[Callable] = ..., bad_hook: Optional[Callable] = ...,
+                 worker_timeout_ms: int = ..., wakeup_fd: int = ...) -> None: ...
+    def run(self) -> None: ...
+
+class ReplyReader:
+    pipeline: Optional[bytes]
+    call: int
+    stale: int
+    bad: int
+    def __init__(self, sub: Any) -> None: ...
+    def recv(self, timeout: Optional[float] = ...) -> Tuple[bytes, Optional[str]]: ...
+    def recv_message(self, timeout: Optional[float] = ...) -> PalmMessage: ...
+
+class JobStream(Iterator[Any]):
+    def __init__(self, push: Any, reader: ReplyReader, generator: Iterable[Any],
+                 pipeline: bytes, client: bytes, function: bytes, cache: bytes,
+                 messages: int, *, window: int = ..., batch: bool = ...,
+                 timeout: Optional[float] = ..., on_error: Optional[Callable] = ...,
+                 call: int = ..., until_answered: bool = ...) -> None: ...
+    def __next__(self) -> Any: ...
+
+def send_call(push: Any, pipeline: bytes, client: bytes, function: bytes, cache: bytes,
+              payload: Any, timeout: Optional[float] = ..., batch_replies: bool = ...,
+              call: int = ...) -> None: ...
