@@ -178,35 +178,20 @@ cdef class Broker:
                 if drain_until >= 0 and (now_ms() > drain_until or (
                         self.in_flight == 0 and self.queue.count == 0)):
                     return
-                items[0].socket = self.control
-                items[1].socket = self.router
-                items[2].socket = self.wpull
-                items[3].socket = self.pub     # subscriptions, welcomes
-                for n in range(4):
-                    items[n].events = PZ_POLLIN
-                    items[n].revents = 0
-                n = 4
-                i_in = i_push = -1
+                n = poll_item(items, 0, self.control, 0, PZ_POLLIN)
+                n = poll_item(items, n, self.router, 0, PZ_POLLIN)
+                n = poll_item(items, n, self.wpull, 0, PZ_POLLIN)
+                n = poll_item(items, n, self.pub, 0, PZ_POLLIN)    # subscriptions, welcomes
+                i_in = i_push = i_wake = -1
                 if self.queue.count == 0 and drain_until < 0:
-                    items[n].socket = self.inbound
-                    items[n].events = PZ_POLLIN
-                    items[n].revents = 0
                     i_in = n
-                    n += 1
+                    n = poll_item(items, n, self.inbound, 0, PZ_POLLIN)
                 else:
-                    items[n].socket = self.wpush
-                    items[n].events = PZ_POLLOUT
-                    items[n].revents = 0
                     i_push = n
-                    n += 1
-                i_wake = -1
+                    n = poll_item(items, n, self.wpush, 0, PZ_POLLOUT)
                 if self.wakeup_fd >= 0:
                     i_wake = n
-                    items[n].socket = NULL
-                    items[n].fd = self.wakeup_fd
-                    items[n].events = PZ_POLLIN
-                    items[n].revents = 0
-                    n += 1
+                    n = poll_item(items, n, NULL, self.wakeup_fd, PZ_POLLIN)
                 with nogil:
                     rc = pz_poll(items, n, 250 if self.n_workers or drain_until >= 0 else 1000)
                 if rc < 0:
@@ -428,7 +413,7 @@ cdef class Broker:
     cdef int _drain_inbound(self, Multipart *mp) except -1:
         cdef int j, rc
         cdef pz_msg_t *frame
-        cdef bint batch
+        cdef int batch
         cdef const char *p
         cdef const char *end
         cdef pz_slice one
@@ -440,25 +425,10 @@ cdef class Broker:
                     break
                 _check_rc(rc)
                 continue
-            batch = False
-            if self.in_kind == IN_TOPIC:
-                if mp.total == 3 and is_mark(&mp.f[1]):
-                    frame = &mp.f[2]
-                    batch = True
-                elif mp.total != 2:
-                    self._drop("a subscription message has %d frames, not 2" % mp.total)
-                    continue
-                else:
-                    frame = &mp.f[1]
-            else:
-                if mp.total == 2 and is_mark(&mp.f[0]):
-                    frame = &mp.f[1]
-                    batch = True
-                elif mp.total != 1:
-                    self._drop("an inbound message has %d frames, not 1" % mp.total)
-                    continue
-                else:
-                    frame = &mp.f[0]
+            batch = envelope_frame(mp, self.in_kind, &frame)
+            if batch < 0:
+                self._drop("an inbound message of %d frames" % mp.total)
+                continue
             p = msg_ptr(frame)
             end = p + pz_msg_size(frame)
             if not batch:

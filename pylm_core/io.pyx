@@ -6,6 +6,8 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 cdef enum:
     MAX_FRAMES = 4          # no message of ours has more frames than this
+    IN_PLAIN = 0            # one frame: an envelope (PULL, our DEALER)
+    IN_TOPIC = 1            # two frames: topic, envelope (SUB)
 
 
 cdef inline long long now_ns() noexcept nogil:
@@ -116,6 +118,30 @@ cdef int send_owned(void *sock, pz_msg_t *m, int flags) except -1:
             continue
         pz_msg_close(m)
         _raise_errno(err)
+
+
+cdef inline int envelope_frame(Multipart *mp, int kind, pz_msg_t **frame) noexcept nogil:
+    """Where the envelope of an inbound message is: [env] (IN_PLAIN) or
+    [topic, env] (IN_TOPIC) give 0, the same with BATCH_MARK before a batch
+    give 1 (*frame is the batch); any other frame count gives -1."""
+    cdef int first = 1 if kind == IN_TOPIC else 0
+    if mp.total == first + 2 and is_mark(&mp.f[first]):
+        frame[0] = &mp.f[first + 1]
+        return 1
+    if mp.total != first + 1:
+        return -1
+    frame[0] = &mp.f[first]
+    return 0
+
+
+cdef inline int poll_item(pz_pollitem_t *items, int n, void *sock, int fd,
+                          short events) noexcept nogil:
+    """Set items[n] (a zmq socket, or a plain fd when sock is NULL); n + 1."""
+    items[n].socket = sock
+    items[n].fd = fd
+    items[n].events = events
+    items[n].revents = 0
+    return n + 1
 
 
 cdef inline const char *msg_ptr(pz_msg_t *m) noexcept nogil:

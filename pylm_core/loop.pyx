@@ -3,8 +3,6 @@
 # configure it (pylm/_runtime.py); the Master's broker is in broker.pyx.
 
 cdef enum:
-    IN_PLAIN = 0            # one frame: an envelope (PULL, our DEALER)
-    IN_TOPIC = 1            # two frames: topic, envelope (SUB)
     OUT_TOPIC = 1           # PUB: topic frame + envelope
     OUT_PLAIN = 2           # PUSH: envelope (a pylm 0.14 Master's worker link)
     OUT_WORKER = 3          # DEALER to our Master: kind frame + envelope
@@ -143,7 +141,7 @@ cdef class Executor:
     def run(self):
         """Serve until `limit` calls were made or a stop request arrives."""
         cdef pz_pollitem_t items[19]
-        cdef int n_items, i_wake
+        cdef int n_items, i_wake, i_out
         cdef Multipart mp
         cdef int i, j, rc, err
         cdef long timeout = self.heartbeat_ms if self.out_kind == OUT_WORKER else -1
@@ -152,29 +150,21 @@ cdef class Executor:
             if self.out_kind == OUT_WORKER:
                 self._send_control(W_READY, b"%d" % self.credit_now)
             while self.processed < self.limit:
+                n_items = 0
                 for i in range(self.n_in):
-                    items[i].socket = self.ins[i]
-                    items[i].events = PZ_POLLIN
-                    items[i].revents = 0
-                items[self.n_in].socket = self.control
-                items[self.n_in].events = PZ_POLLIN
-                items[self.n_in].revents = 0
+                    n_items = poll_item(items, n_items, self.ins[i], 0, PZ_POLLIN)
+                n_items = poll_item(items, n_items, self.control, 0, PZ_POLLIN)
                 # the XPUB too: subscriptions (and welcomes) are handled there.
                 # Only a socket not polled already: ZMQ_EVENTS on a second
                 # item of the same socket would consume the wake-up of the
                 # first and leave the poll blocked until its timeout.
-                items[self.n_in + 1].socket = self.out
-                items[self.n_in + 1].events = PZ_POLLIN
-                items[self.n_in + 1].revents = 0
-                n_items = self.n_in + (2 if self.out_kind == OUT_TOPIC else 1)
-                i_wake = -1
+                i_out = i_wake = -1
+                if self.out_kind == OUT_TOPIC:
+                    i_out = n_items
+                    n_items = poll_item(items, n_items, self.out, 0, PZ_POLLIN)
                 if self.wakeup_fd >= 0:
                     i_wake = n_items
-                    items[i_wake].socket = NULL
-                    items[i_wake].fd = self.wakeup_fd
-                    items[i_wake].events = PZ_POLLIN
-                    items[i_wake].revents = 0
-                    n_items += 1
+                    n_items = poll_item(items, n_items, NULL, self.wakeup_fd, PZ_POLLIN)
                 with nogil:
                     rc = pz_poll(items, n_items, timeout)
                 if rc < 0:
@@ -187,7 +177,7 @@ cdef class Executor:
                     on_wakeup(self.wakeup_fd)
                 if items[self.n_in].revents & PZ_POLLIN:
                     return
-                if items[self.n_in + 1].revents & PZ_POLLIN:
+                if i_out >= 0 and items[i_out].revents & PZ_POLLIN:
                     drain(self.out)
                 for i in range(self.n_in):
                     if not items[i].revents & PZ_POLLIN:
@@ -231,28 +221,15 @@ cdef class Executor:
         cdef const char *end
         cdef pz_slice one
         cdef int rc, n
-        cdef bint batch = False
+        cdef int batch
         if self.out_kind == OUT_WORKER:
-            if mp.total != 1:
-                return self._drop("a message from the Master has %d frames, not 1" % mp.total)
+            # our Master sends [batch]
+            batch = 1 if mp.total == 1 else -1
             frame = &mp.f[0]
-            batch = True
-        elif kind == IN_TOPIC:
-            if mp.total == 3 and is_mark(&mp.f[1]):
-                frame = &mp.f[2]
-                batch = True
-            elif mp.total != 2:
-                return self._drop("a subscription message has %d frames, not 2" % mp.total)
-            else:
-                frame = &mp.f[1]
         else:
-            if mp.total == 2 and is_mark(&mp.f[0]):
-                frame = &mp.f[1]
-                batch = True
-            elif mp.total != 1:
-                return self._drop("an inbound message has %d frames, not 1" % mp.total)
-            else:
-                frame = &mp.f[0]
+            batch = envelope_frame(mp, kind, &frame)
+        if batch < 0:
+            return self._drop("an inbound message of %d frames" % mp.total)
         p = msg_ptr(frame)
         end = p + pz_msg_size(frame)
         cdef long long t0 = now_ns()
