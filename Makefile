@@ -33,8 +33,23 @@ slow: build
 demo: build
 	$(PY) examples/demo.py
 
-bench: build
-	$(PY) -m pytest benchmarks --benchmark-disable-gc --benchmark-columns=median,ops,rounds $(PYTEST_ARGS)
+# `make bench`: the pytest benchmarks (ours next to hand-written pyzmq), then
+# benchmarks/compare.py (every system side by side, results and charts in
+# benchmarks/results/).  `make bench QUICK=1`: fewer, shorter rounds of both
+# (compare.py --quick, 2-3 min).  COMPARE_ARGS: more options for compare.py.
+QUICK ?=
+COMPARE_ARGS ?=
+BENCH_STAMP := $(VENV)/.bench-installed
+BENCH_QUICK_ENV := PYLM_BENCH_MESSAGES=20000 PYLM_BENCH_ROUNDS=3 PYLM_BENCH_EVAL_ROUNDS=2000
+
+# the `bench` extra of pyproject.toml, without reinstalling the project
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q "matplotlib>=3.5" "tqdm"
+	touch $(BENCH_STAMP)
+
+bench: build $(BENCH_STAMP)
+	$(if $(QUICK),$(BENCH_QUICK_ENV)) $(PY) -m pytest benchmarks --benchmark-disable-gc --benchmark-columns=median,ops,rounds $(PYTEST_ARGS)
+	$(PY) benchmarks/compare.py $(if $(QUICK),--quick) $(COMPARE_ARGS)
 
 clean:
 	rm -rf build *.egg-info pylm_core/_core.c pylm_core/*.so pylm_core/*.html
