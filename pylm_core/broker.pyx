@@ -485,9 +485,9 @@ cdef class Broker:
         return 0
 
     cdef int _dispatch(self, bint legacy_ready) except -1:
-        """Send queued envelopes: batches to our worker with the most credit
-        (least loaded first), else one by one to pylm 0.14 workers while
-        their PUSH has room."""
+        """Send queued envelopes: batches of up to MAX_SEND to the worker with
+        the fewest in flight that has credit left, else one by one to pylm
+        0.14 workers while their PUSH has room."""
         cdef int i, best, rc, k, room = 0
         cdef const char *p
         cdef const char *end
@@ -497,8 +497,10 @@ cdef class Broker:
         while self.queue.count:
             best = -1
             for i in range(self.n_workers):
+                # least loaded first: the fewest messages in flight, among
+                # the workers with room left in their credit
                 k = self.workers[i].limit - <int>self.workers[i].fly.count
-                if k > 0 and (best < 0 or k > room):
+                if k > 0 and (best < 0 or self.workers[i].fly.count < self.workers[best].fly.count):
                     best = i
                     room = k
             start = p = self.queue.b.buf + self.queue.head
