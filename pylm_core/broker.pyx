@@ -498,9 +498,13 @@ cdef class Broker:
             best = -1
             for i in range(self.n_workers):
                 # least loaded first: the fewest messages in flight, among
-                # the workers with room left in their credit
+                # the workers with room left in their credit; on a tie, the
+                # one asking for more (a fast worker asks for more credit)
                 k = self.workers[i].limit - <int>self.workers[i].fly.count
-                if k > 0 and (best < 0 or self.workers[i].fly.count < self.workers[best].fly.count):
+                if k > 0 and (best < 0
+                              or self.workers[i].fly.count < self.workers[best].fly.count
+                              or (self.workers[i].fly.count == self.workers[best].fly.count
+                                  and k > room)):
                     best = i
                     room = k
             start = p = self.queue.b.buf + self.queue.head
