@@ -10,7 +10,13 @@ PYTEST_ARGS ?=
 
 .PHONY: test demo bench build clean slow
 
+# System packages a fresh Debian machine may lack: venv, a C compiler and the
+# Python headers (the extension is compiled at install).
 $(PY):
+	@command -v cc >/dev/null 2>&1 || { echo "no C compiler; installing build-essential"; \
+	  apt-get update && apt-get install -y build-essential; }
+	@$(PYTHON) -c "import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
+	  || { echo "no Python headers; installing python3-dev"; apt-get update && apt-get install -y python3-dev; }
 	$(PYTHON) -m venv $(VENV) || { \
 	  echo "python3 -m venv failed; installing python3-venv"; \
 	  (apt-get update && apt-get install -y python3-venv) && $(PYTHON) -m venv $(VENV); }
