@@ -3,6 +3,7 @@
 # objects and pz_env slices.
 
 from cpython.number cimport PyNumber_Index
+from libc.stdint cimport uintptr_t
 
 cdef Py_ssize_t VIEW_THRESHOLD = 65536   # payloads this big stay views on decode
 
@@ -48,6 +49,62 @@ cdef inline str _slice_str(pz_slice s):
     if s.n == 0:
         return ""
     return PyUnicode_DecodeUTF8(s.p, <Py_ssize_t>s.n, NULL)
+
+
+# Lazy decoding.  from_env keeps the slices of the fields that lie in an
+# immutable owner (bytes, or a Frame) and makes a field's str or bytes only
+# when it is read; to_env writes the slices of fields never read or set back
+# as they came.  The UTF-8 of every string field was checked by pz_parse, so
+# decoding later cannot fail.  _client and _error are decoded at once:
+# broker.pyx reads those attributes directly (an empty error costs nothing).
+
+cdef inline bint _inside(pz_slice s, const char *base, size_t size) noexcept:
+    """s lies within base[0:size] (base NULL: there is no owner)."""
+    return (base != NULL and <uintptr_t>s.p >= <uintptr_t>base
+            and <uintptr_t>s.p + s.n <= <uintptr_t>base + size)
+
+
+cdef inline object _lazy_str(pz_slice s, const char *base, size_t size):
+    """The str of s, or None to leave it undecoded in the owner."""
+    if s.n == 0:
+        return ""
+    if _inside(s, base, size):
+        return None
+    return PyUnicode_DecodeUTF8(s.p, <Py_ssize_t>s.n, NULL)
+
+
+cdef inline const char *_owner_data(object owner, size_t *size) noexcept:
+    """The bytes of an owner (bytes or Frame); NULL for anything else."""
+    if type(owner) is bytes:
+        size[0] = <size_t>PyBytes_GET_SIZE(owner)
+        return PyBytes_AS_STRING(owner)
+    if type(owner) is Frame:
+        size[0] = pz_msg_size(&(<Frame>owner).msg)
+        return <const char *>pz_msg_data(&(<Frame>owner).msg)
+    size[0] = 0
+    return NULL
+
+
+cdef inline int _out_str(object value, pz_slice *raw, pz_slice *out) except -1:
+    """A string field for to_env: its slice as received while undecoded."""
+    if value is None:
+        out[0] = raw[0]
+        return 0
+    return _str_slice(value, out)
+
+
+cdef int _let_go(PalmMessage m) except -1:
+    """Decode the string fields still in the owner and drop it, so that a
+    big received buffer is not kept alive (the payload must be decoded or
+    replaced already)."""
+    if m._pipeline is None:
+        m._pipeline = _slice_str(m._raw[PZ_F_PIPELINE])
+    if m._function is None:
+        m._function = _slice_str(m._raw[PZ_F_FUNCTION])
+    if m._cache is None:
+        m._cache = _slice_str(m._raw[PZ_F_CACHE])
+    m._owner = None
+    return 0
 
 
 cdef inline object _check_str(object value, str field):
@@ -108,9 +165,11 @@ cdef class PalmMessage:
 
     Drop-in for pylm 0.14's generated class: mutable attributes,
     ``SerializeToString()``, ``ParseFromString(data)``; keyword arguments to
-    the constructor set fields.  A decoded payload of 64 KiB or more stays a
-    view of the received buffer until ``payload`` is read
-    (``payload_view`` never copies).
+    the constructor set fields.  Decoding is lazy, as protobuf's: a decoded
+    message keeps the received buffer and makes the str or bytes of a field
+    when it is first read; fields never read are re-encoded from the buffer.
+    A decoded payload of 64 KiB or more stays a view of the received buffer
+    until ``payload`` is read (``payload_view`` never copies).
     """
 
     def __init__(self, *, pipeline=None, client=None, stage=None, function=None,
@@ -124,10 +183,16 @@ cdef class PalmMessage:
         if error is not None: self.error = error
 
     def __cinit__(self):
-        _reset(self)
+        # tp_new left every object field None and _raw zeroed: pipeline,
+        # function, cache and payload undecoded and empty, which is their
+        # default; _client and _error are always str.
+        self._client = self._error = ""
 
     property pipeline:
-        def __get__(self): return self._pipeline
+        def __get__(self):
+            if self._pipeline is None:
+                self._pipeline = _slice_str(self._raw[PZ_F_PIPELINE])
+            return self._pipeline
         def __set__(self, value): self._pipeline = _check_str(value, "pipeline")
 
     property client:
@@ -135,11 +200,17 @@ cdef class PalmMessage:
         def __set__(self, value): self._client = _check_str(value, "client")
 
     property function:
-        def __get__(self): return self._function
+        def __get__(self):
+            if self._function is None:
+                self._function = _slice_str(self._raw[PZ_F_FUNCTION])
+            return self._function
         def __set__(self, value): self._function = _check_str(value, "function")
 
     property cache:
-        def __get__(self): return self._cache
+        def __get__(self):
+            if self._cache is None:
+                self._cache = _slice_str(self._raw[PZ_F_CACHE])
+            return self._cache
         def __set__(self, value): self._cache = _check_str(value, "cache")
 
     property error:
@@ -166,36 +237,50 @@ cdef class PalmMessage:
 
     property payload:
         def __get__(self):
+            cdef pz_slice s
             if self._payload is None:
-                self._payload = PyBytes_FromStringAndSize(self._view_p, self._view_n)
-                self._owner = None
+                s = self._raw[PZ_F_PAYLOAD]
+                self._payload = PyBytes_FromStringAndSize(s.p, <Py_ssize_t>s.n)
+                if <Py_ssize_t>s.n >= VIEW_THRESHOLD:
+                    _let_go(self)       # the view lets go of the buffer
             return self._payload
         def __set__(self, value):
-            self._payload = check_payload(value)
-            self._owner = None
+            cdef size_t size
+            value = check_payload(value)
+            self._payload = value
+            if self._owner is not None:
+                _owner_data(self._owner, &size)
+                if size >= <size_t>VIEW_THRESHOLD:
+                    _let_go(self)
 
     property payload_view:
         """The payload as a read-only memoryview, without a copy."""
         def __get__(self):
+            cdef pz_slice s
+            cdef size_t size
+            cdef Py_ssize_t off
             if self._payload is None:
-                return memoryview(self._owner)[self._view_off:self._view_off + self._view_n]
+                s = self._raw[PZ_F_PAYLOAD]
+                if <Py_ssize_t>s.n < VIEW_THRESHOLD:
+                    return memoryview(self.payload).toreadonly()
+                off = s.p - _owner_data(self._owner, &size)
+                return memoryview(self._owner)[off:off + <Py_ssize_t>s.n]
             return memoryview(self._payload).toreadonly()
 
     cdef int to_env(self, pz_env *env, Py_buffer *payload_buf) except -1:
         """Fill env from the fields.  Returns 1 when payload_buf was acquired
         (the caller releases it once env is no longer used), else 0."""
-        _str_slice(self._pipeline, &env.f[PZ_F_PIPELINE])
+        _out_str(self._pipeline, &self._raw[PZ_F_PIPELINE], &env.f[PZ_F_PIPELINE])
         _str_slice(self._client, &env.f[PZ_F_CLIENT])
-        _str_slice(self._function, &env.f[PZ_F_FUNCTION])
-        _str_slice(self._cache, &env.f[PZ_F_CACHE])
+        _out_str(self._function, &self._raw[PZ_F_FUNCTION], &env.f[PZ_F_FUNCTION])
+        _out_str(self._cache, &self._raw[PZ_F_CACHE], &env.f[PZ_F_CACHE])
         _str_slice(self._error, &env.f[PZ_F_ERROR])
         env.stage = self._stage
         env.flags = self._flags
         env.call = self._call
         env.lost = 0          # the Master's own count, never carried by messages
         if self._payload is None:
-            env.f[PZ_F_PAYLOAD].p = self._view_p
-            env.f[PZ_F_PAYLOAD].n = <size_t>self._view_n
+            env.f[PZ_F_PAYLOAD] = self._raw[PZ_F_PAYLOAD]
         elif type(self._payload) is bytes:
             env.f[PZ_F_PAYLOAD].p = PyBytes_AS_STRING(self._payload)
             env.f[PZ_F_PAYLOAD].n = <size_t>PyBytes_GET_SIZE(self._payload)
@@ -207,28 +292,34 @@ cdef class PalmMessage:
         return 0
 
     cdef int from_env(self, pz_env *env, object owner) except -1:
-        """Take the fields of a parsed env whose slices point into owner."""
-        self._pipeline = _slice_str(env.f[PZ_F_PIPELINE])
+        """Take the fields of a parsed env.  Slices that lie in owner, when
+        it is bytes or a Frame (immutable), are kept undecoded with a
+        reference to owner; anything else (owner None: memory that goes
+        away) is copied now."""
+        cdef size_t size
+        cdef const char *base = _owner_data(owner, &size)
+        cdef pz_slice s = env.f[PZ_F_PAYLOAD]
+        self._raw = env.f
+        self._pipeline = _lazy_str(env.f[PZ_F_PIPELINE], base, size)
         self._client = _slice_str(env.f[PZ_F_CLIENT])
-        self._function = _slice_str(env.f[PZ_F_FUNCTION])
-        self._cache = _slice_str(env.f[PZ_F_CACHE])
+        self._function = _lazy_str(env.f[PZ_F_FUNCTION], base, size)
+        self._cache = _lazy_str(env.f[PZ_F_CACHE], base, size)
         self._error = _slice_str(env.f[PZ_F_ERROR])
         self._stage = env.stage
         self._flags = env.flags
         self._call = env.call
-        cdef Py_buffer buf
-        if <Py_ssize_t>env.f[PZ_F_PAYLOAD].n >= VIEW_THRESHOLD and (
-                type(owner) is bytes or type(owner) is Frame):
-            PyObject_GetBuffer(owner, &buf, PyBUF_SIMPLE)
-            self._view_off = env.f[PZ_F_PAYLOAD].p - <const char *>buf.buf
-            PyBuffer_Release(&buf)
+        if s.n == 0:
+            self._payload = b""
+        elif type(owner) is bytes and s.p == base and s.n == size:
+            self._payload = owner       # the owner is the payload (loop.pyx)
+        elif _inside(s, base, size):
             self._payload = None
-            self._owner = owner
-            self._view_p = env.f[PZ_F_PAYLOAD].p
-            self._view_n = <Py_ssize_t>env.f[PZ_F_PAYLOAD].n
         else:
-            self._payload = PyBytes_FromStringAndSize(
-                env.f[PZ_F_PAYLOAD].p, <Py_ssize_t>env.f[PZ_F_PAYLOAD].n)
+            self._payload = PyBytes_FromStringAndSize(s.p, <Py_ssize_t>s.n)
+        if (self._payload is None or self._pipeline is None
+                or self._function is None or self._cache is None):
+            self._owner = owner
+        else:
             self._owner = None
         return 0
 
@@ -250,22 +341,33 @@ cdef class PalmMessage:
     def ParseFromString(self, data):
         """Replace every field with those decoded from `data` (any
         bytes-like object); returns the number of bytes read.  Raises
-        pylm_core.errors.DecodeError for anything that is not an envelope."""
+        pylm_core.errors.DecodeError for anything that is not an envelope.
+        The message keeps a reference to bytes or a Frame (fields are
+        decoded when read); other buffers may change, so they are copied."""
         cdef Py_buffer buf
         cdef pz_env env
-        if type(data) is bytes:     # the common case needs no buffer export
-            parse_or_raise(PyBytes_AS_STRING(data), <size_t>PyBytes_GET_SIZE(data), &env)
+        cdef size_t n
+        cdef const char *p = _owner_data(data, &n)
+        if p != NULL:               # bytes or a Frame: no buffer export
+            parse_or_raise(p, n, &env)
             self.from_env(&env, data)
-            return PyBytes_GET_SIZE(data)
+            return <Py_ssize_t>n
         if isinstance(data, str) or not PyObject_CheckBuffer(data):
             raise TypeError("expected a bytes-like object, not %s" % type(data).__name__)
         PyObject_GetBuffer(data, &buf, PyBUF_SIMPLE)
         try:
-            parse_or_raise(<const char *>buf.buf, <size_t>buf.len, &env)
-            self.from_env(&env, data)
-            return buf.len
+            if buf.len >= VIEW_THRESHOLD:
+                # a big payload would be copied twice (the buffer, then the
+                # payload when read): copy the fields alone, now
+                parse_or_raise(<const char *>buf.buf, <size_t>buf.len, &env)
+                self.from_env(&env, None)
+                return buf.len
+            data = PyBytes_FromStringAndSize(<const char *>buf.buf, buf.len)
         finally:
             PyBuffer_Release(&buf)
+        parse_or_raise(PyBytes_AS_STRING(data), <size_t>PyBytes_GET_SIZE(data), &env)
+        self.from_env(&env, data)
+        return PyBytes_GET_SIZE(data)
 
     @classmethod
     def FromString(cls, data):
@@ -295,13 +397,11 @@ cdef class PalmMessage:
         self._call = other._call
         self._payload = other._payload
         self._owner = other._owner
-        self._view_p = other._view_p
-        self._view_n = other._view_n
-        self._view_off = other._view_off
+        self._raw = other._raw
 
     def _fields(self):
-        return (self._pipeline, self._client, self._stage, self._function,
-                self._cache, bytes(self.payload_view), self._error)
+        return (self.pipeline, self._client, self._stage, self.function,
+                self.cache, bytes(self.payload_view), self._error)
 
     def __eq__(self, other):
         if not isinstance(other, PalmMessage):
