@@ -1,0 +1,293 @@
+"""Connections: parts that connect to their address (services bind), and
+:class:`HttpConnection`, the outbound part to HTTP workers
+(``pylm.remote.server``)."""
+
+import collections
+import functools
+import http.client
+import os
+import queue
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
+
+import zmq
+
+from pylm.errors import DecodeError, PylmError
+from pylm.parts.core import (MAX_MESSAGE_SIZE, BypassInbound, BypassOutbound, Inbound,
+                             Outbound, PartFailed, _drain_fd, _OutboundExchange, _to_bytes,
+                             error_reply)
+from pylm.parts.messages_pb2 import PalmMessage
+
+__all__ = ["RepConnection", "SubConnection", "PullConnection", "PushConnection",
+           "PushBypassConnection", "PullBypassConnection", "HttpConnection", "HttpStatusError"]
+
+#: Seconds an HTTP request to a worker may take.
+HTTP_TIMEOUT = 60.0
+
+
+class RepConnection(Inbound):
+    """Connects a REP socket to `listen_address`: each request is routed,
+    and answered with ``reply_feedback()``."""
+
+    def __init__(self, name, listen_address, broker_address="inproc://broker", logger=None,
+                 cache=None, messages=sys.maxsize):
+        super().__init__(name, listen_address, zmq.REP, reply=True,
+                         broker_address=broker_address, logger=logger, cache=cache,
+                         messages=messages)
+
+
+class SubConnection(Inbound):
+    """Subscribes to topic `previous` of the PUB at `listen_address`."""
+
+    def __init__(self, name, listen_address, previous, broker_address="inproc://broker",
+                 logger=None, cache=None, messages=sys.maxsize):
+        super().__init__(name, listen_address, zmq.SUB, reply=False,
+                         broker_address=broker_address, logger=logger, cache=cache,
+                         messages=messages)
+        self.previous = previous
+
+    def _make_socket(self, rt):
+        sock = rt.socket(zmq.SUB, MAXMSGSIZE=MAX_MESSAGE_SIZE)
+        sock.setsockopt_string(zmq.SUBSCRIBE, self.previous)
+        sock.connect(self.listen_address)
+        return sock
+
+
+class PullConnection(Inbound):
+    """Connects a PULL socket to `listen_address`."""
+
+    def __init__(self, name, listen_address, broker_address="inproc://broker", logger=None,
+                 cache=None, messages=sys.maxsize):
+        super().__init__(name, listen_address, zmq.PULL, reply=False,
+                         broker_address=broker_address, logger=logger, cache=cache,
+                         messages=messages)
+
+
+class PushConnection(Outbound):
+    """Connects a PUSH socket to `listen_address`."""
+
+    def __init__(self, name, listen_address, broker_address="inproc://broker", logger=None,
+                 cache=None, messages=sys.maxsize):
+        super().__init__(name, listen_address, zmq.PUSH, reply=False,
+                         broker_address=broker_address, logger=logger, cache=cache,
+                         messages=messages)
+
+
+class PushBypassConnection(BypassOutbound):
+    """A PUSH connected to `listen_address` that user code sends on
+    (``send()``), beside the Router: logs, metrics."""
+
+    def __init__(self, name, listen_address, logger=None, messages=sys.maxsize, cache=None):
+        super().__init__(name, listen_address, zmq.PUSH, reply=False, bind=False,
+                         logger=logger, cache=cache, messages=messages)
+
+
+class PullBypassConnection(BypassInbound):
+    """A PULL connected to `listen_address`, read beside the Router: each
+    message goes to ``recv()`` (which drops it unless overridden)."""
+
+    def __init__(self, name, listen_address, logger=None, messages=sys.maxsize, cache=None):
+        super().__init__(name, listen_address, zmq.PULL, reply=False, bind=False,
+                         logger=logger, cache=cache, messages=messages)
+
+
+class HttpStatusError(PylmError):
+    """An HTTP worker answered with an error status and no error envelope."""
+
+
+class HttpConnection(Outbound):
+    """An outbound part to an HTTP worker (``pylm.remote.server``): each
+    message is POSTed to the URL `listen_address`, and the answer (an
+    envelope) is its feedback.
+
+    Up to `max_workers` requests run at once, in a thread pool, over a pool
+    of kept-alive connections; the loop is never blocked.  A request that
+    fails (no connection, an error status, `timeout`) has as feedback the
+    envelope with its ``error`` set, so that a client waiting for it raises
+    pylm.RemoteError.
+    """
+
+    def __init__(self, name, listen_address, reply=True, broker_address="inproc://broker",
+                 logger=None, cache=None, max_workers=4, messages=sys.maxsize, *,
+                 timeout=HTTP_TIMEOUT):
+        super().__init__(name, listen_address, None, reply=reply,
+                         broker_address=broker_address, logger=logger, cache=cache,
+                         messages=messages)
+        url = urlsplit(listen_address)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError("HttpConnection needs an http(s):// URL, not %r" % listen_address)
+        self.url = listen_address
+        self.max_workers = max_workers
+        self.timeout = timeout
+        self._connection_class = (http.client.HTTPSConnection if url.scheme == "https"
+                                  else http.client.HTTPConnection)
+        self._host, self._port = url.hostname, url.port
+        self._path = (url.path or "/") + ("?" + url.query if url.query else "")
+        self._executor = None
+        self._connections = queue.LifoQueue()
+        self._lock = threading.Lock()
+        self._results = collections.deque()
+        self._wake = None
+        self._closed = True
+        self._inflight = 0
+
+    # lifecycle -----------------------------------------------------------------------
+    def _open(self, rt, router):
+        super()._open(rt, router)       # no socket: listen_to stays None
+        self._inflight = 0
+        self._results.clear()
+        self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._closed = False
+        self._executor = ThreadPoolExecutor(max_workers=self.max_workers,
+                                            thread_name_prefix="pylm-http-%s" % self._label)
+        router._watch(self._wake[0], self._on_wake, zmq.POLLIN)
+
+    def _make_socket(self, rt):
+        return None
+
+    def _close(self):
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for fd in self._wake:
+                os.close(fd)
+            self._wake = None
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = None
+        self._close_connections()
+
+    def _close_connections(self):
+        while True:
+            try:
+                self._connections.get_nowait().close()
+            except queue.Empty:
+                return
+
+    def _idle(self):
+        return self._inflight == 0 and not self._results
+
+    def _backlog_size(self):
+        return self._inflight
+
+    # routing -------------------------------------------------------------------------
+    def _submit(self, data, done):
+        self._taken += 1
+        exchange = _OutboundExchange(done, data)
+        if self._taken > self.messages:
+            self._drops("%s: past its limit of %d messages" % (self._label, self.messages))
+            self._finish(exchange, None)
+            return
+        try:
+            bodies = [frames[-1] for frames in self._prepare(data)]
+        except Exception as exc:
+            self._failed(exchange, exc)
+            return
+        if not bodies:
+            self._finish(exchange, self._reply_feedback())
+            return
+        exchange.remaining = len(bodies)
+        for body in bodies:
+            self._inflight += 1
+            future = self._executor.submit(self._post, body)
+            future.add_done_callback(functools.partial(self._completed, exchange, body))
+        self._check_backlog()
+
+    def _reply_feedback(self):
+        try:
+            return _to_bytes(self._call_hook("reply_feedback", self.reply_feedback))
+        except PartFailed:
+            return None
+
+    def _completed(self, exchange, body, future):
+        # in a pool thread: hand the result to the loop and wake it
+        with self._lock:
+            if self._closed:
+                return
+            self._results.append((exchange, body, future))
+            try:
+                os.write(self._wake[1], b"x")
+            except BlockingIOError:
+                pass        # the loop has a wake-up pending already
+
+    def _on_wake(self, events):
+        _drain_fd(self._wake[0])
+        results = self._results
+        while results:
+            exchange, body, future = results.popleft()
+            self._inflight -= 1
+            feedback = self._feedback_of(body, future)
+            if self.reply:
+                try:
+                    feedback = self._call_hook("_translate_to_broker",
+                                               self._translate_to_broker, feedback)
+                    self._call_hook("handle_feedback", self.handle_feedback, feedback)
+                except PartFailed:
+                    pass
+            exchange.remaining -= 1
+            if exchange.remaining == 0:
+                self._finish(exchange, self._reply_feedback())
+        self._check_backlog()
+
+    def _feedback_of(self, body, future):
+        """The envelope (bytes) a request brought back, or the request's
+        envelope with the error that stopped it."""
+        try:
+            status, reason, data = future.result()
+        except Exception as exc:
+            self.logger.error("%s: POST to %s failed: %s: %s", self._label, self.url,
+                              type(exc).__name__, exc)
+            return error_reply(_parse(body), exc)
+        if status == 200:
+            return data
+        answer = _parse(data)
+        if answer is not None and answer.error:
+            return data     # the worker's own error envelope
+        exc = HttpStatusError("HTTP %d %s from %s: %s" % (
+            status, reason, self.url, data[:200].decode("utf-8", "replace")))
+        self.logger.error("%s: %s", self._label, exc)
+        return error_reply(_parse(body), exc)
+
+    # in the pool's threads -----------------------------------------------------------
+    def _post(self, body):
+        """POST body; ``(status, reason, data)``.  A kept-alive connection
+        the server closed meanwhile is retried once on a new one."""
+        for attempt in (0, 1):
+            try:
+                conn, reused = self._connections.get_nowait(), True
+            except queue.Empty:
+                conn, reused = self._connection_class(self._host, self._port,
+                                                      timeout=self.timeout), False
+            try:
+                conn.request("POST", self._path, body=body,
+                             headers={"Content-Type": "application/octet-stream"})
+                response = conn.getresponse()
+                data = response.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                conn.close()
+                if reused and attempt == 0:
+                    continue
+                raise
+            except BaseException:
+                conn.close()
+                raise
+            if response.will_close:
+                conn.close()
+            else:
+                with self._lock:
+                    closed = self._closed
+                if closed:
+                    conn.close()
+                else:
+                    self._connections.put(conn)
+            return response.status, response.reason, data
+        raise AssertionError("unreachable")
+
+
+def _parse(data):
+    try:
+        return PalmMessage.FromString(data)
+    except (DecodeError, TypeError):
+        return None

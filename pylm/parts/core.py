@@ -1,0 +1,953 @@
+"""The low-level API (shared/API.md, "Low-level API"): the Router and the
+four kinds of parts a :class:`pylm.parts.servers.ServerTemplate` is built
+from.
+
+One loop per server.  The Router polls, in the thread that calls
+``start()``, the socket of every part plus a control socket (for
+``stop()``), and calls the handler of the part whose socket is ready.
+Parts are sets of handlers, not threads: the Router calls them directly
+(no internal hop, nothing lock-stepped), and a part waiting for a peer (a
+REQ outbound, an HTTP worker) never holds the loop up.  Threads appear only
+where a blocking library needs them: the HTTP servers of HttpService and
+HttpGateway (each request reaches the loop over an inproc DEALER), and the
+request pool of HttpConnection (results come back through a queue and a
+wake-up pipe the loop polls).
+
+The path of one message, with the hooks pylm 0.14 users override:
+
+1. an :class:`Inbound` part reads an envelope from its socket;
+   ``scatter(message)`` turns it into zero or more messages, each passed
+   through ``_translate_to_broker(message)`` and given to the Router;
+2. the Router hands it to the outbound part named by the inbound's
+   ``route`` (no route: the message ends here);
+3. the :class:`Outbound` part applies ``_translate_from_broker(data)`` and
+   its own ``scatter`` and sends each result on its socket; with
+   ``reply=True`` it waits (the loop goes on) for each answer, passes it
+   through ``_translate_to_broker`` to ``handle_feedback``; when done,
+   ``reply_feedback()`` is the outbound's *feedback*;
+4. the feedback is routed once more, to the outbound named by the
+   outbound's own ``route``, and, for an inbound registered with
+   ``block=True``, given back to the inbound's ``handle_feedback``; a
+   non-blocking inbound gets :data:`ACK` at once instead;
+5. an inbound with ``reply=True`` (REP sockets) answers its peer with
+   ``reply_feedback()`` once every message it scattered got its feedback,
+   and reads nothing else meanwhile.
+
+Bypass parts (:class:`BypassInbound`, :class:`BypassOutbound`) run beside
+the routing: their sockets are served by the same loop, or (HTTP servers)
+by a thread of their own, but their messages never go through the Router.
+
+``zmq_context`` is the pyzmq Context of the library, made on first use.
+"""
+
+import collections
+import logging
+import os
+import sys
+import threading
+import uuid
+
+import zmq
+
+from pylm._context import context
+from pylm._dispatch import DropLog, error_text
+from pylm._runtime import Runtime, StopHandle
+from pylm.errors import DecodeError, PylmError
+from pylm.parts.messages_pb2 import PalmMessage
+
+__all__ = ["Router", "Inbound", "Outbound", "BypassInbound", "BypassOutbound",
+           "zmq_context", "ACK"]
+
+#: The feedback an inbound part gets when it does not block (and what a
+#: REP part with no route answers its peer): pylm 0.14's acknowledgement.
+ACK = b"1"
+#: Largest message a part's socket accepts from outside.
+MAX_MESSAGE_SIZE = 256 * 1024 * 1024
+#: Messages read from one ready socket before the loop polls again.
+READ_BATCH = 256
+#: Messages an outbound part may hold (unsent or unanswered) before the
+#: Router stops reading inbound sockets; reading resumes at half of it.
+BACKLOG_LIMIT = 10_000
+
+_PENDING = object()     # the feedback is not there yet
+
+
+def __getattr__(name):
+    # PEP 562: the Context is made when user code first asks for it, not at
+    # import (pylm 0.14 made one at import).
+    if name == "zmq_context":
+        return context()
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
+
+def __dir__():
+    return sorted(list(globals()) + ["zmq_context"])
+
+
+def _to_bytes(obj):
+    """What a hook returned, as the bytes to send: an envelope is
+    serialized, bytes-like objects pass, None means nothing."""
+    if obj is None or type(obj) is bytes:
+        return obj
+    if isinstance(obj, (bytearray, memoryview)):
+        return bytes(obj)
+    return obj.SerializeToString()
+
+
+def _to_message(data):
+    """An envelope from what a hook returned: envelopes pass, bytes are parsed."""
+    if hasattr(data, "SerializeToString"):
+        return data
+    return PalmMessage.FromString(data)
+
+
+def error_reply(message, exc):
+    """The envelope answering `message` with the error `exc` (b'' when there
+    is no envelope to answer): pylm clients raise it as RemoteError."""
+    if message is None or not hasattr(message, "SerializeToString"):
+        return b""
+    reply = PalmMessage()
+    try:
+        reply.CopyFrom(message)
+    except TypeError:       # an envelope of another class (protobuf's)
+        reply.ParseFromString(message.SerializeToString())
+    reply.error = error_text(exc)
+    return reply.SerializeToString()
+
+
+class PartFailed(PylmError):
+    """A part's hook raised while a message was on its way; the message was
+    dropped (or answered with this error)."""
+
+
+# -- the Router ----------------------------------------------------------------
+
+class _Route:
+    __slots__ = ("part", "route", "block", "log", "target")
+
+    def __init__(self, part, route, block, log):
+        self.part = part
+        self.route = route
+        self.block = block
+        self.log = log
+        self.target = None      # the part named by route, found at start()
+
+
+class Router:
+    """The routing table and the loop of a server built from parts.
+
+    pylm 0.14's constructor is kept; `inbound_address` and
+    `outbound_address` are only recorded (parts are called directly, not
+    over sockets).
+
+    :param logger: logger of the server
+    :param cache: the server's cache
+    :param messages: start() returns once this many messages were routed
+        (and the messages under way have arrived)
+    """
+
+    def __init__(self, inbound_address="inproc://inbound", outbound_address="inproc://outbound",
+                 logger=None, cache=None, messages=sys.maxsize):
+        self.inbound_address = inbound_address
+        self.outbound_address = outbound_address
+        self.logger = logger if logger is not None else logging.getLogger("pylm.parts.router")
+        self.cache = cache
+        self.messages = messages
+        # pylm 0.14's tables: bytes name -> {'route': bytes, 'block'?, 'log'}
+        self.inbound_components = {}
+        self.outbound_components = {}
+        self._inbound = {}          # name -> _Route
+        self._outbound = {}         # name -> _Route
+        self._bypass = {}           # name -> part
+        self._stopper = StopHandle()
+        self.routed = 0
+        self._drops = DropLog(self.logger)
+        self._poller = None
+        #: set while start() serves: every part is open (sockets bound)
+        self.ready = threading.Event()
+
+    # registration ------------------------------------------------------------
+    def register_inbound(self, name, route="", block=False, log="", *, part=None):
+        """Route the messages of inbound part `name` to outbound `route`;
+        with `block`, the part gets the outbound's feedback back."""
+        self.inbound_components[name.encode()] = {"route": route.encode(), "block": block,
+                                                  "log": log}
+        if part is not None:
+            self._inbound[name] = _Route(part, route, block, log)
+
+    def register_outbound(self, name, route="", log="", *, part=None):
+        """Register outbound part `name`; its feedback goes on to `route`."""
+        self.outbound_components[name.encode()] = {"route": route.encode(), "log": log}
+        if part is not None:
+            self._outbound[name] = _Route(part, route, False, log)
+
+    def register_bypass(self, name, *, part):
+        """A part served beside the routing."""
+        self._bypass[name] = part
+
+    # lifecycle ---------------------------------------------------------------
+    def start(self):
+        """Serve every registered part until `messages` messages were routed
+        or stop() is called.  A part failing (not a user hook: those are
+        logged) stops the server and is raised here."""
+        self._link()
+        with Runtime(self._stopper, self.logger) as rt:
+            self._serve(rt)
+
+    def stop(self):
+        """Make start() return; safe from any thread."""
+        self._stopper.stop()
+
+    def cleanup(self):
+        """pylm 0.14 closed its sockets here; ours close when start() returns."""
+
+    def _link(self):
+        for table, kind in ((self._inbound, "inbound"), (self._outbound, "outbound")):
+            for name, entry in table.items():
+                entry.target = None
+                if entry.route:
+                    if entry.route not in self._outbound:
+                        raise ValueError("%s part %r routes to %r, which is no registered "
+                                         "outbound part" % (kind, name, entry.route))
+                    entry.target = self._outbound[entry.route].part
+                entry.part._entry = entry
+                entry.part._key = name
+
+    # the loop ----------------------------------------------------------------
+    def _serve(self, rt):
+        self.routed = 0
+        self._poller = zmq.Poller()
+        self._handlers = {}
+        self._events = {}
+        self._pauses = {}
+        self._ready = collections.deque()
+        self._backlogged = set()
+        self._limit_hit = False
+        control = rt.control()
+        self._poller.register(control, zmq.POLLIN)
+        wakeup = rt.wakeup_fd
+        if wakeup >= 0:     # a signal arrived: its handler runs stop()
+            self._watch(wakeup, lambda events: _drain_fd(wakeup), zmq.POLLIN)
+        routed_parts = [e.part for e in self._inbound.values()] + \
+                       [e.part for e in self._outbound.values()]
+        opened = []
+        try:
+            # bypass parts first: the cache answers workers from the start
+            for part in list(self._bypass.values()) + routed_parts:
+                part._open(rt, self)
+                opened.append(part)
+            for name, entry in self._inbound.items():
+                self.logger.info("inbound %s routes to %s%s", name, entry.route or "nothing",
+                                 " (blocking)" if entry.block else "")
+            for name, entry in self._outbound.items():
+                if entry.route:
+                    self.logger.info("outbound %s routes its feedback to %s", name, entry.route)
+            self.ready.set()
+            ready = self._ready
+            handlers = self._handlers
+            while True:
+                while ready:
+                    fn, args = ready.popleft()
+                    fn(*args)
+                if self.routed >= self.messages:
+                    if not self._limit_hit:
+                        self._limit_hit = True
+                        for entry in self._inbound.values():
+                            self._pause(entry.part.listen_to, "limit")
+                    if all(part._idle() for part in routed_parts):
+                        return
+                for sock, events in self._poller.poll():
+                    if sock is control:
+                        return
+                    handlers[sock](events)
+        finally:
+            self.ready.clear()
+            for part in reversed(opened):
+                try:
+                    part._close()
+                except Exception:
+                    self.logger.exception("closing part %s", getattr(part, "_key", part))
+            self._poller = None
+            self._ready.clear()
+
+    def _post(self, fn, *args):
+        """Call fn(*args) from the loop, before it polls again."""
+        self._ready.append((fn, args))
+
+    # which sockets are polled for what -----------------------------------------
+    def _watch(self, sock, handler, events):
+        """Poll sock (a zmq socket or an fd) for `events`; call
+        handler(events) when ready."""
+        self._handlers[sock] = handler
+        self._events[sock] = events
+        self._pauses[sock] = set()
+        self._apply(sock)
+
+    def _want(self, sock, flag, on):
+        events = self._events[sock]
+        new = (events | flag) if on else (events & ~flag)
+        if new != events:
+            self._events[sock] = new
+            self._apply(sock)
+
+    def _pause(self, sock, reason):
+        """Stop reading sock until _resume(sock, reason)."""
+        pauses = self._pauses.get(sock)
+        if pauses is not None and reason not in pauses:
+            pauses.add(reason)
+            self._apply(sock)
+
+    def _resume(self, sock, reason):
+        pauses = self._pauses.get(sock)
+        if pauses and reason in pauses:
+            pauses.discard(reason)
+            self._apply(sock)
+
+    def _paused(self, sock):
+        return bool(self._pauses[sock])
+
+    def _apply(self, sock):
+        events = self._events[sock]
+        if self._pauses[sock]:
+            events &= ~zmq.POLLIN
+        self._poller.register(sock, events)
+
+    def _backlog(self, part, over):
+        """An outbound part's backlog crossed its limit: stop (or resume)
+        reading the inbound parts that feed it, directly or through a
+        reroute.  Others go on: the results of workers still flow while
+        the queue to them is full."""
+        if over:
+            self._backlogged.add(part)
+        else:
+            self._backlogged.discard(part)
+        for entry in self._inbound.values():
+            target = entry.target
+            feeds = {target, target._entry.target} if target is not None else set()
+            if feeds & self._backlogged:
+                self._pause(entry.part.listen_to, "backlog")
+            else:
+                self._resume(entry.part.listen_to, "backlog")
+        self.logger.debug("outbound %s: backlog %s", getattr(part, "_key", part),
+                          "full" if over else "drained")
+
+    # routing -------------------------------------------------------------------
+    def _route(self, part, data, exchange):
+        """Route one message of inbound `part`.  The feedback for the part,
+        or _PENDING when it will come through part._resume(exchange, fb)."""
+        entry = part._entry
+        self.routed += 1
+        if entry.log:
+            self.logger.debug("%s: %s", entry.part._key, entry.log)
+        target = entry.target
+        if target is None:
+            return ACK
+        if entry.block:
+            target._submit(data, (self._blocked_feedback, target, exchange))
+            return _PENDING
+        target._submit(data, (self._feedback, target) if target._entry.target is not None
+                       else None)
+        return ACK
+
+    def _feedback(self, outbound, feedback):
+        """An outbound part finished a message: route its feedback on once."""
+        reroute = outbound._entry.target
+        if reroute is not None and feedback:
+            reroute._submit(feedback, None)
+
+    def _blocked_feedback(self, outbound, exchange, feedback):
+        self._feedback(outbound, feedback)
+        exchange.part._resume(exchange, feedback)
+
+
+def _drain_fd(fd):
+    try:
+        while os.read(fd, 4096):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
+    except OSError:
+        pass
+
+
+# -- parts ---------------------------------------------------------------------
+
+class _Part:
+    """What every part has: pylm 0.14's attributes and the socket."""
+
+    _key = None         # the name the part was registered under
+    _entry = None       # its routing entry
+
+    def __init__(self, name, listen_address, socket_type, reply=True, bind=False,
+                 logger=None, cache=None, messages=sys.maxsize):
+        self.name = name.encode("utf-8") if isinstance(name, str) else name
+        self.listen_address = listen_address
+        self.socket_type = socket_type
+        self.reply = reply
+        self.bind = bind
+        self.logger = logger if logger is not None else logging.getLogger("pylm.parts")
+        self.cache = cache
+        self.messages = messages
+        self.last_message = b""
+        self.listen_to = None
+        self._router = None
+        self._drops = None
+
+    @property
+    def _label(self):
+        if self._key:
+            return self._key
+        return self.name.decode() if isinstance(self.name, bytes) else str(self.name)
+
+    def _make_socket(self, rt):
+        """The part's socket, bound or connected to listen_address."""
+        sock = rt.socket(self.socket_type, MAXMSGSIZE=MAX_MESSAGE_SIZE)
+        if self.bind:
+            sock.bind(self.listen_address)
+        else:
+            sock.connect(self.listen_address)
+        return sock
+
+    def _open(self, rt, router):
+        self._router = router
+        self._drops = DropLog(self.logger)
+        self.listen_to = self._make_socket(rt)
+
+    def _close(self):
+        """Sockets are closed by the Runtime; parts with threads or pools
+        stop them here."""
+
+    def _idle(self):
+        return True
+
+    def cleanup(self):
+        """pylm 0.14 closed the part's sockets here; ours close when the
+        server stops."""
+
+    def _call_hook(self, what, fn, *args):
+        """fn(*args); a hook that raises is logged (once, with traceback)
+        and re-raised as PartFailed for the caller to handle."""
+        try:
+            return fn(*args)
+        except Exception as exc:
+            self.logger.exception("%s: %s raised", self._label, what)
+            raise PartFailed("part %s: %s raised %s: %s"
+                             % (self._label, what, type(exc).__name__, exc)) from exc
+
+
+class _InboundExchange:
+    """One message an inbound part read, on its way through the Router."""
+
+    __slots__ = ("part", "prefix", "message", "scattered")
+
+    def __init__(self, part, prefix, message):
+        self.part = part
+        self.prefix = prefix
+        self.message = message
+        self.scattered = None
+
+
+class Inbound(_Part):
+    """A part that reads messages from outside and hands them to the Router.
+
+    :param name: name of the part
+    :param listen_address: ZeroMQ address of the outside peer(s)
+    :param socket_type: ZeroMQ socket type (``zmq.PULL``, ``zmq.REP``...)
+    :param reply: the socket answers each message (REP): with
+        ``reply_feedback()``, once the message's feedback came back
+    :param broker_address: kept for pylm 0.14 compatibility (unused)
+    :param bind: bind listen_address instead of connecting to it
+    :param logger: logger
+    :param cache: the server's cache
+    :param messages: read at most this many messages
+    """
+
+    def __init__(self, name, listen_address, socket_type, reply=True,
+                 broker_address="inproc://broker", bind=False, logger=None, cache=None,
+                 messages=sys.maxsize):
+        super().__init__(name, listen_address, socket_type, reply, bind, logger, cache,
+                         messages)
+        self.broker_address = broker_address
+        self._read = 0
+        self._exchanges = 0
+
+    # hooks (pylm 0.14) -----------------------------------------------------------
+    def _translate_to_broker(self, message):
+        """The message as the Router gets it (an envelope or bytes; None
+        drops it).  By default a message without a cache key gets a new
+        UUID there."""
+        if not message.cache:
+            message.cache = str(uuid.uuid4())
+        return message
+
+    def _translate_from_broker(self, message_data):
+        """Kept from pylm 0.14 for subclasses; the Router does not call it."""
+        return message_data
+
+    def scatter(self, message_data):
+        """The messages (a generator) to route for one message read."""
+        yield message_data
+
+    def handle_feedback(self, message_data):
+        """The feedback of one routed message: the outbound's reply when
+        the part blocks, ACK otherwise."""
+        self.last_message = message_data
+
+    def reply_feedback(self):
+        """What a replying socket answers, after the last feedback."""
+        return self.last_message
+
+    # plumbing ----------------------------------------------------------------------
+    def _open(self, rt, router):
+        super()._open(rt, router)
+        self._read = 0
+        self._exchanges = 0
+        router._watch(self.listen_to, self._on_events, zmq.POLLIN)
+
+    def _idle(self):
+        return self._exchanges == 0
+
+    def _on_events(self, events):
+        sock = self.listen_to
+        router = self._router
+        for _ in range(READ_BATCH):
+            if router._paused(sock):
+                return
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            self._read += 1
+            if self._read >= self.messages:
+                router._pause(sock, "messages")
+            self._received(frames)
+
+    def _received(self, frames):
+        """One message read from the socket (all its frames)."""
+        prefix, data = frames[:-1], frames[-1]
+        try:
+            message = PalmMessage.FromString(data)
+        except DecodeError as exc:
+            self._reject(prefix, exc)
+            return
+        self._begin(prefix, message)
+
+    def _reject(self, prefix, exc):
+        """What is read is no envelope: dropped (a replying socket answers b'')."""
+        self._drops("%s: %s" % (self._label, exc))
+        if self.reply:
+            self._send_reply(prefix, b"", 400)
+
+    def _begin(self, prefix, message):
+        exchange = _InboundExchange(self, prefix, message)
+        self._exchanges += 1
+        if self.reply:
+            # a replying socket takes the next message after this answer
+            self._router._pause(self.listen_to, "reply")
+        try:
+            exchange.scattered = iter(self._call_hook("scatter", self.scatter, message))
+        except PartFailed as exc:
+            self._fail(exchange, exc)
+            return
+        self._advance(exchange)
+
+    def _advance(self, exchange):
+        router = self._router
+        while True:
+            try:
+                scattered = next(exchange.scattered, _PENDING)
+                if scattered is _PENDING:
+                    break
+                data = _to_bytes(self._call_hook("_translate_to_broker",
+                                                 self._translate_to_broker, scattered))
+            except PartFailed as exc:
+                self._fail(exchange, exc)
+                return
+            except Exception as exc:        # scatter's generator raised
+                self.logger.exception("%s: scatter raised", self._label)
+                self._fail(exchange, exc)
+                return
+            if data is None:
+                continue
+            feedback = router._route(self, data, exchange)
+            if feedback is _PENDING:
+                return
+            self._feedback(feedback)
+        self._finish(exchange)
+
+    def _feedback(self, feedback):
+        try:
+            self._call_hook("handle_feedback", self.handle_feedback, feedback)
+        except PartFailed:
+            pass
+
+    def _resume(self, exchange, feedback):
+        """The feedback of a blocking route came back (None: it failed)."""
+        if feedback is None:
+            self._fail(exchange, PartFailed("part %s: the message routed to %s failed"
+                                            % (self._label, self._entry.route)))
+            return
+        self._feedback(feedback)
+        self._advance(exchange)
+
+    def _finish(self, exchange):
+        if self.reply:
+            try:
+                reply = _to_bytes(self._call_hook("reply_feedback", self.reply_feedback))
+            except PartFailed as exc:
+                self._fail(exchange, exc)
+                return
+            self._send_reply(exchange.prefix, b"" if reply is None else reply, 200)
+        self._done(exchange)
+
+    def _fail(self, exchange, exc):
+        if isinstance(exc, PartFailed) and exc.__cause__ is not None:
+            exc = exc.__cause__         # the peer is told what the hook raised
+        if self.reply:
+            self._send_reply(exchange.prefix, error_reply(exchange.message, exc), 500)
+        self._done(exchange)
+
+    def _done(self, exchange):
+        self._exchanges -= 1
+        if self.reply:
+            self._router._resume(self.listen_to, "reply")
+
+    def _send_reply(self, prefix, data, status):
+        """Answer the peer of a replying socket (`status` is an HTTP-like
+        code, for parts that can tell their peer)."""
+        try:
+            self.listen_to.send_multipart(prefix + [data], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            self._drops("%s: reply not sent: %s" % (self._label, exc))
+
+
+class _OutboundExchange:
+    """One message the Router gave an outbound part."""
+
+    __slots__ = ("done", "frames", "data", "remaining")
+
+    def __init__(self, done, data):
+        self.done = done            # (fn, *args) called with the feedback
+        self.data = data            # what the Router gave
+        self.frames = None          # the frames to send (a generator)
+        self.remaining = 0          # answers still to come (HttpConnection)
+
+
+class Outbound(_Part):
+    """A part that sends the messages the Router gives it to the outside,
+    and with `reply` waits for an answer to each.
+
+    Parameters as :class:`Inbound`.  Messages are sent without blocking the
+    loop: while the peer is not there (or its queue is full) they wait in
+    the part, and past BACKLOG_LIMIT of them the Router stops reading.
+    """
+
+    def __init__(self, name, listen_address, socket_type, reply=True,
+                 broker_address="inproc://broker", bind=False, logger=None, cache=None,
+                 messages=sys.maxsize):
+        super().__init__(name, listen_address, socket_type, reply, bind, logger, cache,
+                         messages)
+        self.broker_address = broker_address
+        self._queue = collections.deque()    # exchanges waiting for the busy one
+        self._outq = collections.deque()     # frames waiting for the socket
+        self._busy = None                    # the exchange waiting for an answer
+        self._taken = 0
+        self._over = False
+
+    # hooks (pylm 0.14) -----------------------------------------------------------
+    def _translate_to_broker(self, message):
+        """An answer read from the socket, as handle_feedback gets it."""
+        return message
+
+    def _translate_from_broker(self, message):
+        """The data the Router gives (serialized envelope), before parsing."""
+        return message
+
+    def scatter(self, message_data):
+        """The messages (a generator) to send for one message routed here."""
+        yield message_data
+
+    def handle_feedback(self, message_data):
+        """One answer read from the socket (with `reply`)."""
+        self.last_message = message_data
+
+    def reply_feedback(self):
+        """The feedback of a message, once all its answers came."""
+        return self.last_message
+
+    # plumbing ----------------------------------------------------------------------
+    def _open(self, rt, router):
+        super()._open(rt, router)
+        self._queue.clear()
+        self._outq.clear()
+        self._busy = None
+        self._taken = 0
+        self._over = False
+        if self.listen_to is not None:
+            router._watch(self.listen_to, self._on_events, self._listen_events())
+
+    def _listen_events(self):
+        """What the loop polls listen_to for (POLLOUT is added while
+        messages wait for the socket)."""
+        return zmq.POLLIN if self.reply else 0
+
+    def _idle(self):
+        return self._busy is None and not self._queue and not self._outq
+
+    def _prepare(self, data):
+        """The frames to send (a generator) for one routed message."""
+        data = self._translate_from_broker(data)
+        message = _to_message(data)
+        for scattered in self.scatter(message):
+            out = _to_bytes(scattered)
+            if out is not None:
+                yield [out]
+
+    def _submit(self, data, done):
+        """The Router gives this part a message; `done` is ``(fn, *args)``,
+        called with the feedback (None when the part failed on it)."""
+        self._taken += 1
+        exchange = _OutboundExchange(done, data)
+        if self._taken > self.messages:
+            self._drops("%s: past its limit of %d messages" % (self._label, self.messages))
+            self._finish(exchange, None)
+            return
+        self._queue.append(exchange)
+        if self._busy is None:
+            self._pump()
+        elif len(self._queue) >= BACKLOG_LIMIT:
+            self._check_backlog()
+
+    def _pump(self):
+        while self._queue and self._busy is None:
+            exchange = self._queue.popleft()
+            try:
+                exchange.frames = iter(self._prepare(exchange.data))
+            except Exception as exc:
+                self._failed(exchange, exc)
+                continue
+            self._step(exchange)
+        self._check_backlog()
+
+    def _step(self, exchange):
+        """Send the exchange's messages; with `reply`, one at a time, each
+        after the answer to the previous one."""
+        try:
+            for frames in exchange.frames:
+                self._send(frames)
+                if self.reply:
+                    self._busy = exchange
+                    return
+        except Exception as exc:
+            self._failed(exchange, exc)
+            return
+        try:
+            feedback = _to_bytes(self._call_hook("reply_feedback", self.reply_feedback))
+        except PartFailed:
+            feedback = None
+        self._finish(exchange, feedback)
+
+    def _failed(self, exchange, exc):
+        if isinstance(exc, DecodeError):
+            self._drops("%s: %s" % (self._label, exc))
+        elif not isinstance(exc, PartFailed):
+            self.logger.error("%s: dropped a message: %s: %s", self._label,
+                              type(exc).__name__, exc, exc_info=exc)
+        self._finish(exchange, None)
+
+    def _finish(self, exchange, feedback):
+        if exchange.done is not None:
+            fn, *args = exchange.done
+            self._router._post(fn, *args, feedback)
+
+    def _send(self, frames):
+        if not self._outq:
+            try:
+                self.listen_to.send_multipart(frames, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                pass
+            except zmq.ZMQError as exc:
+                self._drops("%s: not sent: %s" % (self._label, exc))
+                return
+        self._outq.append(frames)
+        if len(self._outq) == 1:
+            self._router._want(self.listen_to, zmq.POLLOUT, True)
+        elif len(self._outq) >= BACKLOG_LIMIT:
+            self._check_backlog()
+
+    def _flush(self):
+        outq = self._outq
+        while outq:
+            try:
+                self.listen_to.send_multipart(outq[0], zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            except zmq.ZMQError as exc:
+                self._drops("%s: not sent: %s" % (self._label, exc))
+            outq.popleft()
+        if not outq:
+            self._router._want(self.listen_to, zmq.POLLOUT, False)
+        self._check_backlog()
+
+    def _backlog_size(self):
+        return len(self._queue) + len(self._outq)
+
+    def _check_backlog(self):
+        size = self._backlog_size()
+        if not self._over and size >= BACKLOG_LIMIT:
+            self._over = True
+            self._router._backlog(self, True)
+        elif self._over and size <= BACKLOG_LIMIT // 2:
+            self._over = False
+            self._router._backlog(self, False)
+
+    def _on_events(self, events):
+        if events & zmq.POLLOUT:
+            self._flush()
+        if events & zmq.POLLIN:
+            for _ in range(READ_BATCH):
+                try:
+                    frames = self.listen_to.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                except zmq.ZMQError as exc:
+                    if exc.errno == zmq.EFSM:     # a REQ has its answer: nothing more
+                        break
+                    raise
+                self._answer(frames)
+
+    def _answer(self, frames):
+        """An answer read from the socket: the feedback of the busy exchange."""
+        exchange = self._busy
+        if exchange is None:
+            self._drops("%s: an answer nobody waits for" % self._label)
+            return
+        self._busy = None
+        try:
+            feedback = self._call_hook("_translate_to_broker", self._translate_to_broker,
+                                       frames[-1])
+            self._call_hook("handle_feedback", self.handle_feedback, feedback)
+        except PartFailed as exc:
+            self._failed(exchange, exc)
+        else:
+            self._step(exchange)
+        self._pump()
+
+
+class BypassInbound(_Part):
+    """A part that reads from outside without the Router: each time its
+    socket is readable the loop calls ``recv()``.
+
+    Parameters as :class:`Inbound`, without `broker_address`.
+    """
+
+    def __init__(self, name, listen_address, socket_type, reply=True, bind=False,
+                 logger=None, cache=None, messages=sys.maxsize):
+        super().__init__(name, listen_address, socket_type, reply, bind, logger, cache,
+                         messages)
+        self._stopper = StopHandle()
+        self._read = 0
+
+    def recv(self, reply_data=None):
+        """Read one message (and answer `reply_data`, or b'', when the
+        socket replies); returns the message."""
+        message_data = self.listen_to.recv()
+        if self.reply:
+            self.listen_to.send(b"" if reply_data is None else reply_data)
+        return message_data
+
+    def _open(self, rt, router):
+        super()._open(rt, router)
+        self._read = 0
+        router._watch(self.listen_to, self._on_events, zmq.POLLIN)
+
+    def _on_events(self, events):
+        try:
+            self.recv()
+        except Exception as exc:
+            self.logger.error("%s: recv() raised %s: %s", self._label, type(exc).__name__,
+                              exc, exc_info=exc)
+            if self.reply:      # a REP socket must answer before it reads again
+                try:
+                    self.listen_to.send(b"", zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
+        self._read += 1
+        if self._read >= self.messages:
+            self._router._pause(self.listen_to, "messages")
+
+    def start(self):
+        """Serve this part alone (without a server) until `messages` were
+        read or stop() is called."""
+        with Runtime(self._stopper, self.logger) as rt:
+            self._open(rt, _Standalone())
+            control = rt.control()
+            poller = zmq.Poller()
+            poller.register(control, zmq.POLLIN)
+            poller.register(self.listen_to, zmq.POLLIN)
+            while self._read < self.messages:
+                events = dict(poller.poll())
+                if control in events:
+                    break
+                if self.listen_to in events:
+                    self._on_events(zmq.POLLIN)
+        return self.name
+
+    def stop(self):
+        self._stopper.stop()
+
+
+class _Standalone:
+    """The little of a Router a bypass part needs when it runs alone."""
+
+    def _watch(self, sock, handler, events):
+        pass
+
+    def _pause(self, sock, reason):
+        pass
+
+
+class BypassOutbound(_Part):
+    """A socket to the outside that user code sends on (``send()``),
+    without the Router.  Its socket is made on first use, or when the
+    server starts, and closed with the server (or by ``cleanup()``).
+
+    Parameters as :class:`Outbound`, without `broker_address`.
+    """
+
+    def __init__(self, name, listen_address, socket_type, reply=True, bind=False,
+                 logger=None, cache=None, messages=sys.maxsize):
+        super().__init__(name, listen_address, socket_type, reply, bind, logger, cache,
+                         messages)
+        self._own = False
+
+    def _open(self, rt, router):
+        if self.listen_to is not None and self._own:
+            self.cleanup()
+        super()._open(rt, router)
+
+    def _close(self):
+        self.listen_to = None   # closed by the Runtime
+
+    def send(self, message_data):
+        """Send message_data; with `reply`, wait for and return the answer."""
+        if self.listen_to is None:
+            sock = context().socket(self.socket_type)
+            sock.setsockopt(zmq.LINGER, 0)
+            if self.bind:
+                sock.bind(self.listen_address)
+            else:
+                sock.connect(self.listen_address)
+            self.listen_to, self._own = sock, True
+        self.listen_to.send(_to_bytes(message_data))
+        if self.reply:
+            return self.listen_to.recv()
+        return None
+
+    def cleanup(self):
+        """Close a socket made by send() outside a running server."""
+        if self._own and self.listen_to is not None:
+            self.listen_to.close(linger=0)
+            self.listen_to = None
+            self._own = False

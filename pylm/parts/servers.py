@@ -1,0 +1,155 @@
+"""Servers built from parts (shared/API.md, "Low-level API").
+
+A :class:`ServerTemplate` holds a :class:`~pylm.parts.core.Router` and the
+parts registered with it; ``start()`` serves them all in one loop, in the
+calling thread (bypass parts that are HTTP servers add a thread each)::
+
+    server = ServerTemplate()
+    server.register_inbound(PullService, "Pull", pull_address, route="WorkerPush")
+    server.register_inbound(WorkerPullService, "WorkerPull", worker_pull_address,
+                            route="Pub")
+    server.register_outbound(WorkerPushService, "WorkerPush", worker_push_address)
+    server.register_outbound(PubService, "Pub", pub_address)
+    server.register_bypass(CacheService, "Cache", db_address)
+    server.preset_cache(name="server", db_address=db_address, ...)
+    server.start()
+"""
+
+import logging
+import sys
+
+from pylm.parts.core import Router
+from pylm.persistence.kv import DictDB
+
+__all__ = ["ServerTemplate", "BaseMaster"]
+
+
+class ServerTemplate:
+    """A server made of parts.
+
+    :param logging_level: level of the server's logger (no handler is
+        added: configure logging in the application)
+    :param router_messages: start() returns once this many messages were
+        routed (and the ones under way have arrived)
+
+    Attributes, as in pylm 0.14: ``cache`` (the DictDB every part gets
+    unless registered with its own), ``logger``, ``router``,
+    ``inbound_components``, ``outbound_components``, ``bypass_components``
+    (name -> part).
+    """
+
+    def __init__(self, logging_level=logging.INFO, router_messages=sys.maxsize):
+        self.name = ""
+        self.logging_level = logging_level
+        self.cache = DictDB()
+        self.inbound_components = {}
+        self.outbound_components = {}
+        self.bypass_components = {}
+        self.logger = logging.getLogger("pylm.parts.%s" % type(self).__name__)
+        self.logger.setLevel(logging_level)
+        self.router = Router(logger=self.logger, cache=self.cache, messages=router_messages)
+
+    def _check_name(self, name):
+        if name in self.inbound_components or name in self.outbound_components or \
+                name in self.bypass_components:
+            raise ValueError("a part named %r is registered already" % name)
+
+    def register_inbound(self, part, name="", listen_address="", route="", block=False,
+                         log="", **kwargs):
+        """Make ``part(name, listen_address, **kwargs)`` an inbound part.
+
+        :param part: the part class
+        :param name: its name in this server
+        :param listen_address: its address outside
+        :param route: the outbound part its messages go to ('' for none)
+        :param block: the part gets back the outbound's feedback (a REP
+            part answers its peer with it)
+        :param log: logged at DEBUG for each message the part routes
+        :returns: the part
+        """
+        self._check_name(name)
+        kwargs.setdefault("cache", self.cache)
+        instance = part(name, listen_address, broker_address=self.router.inbound_address,
+                        logger=self.logger, **kwargs)
+        self.router.register_inbound(name, route=route, block=block, log=log, part=instance)
+        self.inbound_components[name] = instance
+        return instance
+
+    def register_outbound(self, part, name="", listen_address="", route="", log="",
+                          **kwargs):
+        """Make ``part(name, listen_address, **kwargs)`` an outbound part;
+        its feedback goes on to the outbound part `route` (once)."""
+        self._check_name(name)
+        kwargs.setdefault("cache", self.cache)
+        instance = part(name, listen_address, broker_address=self.router.outbound_address,
+                        logger=self.logger, **kwargs)
+        self.router.register_outbound(name, route=route, log=log, part=instance)
+        self.outbound_components[name] = instance
+        return instance
+
+    def register_bypass(self, part, name="", listen_address="", **kwargs):
+        """Make ``part(name, listen_address, **kwargs)`` a part served
+        beside the routing (CacheService, HttpGateway...)."""
+        self._check_name(name)
+        kwargs.setdefault("cache", self.cache)
+        instance = part(name, listen_address, logger=self.logger, **kwargs)
+        self.router.register_bypass(name, part=instance)
+        self.bypass_components[name] = instance
+        return instance
+
+    def preset_cache(self, **kwargs):
+        """Store each keyword in the cache (str values as UTF-8), for
+        clients and workers that find their configuration there."""
+        for key, value in kwargs.items():
+            self.cache.set(value.encode("utf-8") if isinstance(value, str) else value, key)
+
+    def start(self):
+        """Serve every part until `router_messages` were routed or stop()
+        is called; a part failing stops the server and is raised here."""
+        self.logger.info("starting %d inbound, %d outbound and %d bypass parts",
+                         len(self.inbound_components), len(self.outbound_components),
+                         len(self.bypass_components))
+        self.router.start()
+
+    def stop(self):
+        """Make start() return; safe from any thread or signal handler."""
+        self.router.stop()
+
+    @property
+    def ready(self):
+        """A threading.Event set while start() serves, once every part's
+        socket is bound (for tests and supervisors)."""
+        return self.router.ready
+
+
+class BaseMaster:
+    """The hooks of a master, as a mixin: ``scatter`` and ``gather``
+    (generators), ``handle_stream`` and ``change_payload``.  Parts call
+    their own hooks: a server that wants its parts to use these passes
+    them on explicitly, e.g. ``self.inbound_components['Pull'].scatter =
+    self.scatter`` before start()."""
+
+    pipelined = False
+
+    @staticmethod
+    def change_payload(message, new_payload):
+        """Set the message's payload; returns the message."""
+        message.payload = new_payload
+        return message
+
+    def scatter(self, message):
+        """Messages to send on for one inbound message."""
+        yield message
+
+    def gather(self, message):
+        """Messages to send on for one result."""
+        yield message
+
+    def handle_stream(self, message):
+        """``(topic, message)``: to the client (topic ``message.client``),
+        or, when pipelined, to the next stage (topic ``self.name``,
+        ``stage += 1``)."""
+        if self.pipelined:
+            message.stage += 1
+            return self.name, message
+        return message.client, message

@@ -1,0 +1,386 @@
+"""Services: parts that bind their address (connections connect).
+
+Every part here is served by the server's one loop (pylm.parts.core), but
+for the HTTP server of :class:`HttpService`, which runs in a thread of its
+own and hands each request to the loop over inproc.
+"""
+
+import socket
+import socketserver
+import sys
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import zmq
+
+from pylm._cache import handle_cache_request
+from pylm._context import context
+from pylm.parts.core import (MAX_MESSAGE_SIZE, BypassInbound, Inbound, Outbound, _to_bytes,
+                             _to_message)
+from pylm.persistence.kv import DictDB
+
+__all__ = ["RepService", "PullService", "PushService", "PubService", "WorkerPushService",
+           "WorkerPullService", "PushPullService", "RepBypassService", "HttpService",
+           "CacheService", "MAX_BODY"]
+
+#: Largest HTTP request body the HTTP parts read (413 above it).
+MAX_BODY = 256 * 1024 * 1024
+#: Seconds an HTTP request waits for its answer from the loop (504 after).
+HTTP_TIMEOUT = 60.0
+#: Queue limit of a PubService's socket (PUB drops past it).
+PUB_HWM = 100_000
+
+
+class RepService(Inbound):
+    """Binds a REP socket: each request is routed, and answered with
+    ``reply_feedback()`` (the outbound's feedback when registered with
+    ``block=True``)."""
+
+    def __init__(self, name, listen_address, broker_address="inproc://broker", logger=None,
+                 cache=None, messages=sys.maxsize):
+        super().__init__(name, listen_address, zmq.REP, reply=True,
+                         broker_address=broker_address, bind=True, logger=logger,
+                         cache=cache, messages=messages)
+
+
+class PullService(Inbound):
+    """Binds a PULL socket (clients PUSH to it)."""
+
+    def __init__(self, name, listen_address, broker_address="inproc://broker", logger=None,
+                 cache=None, messages=sys.maxsize):
+        super().__init__(name, listen_address, zmq.PULL, reply=False,
+                         broker_address=broker_address, bind=True, logger=logger,
+                         cache=cache, messages=messages)
+
+
+class PushService(Outbound):
+    """Binds a PUSH socket (workers PULL from it)."""
+
+    def __init__(self, name, listen_address, broker_address="inproc://broker", logger=None,
+                 cache=None, messages=sys.maxsize):
+        super().__init__(name, listen_address, zmq.PUSH, reply=False,
+                         broker_address=broker_address, bind=True, logger=logger,
+                         cache=cache, messages=messages)
+
+
+class PubService(Outbound):
+    """Binds a PUB socket and publishes each message under the topic
+    ``handle_stream`` gives it.
+
+    :param pipelined: publish to the next stage (topic `server`,
+        ``stage += 1``) instead of to the client (topic ``message.client``)
+    :param server: name of the server, the topic when pipelined
+    """
+
+    def __init__(self, name, listen_address, broker_address="inproc://broker", logger=None,
+                 cache=None, messages=sys.maxsize, pipelined=False, server=None):
+        super().__init__(name, listen_address, zmq.PUB, reply=False,
+                         broker_address=broker_address, bind=True, logger=logger,
+                         cache=cache, messages=messages)
+        self.name = server      # pylm 0.14: the topic of a pipelined server
+        self.pipelined = pipelined
+
+    def handle_stream(self, message):
+        """``(topic, message)`` to publish; None publishes nothing."""
+        if self.pipelined:
+            message.stage += 1
+            return self.name, message
+        return message.client, message
+
+    def _make_socket(self, rt):
+        sock = rt.socket(zmq.PUB, SNDHWM=PUB_HWM)
+        sock.bind(self.listen_address)
+        return sock
+
+    def _prepare(self, data):
+        message = _to_message(self._translate_from_broker(data))
+        for scattered in self.scatter(message):
+            streamed = self.handle_stream(scattered)
+            if streamed is None:
+                continue
+            topic, out = streamed
+            if out is None:
+                continue
+            topic = topic.encode("utf-8") if isinstance(topic, str) else (topic or b"")
+            yield [topic, _to_bytes(out)]
+
+
+class WorkerPushService(PushService):
+    """The PUSH to workers: messages go out as the Router gives them."""
+
+    def _translate_from_broker(self, message_data):
+        return message_data
+
+    def _translate_to_broker(self, message_data):
+        return message_data
+
+
+class WorkerPullService(PullService):
+    """The PULL from workers: results are routed as they come (no cache
+    key is added)."""
+
+    def _translate_to_broker(self, message_data):
+        return message_data
+
+    def _translate_from_broker(self, message_data):
+        return message_data
+
+
+class PushPullService(Outbound):
+    """An outbound part to workers over PUSH (bound at `push_address`) and
+    PULL (bound at `pull_address`): each message is pushed and the answer
+    pulled before the next; the answers are its feedback."""
+
+    def __init__(self, name, push_address, pull_address, broker_address="inproc://broker",
+                 logger=None, cache=None, messages=sys.maxsize):
+        super().__init__(name, push_address, zmq.PUSH, reply=True,
+                         broker_address=broker_address, bind=True, logger=logger,
+                         cache=cache, messages=messages)
+        self.push_address = push_address
+        self.pull_address = pull_address
+        self.push = self.pull = None
+
+    def _listen_events(self):
+        return 0        # answers come on the PULL socket
+
+    def _open(self, rt, router):
+        super()._open(rt, router)
+        self.push = self.listen_to
+        self.pull = rt.socket(zmq.PULL, bind=self.pull_address, MAXMSGSIZE=MAX_MESSAGE_SIZE)
+        router._watch(self.pull, self._on_pull, zmq.POLLIN)
+
+    def _on_pull(self, events):
+        while True:
+            try:
+                frames = self.pull.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._answer(frames)
+
+
+class RepBypassService(BypassInbound):
+    """A REP socket served beside the Router; ``recv()`` answers each
+    request (with b'' unless overridden)."""
+
+    def __init__(self, name, listen_address, logger=None, cache=None, messages=sys.maxsize):
+        super().__init__(name, listen_address, zmq.REP, reply=True, bind=True, logger=logger,
+                         cache=cache, messages=messages)
+
+
+class CacheService(RepBypassService):
+    """The server's cache at `listen_address` (its ``db_address``) for
+    clients and workers: envelopes whose function ends in ``.set``,
+    ``.get`` or ``.delete``, answered with raw bytes (shared/API.md)."""
+
+    def __init__(self, name, listen_address, logger=None, cache=None, messages=sys.maxsize):
+        super().__init__(name, listen_address, logger=logger,
+                         cache=DictDB() if cache is None else cache, messages=messages)
+
+    def recv(self):
+        """Answer one cache request; a bad one gets b''."""
+        frames = self.listen_to.recv_multipart()
+        try:
+            if len(frames) != 1:
+                raise ValueError("a cache request of %d frames" % len(frames))
+            reply = handle_cache_request(self.cache, frames[0])
+        except Exception as exc:    # bad input never stops the service
+            self._drops("cache request: %s: %s" % (type(exc).__name__, exc))
+            reply = b""
+        self.listen_to.send(reply)
+        return frames[-1]
+
+
+# -- HTTP ------------------------------------------------------------------------
+
+class _ThreadingHTTPServer(socketserver.ThreadingMixIn, HTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    request_queue_size = 128
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """What the HTTP parts share: bounded bodies, answers with a length
+    (keep-alive), the part's logger.  `owner` (the part) is set on the
+    subclass each part makes."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "pylm"
+    timeout = 30        # seconds a client may take to send its request
+    owner = None
+
+    def log_message(self, format, *args):
+        self.owner.logger.debug("http %s: %s", self.address_string(), format % args)
+
+    def handle_expect_100(self):
+        # refuse a body too long before the client sends it
+        length = (self.headers.get("Content-Length") or "").strip()
+        if length.isdigit() and int(length) > self.owner.max_body:
+            self.answer(413, b"body of %s bytes; at most %d accepted"
+                        % (length.encode(), self.owner.max_body), close=True)
+            return False
+        return super().handle_expect_100()
+
+    def read_body(self, required):
+        """The request body, or None once the error was answered (411 no
+        length, 400 bad length or short body, 413 too long)."""
+        if "Transfer-Encoding" in self.headers:
+            self.answer(411, b"Transfer-Encoding is not supported; send Content-Length",
+                        close=True)
+            return None
+        length = self.headers.get("Content-Length")
+        if length is None:
+            if required:
+                self.answer(411, b"a body with a Content-Length is required", close=True)
+                return None
+            return b""
+        length = length.strip()
+        if not length.isdigit():
+            self.answer(400, b"bad Content-Length", close=True)
+            return None
+        n = int(length)
+        if n > self.owner.max_body:
+            self.answer(413, b"body of %d bytes; at most %d accepted" % (n, self.owner.max_body),
+                        close=True)
+            return None
+        body = self.rfile.read(n)
+        if len(body) < n:
+            self.answer(400, b"body shorter than its Content-Length", close=True)
+            return None
+        return body
+
+    def answer(self, status, body, content_type="text/plain; charset=utf-8", close=False):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        if close:
+            self._linger()
+
+    def _linger(self, most=1 << 20, seconds=1.0):
+        """Before closing a connection whose request body was not read:
+        stop writing and read what the client still sends (up to `most`
+        bytes or `seconds`), so that closing does not reset the connection
+        before the client read the answer."""
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(seconds)
+            deadline = time.monotonic() + seconds
+            while most > 0 and time.monotonic() < deadline:
+                chunk = self.connection.recv(min(most, 65536))
+                if not chunk:
+                    break
+                most -= len(chunk)
+        except OSError:
+            pass
+
+
+class _HttpRunner:
+    """An HTTP server (bound when made) for a part, served in a thread of
+    the server's Runtime, shut down when the loop ends."""
+
+    def __init__(self, owner, host, port, handler_class):
+        handler = type(handler_class.__name__, (handler_class,), {"owner": owner})
+        self.server = _ThreadingHTTPServer((host, port), handler)
+        self.thread = None
+
+    @property
+    def address(self):
+        return self.server.server_address[:2]
+
+    def start(self, rt, name):
+        self.thread = rt.thread(self.server.serve_forever, name, 0.1)
+
+    def close(self):
+        if self.thread is not None and self.thread.is_alive():
+            self.server.shutdown()
+        self.server.server_close()
+
+
+def _ask_loop(address, frames, timeout, identity=None):
+    """Send frames to the ROUTER of a part at inproc `address` and wait for
+    its answer (its frames), or None after `timeout` seconds.  Each call has
+    a DEALER of its own: HTTP threads share no socket."""
+    sock = context().socket(zmq.DEALER)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        if identity is not None:
+            sock.setsockopt(zmq.IDENTITY, identity)
+        sock.connect(address)
+        sock.send_multipart(frames)
+        if not sock.poll(None if timeout is None else int(timeout * 1000), zmq.POLLIN):
+            return None
+        return sock.recv_multipart()
+    finally:
+        sock.close(linger=0)
+
+
+class _ServiceHandler(_Handler):
+
+    def do_POST(self):
+        body = self.read_body(required=True)
+        if body is None:
+            return
+        frames = _ask_loop(self.owner.listen_address, [b"", body], self.owner.timeout)
+        if frames is None:
+            self.answer(504, b"no answer within %g s" % self.owner.timeout)
+            return
+        self.answer(int(frames[-2]), frames[-1], "application/octet-stream")
+
+    def do_GET(self):
+        self.answer(405, b"POST an envelope", close=True)
+
+
+class HttpService(Inbound):
+    """An inbound part that is an HTTP server at `hostname`:`port`: the
+    body of each POST is an envelope, routed as any inbound message, and
+    the answer is ``reply_feedback()`` (the outbound's feedback with
+    ``block=True``).  400 for a body that is no envelope, 500 when a part
+    failed on it, 504 when no answer came in `timeout` seconds.
+
+    The HTTP server runs in a thread; requests reach the loop over inproc
+    and are served one at a time (the feedback hooks are per part, as in
+    pylm 0.14).  ``self.address`` is the bound (host, port) once running.
+    """
+
+    def __init__(self, name, hostname, port, broker_address="inproc://broker", logger=None,
+                 cache=None, messages=sys.maxsize, *, max_body=MAX_BODY, timeout=HTTP_TIMEOUT):
+        super().__init__(name, "inproc://pylm-http-service-%s" % uuid.uuid4().hex, zmq.ROUTER,
+                         reply=True, broker_address=broker_address, bind=True, logger=logger,
+                         cache=cache, messages=messages)
+        self.hostname = hostname
+        self.port = port
+        self.max_body = max_body
+        self.timeout = timeout
+        self.address = None
+        self._http = None
+
+    def _open(self, rt, router):
+        super()._open(rt, router)
+        self._http = _HttpRunner(self, self.hostname, self.port, _ServiceHandler)
+        self.address = self._http.address
+        self._http.start(rt, "%s-http" % self._label)
+        self.logger.info("%s: HTTP at %s:%d", self._label, *self.address)
+
+    def _close(self):
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def _reject(self, prefix, exc):
+        self._drops("%s: %s" % (self._label, exc))
+        self._send_reply(prefix, str(exc).encode(), 400)
+
+    def _send_reply(self, prefix, data, status):
+        try:
+            self.listen_to.send_multipart(prefix + [str(status).encode(), data], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            self._drops("%s: reply not sent: %s" % (self._label, exc))
+

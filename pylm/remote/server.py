@@ -1,0 +1,216 @@
+"""HTTP workers: the other end of :class:`pylm.parts.connections.HttpConnection`.
+
+Subclass :class:`RequestHandler` with one method per callable, as for a
+Worker; :class:`WSGIApplication` makes it a WSGI application (for any WSGI
+server), and :class:`DebugServer` serves that with the standard library's
+wsgiref, for tests and development::
+
+    class MyHandler(RequestHandler):
+        def foo(self, payload):
+            return payload + b" processed online"
+
+    app = WSGIApplication(MyHandler)            # for gunicorn, uwsgi...
+    DebugServer("localhost", 8888, MyHandler).serve_forever()
+
+The request is a POST whose body is an envelope; the method named by its
+``function`` (``server.method``, the entry at ``stage``) is called with
+the payload, and the answer is the envelope with the result as payload:
+200.  A method that raises is logged and answered 500 with the envelope
+carrying the error (a pylm client raises it as RemoteError); a method
+that does not exist, 404 likewise.  A body that is no envelope is 400, one
+without a length 411, one over ``max_body`` bytes 413, any other HTTP
+method 405.
+"""
+
+import logging
+import socketserver
+from collections import namedtuple
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from pylm._dispatch import error_text, method_table
+from pylm.errors import DecodeError
+from pylm.parts.messages_pb2 import PalmMessage
+
+__all__ = ["Request", "RequestHandler", "WSGIApplication", "DebugServer", "MAX_BODY"]
+
+#: Largest request body read (413 above it).
+MAX_BODY = 256 * 1024 * 1024
+
+logger = logging.getLogger("pylm.remote")
+
+Request = namedtuple("Request", "method data")
+
+_STATUS = {200: "200 OK", 400: "400 Bad Request", 404: "404 Not Found",
+           405: "405 Method Not Allowed", 411: "411 Length Required",
+           413: "413 Request Entity Too Large", 500: "500 Internal Server Error"}
+
+_methods_of = {}    # RequestHandler subclass -> names callable from the wire
+
+
+class RequestHandler:
+    """One HTTP request to an HTTP worker; subclass it with the methods
+    (``method(payload) -> bytes``) the wire may call.
+
+    :param environ: the WSGI environ of the request
+
+    Attributes: ``request`` (``Request(method, data)``), ``message`` (the
+    envelope, once ``handle()`` parsed it), ``environ``.
+    """
+
+    #: Largest body read, in bytes.
+    max_body = MAX_BODY
+
+    def __init__(self, environ):
+        self.environ = environ
+        self.message = None
+        self._refused = None        # (status, text) when the body was not read
+        method = (environ.get("REQUEST_METHOD") or "GET").upper()
+        data = self._read_body(environ) if method == "POST" else b""
+        self.request = Request(method=method, data=data)
+
+    def _read_body(self, environ):
+        length = (environ.get("CONTENT_LENGTH") or "").strip()
+        if not length:
+            self._refused = (411, b"a body with a Content-Length is required")
+            return b""
+        if not length.isdigit():
+            self._refused = (400, b"bad Content-Length")
+            return b""
+        n = int(length)
+        if n > self.max_body:
+            self._refused = (413, b"body of %d bytes; at most %d accepted" % (n, self.max_body))
+            return b""
+        data = environ["wsgi.input"].read(n)
+        if len(data) < n:
+            self._refused = (400, b"body shorter than its Content-Length")
+        return data
+
+    @classmethod
+    def _callable_names(cls):
+        names = _methods_of.get(cls)
+        if names is None:
+            own = set(dir(RequestHandler))
+            names = frozenset(name.decode() for name in
+                              method_table(cls.__new__(cls), always=())
+                              if name.decode() not in own)
+            _methods_of[cls] = names
+        return names
+
+    def _method(self, message):
+        """The bound method `message` calls; LookupError when none."""
+        entries = message.function.split(" ")
+        if not 0 <= message.stage < len(entries):
+            raise LookupError("stage %d is past the end of function %r"
+                              % (message.stage, message.function))
+        entry = entries[message.stage]
+        name = entry.partition(".")[2]
+        if not name:
+            raise LookupError("function %r is not 'server.method'" % entry)
+        if name not in self._callable_names():
+            raise LookupError("no method %r on this worker" % entry)
+        return getattr(self, name)
+
+    def handle(self):
+        """``(status, body)`` of the answer (status as WSGI wants it)."""
+        status, body = self._handle()
+        return _STATUS[status], body
+
+    def _handle(self):
+        if self.request.method != "POST":
+            return 405, b"POST an envelope"
+        if self._refused is not None:
+            return self._refused
+        try:
+            message = PalmMessage.FromString(self.request.data)
+        except DecodeError as exc:
+            return 400, str(exc).encode()
+        self.message = message
+        try:
+            method = self._method(message)
+        except LookupError as exc:
+            message.error = error_text(exc)
+            return 404, message.SerializeToString()
+        try:
+            message.payload = method(message.payload)
+        except Exception as exc:
+            logger.error("%s raised %s: %s", message.function, type(exc).__name__, exc,
+                         exc_info=exc)
+            message.error = error_text(exc)
+            return 500, message.SerializeToString()
+        return 200, message.SerializeToString()
+
+
+class WSGIApplication:
+    """A WSGI application that answers each request with
+    ``handler(environ).handle()``.
+
+    :param handler: a RequestHandler subclass
+    """
+
+    def __init__(self, handler):
+        self.handler = handler
+
+    def __call__(self, environ, start_response):
+        status, body = self.handler(environ).handle()
+        start_response(status, [("Content-Type", "application/octet-stream"),
+                                ("Content-Length", str(len(body)))])
+        return [body]
+
+
+class _QuietRequestHandler(WSGIRequestHandler):
+    """wsgiref's handler, logging through ``pylm.remote`` (DEBUG) instead of
+    writing every request to stderr."""
+
+    def log_message(self, format, *args):
+        logger.debug("%s %s", self.address_string(), format % args)
+
+
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    block_on_close = False
+
+
+class DebugServer:
+    """`handler` (a RequestHandler subclass) served over HTTP by wsgiref.
+
+    :param host: address to bind
+    :param port: port to bind (0: a free one; see ``address``)
+    :param handler: the RequestHandler subclass
+    :param threaded: keyword-only; one thread per request instead of one
+        request at a time
+    """
+
+    def __init__(self, host, port, handler, *, threaded=False):
+        self.application = WSGIApplication(handler)
+        self.httpd = make_server(host, port, self.application,
+                                 server_class=_ThreadingWSGIServer if threaded else WSGIServer,
+                                 handler_class=_QuietRequestHandler)
+
+    @property
+    def address(self):
+        """The bound ``(host, port)``."""
+        return self.httpd.server_address[:2]
+
+    def serve_forever(self, poll_interval=0.5):
+        """Serve until shutdown() (from another thread)."""
+        self.httpd.serve_forever(poll_interval)
+
+    def handle_request(self):
+        """Serve one request."""
+        self.httpd.handle_request()
+
+    def shutdown(self):
+        """Make serve_forever() return."""
+        self.httpd.shutdown()
+
+    def server_close(self):
+        """Close the listening socket."""
+        self.httpd.server_close()
+
+    close = server_close
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.server_close()
