@@ -37,7 +37,7 @@ def test_atheris_fuzzes_the_decoder(tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     seed_corpus(str(corpus))
-    runs = int(os.environ.get("PYLM_ATHERIS_RUNS", "300000"))
+    runs = int(os.environ.get("PYLM_ATHERIS_RUNS", "2000000"))
     proc = subprocess.run(
         [sys.executable, os.path.join(HERE, "fuzz", "atheris_envelope.py"),
          "-runs=%d" % runs, "-max_len=4096", "-timeout=10", str(corpus)],
