@@ -22,13 +22,23 @@ cdef struct Fifo:
     long count
 
 
-cdef int fifo_push(Fifo *f, const char *p, size_t n) except -1:
-    if f.head and f.head == f.b.len:
+cdef inline void fifo_compact(Fifo *f) noexcept nogil:
+    """Reuse the space of envelopes already taken: when they are more than
+    what is left, move the rest to the front (each byte moves at most once
+    for every byte taken, so pushes stay O(1) amortized and the buffer stays
+    about twice what is queued)."""
+    if f.head == 0:
+        return
+    if f.head == f.b.len:
         f.head = f.b.len = 0
-    elif f.head > 65536 and f.head * 2 > f.b.len:
+    elif f.head * 2 > f.b.len:
         memmove(f.b.buf, f.b.buf + f.head, f.b.len - f.head)
         f.b.len -= f.head
         f.head = 0
+
+
+cdef int fifo_push(Fifo *f, const char *p, size_t n) except -1:
+    fifo_compact(f)
     if pz_batch_add_raw(&f.b, p, n) != 0:
         raise MemoryError()
     f.count += 1
@@ -61,6 +71,7 @@ cdef int fifo_pop(Fifo *f, long k) noexcept nogil:
 
 cdef int fifo_append(Fifo *f, const char *span, size_t n, long k) except -1:
     """Append k envelopes already in batch format (span of n bytes)."""
+    fifo_compact(f)
     if pz_batch_reserve(&f.b, n) != 0:
         raise MemoryError()
     memcpy(f.b.buf + f.b.len, span, n)
