@@ -117,6 +117,7 @@ class Client:
             if sock is not None:
                 sock.close(linger=0)
         self._push = self._sub = self._reader = None
+        _core.release_sent()
         if self._cache is not None:
             self._cache.close()
         self._joined = False

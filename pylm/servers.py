@@ -22,7 +22,9 @@ from pylm.persistence.kv import DictDB
 
 __all__ = ["Server", "Pipeline", "Sink", "Master", "Hub", "Worker", "MuxWorker"]
 
-#: Largest message a bound socket accepts; bigger ones make libzmq drop the peer.
+#: Largest message a bound socket accepts; bigger ones make libzmq drop the
+#: peer (which reconnects).  Not set on connecting sockets: there libzmq ends
+#: the session for good instead of reconnecting.
 MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 #: Queue limit of a server's PUB; with XPUB_NODROP a full queue blocks the
 #: sender (back-pressure) instead of dropping replies.
@@ -108,6 +110,7 @@ class _Served:
 
     def _run(self, loop):
         """Run a core loop, keeping its counters in self.stats."""
+        self._loop = loop
         try:
             loop.run()
         finally:
@@ -176,7 +179,7 @@ class Pipeline(_Served):
             self._serve_cache(rt, cache_messages)
             inbound = []
             for address, topic in self._subscriptions():
-                sub = rt.socket(zmq.SUB, MAXMSGSIZE=MAX_MESSAGE_SIZE)
+                sub = rt.socket(zmq.SUB)
                 sub.setsockopt_string(zmq.SUBSCRIBE, topic)
                 sub.connect(address)
                 inbound.append((sub, _core.IN_TOPIC_))
@@ -313,7 +316,7 @@ class Hub(Master):
         return config
 
     def _inbound(self, rt):
-        sub = rt.socket(zmq.SUB, MAXMSGSIZE=MAX_MESSAGE_SIZE)
+        sub = rt.socket(zmq.SUB)
         sub.setsockopt_string(zmq.SUBSCRIBE, self.previous)
         sub.connect(self.sub_address)
         return sub, _core.IN_TOPIC_
@@ -384,8 +387,7 @@ class Worker(_Served):
         with Runtime(self._stopper, self.logger) as rt:
             if self.router_address:
                 ident = ("w-%s" % uuid.uuid4().hex).encode()
-                dealer = rt.socket(zmq.DEALER, ROUTING_ID=ident, connect=self.router_address,
-                                   MAXMSGSIZE=MAX_MESSAGE_SIZE)
+                dealer = rt.socket(zmq.DEALER, ROUTING_ID=ident, connect=self.router_address)
                 # heartbeats from a thread of their own: they keep coming while
                 # a long call runs, and stop when the process is frozen or dead
                 beat = rt.socket(zmq.DEALER, ROUTING_ID=ident + _core.HB_SUFFIX,

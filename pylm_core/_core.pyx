@@ -17,7 +17,7 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.errno cimport EINTR, EAGAIN
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy, memcmp, memchr, memmove, memset
-from libc.stdlib cimport free
+from libc.stdlib cimport free, malloc
 
 from pylm_core.libzmq cimport *
 from pylm_core.wire cimport *

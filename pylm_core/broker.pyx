@@ -12,6 +12,7 @@ cdef enum:
     DRAIN_MS = 2000             # on stop, how long in-flight results are awaited
 
 cdef bytes _HB_SUFFIX = HB_SUFFIX     # see loop.pyx
+cdef bytes _W_RESET = W_RESET         # see loop.pyx
 
 
 cdef struct Fifo:
@@ -45,39 +46,83 @@ cdef int fifo_push(Fifo *f, const char *p, size_t n) except -1:
     return 0
 
 
+cdef struct Sent:
+    # one batch sent to a worker: a reference to the message sent (libzmq
+    # shares the data, nothing is copied) and how much of it is finished
+    pz_msg_t msg
+    size_t off                  # bytes of the batch finished
+    long left                   # envelopes not finished
+
+
+cdef struct Fly:
+    # what a worker holds, in the order sent (a worker finishes in order)
+    Sent *sent                  # ring of batches (malloc'd)
+    int head, n, cap
+    long count                  # envelopes in flight in all of them
+
+
 cdef struct WorkerSlot:
     char ident[256]
     int ident_n
     int limit                   # messages it wants in flight (its credit)
     long long last_seen         # monotonic ms of its last frame
-    Fifo fly                    # messages sent to it and not finished, in
-                                # order (a worker finishes them in order)
+    Fly fly                     # messages sent to it and not finished
 
 
-cdef int fifo_pop(Fifo *f, long k) noexcept nogil:
-    """Forget the first k envelopes of f."""
-    cdef const char *p = f.b.buf + f.head
-    cdef const char *start = p
-    cdef const char *end = f.b.buf + f.b.len
-    cdef pz_slice one
-    while k > 0 and f.count > 0 and pz_batch_next(&p, end, &one) == 1:
-        k -= 1
-        f.count -= 1
-    f.head += <size_t>(p - start)
-    if f.count == 0:
-        f.head = f.b.len = 0
-    return 0
-
-
-cdef int fifo_append(Fifo *f, const char *span, size_t n, long k) except -1:
-    """Append k envelopes already in batch format (span of n bytes)."""
-    fifo_compact(f)
-    if pz_batch_reserve(&f.b, n) != 0:
-        raise MemoryError()
-    memcpy(f.b.buf + f.b.len, span, n)
-    f.b.len += n
+cdef int fly_add(Fly *f, pz_msg_t *m, long k) except -1:
+    """Remember batch m (k envelopes) as sent: a shared reference, no copy."""
+    cdef Sent *grown
+    cdef int i
+    if f.n == f.cap:
+        grown = <Sent *>malloc((2 * f.cap + 4) * sizeof(Sent))
+        if grown == NULL:
+            raise MemoryError()
+        for i in range(f.n):
+            grown[i] = f.sent[(f.head + i) % f.cap]
+        free(f.sent)
+        f.sent = grown
+        f.head = 0
+        f.cap = 2 * f.cap + 4
+    i = (f.head + f.n) % f.cap
+    pz_msg_init(&f.sent[i].msg)
+    pz_msg_copy(&f.sent[i].msg, m)
+    f.sent[i].off = 0
+    f.sent[i].left = k
+    f.n += 1
     f.count += k
     return 0
+
+
+cdef void fly_pop(Fly *f, long k) noexcept nogil:
+    """The first k envelopes in flight are finished."""
+    cdef Sent *s
+    cdef const char *p
+    cdef const char *start
+    cdef pz_slice one
+    while k > 0 and f.n > 0:
+        s = &f.sent[f.head]
+        start = p = msg_ptr(&s.msg) + s.off
+        while k > 0 and s.left > 0 and pz_batch_next(
+                &p, msg_ptr(&s.msg) + pz_msg_size(&s.msg), &one) == 1:
+            k -= 1
+            s.left -= 1
+            f.count -= 1
+        s.off += <size_t>(p - start)
+        if s.left <= 0 or s.off >= pz_msg_size(&s.msg):
+            f.count -= s.left if s.left > 0 else 0
+            pz_msg_close(&s.msg)
+            f.head = (f.head + 1) % f.cap
+            f.n -= 1
+
+
+cdef void fly_free(Fly *f) noexcept nogil:
+    while f.n > 0:
+        pz_msg_close(&f.sent[f.head].msg)
+        f.head = (f.head + 1) % f.cap
+        f.n -= 1
+    free(f.sent)
+    f.sent = NULL
+    f.count = f.cap = 0
 
 
 cdef class Broker:
@@ -118,6 +163,7 @@ cdef class Broker:
         bytes cbatch_topic
         long long worker_timeout_ms
         int wakeup_fd               # readable when a signal arrived, or -1
+        set reset_sent              # workers told to start over, not READY yet
     cdef public long long received, sent, bad, to_legacy, to_workers
     cdef public long long workers_lost, requeued, poisoned, late
 
@@ -145,6 +191,7 @@ cdef class Broker:
         self.waiter.control = self.control
         self.received = self.sent = self.bad = self.to_legacy = self.to_workers = 0
         self.workers_lost = self.requeued = self.poisoned = self.late = 0
+        self.reset_sent = set()
 
     def __cinit__(self):
         self.cap_workers = 16
@@ -158,7 +205,7 @@ cdef class Broker:
         free(self.cbatch.buf)
         if self.workers != NULL:
             for i in range(self.n_workers):
-                free(self.workers[i].fly.b.buf)
+                fly_free(&self.workers[i].fly)
         free(self.workers)
 
     @property
@@ -265,39 +312,64 @@ cdef class Broker:
 
     cdef int _lose_worker(self, int i) except -1:
         """Forget worker i (dead, frozen or gone): the messages it held go
-        back to the queue, counting one more loss each; a message that has
-        now been lost with MAX_LOST workers is poison, and its client gets a
+        back to the queue.  The first of them, the one it was running (a
+        worker runs its messages in order), counts one more loss; a message
+        lost with MAX_LOST workers is poison, and its client gets a
         WorkerLost error instead.  Results that the worker sends later are
         dropped (late), so every call is answered once."""
-        cdef Fifo fly = self.workers[i].fly
-        cdef const char *p = fly.b.buf + fly.head if fly.b.buf != NULL else NULL
-        cdef const char *end = fly.b.buf + fly.b.len if fly.b.buf != NULL else NULL
+        cdef Fly fly = self.workers[i].fly
+        cdef Sent *sent
+        cdef const char *p
+        cdef const char *end
         cdef pz_slice one
         cdef pz_env env
-        cdef pz_batch tmp
+        cdef long left
+        cdef int j
+        cdef bint first = True
         self.n_workers -= 1
         if i != self.n_workers:
             self.workers[i] = self.workers[self.n_workers]
         self.workers_lost += 1
-        memset(&tmp, 0, sizeof(pz_batch))
         try:
-            while p != NULL and pz_batch_next(&p, end, &one) == 1:
-                if pz_parse(one.p, one.n, &env) != PZ_OK:
-                    continue
-                env.lost += 1
-                if env.lost >= MAX_LOST:
-                    self.poisoned += 1
-                    if self._poison(&env):
-                        return 1
-                    continue
-                self.requeued += 1
-                tmp.len = tmp.count = 0
-                if pz_batch_add_env(&tmp, &env) != 0:
-                    raise MemoryError()
-                fifo_append(&self.queue, tmp.buf, tmp.len, 1)
+            for j in range(fly.n):
+                sent = &fly.sent[(fly.head + j) % fly.cap]
+                p = msg_ptr(&sent.msg) + sent.off
+                end = msg_ptr(&sent.msg) + pz_msg_size(&sent.msg)
+                left = sent.left
+                while left > 0 and pz_batch_next(&p, end, &one) == 1:
+                    left -= 1
+                    if pz_parse(one.p, one.n, &env) != PZ_OK:
+                        continue
+                    if first:
+                        env.lost += 1
+                        first = False
+                    if env.lost >= MAX_LOST:
+                        self.poisoned += 1
+                        if self._poison(&env):
+                            return 1
+                        continue
+                    self.requeued += 1
+                    fifo_compact(&self.queue)
+                    if pz_batch_add_env(&self.queue.b, &env) != 0:
+                        raise MemoryError()
+                    self.queue.count += 1
         finally:
-            free(tmp.buf)
-            free(fly.b.buf)
+            fly_free(&fly)
+        return 0
+
+    cdef int _reset_worker(self, const char *ident, size_t n) except -1:
+        """Send [RESET] to a worker we do not know (given up, or never
+        met), at most once per READY."""
+        key = PyBytes_FromStringAndSize(ident, <Py_ssize_t>n)
+        if key in self.reset_sent:
+            return 0
+        if len(self.reset_sent) > 100000:
+            self.reset_sent.clear()
+        self.reset_sent.add(key)
+        # (a ROUTER accepts the rest of a message once its first frame went)
+        if pz_send(self.router, ident, n, PZ_SNDMORE | PZ_DONTWAIT) >= 0:
+            pz_send(self.router, <char *>_W_RESET, len(_W_RESET), PZ_SNDMORE)
+            pz_send(self.router, b"", 0, 0)
         return 0
 
     cdef int _poison(self, pz_env *env) except -1:
@@ -358,13 +430,18 @@ cdef class Broker:
                 w = self._find_worker(ident, ident_n)
                 if w >= 0:
                     self.workers[w].last_seen = now_ms()
+                else:
+                    # alive again after we gave it up (frozen, paused, cut
+                    # off): it starts over and gets work again
+                    self._reset_worker(ident, ident_n)
                 continue
             w = self._find_worker(ident, ident_n)
             if kind == 66 and mp.total == 2:            # B
                 if w >= 0 and self._lose_worker(w):
                     return 1
                 continue
-            if (kind != 82 and kind != 68) or mp.n < 3 or (kind == 68) != (mp.total == 4):
+            if (kind != 82 and kind != 68 and kind != 67) or mp.n < 3 or \
+                    (kind == 68) != (mp.total == 4):
                 self._drop("a malformed message from a worker")
                 continue
             value = _small_int(&mp.f[2])
@@ -374,19 +451,29 @@ cdef class Broker:
             if kind == 82:                              # R
                 value = max(1, min(value, 100000))
                 if w < 0:
+                    self.reset_sent.discard(PyBytes_FromStringAndSize(ident, <Py_ssize_t>ident_n))
                     self._add_worker(ident, ident_n, <int>value)
                 else:
                     self.workers[w].limit = <int>value
                     self.workers[w].last_seen = now_ms()
                 continue
+            if kind == 67:                              # C
+                if w >= 0:
+                    self.workers[w].limit = <int>max(1, min(value, 100000))
+                    self.workers[w].last_seen = now_ms()
+                else:
+                    self._reset_worker(ident, ident_n)
+                continue
             if w < 0:
-                # results of a worker given up for dead: its messages went
-                # to others, so these are dropped; it may work again
+                # results of a worker given up for dead: its messages went to
+                # others, so these are dropped.  It is told to start over: it
+                # gets RESET after everything sent to it before, and answers
+                # with READY, after which its results count again.
                 self.late += value
-                self._add_worker(ident, ident_n, CREDIT_START)
+                self._reset_worker(ident, ident_n)
                 continue
             self.workers[w].last_seen = now_ms()
-            fifo_pop(&self.workers[w].fly, value)
+            fly_pop(&self.workers[w].fly, value)
             p = msg_ptr(&mp.f[3])
             end = p + pz_msg_size(&mp.f[3])
             while True:
@@ -442,8 +529,11 @@ cdef class Broker:
                 continue
             p = msg_ptr(frame)
             end = p + pz_msg_size(frame)
-            if not batch:
-                if self._accept(p, <size_t>(end - p), frame):
+            if batch == 2:
+                if self._accept(p, <size_t>(end - p), &mp.f[2]):
+                    return 1
+            elif not batch:
+                if self._accept(p, <size_t>(end - p), NULL):
                     return 1
             else:
                 while True:
@@ -460,15 +550,17 @@ cdef class Broker:
                 break           # workers are full: stop reading clients
         return self._flush()
 
-    cdef int _accept(self, const char *p, size_t n, pz_msg_t *frame) except -1:
-        """One envelope from a client: validate, answer pings, scatter,
-        queue.  1 when stopped."""
+    cdef int _accept(self, const char *p, size_t n, pz_msg_t *payload) except -1:
+        """One envelope from a client (its payload in frame `payload` when
+        not NULL): validate, answer pings, scatter, queue.  1 when stopped."""
         cdef pz_env env
         cdef int rc
         with nogil:
             rc = pz_parse(p, n, &env)
         if rc != PZ_OK:
             return self._drop(_DECODE_REASONS.get(rc, "malformed envelope"))
+        if payload != NULL:
+            take_payload(&env, payload)
         self.received += 1
         if is_ping(&env):
             # pings follow the default route of results (see loop.pyx)
@@ -483,7 +575,13 @@ cdef class Broker:
                 return self._publish_env(&env, <char *>self.name, len(self.name))
             return self._publish_env(&env, env.f[PZ_F_CLIENT].p, env.f[PZ_F_CLIENT].n)
         if self.scatter is None:
-            return fifo_push(&self.queue, p, n)
+            if payload == NULL:
+                return fifo_push(&self.queue, p, n)
+            fifo_compact(&self.queue)
+            if pz_batch_add_env(&self.queue.b, &env) != 0:
+                raise MemoryError()
+            self.queue.count += 1
+            return 0
         cdef PalmMessage msg = PalmMessage.__new__(PalmMessage)
         msg.from_env(&env, None)
         try:
@@ -522,8 +620,8 @@ cdef class Broker:
             end = self.queue.b.buf + self.queue.b.len
             if best >= 0:
                 k = 0
-                while k < room and k < MAX_SEND and \
-                        pz_batch_next(&p, end, &one) == 1:
+                while k < room and k < MAX_SEND and (k == 0 or p - start < BATCH_BYTES) \
+                        and pz_batch_next(&p, end, &one) == 1:
                     k += 1
                 if pz_msg_init_size(&m, <size_t>(p - start)) != 0:
                     raise MemoryError()
@@ -536,8 +634,8 @@ cdef class Broker:
                     if self._lose_worker(best):
                         return 1
                     continue
+                fly_add(&self.workers[best].fly, &m, k)
                 send_owned(self.router, &m, 0)
-                fifo_append(&self.workers[best].fly, start, <size_t>(p - start), k)
                 self.to_workers += k
             elif legacy_ready:
                 k = 1

@@ -1,6 +1,71 @@
 # The client's side of the wire: encode-and-send of a call, receive of
 # replies filtered to the call, and JobStream, the windowed job loop.
 
+cdef extern from "hold.h" nogil:
+    ctypedef struct pz_hold:
+        pz_hold *next
+        Py_buffer view
+    void pz_hold_free_cb(void *data, void *hint) noexcept
+    pz_hold *pz_take_released()
+
+cdef enum:
+    LEND_MIN = 65536        # payloads this big are lent to libzmq, not copied
+
+
+def release_sent():
+    """Release the payload buffers libzmq has finished sending."""
+    cdef pz_hold *h
+    cdef pz_hold *nxt
+    with nogil:
+        h = pz_take_released()
+    while h != NULL:
+        nxt = h.next
+        PyBuffer_Release(&h.view)
+        free(h)
+        h = nxt
+
+
+cdef int lend_payload(pz_msg_t *m, object payload) except -1:
+    """A zmq message pointing at payload's buffer (no copy), which stays
+    held until libzmq is done with it (see hold.h)."""
+    cdef pz_hold *h = <pz_hold *>malloc(sizeof(pz_hold))
+    if h == NULL:
+        raise MemoryError()
+    try:
+        PyObject_GetBuffer(payload, &h.view, PyBUF_SIMPLE)
+    except BaseException:
+        free(h)
+        raise
+    if pz_msg_init_data(m, h.view.buf, <size_t>h.view.len, pz_hold_free_cb, h) != 0:
+        PyBuffer_Release(&h.view)
+        free(h)
+        raise MemoryError()
+    return 0
+
+
+cdef int send_lent(void *sock, pz_env *env, object payload, int flags) except -1:
+    """Send [PAYLOAD_MARK, env without payload, payload lent] (our servers
+    only).  0 when sent; with DONTWAIT in flags, 1 when the queue is full
+    (nothing sent)."""
+    cdef pz_msg_t head, body
+    cdef size_t pn = env.f[PZ_F_PAYLOAD].n
+    cdef int rc
+    release_sent()
+    rc = pz_send(sock, <char *>_PAYLOAD_MARK, 11, PZ_SNDMORE | flags)
+    if rc < 0:
+        if pz_errno() == EAGAIN:
+            return 1
+        _check_rc(-1)
+    env.f[PZ_F_PAYLOAD].n = 0
+    rc = env_to_msg(env, &head)
+    env.f[PZ_F_PAYLOAD].n = pn
+    if rc != 0:
+        raise MemoryError()
+    send_owned(sock, &head, PZ_SNDMORE)
+    lend_payload(&body, payload)
+    send_owned(sock, &body, 0)
+    return 0
+
 cdef class _Deadline:
     """Milliseconds left of an optional timeout (None: wait forever)."""
     cdef long long end
@@ -61,6 +126,24 @@ cdef int _send_call(void *sock, pz_env *env, _Deadline dl) except -1:
         raise
 
 
+cdef int _wait_writable(void *sock, _Deadline dl) except -1:
+    """Wait until sock can take a message, or raise TimeoutError."""
+    cdef pz_pollitem_t item
+    cdef long left = dl.left()
+    cdef int rc
+    if left == 0:
+        raise TimeoutError("no server took the message in time "
+                           "(is it running at the push address?)")
+    item.socket = sock
+    item.events = PZ_POLLOUT
+    item.revents = 0
+    with nogil:
+        rc = pz_poll(&item, 1, left if left > 0 else 1000)
+    if rc < 0:
+        _check_rc(rc)
+    return 0
+
+
 cdef int _fill_call(pz_env *env, bytes pipeline, bytes client, bytes function,
                     bytes cache, const char *p, size_t n, uint64_t flags,
                     uint64_t call) except -1:
@@ -92,13 +175,20 @@ def send_call(push, bytes pipeline, bytes client, bytes function, bytes cache,
     `call` is the call's id (field 17), echoed in its replies."""
     cdef pz_env env
     cdef Py_buffer buf
+    cdef _Deadline dl = _Deadline(timeout)
+    cdef void *sock = sock_handle(push)
     check_payload(payload)
     PyObject_GetBuffer(payload, &buf, PyBUF_SIMPLE)
     try:
         _fill_call(&env, pipeline, client, function, cache,
                    <const char *>buf.buf, <size_t>buf.len,
                    PZ_FLAG_BATCH if batch_replies else 0, call)
-        _send_call(sock_handle(push), &env, _Deadline(timeout))
+        if batch_replies and buf.len >= LEND_MIN:
+            # a pylm server: the payload goes in a frame of its own, lent
+            while send_lent(sock, &env, payload, PZ_DONTWAIT):
+                _wait_writable(sock, dl)
+        else:
+            _send_call(sock, &env, dl)
     finally:
         PyBuffer_Release(&buf)
 
@@ -328,6 +418,13 @@ cdef class JobStream:
                 _fill_call(&env, self.pipeline, self.client, self.function,
                            self.cache, <const char *>buf.buf, <size_t>buf.len,
                            PZ_FLAG_BATCH if self.batch else 0, self.call)
+                if self.batch and buf.len >= LEND_MIN:
+                    # large: lent to libzmq in a frame of its own, no copy
+                    if self._send_batch() or send_lent(self.push, &env, payload, PZ_DONTWAIT):
+                        self.pending = payload
+                        return 0
+                    self.inflight += 1
+                    continue
                 if self.batch:
                     if pz_batch_add_env(&self.out, &env) != 0:
                         raise MemoryError()

@@ -81,6 +81,10 @@ cdef int mp_recv(Multipart *m, void *sock, int flags) noexcept nogil:
     return 0
 
 
+cdef inline const char *msg_ptr(pz_msg_t *m) noexcept nogil:
+    return <const char *>pz_msg_data(m)
+
+
 # The frame before a batch of envelopes on a pylm-to-pylm link:
 # client -> server [BATCH_MARK, batch]; server -> client [topic, BATCH_MARK, batch].
 BATCH_MARK = b"\x00pylm-batch"
@@ -89,6 +93,23 @@ cdef bytes _BATCH_MARK = BATCH_MARK
 
 cdef inline bint is_mark(pz_msg_t *m) noexcept nogil:
     return pz_msg_size(m) == 11 and memcmp(pz_msg_data(m), b"\x00pylm-batch", 11) == 0
+
+
+# The frame before [envelope, payload] on a pylm-to-pylm link: the payload
+# travels in a frame of its own, pointing at the caller's buffer (no copy).
+PAYLOAD_MARK = b"\x00pylm-payld"
+cdef bytes _PAYLOAD_MARK = PAYLOAD_MARK
+
+
+cdef inline bint is_payload_mark(pz_msg_t *m) noexcept nogil:
+    return pz_msg_size(m) == 11 and memcmp(pz_msg_data(m), b"\x00pylm-payld", 11) == 0
+
+
+cdef inline void take_payload(pz_env *env, pz_msg_t *m) noexcept nogil:
+    """Point env's payload at frame m (the third frame of a PAYLOAD_MARK
+    message)."""
+    env.f[PZ_F_PAYLOAD].p = msg_ptr(m)
+    env.f[PZ_F_PAYLOAD].n = pz_msg_size(m)
 
 
 cdef int batch_to_msg(pz_batch *b, pz_msg_t *m) except -1:
@@ -123,8 +144,13 @@ cdef int send_owned(void *sock, pz_msg_t *m, int flags) except -1:
 cdef inline int envelope_frame(Multipart *mp, int kind, pz_msg_t **frame) noexcept nogil:
     """Where the envelope of an inbound message is: [env] (IN_PLAIN) or
     [topic, env] (IN_TOPIC) give 0, the same with BATCH_MARK before a batch
-    give 1 (*frame is the batch); any other frame count gives -1."""
+    give 1 (*frame is the batch), [PAYLOAD_MARK, env, payload] (IN_PLAIN, a
+    large payload sent without a copy) gives 2 (*frame is the envelope, the
+    payload is the frame after it); any other frame count gives -1."""
     cdef int first = 1 if kind == IN_TOPIC else 0
+    if kind == IN_PLAIN and mp.total == 3 and is_payload_mark(&mp.f[0]):
+        frame[0] = &mp.f[1]
+        return 2
     if mp.total == first + 2 and is_mark(&mp.f[first]):
         frame[0] = &mp.f[first + 1]
         return 1
@@ -143,9 +169,6 @@ cdef inline int poll_item(pz_pollitem_t *items, int n, void *sock, int fd,
     items[n].revents = 0
     return n + 1
 
-
-cdef inline const char *msg_ptr(pz_msg_t *m) noexcept nogil:
-    return <const char *>pz_msg_data(m)
 
 
 cdef int env_to_msg(pz_env *env, pz_msg_t *out) noexcept nogil:

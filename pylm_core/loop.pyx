@@ -28,18 +28,24 @@ cdef bytes _PING = PING_PREFIX
 
 # Frames of our worker protocol (worker DEALER <-> Master ROUTER):
 #   master -> worker: [batch]
-#   worker -> master: [R, credit] ready, or a new credit: how many requests
-#   it wants in flight; [D, completed, batch] results, with the number of
-#   requests finished; [H] heartbeat; [B] leaving (the Master hands what it
+#   worker -> master: [R, credit] ready (at start and after RESET), with how
+#   many requests it wants in flight; [C, credit] a new credit; [D,
+#   completed, batch] results, with the number of requests finished; [H] heartbeat; [B] leaving (the Master hands what it
 #   sent here and was not finished to other workers).
+#   master -> worker: [RESET, ""] when the Master had given the worker up
+#   (its messages went to others): the worker says READY again, and the
+#   Master counts its results from then on (everything sent before RESET is
+#   ahead of it in the worker's queue, so no stale result is counted).
 # A worker sets its credit to about CREDIT_WORK_NS of work at its measured
 # speed: a fast worker asks for big batches, a slow one for a few messages,
 # so a slow worker never sits on a backlog that others could run.
 cdef bytes W_READY = b"R"
+cdef bytes W_CREDIT = b"C"
 cdef bytes W_DONE = b"D"
 cdef bytes W_BEAT = b"H"
 cdef bytes W_BYE = b"B"
 HB_SUFFIX = b"!hb"      # routing id suffix of a worker's heartbeat socket
+W_RESET = b"\x00pylm-reset"
 
 
 cdef inline bint is_ping(pz_env *env) noexcept nogil:
@@ -193,6 +199,10 @@ cdef class Executor:
                             continue
                         if self._handle(&mp, self.kinds[i]) or self.processed >= self.limit:
                             return
+                        # a busy inbound never runs dry: look for stop() (or
+                        # a signal) between messages too
+                        if self._stop_asked(i_wake >= 0):
+                            return
         finally:
             mp_close(&mp)
             if self.out_kind == OUT_WORKER:
@@ -201,6 +211,23 @@ cdef class Executor:
     def __dealloc__(self):
         free(self.wbatch.buf)
         free(self.cbatch.buf)
+
+    cdef int _stop_asked(self, bint signals) except -1:
+        """Is a stop request waiting (without blocking)?  Runs signal
+        handlers first when a signal arrived."""
+        cdef pz_pollitem_t items[2]
+        cdef int n = poll_item(items, 0, self.control, 0, PZ_POLLIN)
+        cdef int rc
+        if signals:
+            n = poll_item(items, n, NULL, self.wakeup_fd, PZ_POLLIN)
+        rc = pz_poll(items, n, 0)
+        if rc <= 0:
+            return 0
+        if signals and items[1].revents & PZ_POLLIN:
+            on_wakeup(self.wakeup_fd)
+            rc = pz_poll(items, 1, 0)
+            return rc > 0 and items[0].revents & PZ_POLLIN
+        return items[0].revents & PZ_POLLIN
 
     cdef int _send_control(self, bytes kind, bytes arg) except -1:
         if self.out_kind != OUT_WORKER:
@@ -223,7 +250,11 @@ cdef class Executor:
         cdef int rc, n
         cdef int batch
         if self.out_kind == OUT_WORKER:
-            # our Master sends [batch]
+            # our Master sends [batch], or [RESET, ""]
+            if mp.total == 2 and pz_msg_size(&mp.f[0]) == len(W_RESET) and memcmp(
+                    msg_ptr(&mp.f[0]), <char *>W_RESET, len(W_RESET)) == 0:
+                self._send_control(W_READY, b"%d" % self.credit_now)
+                return 0
             batch = 1 if mp.total == 1 else -1
             frame = &mp.f[0]
         else:
@@ -234,8 +265,10 @@ cdef class Executor:
         end = p + pz_msg_size(frame)
         cdef long long t0 = now_ns()
         cdef long long done0 = self.processed
-        if not batch:
-            rc = self._one(p, <size_t>(end - p))
+        if batch == 2:
+            rc = self._one(p, <size_t>(end - p), &mp.f[2])
+        elif not batch:
+            rc = self._one(p, <size_t>(end - p), NULL)
         else:
             rc = 0
             while rc == 0:
@@ -245,7 +278,7 @@ cdef class Executor:
                 if n < 0:
                     self._drop("a malformed batch")
                     break
-                rc = self._one(one.p, one.n)
+                rc = self._one(one.p, one.n, NULL)
         if rc == 0:
             rc = self._flush()
         if self.out_kind == OUT_WORKER and self.processed > done0 and rc == 0:
@@ -263,11 +296,12 @@ cdef class Executor:
         if want * 2 <= self.credit_now or want >= self.credit_now * 2 or \
                 (want == self.credit and self.credit_now != self.credit):
             self.credit_now = <int>want
-            self._send_control(W_READY, b"%d" % want)
+            self._send_control(W_CREDIT, b"%d" % want)
         return 0
 
-    cdef int _one(self, const char *p, size_t n) except -1:
-        """Serve one envelope.  1 when a stop was requested."""
+    cdef int _one(self, const char *p, size_t n, pz_msg_t *pframe) except -1:
+        """Serve one envelope (its payload in frame `pframe` when not NULL).
+        1 when a stop was requested."""
         cdef pz_env env
         cdef pz_slice entry
         cdef int rc
@@ -277,6 +311,8 @@ cdef class Executor:
         if rc != PZ_OK:
             self._drop(_DECODE_REASONS.get(rc, "malformed envelope"))
             return self._complete()
+        if pframe != NULL:
+            take_payload(&env, pframe)
         if is_ping(&env):
             return self._emit(&env, None, None, True)
         if env.f[PZ_F_ERROR].n:
@@ -436,6 +472,8 @@ cdef class Executor:
         if self.out_kind == OUT_WORKER:
             if pz_batch_add_env(&self.wbatch, o) != 0:
                 raise MemoryError()
+            if self.wbatch.len >= BATCH_BYTES:
+                return self._flush()
             return 0
         if self.out_kind == OUT_TOPIC:
             if topic is None and to_client and o.flags & PZ_FLAG_BATCH:
