@@ -159,6 +159,7 @@ cdef class Broker:
         WorkerSlot *workers         # our workers (malloc'd, n_workers used)
         int n_workers, cap_workers
         Fifo queue                  # envelopes waiting for a worker
+        Fifo retry                  # envelopes of lost workers: sent one per batch
         pz_batch cbatch             # results for one client, sent as one frame
         bytes cbatch_topic
         long long worker_timeout_ms
@@ -202,6 +203,7 @@ cdef class Broker:
     def __dealloc__(self):
         cdef int i
         free(self.queue.b.buf)
+        free(self.retry.b.buf)
         free(self.cbatch.buf)
         if self.workers != NULL:
             for i in range(self.n_workers):
@@ -216,7 +218,7 @@ cdef class Broker:
     @property
     def queued(self):
         """Messages waiting for a worker."""
-        return self.queue.count
+        return self.queue.count + self.retry.count
 
     @property
     def in_flight(self):
@@ -234,14 +236,14 @@ cdef class Broker:
         try:
             while True:
                 if drain_until >= 0 and (now_ms() > drain_until or (
-                        self.in_flight == 0 and self.queue.count == 0)):
+                        self.in_flight == 0 and self.queued == 0)):
                     return
                 n = poll_item(items, 0, self.control, 0, PZ_POLLIN)
                 n = poll_item(items, n, self.router, 0, PZ_POLLIN)
                 n = poll_item(items, n, self.wpull, 0, PZ_POLLIN)
                 n = poll_item(items, n, self.pub, 0, PZ_POLLIN)    # subscriptions, welcomes
                 i_in = i_push = i_wake = -1
-                if self.queue.count == 0 and drain_until < 0:
+                if self.queue.count == 0 and self.retry.count == 0 and drain_until < 0:
                     i_in = n
                     n = poll_item(items, n, self.inbound, 0, PZ_POLLIN)
                 else:
@@ -271,7 +273,7 @@ cdef class Broker:
                     if self._drain_legacy(&mp):
                         return
                 self._expire_workers()
-                if self.queue.count:
+                if self.queue.count or self.retry.count:
                     self._dispatch(i_push >= 0 and items[i_push].revents & PZ_POLLOUT)
                 elif drain_until < 0 and i_in >= 0 and items[i_in].revents & PZ_POLLIN:
                     if self._drain_inbound(&mp):
@@ -311,11 +313,11 @@ cdef class Broker:
         return self.n_workers - 1
 
     cdef int _lose_worker(self, int i) except -1:
-        """Forget worker i (dead, frozen or gone): the messages it held go
-        back to the queue.  The first of them, the one it was running (a
-        worker runs its messages in order), counts one more loss; a message
-        lost with MAX_LOST workers is poison, and its client gets a
-        WorkerLost error instead.  Results that the worker sends later are
+        """Forget worker i (dead, frozen or gone): the messages it held are
+        sent again, one per batch (so that a worker that dies again was
+        running exactly the first message it held).  That first message
+        counts one more loss; a message lost with MAX_LOST workers is
+        poison, and its client gets a WorkerLost error instead.  Results that the worker sends later are
         dropped (late), so every call is answered once."""
         cdef Fly fly = self.workers[i].fly
         cdef Sent *sent
@@ -349,10 +351,10 @@ cdef class Broker:
                             return 1
                         continue
                     self.requeued += 1
-                    fifo_compact(&self.queue)
-                    if pz_batch_add_env(&self.queue.b, &env) != 0:
+                    fifo_compact(&self.retry)
+                    if pz_batch_add_env(&self.retry.b, &env) != 0:
                         raise MemoryError()
-                    self.queue.count += 1
+                    self.retry.count += 1
         finally:
             fly_free(&fly)
         return 0
@@ -546,7 +548,7 @@ cdef class Broker:
                     if self._accept(one.p, one.n, NULL):
                         return 1
             self._dispatch(False)
-            if self.queue.count:
+            if self.queue.count or self.retry.count:
                 break           # workers are full: stop reading clients
         return self._flush()
 
@@ -603,7 +605,12 @@ cdef class Broker:
         cdef const char *start
         cdef pz_slice one
         cdef pz_msg_t m
-        while self.queue.count:
+        cdef Fifo *src
+        cdef int most
+        while self.queue.count or self.retry.count:
+            # messages of lost workers first, each alone in its batch
+            src = &self.retry if self.retry.count else &self.queue
+            most = 1 if self.retry.count else MAX_SEND
             best = -1
             for i in range(self.n_workers):
                 # least loaded first: the fewest messages in flight, among
@@ -616,11 +623,11 @@ cdef class Broker:
                                   and k > room)):
                     best = i
                     room = k
-            start = p = self.queue.b.buf + self.queue.head
-            end = self.queue.b.buf + self.queue.b.len
+            start = p = src.b.buf + src.head
+            end = src.b.buf + src.b.len
             if best >= 0:
                 k = 0
-                while k < room and k < MAX_SEND and (k == 0 or p - start < BATCH_BYTES) \
+                while k < room and k < most and (k == 0 or p - start < BATCH_BYTES) \
                         and pz_batch_next(&p, end, &one) == 1:
                     k += 1
                 if pz_msg_init_size(&m, <size_t>(p - start)) != 0:
@@ -653,9 +660,10 @@ cdef class Broker:
                 self.to_legacy += 1
             else:
                 return 0
-            self.queue.head += <size_t>(p - start)
-            self.queue.count -= k
+            src.head += <size_t>(p - start)
+            src.count -= k
         self.queue.head = self.queue.b.len = 0
+        self.retry.head = self.retry.b.len = 0
         return 0
 
     # -- outbound ----------------------------------------------------------

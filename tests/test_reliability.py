@@ -345,16 +345,17 @@ def test_a_poison_message_alone_raises_worker_lost():
     assert stats["poisoned"] == 1
 
 
-def test_a_poison_message_in_a_job_the_rest_is_delivered():
+@pytest.mark.parametrize("credit", [1, 1000])
+def test_a_poison_message_in_a_job_the_rest_is_delivered(credit):
     """A job of 2,000 messages plus the poison: every other reply arrives
-    exactly once, and the job raises WorkerLost at its end.  Workers take
-    one message at a time (credit=1): the message a worker was running when
-    it died is then the only one it held.  With batches, see the xfail
-    test_a_poison_message_behind_another_in_its_batch."""
+    exactly once, and the job raises WorkerLost at its end.  With credit=1
+    a worker holds only the message it runs; with the default credit it
+    holds batches, and the messages of a lost worker are sent again one
+    per batch, so only the poison is charged its losses."""
     payloads = [b"%d" % i for i in range(2000)]
     job = payloads[:1000] + [POISON] + payloads[1000:]
     replies = []
-    with PoisonCluster("poison", credit=1) as cluster:
+    with PoisonCluster("poison", credit=credit) as cluster:
         with pytest.raises(WorkerLost) as info:
             for reply in cluster.client.job("poison.work", iter(job), timeout=30):
                 replies.append(reply)
@@ -367,18 +368,6 @@ def test_a_poison_message_in_a_job_the_rest_is_delivered():
     assert "1 message(s)" in str(info.value)
 
 
-POISON_BATCH_BUG = (
-    "BUG: pylm_core/broker.pyx Broker._lose_worker (since 5127eb8) charges the loss "
-    "to the first message a dead worker held, taking it for the one it was running. "
-    "But a worker reports results once per batch ([D] after the batch's last "
-    "message: loop.pyx Executor._handle -> _flush), so the messages before the "
-    "poison in its batch have run and are still held: the first of them is charged. "
-    "Requeued in the same order and batched together again, it reaches MAX_LOST=3 "
-    "before the poison: an innocent message is answered with WorkerLost, and the "
-    "poison costs 3 more worker deaths for each message ahead of it in its batch.")
-
-
-@pytest.mark.xfail(reason=POISON_BATCH_BUG, strict=True)
 def test_a_poison_message_behind_another_in_its_batch():
     """A job of [b"innocent", POISON]: both go to a worker in one batch; the
     innocent one runs, then the poison kills the worker.  Only the poison
