@@ -13,7 +13,7 @@ import zmq
 from pylm._context import context
 from pylm.parts.messages_pb2 import PalmMessage
 
-__all__ = ["serve_cache", "CacheClient", "CONFIG_PROTOCOL_KEY", "PROTOCOL"]
+__all__ = ["serve_cache", "CacheClient", "CONFIG_PROTOCOL_KEY", "PROTOCOL", "batch_bytes_for"]
 
 # Our servers preset this key; a client that finds it uses the subscription
 # handshake (pylm_core PING_PREFIX) instead of pylm 0.14's fixed wait.
@@ -21,6 +21,20 @@ CONFIG_PROTOCOL_KEY = "pylm_protocol"
 PROTOCOL = b"1"
 
 logger = logging.getLogger("pylm.cache")
+
+#: Batch frame size when the server does not say its limit (the core caps
+#: batches at 256 KiB anyway).
+UNLIMITED = 1 << 30
+
+
+def batch_bytes_for(max_message_size):
+    """The most bytes a batch frame to a server may hold: half the maximum
+    message size its cache announces (``max_message_size``), so that a batch
+    plus one more call stays under it."""
+    try:
+        return max(1, int(max_message_size) // 2)
+    except (TypeError, ValueError):
+        return UNLIMITED
 
 
 def handle_cache_request(cache, frame):

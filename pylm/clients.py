@@ -16,7 +16,7 @@ import uuid
 import zmq
 
 from pylm_core import _core
-from pylm._cache import CONFIG_PROTOCOL_KEY, PROTOCOL, CacheClient
+from pylm._cache import CONFIG_PROTOCOL_KEY, PROTOCOL, UNLIMITED, CacheClient, batch_bytes_for
 from pylm._context import context
 from pylm_core.errors import RemoteError, WorkerLost
 
@@ -83,6 +83,7 @@ class Client:
         self._joined = False
         self._calls = int.from_bytes(os.urandom(4), "little") << 16
         self._protocol = None
+        self._batch_bytes = UNLIMITED
         self._closed = False
         # A sub_address given by the caller may be the pub of a later stage
         # (a pylm 0.14 Pipeline, say): whether it welcomes is then unknown.
@@ -98,6 +99,9 @@ class Client:
                 if sub_address is None:
                     sub_address = self._cache.request("get", b"pub_address").decode()
                 self._protocol = self._cache.request("get", CONFIG_PROTOCOL_KEY.encode())
+                if self._protocol == PROTOCOL:
+                    self._batch_bytes = batch_bytes_for(
+                        self._cache.request("get", b"max_message_size"))
             except BaseException:
                 self.close()
                 raise
@@ -276,7 +280,8 @@ class Client:
                                  min(messages, 2**62), window=window, timeout=timeout,
                                  batch=self._protocol == PROTOCOL,
                                  on_error=on_error, call=self._next_call(),
-                                 until_answered=messages == sys.maxsize)
+                                 until_answered=messages == sys.maxsize,
+                                 batch_bytes=self._batch_bytes)
         for payload in stream:
             if payload is not _LOST:
                 yield payload

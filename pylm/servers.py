@@ -15,7 +15,7 @@ import zmq
 
 import pylm_core
 from pylm_core import _core
-from pylm._cache import CONFIG_PROTOCOL_KEY, PROTOCOL, CacheClient, serve_cache
+from pylm._cache import CONFIG_PROTOCOL_KEY, PROTOCOL, CacheClient, batch_bytes_for, serve_cache
 from pylm._dispatch import DropLog, ErrorReporter, method_table, overrides
 from pylm._runtime import Runtime, StopHandle
 from pylm.persistence.kv import DictDB
@@ -74,7 +74,10 @@ class _Served:
         self._stopper.stop()
 
     def _config(self):
-        return {"name": self.name, CONFIG_PROTOCOL_KEY: PROTOCOL}
+        # max_message_size: our clients and workers keep their batch frames
+        # under half of it (the limit of the sockets this server binds)
+        return {"name": self.name, CONFIG_PROTOCOL_KEY: PROTOCOL,
+                "max_message_size": str(MAX_MESSAGE_SIZE)}
 
     def _serve_cache(self, rt, limit):
         """Preset the config keys and run the cache service at db_address
@@ -374,6 +377,7 @@ class Worker(_Served):
             self.push_address = fetch("worker_pull_address")
         if self.pull_address is None:
             self.pull_address = fetch("worker_push_address")
+        self._batch_bytes = batch_bytes_for(fetch("max_message_size"))
         router = fetch("worker_router_address")
         if router:
             host = urlsplit(self.db_address).hostname
@@ -396,7 +400,8 @@ class Worker(_Served):
                           self.heartbeat)
                 loop = self._executor(rt, [(dealer, _core.IN_PLAIN_)], dealer,
                                       _core.OUT_WORKER_, name=None, mux=self.mux,
-                                      limit=self.messages, credit=self.credit)
+                                      limit=self.messages, credit=self.credit,
+                                      batch_bytes=self._batch_bytes)
             else:
                 pull = rt.socket(zmq.PULL, connect=self.pull_address)
                 push = rt.socket(zmq.PUSH, connect=self.push_address)

@@ -321,7 +321,8 @@ cdef class JobStream:
     bound.  With a pylm server (`batch`), calls go in batches of up to
     MAX_SEND envelopes.  It ends after `messages` replies, or, with
     `until_answered`, once the generator is done and every call sent got
-    one reply.  Raises TimeoutError when no reply comes for
+    one reply.  A batch frame holds at most `batch_bytes` (plus one call):
+    half the server's maximum message size keeps it under that limit.  Raises TimeoutError when no reply comes for
     `timeout` seconds; for an error reply it returns what `on_error(text)`
     returns (or raises what it raises)."""
     cdef:
@@ -336,12 +337,14 @@ cdef class JobStream:
         object pending              # a payload the PUSH queue had no room for
         pz_batch out                # batch mode: calls not sent yet
         long long out_pending       # ... how many
+        size_t batch_bytes          # a batch is sent once it holds this much
         object timeout, on_error
 
     def __init__(self, push, ReplyReader reader, generator, bytes pipeline,
                  bytes client, bytes function, bytes cache, long long messages,
                  *, long long window=1000, bint batch=False, timeout=None, on_error=None,
-                 uint64_t call=0, bint until_answered=False):
+                 uint64_t call=0, bint until_answered=False,
+                 size_t batch_bytes=BATCH_BYTES):
         self._push = push
         self.push = sock_handle(push)
         self.reader = reader
@@ -361,6 +364,7 @@ cdef class JobStream:
         self.batch = batch
         self.pending = None
         self.out_pending = 0
+        self.batch_bytes = max(1, min(batch_bytes, BATCH_BYTES))
         self.timeout = timeout
         self.on_error = on_error
 
@@ -433,7 +437,7 @@ cdef class JobStream:
             finally:
                 PyBuffer_Release(&buf)
             if self.batch:
-                if self.out.count >= MAX_SEND or self.out.len >= BATCH_BYTES:
+                if self.out.count >= MAX_SEND or self.out.len >= self.batch_bytes:
                     if self._send_batch():
                         return 0
                 continue

@@ -80,6 +80,8 @@ cdef class Executor:
         much idle time
     :param wakeup_fd: a file descriptor that becomes readable when a signal
         arrives (``signal.set_wakeup_fd``), so that handlers run at once
+    :param batch_bytes: in worker mode, the most bytes of results sent in
+        one frame (half the Master's maximum message size, at most 256 KiB)
     :param credit: in worker mode, the most messages the Master may have
         in flight here; the worker asks for fewer when its calls are slow
     """
@@ -97,6 +99,7 @@ cdef class Executor:
         object stream_hook, error_hook, bad_hook
         long heartbeat_ms
         int wakeup_fd               # readable when a signal arrived, or -1
+        size_t batch_bytes          # a batch is sent once it holds this much
         int credit                  # most messages the Master may send ahead
         int credit_now              # what we last asked the Master for
         double ns_per_call          # moving average of a call's duration
@@ -111,7 +114,8 @@ cdef class Executor:
     def __init__(self, inbound, out, int out_kind, control, name, dict methods,
                  *, bint pipelined=False, stream_hook=None, error_hook=None,
                  bad_hook=None, bint mux=False, long long limit=2**62,
-                 long heartbeat_ms=1000, int credit=64, int wakeup_fd=-1):
+                 long heartbeat_ms=1000, int credit=64, int wakeup_fd=-1,
+                 size_t batch_bytes=BATCH_BYTES):
         if not 0 < len(inbound) <= MAX_IN:
             raise ValueError("between 1 and %d inbound sockets" % MAX_IN)
         self._sockets = (list(inbound), out, control)
@@ -137,6 +141,7 @@ cdef class Executor:
         self.limit = limit
         self.heartbeat_ms = heartbeat_ms
         self.wakeup_fd = wakeup_fd
+        self.batch_bytes = max(1, min(batch_bytes, BATCH_BYTES))
         self.credit = max(1, credit)
         self.credit_now = min(self.credit, CREDIT_START)
         self.ns_per_call = 0
@@ -472,7 +477,7 @@ cdef class Executor:
         if self.out_kind == OUT_WORKER:
             if pz_batch_add_env(&self.wbatch, o) != 0:
                 raise MemoryError()
-            if self.wbatch.len >= BATCH_BYTES:
+            if self.wbatch.len >= self.batch_bytes:
                 return self._flush()
             return 0
         if self.out_kind == OUT_TOPIC:

@@ -783,18 +783,7 @@ def test_a_frame_over_the_maximum_does_not_cut_a_pipeline_off(small_max, zctx):
             caller.close()
 
 
-BATCH_SIZE_BUG = (
-    "BUG: batches are capped at a fixed BATCH_BYTES = 256 KiB (pylm_core/loop.pyx), "
-    "not at MAX_MESSAGE_SIZE: a client job sends its calls in batches of up to 256 "
-    "KiB, one frame each (client.pyx JobStream._fill). With MAX_MESSAGE_SIZE below "
-    "that, calls each well under the maximum make frames over it, and libzmq at the "
-    "server's bound PULL (ZMQ MAXMSGSIZE) drops the connection with every call of "
-    "the frame, silently (not counted in `bad`, no error to the client): here 16 "
-    "calls of 8 KiB with a 64 KiB maximum are never answered, by a Server or a "
-    "Master. (The Master's batches to and from workers use the same fixed cap.)")
 
-
-@pytest.mark.xfail(reason=BATCH_SIZE_BUG, strict=True)
 @pytest.mark.parametrize("kind", ["Server", "Master"])
 def test_a_job_of_messages_under_the_maximum_whose_batches_are_over_it(small_max, kind):
     payloads = [b"%05d" % i + os.urandom(MAX_SIZE // 8) for i in range(16)]
