@@ -89,43 +89,6 @@ cdef class _Deadline:
             self.end = now_ms() + <long long>(timeout * 1000)
 
 
-cdef int _send_call(void *sock, pz_env *env, _Deadline dl) except -1:
-    """Encode env and send it on a PUSH socket, waiting at most until the
-    deadline for a peer with room.  Raises TimeoutError."""
-    cdef pz_msg_t m
-    cdef pz_pollitem_t item
-    cdef int rc, err
-    cdef long left
-    if env_to_msg(env, &m) != 0:
-        _check_rc(-1)
-    try:
-        while True:
-            with nogil:
-                rc = pz_msg_send(&m, sock, PZ_DONTWAIT)
-            if rc >= 0:
-                return 0
-            err = pz_errno()
-            if err == EINTR:
-                PyErr_CheckSignals()
-                continue
-            if err != EAGAIN:
-                _check_rc(-1)
-            left = dl.left()
-            if left == 0:
-                raise TimeoutError("no server took the message in time "
-                                   "(is it running at the push address?)")
-            item.socket = sock
-            item.events = PZ_POLLOUT
-            item.revents = 0
-            with nogil:
-                rc = pz_poll(&item, 1, left if left > 0 else 1000)
-            if rc < 0:
-                _check_rc(rc)
-    except BaseException:
-        pz_msg_close(&m)
-        raise
-
-
 cdef int _wait_writable(void *sock, _Deadline dl) except -1:
     """Wait until sock can take a message, or raise TimeoutError."""
     cdef pz_pollitem_t item
@@ -142,6 +105,31 @@ cdef int _wait_writable(void *sock, _Deadline dl) except -1:
     if rc < 0:
         _check_rc(rc)
     return 0
+
+
+cdef int _send_call(void *sock, pz_env *env, _Deadline dl) except -1:
+    """Encode env and send it on a PUSH socket, waiting at most until the
+    deadline for a peer with room.  Raises TimeoutError."""
+    cdef pz_msg_t m
+    cdef int rc, err
+    if env_to_msg(env, &m) != 0:
+        raise MemoryError()
+    try:
+        while True:
+            with nogil:
+                rc = pz_msg_send(&m, sock, PZ_DONTWAIT)
+            if rc >= 0:
+                return 0
+            err = pz_errno()
+            if err == EINTR:
+                PyErr_CheckSignals()
+            elif err == EAGAIN:
+                _wait_writable(sock, dl)
+            else:
+                _raise_errno(err)
+    except BaseException:
+        pz_msg_close(&m)
+        raise
 
 
 cdef int _fill_call(pz_env *env, bytes pipeline, bytes client, bytes function,
