@@ -3,7 +3,11 @@
 
 One extension made of included parts (uvloop style): errors.pyx (libzmq
 return codes), frame.pyx (received messages), envelope.pyx (the PALM codec),
-loop.pyx (the single execution loop and the Master's broker).
+io.pyx (frame-level helpers shared by the loops), loop.pyx (the single
+execution loop), broker.pyx (the Master's broker), client.pyx (the client's
+send, receive and job loops).  C declarations: zmqapi.h/libzmq.pxd (libzmq,
+resolved at run time), wire.h/wire.pxd (the wire format), hold.h (buffers
+lent to libzmq).
 """
 
 cimport cython
