@@ -400,22 +400,16 @@ class LegacyNode:
 # addresses, readiness, our side
 
 def tcp_ports(n, host="127.0.0.1"):
-    """`n` distinct TCP ports that were free a moment ago on `host` (all
-    held at once while the OS picks them, so none repeats)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """pylm._testing.tcp_ports (imported here, when used: building the venv
+    runs with a bare python3, without pylm)."""
+    from pylm._testing import tcp_ports as ports
+    return ports(n, host)
 
 
 def tcp_addresses(n, host="127.0.0.1"):
-    return ["tcp://%s:%d" % (host, port) for port in tcp_ports(n, host)]
+    """pylm._testing.tcp_addresses (see tcp_ports)."""
+    from pylm._testing import tcp_addresses as addresses
+    return addresses(n, host)
 
 
 def wait_cache(db_address, name, timeout=20.0, process=None):
