@@ -9,53 +9,20 @@ calls ``start()`` (which blocks), and the client another one.
 import argparse
 import contextlib
 import multiprocessing
-import random
 import signal
-import socket
 import threading
 import time
+
+from pylm._testing import tcp_ports
 
 #: Seconds a server or process gets to stop before we give up on it.
 STOP_TIMEOUT = 10.0
 
 
-def _ephemeral_low():
-    """Lowest port of the range the kernel numbers sockets from itself."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
 def free_ports(n, host="127.0.0.1"):
-    """`n` distinct TCP ports on `host`, free a moment ago.
-
-    They are picked at random below the kernel's ephemeral range: a port
-    the kernel hands out itself (``bind`` to port 0, the local end of an
-    outgoing connection) could be taken by another socket, or another
-    program, between this call and the server's bind; ports outside that
-    range are only taken by someone who asks for them by number.
-    """
-    low, high = 10000, _ephemeral_low()
-    if high - low < 10 * n:
-        low, high = 1024, 65536
-    rng = random.SystemRandom()
-    held = []
-    try:
-        while len(held) < n:
-            port = rng.randrange(low, high)
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                sock.bind((host, port))
-            except OSError:
-                sock.close()
-                continue
-            held.append(sock)
-        return [s.getsockname()[1] for s in held]
-    finally:
-        for sock in held:
-            sock.close()
+    """`n` distinct free TCP ports on `host` (pylm._testing.tcp_ports: picked
+    below the kernel's ephemeral range, so nothing else takes them first)."""
+    return tcp_ports(n, host)
 
 
 def addresses(n, description=None, argv=None):

@@ -19,6 +19,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import random
 import socket
 import sys
 import threading
@@ -37,23 +38,53 @@ class ServerFailed(AssertionError):
 
 
 def free_port(host="127.0.0.1"):
-    """A TCP port on `host` that was free a moment ago (the OS picks it)."""
+    """A TCP port on `host` that was free a moment ago (see tcp_ports)."""
     return tcp_ports(1, host)[0]
 
 
-def tcp_ports(n, host="127.0.0.1"):
-    """`n` distinct free TCP ports on `host`: all are held open together
-    while the OS picks them, so none repeats."""
-    socks = []
+def _ephemeral_low():
+    """Lowest port of the range the kernel numbers sockets from itself."""
     try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def tcp_ports(n, host="127.0.0.1"):
+    """`n` distinct TCP ports on `host`, free a moment ago.
+
+    They are picked at random below the kernel's ephemeral range and held
+    together while picked, so none repeats.  A port the kernel hands out
+    itself (bind to port 0, the local end of a connection, a Master's
+    ROUTER on ``tcp://host:*``) could be taken between this call and the
+    server's bind; ports outside that range are taken only by someone who
+    asks for them by number.
+    """
+    low, high = 10000, _ephemeral_low()
+    if high - low < 10 * n:
+        low, high = 1024, 65536
+    rng = random.SystemRandom()
+    held = []
+    try:
+        for _ in range(1000 * n):
+            if len(held) == n:
+                break
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind((host, rng.randrange(low, high)))
+            except OSError:
+                sock.close()
+                continue
+            held.append(sock)
+        while len(held) < n:            # a crowded range: let the kernel pick
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((host, 0))
+            held.append(sock)
+        return [s.getsockname()[1] for s in held]
     finally:
-        for s in socks:
-            s.close()
+        for sock in held:
+            sock.close()
 
 
 def tcp_addresses(n, host="127.0.0.1"):
