@@ -818,10 +818,3 @@ cdef long long _small_int(pz_msg_t *m) noexcept nogil:
             return -1
         v = v * 10 + (c - 48)
     return v
-
-
-cdef Frame Frame_from(pz_msg_t *m):
-    """A Frame sharing m's data (libzmq reference counting, no copy)."""
-    cdef Frame f = Frame.__new__(Frame)
-    pz_msg_copy(&f.msg, m)
-    return f

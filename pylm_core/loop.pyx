@@ -24,7 +24,6 @@ OUT_WORKER_ = OUT_WORKER
 PING_PREFIX = b"\x00pylm-ping"
 # What every pylm server's XPUB sends a new subscriber first (one frame).
 WELCOME = b"\x00pylm-welcome"
-cdef bytes _PING = PING_PREFIX
 
 # Frames of our worker protocol (worker DEALER <-> Master ROUTER):
 #   master -> worker: [batch]
