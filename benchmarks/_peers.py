@@ -22,6 +22,7 @@ import multiprocessing
 import signal
 import socket
 import sys
+import time
 
 import zmq
 
@@ -394,3 +395,18 @@ def record(request, benchmark, group, role, messages):
             tr.write_line("")
             for line in lines:
                 tr.write_line(line)
+
+
+def probe_chain(push, sub, topic, timeout):
+    """Send probes into a hand-written pyzmq chain until one comes out at
+    `sub` (every subscription along it is live), then drop the late answers
+    to the other probes.  Raises TimeoutError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        push.send_multipart([topic, b"probe"])
+        if sub.poll(100):
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError("the pyzmq chain did not answer in %s s" % timeout)
+    while sub.poll(200):
+        sub.recv_multipart()

@@ -28,12 +28,12 @@ from pylm.clients import Client
 
 try:  # benchmarks/ on sys.path (pytest's rootdir insertion; no __init__.py)
     from _peers import (
-        JOB_WINDOW, PAYLOAD, PUB_HWM, SNDMORE, Peer, record, run_pipeline, run_server,
-        run_stream_head, run_stream_stage, tcp)
+        JOB_WINDOW, PAYLOAD, PUB_HWM, SNDMORE, Peer, probe_chain, record, run_pipeline,
+        run_server, run_stream_head, run_stream_stage, tcp)
 except ImportError:  # benchmarks/ imported as a package
     from benchmarks._peers import (
-        JOB_WINDOW, PAYLOAD, PUB_HWM, SNDMORE, Peer, record, run_pipeline, run_server,
-        run_stream_head, run_stream_stage, tcp)
+        JOB_WINDOW, PAYLOAD, PUB_HWM, SNDMORE, Peer, probe_chain, record, run_pipeline,
+        run_server, run_stream_head, run_stream_stage, tcp)
 
 MESSAGES = int(os.environ.get("PYLM_BENCH_MESSAGES", 100_000))
 ROUNDS = int(os.environ.get("PYLM_BENCH_ROUNDS", 7))
@@ -142,16 +142,7 @@ def pyzmq_chain():
         sub.setsockopt(zmq.SUBSCRIBE, me)
         sub.connect(pub2)
         push.connect(pull_ep)
-        # probe until one message goes through every subscription
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            push.send_multipart([me, b"probe"])
-            if sub.poll(100):
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError("the pyzmq chain did not answer in %s s" % START_TIMEOUT)
-        while sub.poll(200):  # late answers to earlier probes
-            sub.recv_multipart()
+        probe_chain(push, sub, me, START_TIMEOUT)
         sub.setsockopt(zmq.RCVTIMEO, int(START_TIMEOUT * 1000))  # a lost message fails, not hangs
         yield push, sub, me
     finally:

@@ -1185,15 +1185,7 @@ def stream_phase(bench, lg):
         sub.setsockopt(zmq.SUBSCRIBE, me)
         sub.connect(zpub2)
         push.connect(pull_ep)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            push.send_multipart([me, b"probe"])
-            if sub.poll(100):
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError("the pyzmq chain did not answer")
-        while sub.poll(200):
-            sub.recv_multipart()
+        p.probe_chain(push, sub, me, START_TIMEOUT)
         sub.setsockopt(zmq.RCVTIMEO, int(REPLY_TIMEOUT * 1000))
 
         def ours_run(n):

@@ -329,3 +329,17 @@ def in_child(cls, *args, **kwargs):
     """Start ``cls(*args, **kwargs)`` in a child process; returns the
     started :class:`ChildProcess` (see there for the keywords)."""
     return ChildProcess(cls, *args, **kwargs).start()
+
+
+def stop_all(procs):
+    """Stop every ChildProcess in procs (each by its PID), then raise the
+    first failure: one child that will not stop does not leave the others
+    running."""
+    failures = []
+    for proc in procs:
+        try:
+            proc.stop()
+        except ServerFailed as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]

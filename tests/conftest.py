@@ -5,7 +5,7 @@ import contextlib
 
 import pytest
 
-from pylm._testing import ServerFailed, in_child, running, tcp_addresses
+from pylm._testing import in_child, running, stop_all, tcp_addresses
 
 
 @pytest.fixture
@@ -53,11 +53,4 @@ def child():
         return proc
 
     yield start
-    failures = []
-    for proc in procs:
-        try:
-            proc.stop()
-        except ServerFailed as exc:
-            failures.append(exc)
-    if failures:
-        raise failures[0]
+    stop_all(procs)

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pylm._testing import ServerFailed, in_child, running, tcp_addresses, wait_for
+from pylm._testing import in_child, running, stop_all, tcp_addresses, wait_for
 from pylm.clients import Client
 from pylm.errors import RemoteError
 from pylm.servers import Master, MuxWorker, Worker
@@ -62,14 +62,7 @@ def cluster():
                 wait_for(both_answered, timeout=30, what="both workers answering")
             yield SimpleNamespace(master=master, run=run, db=master.db_address, procs=procs)
         finally:
-            failures = []
-            for proc in procs:
-                try:
-                    proc.stop()
-                except ServerFailed as exc:
-                    failures.append(exc)
-            if failures:
-                raise failures[0]
+            stop_all(procs)
             # SIGTERM made start() return: a clean exit, not death by signal
             assert [proc.exitcode for proc in procs] == [0, 0]
 

@@ -16,7 +16,7 @@ import zmq
 
 import pylm._context
 from pylm._cache import CacheClient
-from pylm._testing import ServerFailed, in_child, running, tcp_addresses, wait_for
+from pylm._testing import in_child, running, stop_all, tcp_addresses, wait_for
 from pylm.clients import Client
 from pylm.errors import RemoteError
 from pylm.parts import core
@@ -210,14 +210,7 @@ def cluster():
                 wait_for(both_answered, timeout=30, what="both workers answering")
                 yield SimpleNamespace(server=server, client=client, db=db, pub=pub)
         finally:
-            failures = []
-            for proc in procs:
-                try:
-                    proc.stop()
-                except ServerFailed as exc:
-                    failures.append(exc)
-            if failures:
-                raise failures[0]
+            stop_all(procs)
 
 
 def test_master_from_parts_eval(cluster):
