@@ -1,9 +1,12 @@
 """The server templates users subclass: Server, Pipeline, Sink, Master, Hub,
 Worker and MuxWorker (shared/API.md, "Servers").
 
-Each class only *configures* the core: which sockets, which hooks.  The
-execution loop (pylm_core Executor) and the broker (pylm_core Broker) are
-written once, in C.
+Each class only *configures* the core: which sockets, which parts, which
+hooks.  Every server is a pylm_core Router (one C poll loop and its routing
+table) serving parts written once, in C: the Executor for Server, Pipeline,
+Sink and the workers; an Intake, a WorkerPool and a Publisher for Master
+and Hub (routed intake -> pool -> publisher, pylm 0.14's inbound, outbound
+and reroute).  The low-level API (pylm.parts) runs on the same Router.
 """
 
 import logging
@@ -29,11 +32,6 @@ MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 #: Queue limit of a server's PUB; with XPUB_NODROP a full queue blocks the
 #: sender (back-pressure) instead of dropping replies.
 PUB_HWM = 100_000
-
-
-#: Counters of the core loops copied to ``server.stats`` when start() returns.
-_STAT_NAMES = ("processed", "bad", "failed", "received", "sent", "to_workers",
-               "to_legacy", "workers_lost", "requeued", "poisoned", "late")
 
 
 def _logger(kind, name, level):
@@ -102,22 +100,25 @@ class _Served:
 
     def _executor(self, rt, inbound, out, out_kind, *, name, mux=False, limit=sys.maxsize,
                   **kwargs):
+        """A Router serving one Executor part."""
         stream_hook = None
         if overrides(self, "handle_stream", _Served):
             stream_hook = self.handle_stream
-        return _core.Executor(
-            inbound, out, out_kind, rt.control(), name, method_table(self),
+        router = _core.Router()
+        router.add(_core.Executor(
+            inbound, out, out_kind, name, method_table(self),
             pipelined=self.pipelined, stream_hook=stream_hook,
             error_hook=ErrorReporter(self.logger), bad_hook=DropLog(self.logger),
-            mux=mux, limit=min(limit, 2**62), wakeup_fd=rt.wakeup_fd, **kwargs)
+            mux=mux, limit=min(limit, 2**62), **kwargs))
+        return router
 
-    def _run(self, loop):
-        """Run a core loop, keeping its counters in self.stats."""
-        self._loop = loop
+    def _run(self, rt, router, drain_ms=0):
+        """Run a core Router until stopped, keeping the counters of its
+        parts in self.stats."""
         try:
-            loop.run()
+            router.run(rt.control(), rt.wakeup_fd, drain_ms)
         finally:
-            self.stats = {k: getattr(loop, k) for k in _STAT_NAMES if hasattr(loop, k)}
+            self.stats = router.counters()
 
 
 class Server(_Served):
@@ -149,8 +150,8 @@ class Server(_Served):
             self._serve_cache(rt, cache_messages)
             pull = rt.socket(zmq.PULL, bind=self.pull_address, MAXMSGSIZE=MAX_MESSAGE_SIZE)
             pub = self._bind_pub(rt, self.pub_address)
-            self._run(self._executor(rt, [(pull, _core.IN_PLAIN_)], pub, _core.OUT_TOPIC_,
-                                     name=self.name, limit=self.messages))
+            self._run(rt, self._executor(rt, [(pull, _core.IN_PLAIN_)], pub, _core.OUT_TOPIC_,
+                                         name=self.name, limit=self.messages))
 
 
 class Pipeline(_Served):
@@ -187,8 +188,8 @@ class Pipeline(_Served):
                 sub.connect(address)
                 inbound.append((sub, _core.IN_TOPIC_))
             pub = self._bind_pub(rt, self.pub_address)
-            self._run(self._executor(rt, inbound, pub, _core.OUT_TOPIC_,
-                                     name=self.name, limit=self.messages))
+            self._run(rt, self._executor(rt, inbound, pub, _core.OUT_TOPIC_,
+                                         name=self.name, limit=self.messages))
 
 
 class Sink(Pipeline):
@@ -292,12 +293,19 @@ class Master(_Served):
             hooks = {name: getattr(self, name) if overrides(self, name, Master) else None
                      for name in ("scatter", "gather")}
             stream = self.handle_stream if overrides(self, "handle_stream", _Served) else None
-            broker = _core.Broker(
-                inbound, in_kind, pub, wpush, wpull, router, rt.control(), self.name,
-                pipelined=self.pipelined, stream_hook=stream, bad_hook=DropLog(self.logger),
-                worker_timeout_ms=int(self.worker_timeout * 1000),
-                wakeup_fd=rt.wakeup_fd, **hooks)
-            self._run(broker)
+            drops = DropLog(self.logger)
+            # intake -> worker pool, whose feedback (results) goes to the
+            # publisher: pylm 0.14's inbound, outbound and one reroute
+            loop = _core.Router()
+            publisher = loop.add(_core.Publisher(
+                pub, self.name, pipelined=self.pipelined, gather=hooks["gather"],
+                stream_hook=stream, bad_hook=drops))
+            pool = loop.add(_core.WorkerPool(
+                router, wpush, wpull, bad_hook=drops,
+                worker_timeout_ms=int(self.worker_timeout * 1000)), target=publisher)
+            loop.add(_core.Intake(inbound, in_kind, publisher, scatter=hooks["scatter"],
+                                  bad_hook=drops), target=pool)
+            self._run(rt, loop, _core.DRAIN_MS)
 
 
 class Hub(Master):
@@ -408,7 +416,7 @@ class Worker(_Served):
                 loop = self._executor(rt, [(pull, _core.IN_PLAIN_)], push, _core.OUT_PLAIN_,
                                       name=None, mux=self.mux, limit=self.messages)
             try:
-                self._run(loop)
+                self._run(rt, loop)
             finally:
                 self._cache_client.close()
 

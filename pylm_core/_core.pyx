@@ -3,9 +3,11 @@
 
 One extension made of included parts (uvloop style): errors.pyx (libzmq
 return codes), frame.pyx (received messages), envelope.pyx (the PALM codec),
-io.pyx (frame-level helpers shared by the loops), loop.pyx (the single
-execution loop), broker.pyx (the Master's broker), client.pyx (the client's
-send, receive and job loops).  C declarations: zmqapi.h/libzmq.pxd (libzmq,
+io.pyx (frame-level helpers shared by the loops), router.pyx (the one poll
+loop of every server and its routing table), loop.pyx (the execution part of
+Server, Pipeline and Worker), publish.pyx, broker.pyx and intake.pyx (the
+Master's three parts: publisher, worker pool, intake), client.pyx (the
+client's send, receive and job loops).  C declarations: zmqapi.h/libzmq.pxd (libzmq,
 resolved at run time), wire.h/wire.pxd (the wire format), hold.h (buffers
 lent to libzmq).
 """
@@ -55,6 +57,9 @@ include "errors.pyx"
 include "frame.pyx"
 include "envelope.pyx"
 include "io.pyx"
+include "router.pyx"
 include "loop.pyx"
+include "publish.pyx"
 include "broker.pyx"
+include "intake.pyx"
 include "client.pyx"

@@ -1,15 +1,24 @@
-# The Master's broker loop: clients -> workers -> clients, in C with the GIL
-# released around every blocking call.  Python runs only for the hooks a
-# subclass overrides (scatter, gather, handle_stream) and for logging of
-# dropped input.  Shape from zguide's lbbroker/mdbroker: poll the workers
-# always, take client messages only when a worker can take them.
+# The Master's worker pool: the outbound part of a Master or Hub that hands
+# queued envelopes to workers and their results to its target (the
+# publisher).  In C, with the GIL released around every blocking call.
+# Shape from zguide's lbbroker/mdbroker: the workers are always polled, and
+# while envelopes wait for a worker the Router stops reading the intake
+# (Router.backlog).  Reliability: every batch in flight is remembered by
+# reference until its worker reports it finished, so a lost worker's
+# messages are sent again (MAX_LOST losses make a message poison).
 
 from libc.stdlib cimport malloc, realloc, free
 
 cdef enum:
     MAX_SEND = 256              # envelopes in one batch to a worker
     MAX_LOST = 3                # workers a message may take down: then poison
-    DRAIN_MS = 2000             # on stop, how long in-flight results are awaited
+    EXPIRE_EVERY_MS = 250       # how often silent workers are looked for
+    W_ROUTER = 0                # the pool's watches: our workers' ROUTER,
+    W_LEGACY_IN = 1             # pylm 0.14 workers' results (PULL),
+    W_LEGACY_OUT = 2            # pylm 0.14 workers' queue (PUSH)
+
+#: On stop, how long a Master waits for the results of messages in flight.
+DRAIN_MS = 2000
 
 cdef bytes _HB_SUFFIX = HB_SUFFIX     # see loop.pyx
 cdef bytes _W_RESET = W_RESET         # see loop.pyx
@@ -125,72 +134,45 @@ cdef void fly_free(Fly *f) noexcept nogil:
     f.count = f.cap = 0
 
 
-cdef class Broker:
-    """The Master (and Hub) broker.
+cdef class WorkerPool(Part):
+    """The outbound part of a Master that sends envelopes to workers.
 
-    :param inbound: pyzmq socket of client messages (PULL) or, for a Hub,
-        the subscription (SUB)
-    :param in_kind: IN_PLAIN or IN_TOPIC
-    :param pub: the XPUB replies are published on (XPUB_NODROP set)
+    :param router: ROUTER our workers connect to (credit-based dispatch,
+        ROUTER_MANDATORY set)
     :param wpush: PUSH bound at worker_push_address (pylm 0.14 workers)
     :param wpull: PULL bound at worker_pull_address (pylm 0.14 workers)
-    :param router: ROUTER our workers connect to (credit-based dispatch)
-    :param control: bound PULL; any message stops the loop
-    :param name: the Master's name (topic when pipelined)
-    :param pipelined: publish results to topic `name` with ``stage += 1``
-    :param scatter, gather, stream_hook: the subclass's overrides or None
     :param bad_hook: ``callable(reason)`` for dropped input
-    :param worker_timeout_ms: a worker silent this long is forgotten
-    :param wakeup_fd: readable when a signal arrived (see Executor), or -1
+    :param worker_timeout_ms: a worker silent this long is given up
+
+    Its target (a Publisher) gets the results, and poison replies.
     """
     cdef:
-        void *inbound
-        int in_kind
-        void *pub
+        void *router
         void *wpush
         void *wpull
-        void *router
-        void *control
         object _sockets
-        bytes name
-        bint pipelined
-        object scatter, gather, stream_hook, bad_hook
-        Waiter waiter
+        object bad_hook
+        Router loop
+        int w_push                  # the watch of wpush (POLLOUT while queued)
+        bint full                   # told the Router our backlog is full
         WorkerSlot *workers         # our workers (malloc'd, n_workers used)
         int n_workers, cap_workers
         Fifo queue                  # envelopes waiting for a worker
         Fifo retry                  # envelopes of lost workers: sent one per batch
-        pz_batch cbatch             # results for one client, sent as one frame
-        bytes cbatch_topic
         long long worker_timeout_ms
-        int wakeup_fd               # readable when a signal arrived, or -1
         set reset_sent              # workers told to start over, not READY yet
-    cdef public long long received, sent, bad, to_legacy, to_workers
+    cdef public long long bad, to_legacy, to_workers
     cdef public long long workers_lost, requeued, poisoned, late
 
-    def __init__(self, inbound, int in_kind, pub, wpush, wpull, router, control,
-                 name, *, bint pipelined=False, scatter=None, gather=None,
-                 stream_hook=None, bad_hook=None, long long worker_timeout_ms=3000,
-                 int wakeup_fd=-1):
-        self._sockets = (inbound, pub, wpush, wpull, router, control)
-        self.inbound = sock_handle(inbound)
-        self.in_kind = in_kind
-        self.pub = sock_handle(pub)
+    def __init__(self, router, wpush, wpull, *, bad_hook=None,
+                 long long worker_timeout_ms=3000):
+        self._sockets = (router, wpush, wpull)
+        self.router = sock_handle(router)
         self.wpush = sock_handle(wpush)
         self.wpull = sock_handle(wpull)
-        self.router = sock_handle(router)
-        self.control = sock_handle(control)
-        self.name = name.encode() if isinstance(name, str) else bytes(name)
-        self.pipelined = pipelined
-        self.scatter = scatter
-        self.gather = gather
-        self.stream_hook = stream_hook
         self.bad_hook = bad_hook
         self.worker_timeout_ms = worker_timeout_ms
-        self.wakeup_fd = wakeup_fd
-        self.waiter = Waiter()
-        self.waiter.control = self.control
-        self.received = self.sent = self.bad = self.to_legacy = self.to_workers = 0
+        self.bad = self.to_legacy = self.to_workers = 0
         self.workers_lost = self.requeued = self.poisoned = self.late = 0
         self.reset_sent = set()
 
@@ -204,7 +186,6 @@ cdef class Broker:
         cdef int i
         free(self.queue.b.buf)
         free(self.retry.b.buf)
-        free(self.cbatch.buf)
         if self.workers != NULL:
             for i in range(self.n_workers):
                 fly_free(&self.workers[i].fly)
@@ -225,61 +206,85 @@ cdef class Broker:
         """Messages on our workers, not finished yet."""
         return sum(self.workers[i].fly.count for i in range(self.n_workers))
 
-    def run(self):
-        """Broker until a stop request arrives; then, for up to DRAIN_MS,
-        take no new calls but deliver the results of those in flight."""
-        cdef pz_pollitem_t items[7]
-        cdef int n, rc, i_in, i_push, i_wake
-        cdef long long drain_until = -1
+    def counters(self):
+        return {"bad": self.bad, "to_legacy": self.to_legacy, "to_workers": self.to_workers,
+                "workers_lost": self.workers_lost, "requeued": self.requeued,
+                "poisoned": self.poisoned, "late": self.late}
+
+    # -- the part ----------------------------------------------------------
+
+    cdef int attach(self, Router router) except -1:
+        if not isinstance(self.target, Publisher):
+            raise TypeError("a WorkerPool's target is the Publisher of its results")
+        self.loop = router
+        router.watch(self.router, -1, PZ_POLLIN, self, W_ROUTER, False)
+        router.watch(self.wpull, -1, PZ_POLLIN, self, W_LEGACY_IN, False)
+        self.w_push = router.watch(self.wpush, -1, 0, self, W_LEGACY_OUT, False)
+        router.tick(self, EXPIRE_EVERY_MS)
+        return 0
+
+    cpdef bint _idle(self):
+        cdef int i
+        if self.queue.count or self.retry.count:
+            return False
+        for i in range(self.n_workers):
+            if self.workers[i].fly.count:
+                return False
+        return True
+
+    cdef int on_ready(self, int slot, short revents) except -1:
         cdef Multipart mp
+        if slot == W_LEGACY_OUT:
+            return self.flush_to(True)
         mp_init(&mp)
         try:
-            while True:
-                if drain_until >= 0 and (now_ms() > drain_until or (
-                        self.in_flight == 0 and self.queued == 0)):
-                    return
-                n = poll_item(items, 0, self.control, 0, PZ_POLLIN)
-                n = poll_item(items, n, self.router, 0, PZ_POLLIN)
-                n = poll_item(items, n, self.wpull, 0, PZ_POLLIN)
-                n = poll_item(items, n, self.pub, 0, PZ_POLLIN)    # subscriptions, welcomes
-                i_in = i_push = i_wake = -1
-                if self.queue.count == 0 and self.retry.count == 0 and drain_until < 0:
-                    i_in = n
-                    n = poll_item(items, n, self.inbound, 0, PZ_POLLIN)
-                else:
-                    i_push = n
-                    n = poll_item(items, n, self.wpush, 0, PZ_POLLOUT)
-                if self.wakeup_fd >= 0:
-                    i_wake = n
-                    n = poll_item(items, n, NULL, self.wakeup_fd, PZ_POLLIN)
-                with nogil:
-                    rc = pz_poll(items, n, 250 if self.n_workers or drain_until >= 0 else 1000)
-                if rc < 0:
-                    _check_rc(rc)
-                    continue
-                if i_wake >= 0 and items[i_wake].revents & PZ_POLLIN:
-                    on_wakeup(self.wakeup_fd)
-                if items[0].revents & PZ_POLLIN:
-                    drain(self.control)
-                    if drain_until >= 0:
-                        return              # a second stop: now
-                    drain_until = now_ms() + DRAIN_MS
-                if items[3].revents & PZ_POLLIN:
-                    drain(self.pub)
-                if items[1].revents & PZ_POLLIN:
-                    if self._drain_router(&mp):
-                        return
-                if items[2].revents & PZ_POLLIN:
-                    if self._drain_legacy(&mp):
-                        return
-                self._expire_workers()
-                if self.queue.count or self.retry.count:
-                    self._dispatch(i_push >= 0 and items[i_push].revents & PZ_POLLOUT)
-                elif drain_until < 0 and i_in >= 0 and items[i_in].revents & PZ_POLLIN:
-                    if self._drain_inbound(&mp):
-                        return
+            if slot == W_ROUTER:
+                if self._drain_router(&mp):
+                    return 1
+            elif self._drain_legacy(&mp):
+                return 1
         finally:
             mp_close(&mp)
+        return self.flush_to(False)
+
+    cdef int on_tick(self, long long now) except -1:
+        if self._expire_workers(now):
+            return 1
+        if self.queue.count or self.retry.count:
+            return self.flush_to(False)
+        return 0
+
+    cdef int take(self, const char *p, size_t n, pz_msg_t *frame) except -1:
+        """Queue one encoded envelope for a worker (sent at flush())."""
+        return fifo_push(&self.queue, p, n)
+
+    cdef int take_env(self, pz_env *env) except -1:
+        """Queue one envelope for a worker, encoding it."""
+        fifo_compact(&self.queue)
+        if pz_batch_add_env(&self.queue.b, env) != 0:
+            raise MemoryError()
+        self.queue.count += 1
+        return 0
+
+    cdef int flush(self) except -1:
+        return self.flush_to(False)
+
+    cdef int flush_to(self, bint legacy_ready) except -1:
+        """Send what is queued as workers have room; while some is left,
+        the Router reads no new input for us and PUSH room is watched."""
+        cdef int rc = 0
+        cdef bint waiting
+        if self.queue.count or self.retry.count:
+            rc = self._dispatch(legacy_ready)
+        waiting = self.queue.count != 0 or self.retry.count != 0
+        if waiting != self.full:
+            self.full = waiting
+            self.loop.set_events(self.w_push, PZ_POLLOUT if waiting else 0)
+            self.loop.backlog(self, waiting)
+        return rc
+
+    cdef Publisher out(self):
+        return <Publisher>self.target
 
     # -- workers ---------------------------------------------------------
 
@@ -376,21 +381,12 @@ cdef class Broker:
 
     cdef int _poison(self, pz_env *env) except -1:
         """Answer a poison message's client with a WorkerLost error."""
-        return self._poison_text(env, (
+        return self.out().reply_error(env, (
             '{"type": "WorkerLost", "message": "the message was in flight on %d '
             'workers that died; it is not sent again", "traceback": ""}'
             % env.lost).encode())
 
-    cdef int _poison_text(self, pz_env *env, bytes text) except -1:
-        """Answer env's client (its own topic) with an error reply."""
-        env.f[PZ_F_PAYLOAD].n = 0
-        env.f[PZ_F_ERROR].p = <char *>text
-        env.f[PZ_F_ERROR].n = len(text)
-        env.lost = 0
-        return self._publish_env(env, env.f[PZ_F_CLIENT].p, env.f[PZ_F_CLIENT].n)
-
-    cdef int _expire_workers(self) except -1:
-        cdef long long now = now_ms()
+    cdef int _expire_workers(self, long long now) except -1:
         cdef int i = 0
         while i < self.n_workers:
             if now - self.workers[i].last_seen > self.worker_timeout_ms:
@@ -487,7 +483,7 @@ cdef class Broker:
                     break
                 if self._deliver(one.p, one.n, NULL):
                     return 1
-            if self._flush():
+            if self.out().flush():
                 return 1
         return 0
 
@@ -498,7 +494,7 @@ cdef class Broker:
                 rc = mp_recv(mp, self.wpull, PZ_DONTWAIT)
             if rc < 0:
                 if pz_errno() == EAGAIN:
-                    return self._flush()
+                    return self.out().flush()
                 _check_rc(rc)
                 continue
             if mp.total != 1:
@@ -506,94 +502,7 @@ cdef class Broker:
                 continue
             if self._deliver(msg_ptr(&mp.f[0]), pz_msg_size(&mp.f[0]), &mp.f[0]):
                 return 1
-        return self._flush()
-
-    # -- inbound -----------------------------------------------------------
-
-    cdef int _drain_inbound(self, Multipart *mp) except -1:
-        cdef int j, rc
-        cdef pz_msg_t *frame
-        cdef int batch
-        cdef const char *p
-        cdef const char *end
-        cdef pz_slice one
-        for j in range(BATCH):
-            with nogil:
-                rc = mp_recv(mp, self.inbound, PZ_DONTWAIT)
-            if rc < 0:
-                if pz_errno() == EAGAIN:
-                    break
-                _check_rc(rc)
-                continue
-            batch = envelope_frame(mp, self.in_kind, &frame)
-            if batch < 0:
-                self._drop("an inbound message of %d frames" % mp.total)
-                continue
-            p = msg_ptr(frame)
-            end = p + pz_msg_size(frame)
-            if batch == 2:
-                if self._accept(p, <size_t>(end - p), &mp.f[2]):
-                    return 1
-            elif not batch:
-                if self._accept(p, <size_t>(end - p), NULL):
-                    return 1
-            else:
-                while True:
-                    rc = pz_batch_next(&p, end, &one)
-                    if rc == 0:
-                        break
-                    if rc < 0:
-                        self._drop("a malformed batch")
-                        break
-                    if self._accept(one.p, one.n, NULL):
-                        return 1
-            self._dispatch(False)
-            if self.queue.count or self.retry.count:
-                break           # workers are full: stop reading clients
-        return self._flush()
-
-    cdef int _accept(self, const char *p, size_t n, pz_msg_t *payload) except -1:
-        """One envelope from a client (its payload in frame `payload` when
-        not NULL): validate, answer pings, scatter, queue.  1 when stopped."""
-        cdef pz_env env
-        cdef int rc
-        with nogil:
-            rc = pz_parse(p, n, &env)
-        if rc != PZ_OK:
-            return self._drop(_DECODE_REASONS.get(rc, "malformed envelope"))
-        if payload != NULL:
-            take_payload(&env, payload)
-        self.received += 1
-        if is_ping(&env):
-            # pings follow the default route of results (see loop.pyx)
-            if not self.pipelined:
-                return self._publish_env(&env, env.f[PZ_F_CLIENT].p, env.f[PZ_F_CLIENT].n)
-            if self.stream_hook is None:
-                return self._publish_env(&env, <char *>self.name, len(self.name))
-            return 0
-        if env.f[PZ_F_ERROR].n:
-            # an error of an earlier stage (a Hub's upstream) travels on
-            if self.pipelined and self.stream_hook is None:
-                return self._publish_env(&env, <char *>self.name, len(self.name))
-            return self._publish_env(&env, env.f[PZ_F_CLIENT].p, env.f[PZ_F_CLIENT].n)
-        if self.scatter is None:
-            if payload == NULL:
-                return fifo_push(&self.queue, p, n)
-            fifo_compact(&self.queue)
-            if pz_batch_add_env(&self.queue.b, &env) != 0:
-                raise MemoryError()
-            self.queue.count += 1
-            return 0
-        cdef PalmMessage msg = PalmMessage.__new__(PalmMessage)
-        msg.from_env(&env, None)
-        try:
-            outs = [(<PalmMessage?>out).SerializeToString() for out in self.scatter(msg)]
-        except Exception as exc:
-            self._drop("scatter raised %s: %s" % (type(exc).__name__, exc))
-            return self._poison_text(&env, error_json(exc))
-        for data in outs:
-            fifo_push(&self.queue, <char *>data, len(data))
-        return 0
+        return self.out().flush()
 
     cdef int _dispatch(self, bint legacy_ready) except -1:
         """Send queued envelopes: batches of up to MAX_SEND to the worker with
@@ -666,127 +575,16 @@ cdef class Broker:
         self.retry.head = self.retry.b.len = 0
         return 0
 
-    # -- outbound ----------------------------------------------------------
-
     cdef int _deliver(self, const char *p, size_t n, pz_msg_t *frame) except -1:
-        """A result from a worker: gather, handle_stream, publish.  `frame`
-        is the zmq message holding exactly p[0:n], when there is one."""
+        """A result from a worker, for the publisher.  `frame` is the zmq
+        message holding exactly p[0:n], when there is one."""
         cdef pz_env env
         cdef int rc
-        cdef PalmMessage msg
         with nogil:
             rc = pz_parse(p, n, &env)
         if rc != PZ_OK:
             return self._drop("a worker result: " + _DECODE_REASONS.get(rc, "malformed envelope"))
-        if env.f[PZ_F_ERROR].n:
-            # errors take the default route and also go to the client's
-            # topic here (see loop.pyx _emit)
-            if self._publish_env(&env, env.f[PZ_F_CLIENT].p, env.f[PZ_F_CLIENT].n):
-                return 1
-            if self.pipelined and self.stream_hook is None:
-                return self._publish_env(&env, <char *>self.name, len(self.name))
-            return 0
-        if self.gather is None and self.stream_hook is None:
-            if not self.pipelined:
-                if env.flags & PZ_FLAG_BATCH:
-                    return self._batch(&env, p, n)
-                return self._publish_raw(p, n, frame, env.f[PZ_F_CLIENT].p, env.f[PZ_F_CLIENT].n)
-            env.stage += 1
-            return self._publish_env(&env, <char *>self.name, len(self.name))
-        msg = PalmMessage.__new__(PalmMessage)
-        msg.from_env(&env, None)
-        try:
-            routed = []
-            for out in (self.gather(msg) if self.gather is not None else (msg,)):
-                if out is None:
-                    continue
-                if not isinstance(out, PalmMessage):
-                    raise TypeError("gather yielded %s, not PalmMessage" % type(out).__name__)
-                if self.stream_hook is not None:
-                    res = self.stream_hook(out)
-                    if res is None:
-                        continue
-                    topic, out = res
-                    if out is None:
-                        continue
-                    if not isinstance(out, PalmMessage):
-                        raise TypeError("handle_stream returned %s, not (topic, PalmMessage)"
-                                        % type(out).__name__)
-                elif self.pipelined:
-                    (<PalmMessage>out).stage += 1
-                    topic = self.name
-                else:
-                    topic = (<PalmMessage>out)._client
-                routed.append((topic, out))
-        except Exception as exc:
-            # a failing hook is the caller's error, not the Master's end
-            self._drop("gather/handle_stream raised %s: %s" % (type(exc).__name__, exc))
-            return self._poison_text(&env, error_json(exc))
-        for topic, out in routed:
-            if self.publish_message(topic, out):
-                return 1
-        return 0
-
-    cdef int _batch(self, pz_env *env, const char *p, size_t n) except -1:
-        """Add an encoded result to the batch of its client."""
-        cdef size_t tn = env.f[PZ_F_CLIENT].n
-        if self.cbatch.count and (tn != <size_t>len(self.cbatch_topic) or memcmp(
-                env.f[PZ_F_CLIENT].p, <char *>self.cbatch_topic, tn) != 0):
-            if self._flush():
-                return 1
-        if self.cbatch.count == 0:
-            self.cbatch_topic = PyBytes_FromStringAndSize(env.f[PZ_F_CLIENT].p, <Py_ssize_t>tn)
-        if pz_batch_add_raw(&self.cbatch, p, n) != 0:
-            raise MemoryError()
-        self.sent += 1
-        if self.cbatch.len >= BATCH_BYTES:
-            return self._flush()
-        return 0
-
-    cdef int _flush(self) except -1:
-        cdef pz_msg_t m
-        if self.cbatch.count == 0:
-            return 0
-        batch_to_msg(&self.cbatch, &m)
-        return send_topic(self.waiter, self.pub, <char *>self.cbatch_topic,
-                          len(self.cbatch_topic), &m, <char *>_BATCH_MARK)
-
-    cdef int publish_message(self, object topic, PalmMessage msg) except -1:
-        cdef pz_env env
-        cdef Py_buffer buf
-        cdef int held = msg.to_env(&env, &buf)
-        cdef bytes btopic = topic.encode() if isinstance(topic, str) else bytes(topic)
-        try:
-            return self._publish_env(&env, <char *>btopic, len(btopic))
-        finally:
-            if held:
-                PyBuffer_Release(&buf)
-
-    cdef int _publish_env(self, pz_env *env, const char *tp, size_t tn) except -1:
-        cdef pz_msg_t m
-        if self._flush():
-            return 1
-        if env_to_msg(env, &m) != 0:
-            raise MemoryError()
-        self.sent += 1
-        return send_topic(self.waiter, self.pub, tp, tn, &m, NULL)
-
-    cdef int _publish_raw(self, const char *p, size_t n, pz_msg_t *frame,
-                          const char *tp, size_t tn) except -1:
-        """Publish an encoded envelope: `frame` shared as it is (no copy)
-        when given, else a copy of p[0:n]."""
-        cdef pz_msg_t m
-        if self._flush():
-            return 1
-        if frame != NULL:
-            pz_msg_init(&m)
-            pz_msg_copy(&m, frame)
-        else:
-            if pz_msg_init_size(&m, n) != 0:
-                raise MemoryError()
-            memcpy(pz_msg_data(&m), p, n)
-        self.sent += 1
-        return send_topic(self.waiter, self.pub, tp, tn, &m, NULL)
+        return self.out().publish(&env, p, n, frame)
 
     cdef int _drop(self, str reason) except -1:
         self.bad += 1

@@ -1,6 +1,7 @@
 # The single execution loop of pylm: receive -> decode -> find the method ->
-# call -> encode -> send.  Server, Pipeline, Sink, Worker and MuxWorker only
-# configure it (pylm/_runtime.py); the Master's broker is in broker.pyx.
+# call -> encode -> send.  It is the one part of a Server, Pipeline, Sink,
+# Worker or MuxWorker, run by the Router (router.pyx) like the Master's
+# parts; the server classes only configure it (pylm/servers.py).
 
 cdef enum:
     OUT_TOPIC = 1           # PUB: topic frame + envelope
@@ -56,13 +57,12 @@ cdef inline str slice_str(pz_slice s):
     return PyUnicode_DecodeUTF8(s.p, <Py_ssize_t>s.n, "replace")
 
 
-cdef class Executor:
-    """The execution loop, configured by the server classes.
+cdef class Executor(Part):
+    """The execution part, configured by the server classes.
 
     :param inbound: list of (pyzmq socket, IN_PLAIN or IN_TOPIC)
     :param out: pyzmq socket replies go to (PUB, PUSH or the worker DEALER)
     :param out_kind: OUT_TOPIC, OUT_PLAIN or OUT_WORKER
-    :param control: a bound PULL socket; any message on it stops the loop
     :param name: server name that `function` entries must name, or None
         (workers serve whatever their Master sends)
     :param methods: dict ``method name (bytes) -> callable(payload)``
@@ -76,9 +76,7 @@ cdef class Executor:
     :param mux: methods are generators; each yielded value is one reply
     :param limit: return after this many calls (``messages=N``)
     :param heartbeat_ms: in worker mode, a heartbeat is sent after this
-        much idle time
-    :param wakeup_fd: a file descriptor that becomes readable when a signal
-        arrives (``signal.set_wakeup_fd``), so that handlers run at once
+        much time without a frame to the Master
     :param batch_bytes: in worker mode, the most bytes of results sent in
         one frame (half the Master's maximum message size, at most 256 KiB)
     :param credit: in worker mode, the most messages the Master may have
@@ -90,14 +88,15 @@ cdef class Executor:
         int n_in
         void *out                   # outbound socket
         int out_kind
-        void *control               # stop requests arrive here
+        Router loop                 # the Router running this part
+        long long checked           # last look for a stop request (ns)
+        long long last_sent         # last frame to the Master (ms)
         object _sockets             # the pyzmq sockets behind the handles
         bytes name
         dict methods
         bint pipelined, mux
         object stream_hook, error_hook, bad_hook
         long heartbeat_ms
-        int wakeup_fd               # readable when a signal arrived, or -1
         size_t batch_bytes          # a batch is sent once it holds this much
         int credit                  # most messages the Master may send ahead
         int credit_now              # what we last asked the Master for
@@ -110,14 +109,14 @@ cdef class Executor:
         bytes cbatch_topic          # ... that client's topic
     cdef public long long limit, processed, bad, failed
 
-    def __init__(self, inbound, out, int out_kind, control, name, dict methods,
+    def __init__(self, inbound, out, int out_kind, name, dict methods,
                  *, bint pipelined=False, stream_hook=None, error_hook=None,
                  bad_hook=None, bint mux=False, long long limit=2**62,
-                 long heartbeat_ms=1000, int credit=64, int wakeup_fd=-1,
+                 long heartbeat_ms=1000, int credit=64,
                  size_t batch_bytes=BATCH_BYTES):
         if not 0 < len(inbound) <= MAX_IN:
             raise ValueError("between 1 and %d inbound sockets" % MAX_IN)
-        self._sockets = (list(inbound), out, control)
+        self._sockets = (list(inbound), out)
         self.n_in = len(inbound)
         for i, (sock, kind) in enumerate(inbound):
             if kind not in (IN_PLAIN, IN_TOPIC):
@@ -128,7 +127,6 @@ cdef class Executor:
             raise ValueError("bad outbound kind %r" % (out_kind,))
         self.out = sock_handle(out)
         self.out_kind = out_kind
-        self.control = sock_handle(control)
         self.name = None if name is None else (
             name.encode() if isinstance(name, str) else bytes(name))
         self.methods = methods
@@ -139,108 +137,89 @@ cdef class Executor:
         self.mux = mux
         self.limit = limit
         self.heartbeat_ms = heartbeat_ms
-        self.wakeup_fd = wakeup_fd
         self.batch_bytes = max(1, min(batch_bytes, BATCH_BYTES))
         self.credit = max(1, credit)
         self.credit_now = min(self.credit, CREDIT_START)
         self.ns_per_call = 0
-        self.waiter = Waiter()
-        self.waiter.control = self.control
         self.processed = self.bad = self.failed = 0
-
-    def run(self):
-        """Serve until `limit` calls were made or a stop request arrives."""
-        cdef pz_pollitem_t items[19]
-        cdef int n_items, i_wake, i_out
-        cdef long long now, checked = now_ns()
-        cdef Multipart mp
-        cdef int i, j, rc, err
-        cdef long timeout = self.heartbeat_ms if self.out_kind == OUT_WORKER else -1
-        mp_init(&mp)
-        try:
-            if self.out_kind == OUT_WORKER:
-                self._send_control(W_READY, b"%d" % self.credit_now)
-            while self.processed < self.limit:
-                n_items = 0
-                for i in range(self.n_in):
-                    n_items = poll_item(items, n_items, self.ins[i], 0, PZ_POLLIN)
-                n_items = poll_item(items, n_items, self.control, 0, PZ_POLLIN)
-                # the XPUB too: subscriptions (and welcomes) are handled there.
-                # Only a socket not polled already: ZMQ_EVENTS on a second
-                # item of the same socket would consume the wake-up of the
-                # first and leave the poll blocked until its timeout.
-                i_out = i_wake = -1
-                if self.out_kind == OUT_TOPIC:
-                    i_out = n_items
-                    n_items = poll_item(items, n_items, self.out, 0, PZ_POLLIN)
-                if self.wakeup_fd >= 0:
-                    i_wake = n_items
-                    n_items = poll_item(items, n_items, NULL, self.wakeup_fd, PZ_POLLIN)
-                with nogil:
-                    rc = pz_poll(items, n_items, timeout)
-                if rc < 0:
-                    _check_rc(rc)
-                    continue
-                if rc == 0:
-                    self._send_control(W_BEAT, None)
-                    continue
-                if i_wake >= 0 and items[i_wake].revents & PZ_POLLIN:
-                    on_wakeup(self.wakeup_fd)
-                if items[self.n_in].revents & PZ_POLLIN:
-                    return
-                if i_out >= 0 and items[i_out].revents & PZ_POLLIN:
-                    drain(self.out)
-                for i in range(self.n_in):
-                    if not items[i].revents & PZ_POLLIN:
-                        continue
-                    for j in range(BATCH):
-                        with nogil:
-                            rc = mp_recv(&mp, self.ins[i], PZ_DONTWAIT)
-                        if rc < 0:
-                            err = pz_errno()
-                            if err == EAGAIN:
-                                break
-                            _check_rc(rc)
-                            continue
-                        if self._handle(&mp, self.kinds[i]) or self.processed >= self.limit:
-                            return
-                        # a busy inbound never runs dry: look for stop() (or
-                        # a signal) between messages too, at most every 10 ms
-                        # (a poll per message would cost a third of a stage)
-                        now = now_ns()
-                        if now - checked > 10000000:
-                            checked = now
-                            if self._stop_asked(i_wake >= 0):
-                                return
-        finally:
-            mp_close(&mp)
-            if self.out_kind == OUT_WORKER:
-                pz_send(self.out, <char *>W_BYE, 1, PZ_DONTWAIT)
 
     def __dealloc__(self):
         free(self.wbatch.buf)
         free(self.cbatch.buf)
 
-    cdef int _stop_asked(self, bint signals) except -1:
-        """Is a stop request waiting (without blocking)?  Runs signal
-        handlers first when a signal arrived."""
-        cdef pz_pollitem_t items[2]
-        cdef int n = poll_item(items, 0, self.control, 0, PZ_POLLIN)
-        cdef int rc
-        if signals:
-            n = poll_item(items, n, NULL, self.wakeup_fd, PZ_POLLIN)
-        rc = pz_poll(items, n, 0)
-        if rc <= 0:
-            return 0
-        if signals and items[1].revents & PZ_POLLIN:
-            on_wakeup(self.wakeup_fd)
-            rc = pz_poll(items, 1, 0)
-            return rc > 0 and items[0].revents & PZ_POLLIN
-        return items[0].revents & PZ_POLLIN
+    def counters(self):
+        return {"processed": self.processed, "bad": self.bad, "failed": self.failed}
+
+    # -- the part ----------------------------------------------------------
+
+    cdef int attach(self, Router router) except -1:
+        cdef int i
+        self.loop = router
+        self.waiter = router.waiter
+        for i in range(self.n_in):
+            router.watch(self.ins[i], -1, PZ_POLLIN, self, i, True)
+        if self.out_kind == OUT_TOPIC:
+            # the XPUB too: subscriptions (and welcomes) are handled there.
+            # Only a socket not watched already: ZMQ_EVENTS on a second
+            # item of the same socket would consume the wake-up of the
+            # first and leave the poll blocked until its timeout.
+            router.watch(self.out, -1, PZ_POLLIN, self, MAX_IN, False)
+        if self.out_kind == OUT_WORKER:
+            router.tick(self, self.heartbeat_ms)
+        return 0
+
+    cdef int begin(self) except -1:
+        self.checked = now_ns()
+        if self.limit <= 0:
+            return 1
+        return self._send_control(W_READY, b"%d" % self.credit_now)
+
+    cdef int finish(self) except -1:
+        if self.out_kind == OUT_WORKER:
+            pz_send(self.out, <char *>W_BYE, 1, PZ_DONTWAIT)
+        return 0
+
+    cdef int on_tick(self, long long now) except -1:
+        if now - self.last_sent >= self.heartbeat_ms:
+            self._send_control(W_BEAT, None)
+        return 0
+
+    cdef int on_ready(self, int slot, short revents) except -1:
+        """Serve what waits on inbound socket `slot`.  1 when the limit is
+        reached or a stop was asked."""
+        cdef Multipart mp
+        cdef int j, rc
+        cdef long long now
+        if slot == MAX_IN:
+            return drain(self.out)
+        mp_init(&mp)
+        try:
+            for j in range(BATCH):
+                with nogil:
+                    rc = mp_recv(&mp, self.ins[slot], PZ_DONTWAIT)
+                if rc < 0:
+                    if pz_errno() == EAGAIN:
+                        return 0
+                    _check_rc(rc)
+                    continue
+                if self._handle(&mp, self.kinds[slot]) or self.processed >= self.limit:
+                    return 1
+                # a busy inbound never runs dry: look for stop() (or a
+                # signal) between messages too, at most every 10 ms (a poll
+                # per message would cost a third of a stage)
+                now = now_ns()
+                if now - self.checked > 10000000:
+                    self.checked = now
+                    if self.loop.stop_asked():
+                        return 1
+        finally:
+            mp_close(&mp)
+        return 0
 
     cdef int _send_control(self, bytes kind, bytes arg) except -1:
         if self.out_kind != OUT_WORKER:
             return 0
+        self.last_sent = now_ms()
         if arg is None:
             _check_rc(pz_send(self.out, <char *>kind, 1, 0))
         else:
@@ -524,6 +503,7 @@ cdef class Executor:
             if self.wbatch.completed == 0 and self.wbatch.count == 0:
                 return 0
             done = b"%d" % self.wbatch.completed
+            self.last_sent = now_ms()
             batch_to_msg(&self.wbatch, &m)
             _check_rc(pz_send(self.out, <char *>W_DONE, 1, PZ_SNDMORE))
             _check_rc(pz_send(self.out, <char *>done, len(done), PZ_SNDMORE))

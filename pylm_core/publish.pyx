@@ -1,0 +1,203 @@
+# The Master's publisher: the part that publishes results on the Master's
+# XPUB, to each client's topic (batched for clients that read batches) or,
+# when pipelined, to the next stage.  Python runs only for the hooks a
+# subclass overrides (gather, handle_stream).
+
+
+cdef class Publisher(Part):
+    """The outbound part of a Master or Hub that publishes results.
+
+    :param pub: the XPUB results are published on (XPUB_NODROP set)
+    :param name: the Master's name (topic when pipelined)
+    :param pipelined: publish results to topic `name` with ``stage += 1``
+    :param gather, stream_hook: the subclass's overrides, or None
+    :param bad_hook: ``callable(reason)`` for results that are dropped
+    """
+    cdef:
+        void *pub
+        object _socket
+        bytes name
+        bint pipelined
+        object gather, stream_hook, bad_hook
+        Waiter waiter
+        pz_batch cbatch             # results for one client, sent as one frame
+        bytes cbatch_topic
+    cdef public long long sent, bad
+
+    def __init__(self, pub, name, *, bint pipelined=False, gather=None, stream_hook=None,
+                 bad_hook=None):
+        self._socket = pub
+        self.pub = sock_handle(pub)
+        self.name = name.encode() if isinstance(name, str) else bytes(name)
+        self.pipelined = pipelined
+        self.gather = gather
+        self.stream_hook = stream_hook
+        self.bad_hook = bad_hook
+        self.sent = self.bad = 0
+
+    def __dealloc__(self):
+        free(self.cbatch.buf)
+
+    def counters(self):
+        return {"sent": self.sent, "bad": self.bad}
+
+    cdef int attach(self, Router router) except -1:
+        self.waiter = router.waiter
+        # subscriptions: reading them is what makes the XPUB welcome clients
+        router.watch(self.pub, -1, PZ_POLLIN, self, 0, False)
+        return 0
+
+    cdef int on_ready(self, int slot, short revents) except -1:
+        return drain(self.pub)
+
+    cdef int take(self, const char *p, size_t n, pz_msg_t *frame) except -1:
+        cdef pz_env env
+        cdef int rc
+        with nogil:
+            rc = pz_parse(p, n, &env)
+        if rc != PZ_OK:
+            return self._drop("a result: " + _DECODE_REASONS.get(rc, "malformed envelope"))
+        return self.publish(&env, p, n, frame)
+
+    cdef int publish(self, pz_env *env, const char *p, size_t n, pz_msg_t *frame) except -1:
+        """A result (parsed into env from p[0:n], held by `frame` when not
+        NULL): gather, handle_stream, publish.  1 when stopped."""
+        cdef PalmMessage msg
+        if env.f[PZ_F_ERROR].n:
+            # errors take the default route and also go to the client's
+            # topic here (see loop.pyx _emit)
+            if self.publish_env(env, env.f[PZ_F_CLIENT].p, env.f[PZ_F_CLIENT].n):
+                return 1
+            if self.pipelined and self.stream_hook is None:
+                return self.publish_env(env, <char *>self.name, len(self.name))
+            return 0
+        if self.gather is None and self.stream_hook is None:
+            if not self.pipelined:
+                if env.flags & PZ_FLAG_BATCH:
+                    return self._batch(env, p, n)
+                return self._publish_raw(p, n, frame, env.f[PZ_F_CLIENT].p,
+                                         env.f[PZ_F_CLIENT].n)
+            env.stage += 1
+            return self.publish_env(env, <char *>self.name, len(self.name))
+        msg = PalmMessage.__new__(PalmMessage)
+        msg.from_env(env, None)
+        try:
+            routed = []
+            for out in (self.gather(msg) if self.gather is not None else (msg,)):
+                if out is None:
+                    continue
+                if not isinstance(out, PalmMessage):
+                    raise TypeError("gather yielded %s, not PalmMessage" % type(out).__name__)
+                if self.stream_hook is not None:
+                    res = self.stream_hook(out)
+                    if res is None:
+                        continue
+                    topic, out = res
+                    if out is None:
+                        continue
+                    if not isinstance(out, PalmMessage):
+                        raise TypeError("handle_stream returned %s, not (topic, PalmMessage)"
+                                        % type(out).__name__)
+                elif self.pipelined:
+                    (<PalmMessage>out).stage += 1
+                    topic = self.name
+                else:
+                    topic = (<PalmMessage>out)._client
+                routed.append((topic, out))
+        except Exception as exc:
+            # a failing hook is the caller's error, not the Master's end
+            self._drop("gather/handle_stream raised %s: %s" % (type(exc).__name__, exc))
+            return self.reply_error(env, error_json(exc))
+        for topic, out in routed:
+            if self.publish_message(topic, out):
+                return 1
+        return 0
+
+    cdef int ping(self, pz_env *env) except -1:
+        """Send a client's ping back along the default route of results."""
+        if not self.pipelined:
+            return self.publish_env(env, env.f[PZ_F_CLIENT].p, env.f[PZ_F_CLIENT].n)
+        if self.stream_hook is None:
+            return self.publish_env(env, <char *>self.name, len(self.name))
+        return 0
+
+    cdef int pass_error(self, pz_env *env) except -1:
+        """Send on an error of an earlier stage (a Hub's upstream)."""
+        if self.pipelined and self.stream_hook is None:
+            return self.publish_env(env, <char *>self.name, len(self.name))
+        return self.publish_env(env, env.f[PZ_F_CLIENT].p, env.f[PZ_F_CLIENT].n)
+
+    cdef int reply_error(self, pz_env *env, bytes text) except -1:
+        """Answer env's client (its own topic) with an error reply."""
+        env.f[PZ_F_PAYLOAD].n = 0
+        env.f[PZ_F_ERROR].p = <char *>text
+        env.f[PZ_F_ERROR].n = len(text)
+        env.lost = 0
+        return self.publish_env(env, env.f[PZ_F_CLIENT].p, env.f[PZ_F_CLIENT].n)
+
+    cdef int _batch(self, pz_env *env, const char *p, size_t n) except -1:
+        """Add an encoded result to the batch of its client."""
+        cdef size_t tn = env.f[PZ_F_CLIENT].n
+        if self.cbatch.count and (tn != <size_t>len(self.cbatch_topic) or memcmp(
+                env.f[PZ_F_CLIENT].p, <char *>self.cbatch_topic, tn) != 0):
+            if self.flush():
+                return 1
+        if self.cbatch.count == 0:
+            self.cbatch_topic = PyBytes_FromStringAndSize(env.f[PZ_F_CLIENT].p, <Py_ssize_t>tn)
+        if pz_batch_add_raw(&self.cbatch, p, n) != 0:
+            raise MemoryError()
+        self.sent += 1
+        if self.cbatch.len >= BATCH_BYTES:
+            return self.flush()
+        return 0
+
+    cdef int flush(self) except -1:
+        cdef pz_msg_t m
+        if self.cbatch.count == 0:
+            return 0
+        batch_to_msg(&self.cbatch, &m)
+        return send_topic(self.waiter, self.pub, <char *>self.cbatch_topic,
+                          len(self.cbatch_topic), &m, <char *>_BATCH_MARK)
+
+    cdef int publish_message(self, object topic, PalmMessage msg) except -1:
+        cdef pz_env env
+        cdef Py_buffer buf
+        cdef int held = msg.to_env(&env, &buf)
+        cdef bytes btopic = topic.encode() if isinstance(topic, str) else bytes(topic)
+        try:
+            return self.publish_env(&env, <char *>btopic, len(btopic))
+        finally:
+            if held:
+                PyBuffer_Release(&buf)
+
+    cdef int publish_env(self, pz_env *env, const char *tp, size_t tn) except -1:
+        cdef pz_msg_t m
+        if self.flush():
+            return 1
+        if env_to_msg(env, &m) != 0:
+            raise MemoryError()
+        self.sent += 1
+        return send_topic(self.waiter, self.pub, tp, tn, &m, NULL)
+
+    cdef int _publish_raw(self, const char *p, size_t n, pz_msg_t *frame,
+                          const char *tp, size_t tn) except -1:
+        """Publish an encoded envelope: `frame` shared as it is (no copy)
+        when given, else a copy of p[0:n]."""
+        cdef pz_msg_t m
+        if self.flush():
+            return 1
+        if frame != NULL:
+            pz_msg_init(&m)
+            pz_msg_copy(&m, frame)
+        else:
+            if pz_msg_init_size(&m, n) != 0:
+                raise MemoryError()
+            memcpy(pz_msg_data(&m), p, n)
+        self.sent += 1
+        return send_topic(self.waiter, self.pub, tp, tn, &m, NULL)
+
+    cdef int _drop(self, str reason) except -1:
+        self.bad += 1
+        if self.bad_hook is not None:
+            self.bad_hook(reason)
+        return 0

@@ -1,0 +1,433 @@
+# The one poll loop of every pylm server, and its routing table.
+#
+# A server is a Router plus the parts registered with it (shared/API.md,
+# "Low-level API").  A part is a set of handlers over sockets: it asks the
+# Router to watch a socket (or a plain fd) and is called when it is ready.
+# The Router polls every watched socket in one zmq_poll, without the GIL,
+# in the thread that runs it; nothing is lock-stepped and no part has a
+# thread of its own.  Parts written in C (the Master's intake, worker pool
+# and publisher, the execution loop of Server/Pipeline/Worker) are called
+# through cdef methods, so their hot path never enters Python; parts written
+# in Python (pylm.parts) give a Python handler instead.
+#
+# The routing table: each part has a `target`, the part its messages go to
+# (pylm 0.14's `route`); an outbound part's own target is its one reroute,
+# where its feedback goes.  `block` makes an inbound part wait for the
+# feedback.  An outbound part whose backlog is full asks the Router to stop
+# reading the inbound parts that feed it (backlog()), zguide's lbbroker
+# rule: take new work only when it can go somewhere.
+
+from libc.stdlib cimport malloc, realloc, free
+import collections
+
+cdef enum:
+    PAUSE_STOP = 1              # the server is stopping or reached its limit
+    PAUSE_BACKLOG = 2           # a part it feeds is full
+    ROUTER_SLOTS = 2            # items before the watches: control, wakeup fd
+
+cdef struct Watch:
+    void *sock                  # libzmq socket, or NULL for a plain fd
+    int fd
+    short events                # what the owner wants polled
+    unsigned int paused         # POLLIN is left out while any bit is set
+    int slot                    # the owner's number for this watch
+    bint inbound                # new input: paused while stopping
+
+
+cdef class Part:
+    """A part of a server: handlers over sockets the Router polls.
+
+    Subclasses in C override the cdef methods; subclasses in Python
+    (pylm.parts) give handlers to Router._watch and override ``_idle``.
+
+    ``target`` is the part this part's messages go to (its route), or None;
+    ``block``: an inbound part that waits for its target's feedback.
+    """
+    cdef public object target
+    cdef public bint block
+
+    cdef int attach(self, Router router) except -1:
+        """Register this part's watches with router (C parts)."""
+        return 0
+
+    cdef int begin(self) except -1:
+        """The loop starts: say hello to peers."""
+        return 0
+
+    cdef int on_ready(self, int slot, short revents) except -1:
+        """Watch `slot` of this part is ready.  1 stops the server."""
+        return 0
+
+    cdef int on_tick(self, long long now) except -1:
+        """Called after every poll for parts that asked (Router.tick).  1
+        stops the server."""
+        return 0
+
+    cdef int take(self, const char *p, size_t n, pz_msg_t *frame) except -1:
+        """An encoded envelope routed here (`frame`, when not NULL, is the
+        zmq message holding exactly p[0:n]).  1 when a stop was asked."""
+        raise TypeError("part %r takes no envelopes from the core" % (self,))
+
+    cdef int flush(self) except -1:
+        """Send what was batched.  1 when a stop was asked."""
+        return 0
+
+    cdef int finish(self) except -1:
+        """The loop ended (said once, even after an error)."""
+        return 0
+
+    cpdef bint _idle(self):
+        """Nothing of this part is under way (a server stopping waits for
+        every part to be idle)."""
+        return True
+
+    def counters(self):
+        """The part's counters, merged into ``server.stats``."""
+        return {}
+
+
+cdef class Router:
+    """The poll loop and routing table of one server.
+
+    Parts are added with add() (C parts) or watch their sockets with
+    _watch() (Python parts).  run() serves them until a stop request on the
+    control socket, `messages` routed messages, or a part asks to stop.
+    """
+    cdef:
+        Watch *watches              # malloc'd, n_watches used
+        int n_watches, cap_watches
+        list owners                 # per watch: its Part, or None
+        list handlers               # per watch: Python callable(events), or None
+        dict index                  # socket object or fd -> watch number
+        pz_pollitem_t *items        # malloc'd, rebuilt before every poll
+        int *item_watch             # items[k] is the watch item_watch[k]
+        int cap_items
+        list parts                  # C parts added, in order
+        list ticking                # parts whose on_tick runs after polls
+        long tick_ms                # poll timeout while parts tick
+        object posted               # deque of (fn, args) run before the next poll
+        dict reasons                # Python pause reason -> bit
+        unsigned int next_bit       # the bit the next new reason gets
+        set backlogged              # parts whose backlog is full
+        void *control               # any message here stops the loop
+        int wakeup_fd               # readable when a signal arrived, or -1
+        bint input_stopped          # inbound watches are paused for good
+    cdef readonly Waiter waiter     # sends that wait for room, stoppable
+    cdef public long long routed, messages
+
+    def __cinit__(self, *args, **kwargs):
+        self.owners = []
+        self.handlers = []
+        self.index = {}
+        self.parts = []
+        self.ticking = []
+        self.tick_ms = -1
+        self.posted = collections.deque()
+        self.reasons = {}
+        self.next_bit = 4           # after PAUSE_STOP and PAUSE_BACKLOG
+        self.backlogged = set()
+        self.wakeup_fd = -1
+        self.waiter = Waiter()
+        self.messages = 2**62
+
+    def __dealloc__(self):
+        free(self.watches)
+        free(self.items)
+        free(self.item_watch)
+
+    # -- parts and watches --------------------------------------------------
+
+    def add(self, Part part, target=None):
+        """Add a C part; its messages go to `target` (a Part or None)."""
+        part.target = target
+        part.attach(self)
+        self.parts.append(part)
+        return part
+
+    cdef int watch(self, void *sock, int fd, short events, Part owner, int slot,
+                   bint inbound) except -1:
+        """Poll `sock` (or `fd` when sock is NULL) for `events`; ready events
+        go to owner.on_ready(slot, revents).  The watch number."""
+        cdef Watch *grown
+        if self.n_watches == self.cap_watches:
+            grown = <Watch *>realloc(self.watches, (2 * self.cap_watches + 8) * sizeof(Watch))
+            if grown == NULL:
+                raise MemoryError()
+            self.watches = grown
+            self.cap_watches = 2 * self.cap_watches + 8
+        self.watches[self.n_watches] = Watch(sock=sock, fd=fd, events=events, paused=0,
+                                             slot=slot, inbound=inbound)
+        self.owners.append(owner)
+        self.handlers.append(None)
+        self.n_watches += 1
+        return self.n_watches - 1
+
+    cdef inline void set_events(self, int w, short events) noexcept:
+        self.watches[w].events = events
+
+    cdef inline void pause(self, int w, unsigned int bit, bint on) noexcept:
+        if on:
+            self.watches[w].paused |= bit
+        else:
+            self.watches[w].paused &= ~bit
+
+    cdef int tick(self, Part part, long every_ms) except -1:
+        """Call part.on_tick after every poll; poll at least every every_ms."""
+        self.ticking.append(part)
+        if self.tick_ms < 0 or every_ms < self.tick_ms:
+            self.tick_ms = every_ms
+        return 0
+
+    def _watch(self, sock, handler, events, *, owner=None, bint inbound=False):
+        """Poll `sock` (a pyzmq socket or an fd) for `events` and call
+        handler(revents) when ready (Python parts).  Watching a socket again
+        replaces its handler and events."""
+        cdef int w
+        w = self.index.get(sock, -1)
+        if w < 0:
+            if isinstance(sock, int):
+                w = self.watch(NULL, sock, events, None, 0, inbound)
+            else:
+                w = self.watch(sock_handle(sock), -1, events, None, 0, inbound)
+            self.index[sock] = w
+        self.watches[w].events = events
+        self.watches[w].inbound = inbound
+        self.handlers[w] = handler
+        self.owners[w] = owner
+        return w
+
+    def _want(self, sock, int flag, bint on):
+        """Add (or remove) `flag` to the events polled on sock."""
+        cdef int w = self.index[sock]
+        if on:
+            self.watches[w].events |= flag
+        else:
+            self.watches[w].events &= ~flag
+
+    cdef unsigned int _bit(self, reason) except 0:
+        bit = self.reasons.get(reason)
+        if bit is None:
+            if self.next_bit == 0:
+                raise ValueError("too many pause reasons")
+            bit = self.reasons[reason] = self.next_bit
+            self.next_bit <<= 1
+        return bit
+
+    def _pause(self, sock, reason):
+        """Stop reading sock until _resume(sock, reason)."""
+        w = self.index.get(sock)
+        if w is not None:
+            self.pause(w, self._bit(reason), True)
+
+    def _resume(self, sock, reason):
+        w = self.index.get(sock)
+        if w is not None:
+            self.pause(w, self._bit(reason), False)
+
+    def _paused(self, sock):
+        return self.watches[<int>self.index[sock]].paused != 0
+
+    def _post(self, fn, *args):
+        """Call fn(*args) from the loop, before it polls again."""
+        self.posted.append((fn, args))
+
+    # -- the routing table ------------------------------------------------------
+
+    cpdef backlog(self, Part part, bint over):
+        """`part`'s backlog crossed its limit: stop (or resume) reading the
+        inbound watches of the parts that feed it, directly or through their
+        target's reroute.  Others go on: results of workers still flow while
+        the queue to them is full."""
+        cdef int w
+        cdef Part owner
+        if over:
+            self.backlogged.add(part)
+        else:
+            self.backlogged.discard(part)
+        for w in range(self.n_watches):
+            if not self.watches[w].inbound or self.owners[w] is None:
+                continue
+            owner = self.owners[w]
+            feeds = owner.target is not None and (
+                owner.target in self.backlogged or
+                ((<Part>owner.target).target is not None
+                 and (<Part>owner.target).target in self.backlogged))
+            self.pause(w, PAUSE_BACKLOG, feeds)
+
+    cpdef bint backlogged_for(self, Part part):
+        """Is a part that `part` feeds full (is `part` paused for it)?"""
+        return bool(self.backlogged) and part.target is not None and (
+            part.target in self.backlogged or (
+                (<Part>part.target).target is not None
+                and (<Part>part.target).target in self.backlogged))
+
+    def route(self, Part part, data, exchange=None):
+        """Route one message of a Python inbound `part` to its target
+        (``target._submit(data, done)``).  The feedback for the part: ACK, or
+        None when it comes later through part._resume(exchange, feedback)
+        (a blocking part)."""
+        self.routed += 1
+        target = part.target
+        if target is None:
+            return ACK
+        if part.block:
+            target._submit(data, (self._blocked_feedback, target, exchange))
+            return None
+        target._submit(data, (self._feedback, target)
+                       if (<Part>target).target is not None else None)
+        return ACK
+
+    def _feedback(self, outbound, feedback):
+        """An outbound part finished a message: route its feedback once more."""
+        reroute = (<Part>outbound).target
+        if reroute is not None and feedback:
+            reroute._submit(feedback, None)
+
+    def _blocked_feedback(self, outbound, exchange, feedback):
+        self._feedback(outbound, feedback)
+        exchange.part._resume(exchange, feedback)
+
+    # -- the loop -----------------------------------------------------------
+
+    cdef int stop_input(self) except -1:
+        """Read no new input: pause every inbound watch for good."""
+        cdef int w
+        self.input_stopped = True
+        for w in range(self.n_watches):
+            if self.watches[w].inbound:
+                self.watches[w].paused |= PAUSE_STOP
+        return 0
+
+    cdef int stop_asked(self) except -1:
+        """Is a stop request waiting (without taking it or blocking)?  A
+        part busy with a long inbound queue asks between messages.  Signal
+        handlers run first when a signal arrived."""
+        cdef pz_pollitem_t items[2]
+        cdef int n = poll_item(items, 0, self.control, 0, PZ_POLLIN)
+        cdef int rc
+        if self.wakeup_fd >= 0:
+            n = poll_item(items, n, NULL, self.wakeup_fd, PZ_POLLIN)
+        rc = pz_poll(items, n, 0)
+        if rc <= 0:
+            return 0
+        if self.wakeup_fd >= 0 and items[1].revents & PZ_POLLIN:
+            on_wakeup(self.wakeup_fd)
+            rc = pz_poll(items, 1, 0)
+            return rc > 0 and items[0].revents & PZ_POLLIN
+        return items[0].revents & PZ_POLLIN
+
+    cdef bint _all_idle(self) except -1:
+        for part in self.parts:
+            if not (<Part>part)._idle():
+                return False
+        for owner in set(self.owners):
+            if owner is not None and owner not in self.parts and not (<Part>owner)._idle():
+                return False
+        return True
+
+    cdef int _build(self) except -1:
+        """Fill items: control, the wakeup fd, then each watch with events
+        left after its pauses.  The number of items."""
+        cdef int w, n
+        cdef short events
+        if self.cap_items < self.n_watches + ROUTER_SLOTS:
+            free(self.items)
+            free(self.item_watch)
+            self.cap_items = self.n_watches + ROUTER_SLOTS + 8
+            self.items = <pz_pollitem_t *>malloc(self.cap_items * sizeof(pz_pollitem_t))
+            self.item_watch = <int *>malloc(self.cap_items * sizeof(int))
+            if self.items == NULL or self.item_watch == NULL:
+                self.cap_items = 0
+                raise MemoryError()
+        n = poll_item(self.items, 0, self.control, 0, PZ_POLLIN)
+        if self.wakeup_fd >= 0:
+            n = poll_item(self.items, n, NULL, self.wakeup_fd, PZ_POLLIN)
+        for w in range(self.n_watches):
+            events = self.watches[w].events
+            if self.watches[w].paused:
+                events &= ~PZ_POLLIN
+            if events:
+                self.item_watch[n] = w
+                n = poll_item(self.items, n, self.watches[w].sock, self.watches[w].fd, events)
+        return n
+
+    cdef int _fire(self, int w, short revents) except -1:
+        handler = self.handlers[w]
+        if handler is not None:
+            handler(revents)
+            return 0
+        return (<Part>self.owners[w]).on_ready(self.watches[w].slot, revents)
+
+    def run(self, control, int wakeup_fd=-1, long long drain_ms=0):
+        """Serve until a message on `control` (a bound PULL), `messages`
+        routed messages or a part asking to stop.  With drain_ms, a stop
+        first reads no new input and waits up to drain_ms for every part to
+        be idle (a second stop ends at once).  `wakeup_fd` becomes readable
+        when a signal arrives, so its handler runs at once."""
+        cdef int n, k, rc, first
+        cdef long long stop_at = -1
+        cdef long timeout
+        cdef short revents
+        cdef object keep = control
+        self.control = sock_handle(control)
+        self.wakeup_fd = wakeup_fd
+        self.waiter.control = self.control
+        self.input_stopped = False
+        first = 2 if wakeup_fd >= 0 else 1
+        try:
+            for part in self.parts:
+                if (<Part>part).begin():
+                    return
+            while True:
+                while self.posted:
+                    fn, args = self.posted.popleft()
+                    fn(*args)
+                if self.routed >= self.messages and not self.input_stopped:
+                    self.stop_input()
+                if self.input_stopped:
+                    if stop_at >= 0 and now_ms() > stop_at:
+                        return
+                    if self._all_idle():
+                        return
+                n = self._build()
+                timeout = self.tick_ms
+                if stop_at >= 0 and (timeout < 0 or timeout > 100):
+                    timeout = 100
+                with nogil:
+                    rc = pz_poll(self.items, n, timeout)
+                if rc < 0:
+                    _check_rc(rc)
+                    continue
+                if first == 2 and self.items[1].revents & PZ_POLLIN:
+                    on_wakeup(wakeup_fd)
+                if self.items[0].revents & PZ_POLLIN:
+                    drain(self.control)
+                    if drain_ms <= 0 or stop_at >= 0:
+                        return
+                    stop_at = now_ms() + drain_ms
+                    self.stop_input()
+                for k in range(first, n):
+                    revents = self.items[k].revents
+                    if revents and self._fire(self.item_watch[k], revents):
+                        return
+                if self.ticking:
+                    now = now_ms()
+                    for part in self.ticking:
+                        if (<Part>part).on_tick(now):
+                            return
+        finally:
+            for part in self.parts:
+                (<Part>part).finish()
+
+    def counters(self):
+        """The counters of every C part, summed by name."""
+        total = {}
+        for part in self.parts:
+            for key, value in part.counters().items():
+                total[key] = total.get(key, 0) + value
+        return total
+
+
+#: The feedback of an inbound part that does not block: pylm 0.14's
+#: acknowledgement.
+ACK = b"1"
