@@ -137,6 +137,19 @@ cdef class Router:
 
     # -- parts and watches --------------------------------------------------
 
+    def reset(self):
+        """Forget every part and watch (a Router that starts again)."""
+        self.n_watches = 0
+        self.owners = []
+        self.handlers = []
+        self.index = {}
+        self.parts = []
+        self.ticking = []
+        self.tick_ms = -1
+        self.posted.clear()
+        self.backlogged = set()
+        self.input_stopped = False
+
     def add(self, Part part, target=None):
         """Add a C part; its messages go to `target` (a Part or None)."""
         part.target = target

@@ -16,7 +16,7 @@ import zmq
 
 from pylm.errors import DecodeError, PylmError
 from pylm.parts.core import (MAX_MESSAGE_SIZE, BypassInbound, BypassOutbound, Inbound,
-                             Outbound, PartFailed, _drain_fd, _OutboundExchange, _to_bytes,
+                             Outbound, PartFailed, _OutboundExchange, _to_bytes,
                              error_reply)
 from pylm.parts.messages_pb2 import PalmMessage
 
@@ -91,6 +91,15 @@ class PullBypassConnection(BypassInbound):
     def __init__(self, name, listen_address, logger=None, messages=sys.maxsize, cache=None):
         super().__init__(name, listen_address, zmq.PULL, reply=False, bind=False,
                          logger=logger, cache=cache, messages=messages)
+
+
+def _drain_fd(fd):
+    """Empty a non-blocking wake-up pipe."""
+    try:
+        while os.read(fd, 4096):
+            pass
+    except OSError:         # BlockingIOError: empty
+        pass
 
 
 class HttpStatusError(PylmError):

@@ -2,12 +2,16 @@
 four kinds of parts a :class:`pylm.parts.servers.ServerTemplate` is built
 from.
 
-One loop per server.  The Router polls, in the thread that calls
-``start()``, the socket of every part plus a control socket (for
-``stop()``), and calls the handler of the part whose socket is ready.
-Parts are sets of handlers, not threads: the Router calls them directly
-(no internal hop, nothing lock-stepped), and a part waiting for a peer (a
-REQ outbound, an HTTP worker) never holds the loop up.  Threads appear only
+One loop per server, the one every pylm server runs: this Router is a
+subclass of ``pylm_core``'s Router, whose C loop polls (in one zmq_poll,
+without the GIL, in the thread that calls ``start()``) the socket of every
+part plus a control socket (for ``stop()``), and calls the handler of the
+part whose socket is ready.  The routing table (each part's ``target``,
+``block``, the backlog pauses) lives in the core too; this class keeps
+pylm 0.14's registration API.  Parts are sets of handlers, not threads: the
+Router calls them directly (no internal hop, nothing lock-stepped), and a
+part waiting for a peer (a REQ outbound, an HTTP worker) never holds the
+loop up.  Master and Hub are built from C parts on the same Router.  Threads appear only
 where a blocking library needs them: the HTTP servers of HttpService and
 HttpGateway (each request reaches the loop over an inproc DEALER), and the
 request pool of HttpConnection (results come back through a queue and a
@@ -42,13 +46,14 @@ by a thread of their own, but their messages never go through the Router.
 
 import collections
 import logging
-import os
 import sys
 import threading
 import uuid
 
 import zmq
 
+import pylm_core  # noqa: F401  (binds the core to pyzmq's libzmq)
+from pylm_core import _core
 from pylm._context import context
 from pylm._dispatch import DropLog, error_text
 from pylm._runtime import Runtime, StopHandle
@@ -60,7 +65,7 @@ __all__ = ["Router", "Inbound", "Outbound", "BypassInbound", "BypassOutbound",
 
 #: The feedback an inbound part gets when it does not block (and what a
 #: REP part with no route answers its peer): pylm 0.14's acknowledgement.
-ACK = b"1"
+ACK = _core.ACK
 #: Largest message a part's socket accepts from outside.
 MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 #: Messages read from one ready socket before the loop polls again.
@@ -69,7 +74,7 @@ READ_BATCH = 256
 #: Router stops reading inbound sockets; reading resumes at half of it.
 BACKLOG_LIMIT = 10_000
 
-_PENDING = object()     # the feedback is not there yet
+_END = object()         # a scatter generator is exhausted
 
 
 def __getattr__(name):
@@ -123,17 +128,16 @@ class PartFailed(PylmError):
 # -- the Router ----------------------------------------------------------------
 
 class _Route:
-    __slots__ = ("part", "route", "block", "log", "target")
+    __slots__ = ("part", "route", "block", "log")
 
     def __init__(self, part, route, block, log):
         self.part = part
         self.route = route
         self.block = block
         self.log = log
-        self.target = None      # the part named by route, found at start()
 
 
-class Router:
+class Router(_core.Router):
     """The routing table and the loop of a server built from parts.
 
     pylm 0.14's constructor is kept; `inbound_address` and
@@ -161,8 +165,6 @@ class Router:
         self._bypass = {}           # name -> part
         self._stopper = StopHandle()
         self.routed = 0
-        self._drops = DropLog(self.logger)
-        self._poller = None
         #: set while start() serves: every part is open (sockets bound)
         self.ready = threading.Event()
 
@@ -202,32 +204,23 @@ class Router:
         """pylm 0.14 closed its sockets here; ours close when start() returns."""
 
     def _link(self):
+        """Fill the core's routing table: each part's target and block."""
         for table, kind in ((self._inbound, "inbound"), (self._outbound, "outbound")):
             for name, entry in table.items():
-                entry.target = None
-                if entry.route:
-                    if entry.route not in self._outbound:
-                        raise ValueError("%s part %r routes to %r, which is no registered "
-                                         "outbound part" % (kind, name, entry.route))
-                    entry.target = self._outbound[entry.route].part
-                entry.part._entry = entry
-                entry.part._key = name
+                if entry.route and entry.route not in self._outbound:
+                    raise ValueError("%s part %r routes to %r, which is no registered "
+                                     "outbound part" % (kind, name, entry.route))
+        for table in (self._inbound, self._outbound):
+            for name, entry in table.items():
+                part = entry.part
+                part.target = self._outbound[entry.route].part if entry.route else None
+                part.block = entry.block
+                part._entry = entry
+                part._key = name
 
-    # the loop ----------------------------------------------------------------
     def _serve(self, rt):
         self.routed = 0
-        self._poller = zmq.Poller()
-        self._handlers = {}
-        self._events = {}
-        self._pauses = {}
-        self._ready = collections.deque()
-        self._backlogged = set()
-        self._limit_hit = False
-        control = rt.control()
-        self._poller.register(control, zmq.POLLIN)
-        wakeup = rt.wakeup_fd
-        if wakeup >= 0:     # a signal arrived: its handler runs stop()
-            self._watch(wakeup, lambda events: _drain_fd(wakeup), zmq.POLLIN)
+        self.reset()
         routed_parts = [e.part for e in self._inbound.values()] + \
                        [e.part for e in self._outbound.values()]
         opened = []
@@ -236,6 +229,8 @@ class Router:
             for part in list(self._bypass.values()) + routed_parts:
                 part._open(rt, self)
                 opened.append(part)
+            for part in routed_parts:
+                self.add(part, part.target)
             for name, entry in self._inbound.items():
                 self.logger.info("inbound %s routes to %s%s", name, entry.route or "nothing",
                                  " (blocking)" if entry.block else "")
@@ -243,23 +238,7 @@ class Router:
                 if entry.route:
                     self.logger.info("outbound %s routes its feedback to %s", name, entry.route)
             self.ready.set()
-            ready = self._ready
-            handlers = self._handlers
-            while True:
-                while ready:
-                    fn, args = ready.popleft()
-                    fn(*args)
-                if self.routed >= self.messages:
-                    if not self._limit_hit:
-                        self._limit_hit = True
-                        for entry in self._inbound.values():
-                            self._pause(entry.part.listen_to, "limit")
-                    if all(part._idle() for part in routed_parts):
-                        return
-                for sock, events in self._poller.poll():
-                    if sock is control:
-                        return
-                    handlers[sock](events)
+            self.run(rt.control(), rt.wakeup_fd)
         finally:
             self.ready.clear()
             for part in reversed(opened):
@@ -267,113 +246,22 @@ class Router:
                     part._close()
                 except Exception:
                     self.logger.exception("closing part %s", getattr(part, "_key", part))
-            self._poller = None
-            self._ready.clear()
+            self.reset()
 
-    def _post(self, fn, *args):
-        """Call fn(*args) from the loop, before it polls again."""
-        self._ready.append((fn, args))
-
-    # which sockets are polled for what -----------------------------------------
-    def _watch(self, sock, handler, events):
-        """Poll sock (a zmq socket or an fd) for `events`; call
-        handler(events) when ready."""
-        self._handlers[sock] = handler
-        self._events[sock] = events
-        self._pauses[sock] = set()
-        self._apply(sock)
-
-    def _want(self, sock, flag, on):
-        events = self._events[sock]
-        new = (events | flag) if on else (events & ~flag)
-        if new != events:
-            self._events[sock] = new
-            self._apply(sock)
-
-    def _pause(self, sock, reason):
-        """Stop reading sock until _resume(sock, reason)."""
-        pauses = self._pauses.get(sock)
-        if pauses is not None and reason not in pauses:
-            pauses.add(reason)
-            self._apply(sock)
-
-    def _resume(self, sock, reason):
-        pauses = self._pauses.get(sock)
-        if pauses and reason in pauses:
-            pauses.discard(reason)
-            self._apply(sock)
-
-    def _paused(self, sock):
-        return bool(self._pauses[sock])
-
-    def _apply(self, sock):
-        events = self._events[sock]
-        if self._pauses[sock]:
-            events &= ~zmq.POLLIN
-        self._poller.register(sock, events)
-
-    def _backlog(self, part, over):
-        """An outbound part's backlog crossed its limit: stop (or resume)
-        reading the inbound parts that feed it, directly or through a
-        reroute.  Others go on: the results of workers still flow while
-        the queue to them is full."""
-        if over:
-            self._backlogged.add(part)
-        else:
-            self._backlogged.discard(part)
-        for entry in self._inbound.values():
-            target = entry.target
-            feeds = {target, target._entry.target} if target is not None else set()
-            if feeds & self._backlogged:
-                self._pause(entry.part.listen_to, "backlog")
-            else:
-                self._resume(entry.part.listen_to, "backlog")
-        self.logger.debug("outbound %s: backlog %s", getattr(part, "_key", part),
-                          "full" if over else "drained")
-
-    # routing -------------------------------------------------------------------
-    def _route(self, part, data, exchange):
-        """Route one message of inbound `part`.  The feedback for the part,
-        or _PENDING when it will come through part._resume(exchange, fb)."""
+    def route(self, part, data, exchange=None):
+        """Route one message of inbound `part` (logged when registered with
+        `log`); see pylm_core's Router.route."""
         entry = part._entry
-        self.routed += 1
-        if entry.log:
+        if entry is not None and entry.log:
             self.logger.debug("%s: %s", entry.part._key, entry.log)
-        target = entry.target
-        if target is None:
-            return ACK
-        if entry.block:
-            target._submit(data, (self._blocked_feedback, target, exchange))
-            return _PENDING
-        target._submit(data, (self._feedback, target) if target._entry.target is not None
-                       else None)
-        return ACK
-
-    def _feedback(self, outbound, feedback):
-        """An outbound part finished a message: route its feedback on once."""
-        reroute = outbound._entry.target
-        if reroute is not None and feedback:
-            reroute._submit(feedback, None)
-
-    def _blocked_feedback(self, outbound, exchange, feedback):
-        self._feedback(outbound, feedback)
-        exchange.part._resume(exchange, feedback)
-
-
-def _drain_fd(fd):
-    try:
-        while os.read(fd, 4096):
-            pass
-    except (BlockingIOError, InterruptedError):
-        pass
-    except OSError:
-        pass
+        return super().route(part, data, exchange)
 
 
 # -- parts ---------------------------------------------------------------------
 
-class _Part:
-    """What every part has: pylm 0.14's attributes and the socket."""
+class _Part(_core.Part):
+    """What every part has: pylm 0.14's attributes and the socket.  The
+    core Part holds its routing entry: ``target`` and ``block``."""
 
     _key = None         # the name the part was registered under
     _entry = None       # its routing entry
@@ -502,7 +390,7 @@ class Inbound(_Part):
         super()._open(rt, router)
         self._read = 0
         self._exchanges = 0
-        router._watch(self.listen_to, self._on_events, zmq.POLLIN)
+        router._watch(self.listen_to, self._on_events, zmq.POLLIN, owner=self, inbound=True)
 
     def _idle(self):
         return self._exchanges == 0
@@ -555,8 +443,8 @@ class Inbound(_Part):
         router = self._router
         while True:
             try:
-                scattered = next(exchange.scattered, _PENDING)
-                if scattered is _PENDING:
+                scattered = next(exchange.scattered, _END)
+                if scattered is _END:
                     break
                 data = _to_bytes(self._call_hook("_translate_to_broker",
                                                  self._translate_to_broker, scattered))
@@ -569,8 +457,8 @@ class Inbound(_Part):
                 return
             if data is None:
                 continue
-            feedback = router._route(self, data, exchange)
-            if feedback is _PENDING:
+            feedback = router.route(self, data, exchange)
+            if feedback is None:        # a blocking route: _resume() follows
                 return
             self._feedback(feedback)
         self._finish(exchange)
@@ -797,10 +685,10 @@ class Outbound(_Part):
         size = self._backlog_size()
         if not self._over and size >= BACKLOG_LIMIT:
             self._over = True
-            self._router._backlog(self, True)
+            self._router.backlog(self, True)
         elif self._over and size <= BACKLOG_LIMIT // 2:
             self._over = False
-            self._router._backlog(self, False)
+            self._router.backlog(self, False)
 
     def _on_events(self, events):
         if events & zmq.POLLOUT:
@@ -901,7 +789,7 @@ class BypassInbound(_Part):
 class _Standalone:
     """The little of a Router a bypass part needs when it runs alone."""
 
-    def _watch(self, sock, handler, events):
+    def _watch(self, sock, handler, events, **kwargs):
         pass
 
     def _pause(self, sock, reason):
