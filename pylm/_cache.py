@@ -13,12 +13,18 @@ import zmq
 from pylm._context import context
 from pylm.parts.messages_pb2 import PalmMessage
 
-__all__ = ["serve_cache", "CacheClient", "CONFIG_PROTOCOL_KEY", "PROTOCOL", "batch_bytes_for"]
+__all__ = ["serve_cache", "CacheClient", "CONFIG_PROTOCOL_KEY", "PROTOCOL", "PROTOCOL_PARTS",
+           "batch_bytes_for"]
 
 # Our servers preset this key; a client that finds it uses the subscription
 # handshake (pylm_core PING_PREFIX) instead of pylm 0.14's fixed wait.
 CONFIG_PROTOCOL_KEY = "pylm_protocol"
+#: Server, Pipeline, Master, Hub...: welcomes, pings, batches both ways.
 PROTOCOL = b"1"
+#: A server built from parts whose publisher is a PubService: its XPUB
+#: welcomes subscribers (and pings travel like calls), but calls and
+#: replies are single envelopes, as parts (and pylm 0.14 workers) read them.
+PROTOCOL_PARTS = b"parts"
 
 logger = logging.getLogger("pylm.cache")
 

@@ -16,7 +16,8 @@ import uuid
 import zmq
 
 from pylm_core import _core
-from pylm._cache import CONFIG_PROTOCOL_KEY, PROTOCOL, UNLIMITED, CacheClient, batch_bytes_for
+from pylm._cache import (CONFIG_PROTOCOL_KEY, PROTOCOL, PROTOCOL_PARTS, UNLIMITED, CacheClient,
+                         batch_bytes_for)
 from pylm._context import context
 from pylm_core.errors import RemoteError, WorkerLost
 
@@ -83,6 +84,9 @@ class Client:
         self._joined = False
         self._calls = int.from_bytes(os.urandom(4), "little") << 16
         self._protocol = None
+        #: how the subscription was known to be live: "welcome" (the
+        #: XPUB's greeting), "wait" (pylm 0.14's fixed wait) or "silence"
+        self._joined_by = None
         self._batch_bytes = UNLIMITED
         self._closed = False
         # A sub_address given by the caller may be the pub of a later stage
@@ -160,29 +164,42 @@ class Client:
         the welcome proves the connection is up and our subscription was
         sent.  A ping through the push path, answered at the last stage,
         then proves the subscription is in place (best effort: a stream with
-        custom topics does not carry pings).  pylm 0.14 servers do neither:
-        for them the client waits once, as pylm 0.14 did before every call.
+        custom topics does not carry pings).  A server made of parts
+        (PROTOCOL_PARTS) gets no ping: it would travel through user parts,
+        perhaps to pylm 0.14 workers, which fail on it.  pylm 0.14 servers do
+        neither: for them the client waits once, as pylm 0.14 did before
+        every call.
         """
-        if self._protocol is not None and self._protocol != PROTOCOL:
+        if self._protocol is not None and self._protocol not in (PROTOCOL, PROTOCOL_PARTS):
             time.sleep(LEGACY_JOIN_WAIT)
             self._joined = True
+            self._joined_by = "wait"
             return
         limit = self.timeout if timeout is None else timeout
         limit = 1e9 if limit is None else limit
         deadline = time.monotonic() + limit
-        known = self._protocol == PROTOCOL and self._sub_is_server
+        known = self._protocol in (PROTOCOL, PROTOCOL_PARTS) and self._sub_is_server
         welcome_by = deadline if known else time.monotonic() + min(limit, 1.0)
         while True:
             left = welcome_by - time.monotonic()
             if left <= 0 or not self._sub.poll(int(left * 1000) + 1, zmq.POLLIN):
                 if not known:       # silent publisher of unknown kind: pylm 0.14
                     self._joined = True
+                    self._joined_by = "silence"
                     return
                 raise TimeoutError("no publisher answered at %s within %s s"
                                    % (self.sub_address, limit))
             if self._sub.recv_multipart() == [WELCOME]:
-                self._protocol = PROTOCOL
+                if self._protocol is None:
+                    self._protocol = PROTOCOL
                 break
+        if self._protocol == PROTOCOL_PARTS:
+            # a server made of parts routes every call through user parts,
+            # maybe to pylm 0.14 workers (which die on a ping): the welcome
+            # alone says the subscription went out, before any call
+            self._joined = True
+            self._joined_by = "welcome"
+            return
         nonce = uuid.uuid4().hex.encode()
         ping_cache = _core.PING_PREFIX + b":" + nonce
         pong_by = min(deadline, time.monotonic() + PING_BUDGET)
@@ -200,6 +217,7 @@ class Client:
             if msg.cache.encode() == ping_cache:
                 break
         self._joined = True
+        self._joined_by = "welcome"
 
     def _next_call(self):
         """A new call id (field 17): replies carry it back, so a late reply

@@ -18,7 +18,9 @@ calling thread (bypass parts that are HTTP servers add a thread each)::
 import logging
 import sys
 
+from pylm._cache import CONFIG_PROTOCOL_KEY, PROTOCOL_PARTS
 from pylm.parts.core import Router
+from pylm.parts.services import PubService
 from pylm.persistence.kv import DictDB
 
 __all__ = ["ServerTemplate", "BaseMaster"]
@@ -105,7 +107,15 @@ class ServerTemplate:
 
     def start(self):
         """Serve every part until `router_messages` were routed or stop()
-        is called; a part failing stops the server and is raised here."""
+        is called; a part failing stops the server and is raised here.
+
+        A server that publishes through a PubService tells our clients so
+        in its cache (``pylm_protocol``), unless preset_cache() said
+        otherwise: they then wait for the XPUB's welcome instead of pylm
+        0.14's fixed half second."""
+        if self.cache.get(CONFIG_PROTOCOL_KEY) is None and any(
+                isinstance(part, PubService) for part in self.outbound_components.values()):
+            self.cache.set(PROTOCOL_PARTS, CONFIG_PROTOCOL_KEY)
         self.logger.info("starting %d inbound, %d outbound and %d bypass parts",
                          len(self.inbound_components), len(self.outbound_components),
                          len(self.bypass_components))

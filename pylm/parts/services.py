@@ -16,6 +16,7 @@ import zmq
 
 from pylm._cache import handle_cache_request
 from pylm._context import context
+from pylm_core import _core
 from pylm.parts.core import (MAX_MESSAGE_SIZE, BypassInbound, Inbound, Outbound, _to_bytes,
                              _to_message)
 from pylm.persistence.kv import DictDB
@@ -68,6 +69,12 @@ class PubService(Outbound):
     """Binds a PUB socket and publishes each message under the topic
     ``handle_stream`` gives it.
 
+    The socket is an XPUB, as our servers': it greets each new subscriber
+    (pylm_core WELCOME), so that our clients know their subscription is up
+    without pylm 0.14's fixed wait, and with XPUB_NODROP a slow subscriber
+    holds messages in the part (back-pressure) instead of losing them.
+    pylm 0.14 clients see a plain PUB.
+
     :param pipelined: publish to the next stage (topic `server`,
         ``stage += 1``) instead of to the client (topic ``message.client``)
     :param server: name of the server, the topic when pipelined
@@ -89,9 +96,18 @@ class PubService(Outbound):
         return message.client, message
 
     def _make_socket(self, rt):
-        sock = rt.socket(zmq.PUB, SNDHWM=PUB_HWM)
+        sock = rt.socket(zmq.XPUB, SNDHWM=PUB_HWM, XPUB_NODROP=1,
+                         XPUB_WELCOME_MSG=_core.WELCOME)
         sock.bind(self.listen_address)
         return sock
+
+    def _listen_events(self):
+        # subscriptions arrive here; reading them keeps libzmq's queue of
+        # them from growing
+        return zmq.POLLIN
+
+    def _answer(self, frames):
+        """A subscription message: nothing to do."""
 
     def _prepare(self, data):
         message = _to_message(self._translate_from_broker(data))

@@ -1,0 +1,203 @@
+"""The one Router of pylm_core: the low-level API runs on it, a Master can
+be assembled by hand from its C parts (intake -> worker pool -> publisher),
+bad wiring is refused, and a server made of parts tells our clients its
+protocol.  Real sockets, workers in threads, a real Client."""
+
+import logging
+import sys
+
+import pytest
+import zmq
+
+import pylm_core
+from pylm_core import _core
+from pylm._cache import CONFIG_PROTOCOL_KEY, PROTOCOL, PROTOCOL_PARTS, serve_cache
+from pylm._context import context
+from pylm._dispatch import DropLog
+from pylm._runtime import Runtime, StopHandle
+from pylm._testing import running, tcp_addresses, wait_for
+from pylm.clients import Client
+from pylm.parts import core as parts_core
+from pylm.parts.servers import ServerTemplate
+from pylm.parts.services import (CacheService, PubService, PullService, WorkerPullService,
+                                 WorkerPushService)
+from pylm.persistence.kv import DictDB
+from pylm.servers import MAX_MESSAGE_SIZE, Worker
+
+TIMEOUT = 10
+
+
+class Doubler(Worker):
+    def double(self, payload):
+        return payload * 2
+
+
+class HandMaster:
+    """A Master written against pylm_core directly: a cache, and the three
+    C parts of pylm.servers.Master routed on one core Router, with a
+    scatter on the intake and a gather on the publisher."""
+
+    def __init__(self, name):
+        self.name = name
+        (self.pull_address, self.pub_address, self.worker_pull_address,
+         self.worker_push_address, self.db_address) = tcp_addresses(5)
+        self.logger = logging.getLogger("pylm.test.handmaster")
+        self._stopper = StopHandle()
+        self.stats = {}
+        self.cache = DictDB()
+
+    @staticmethod
+    def scatter(message):
+        yield message                   # each call goes to the workers once ...
+
+    @staticmethod
+    def gather(message):
+        message.payload = message.payload + b"!"    # ... and comes back marked
+        yield message
+
+    def stop(self):
+        self._stopper.stop()
+
+    def start(self):
+        with Runtime(self._stopper, self.logger) as rt:
+            router = rt.socket(zmq.ROUTER, ROUTER_MANDATORY=1, MAXMSGSIZE=MAX_MESSAGE_SIZE)
+            router.bind(self.worker_push_address.rsplit(":", 1)[0] + ":*")
+            for key, value in dict(
+                    name=self.name, pull_address=self.pull_address,
+                    pub_address=self.pub_address, db_address=self.db_address,
+                    worker_pull_address=self.worker_pull_address,
+                    worker_push_address=self.worker_push_address,
+                    worker_router_address=router.getsockopt_string(zmq.LAST_ENDPOINT),
+                    max_message_size=str(MAX_MESSAGE_SIZE),
+                    **{CONFIG_PROTOCOL_KEY: PROTOCOL.decode()}).items():
+                self.cache.set(value.encode(), key)
+            rep = rt.socket(zmq.REP, bind=self.db_address)
+            rt.thread(serve_cache, "cache", rep, rt.control(), self.cache, sys.maxsize,
+                      DropLog(self.logger))
+            pull = rt.socket(zmq.PULL, bind=self.pull_address)
+            pub = rt.socket(zmq.XPUB, XPUB_NODROP=1, XPUB_WELCOME_MSG=_core.WELCOME)
+            pub.bind(self.pub_address)
+            wpush = rt.socket(zmq.PUSH, bind=self.worker_push_address)
+            wpull = rt.socket(zmq.PULL, bind=self.worker_pull_address)
+            loop = _core.Router()
+            publisher = loop.add(_core.Publisher(pub, self.name, gather=self.gather))
+            pool = loop.add(_core.WorkerPool(router, wpush, wpull), target=publisher)
+            loop.add(_core.Intake(pull, _core.IN_PLAIN_, publisher, scatter=self.scatter),
+                     target=pool)
+            try:
+                loop.run(rt.control(), rt.wakeup_fd, _core.DRAIN_MS)
+            finally:
+                self.stats = loop.counters()
+
+
+def test_the_low_level_api_runs_on_the_core_router():
+    server = ServerTemplate()
+    assert isinstance(server.router, _core.Router)
+    assert issubclass(parts_core._Part, _core.Part)
+    # the loop and the routing table are the core's, not Python's
+    assert parts_core.Router.run is _core.Router.run
+    assert parts_core.Router.backlog is _core.Router.backlog
+    assert parts_core.ACK == _core.ACK == b"1"
+
+
+@pytest.mark.timeout(60)
+def test_a_master_assembled_from_core_parts_serves_calls_and_jobs():
+    master = HandMaster("hand")
+    with running(master):
+        with running(Doubler("w1", master.db_address)), \
+                Client("hand", master.db_address, timeout=TIMEOUT) as client:
+            assert client.eval("hand.double", b"ab", timeout=TIMEOUT) == b"abab!"
+            payloads = [b"%d" % i for i in range(2000)]
+            got = sorted(client.job("hand.double", iter(payloads), messages=len(payloads),
+                                    timeout=TIMEOUT))
+            assert got == sorted(p * 2 + b"!" for p in payloads)
+    # the counters of the three parts, summed by the Router
+    assert master.stats["received"] >= 2001         # pings count too
+    assert master.stats["to_workers"] == 2001
+    assert master.stats["sent"] >= 2001
+    assert master.stats["bad"] == 0
+
+
+@pytest.fixture
+def sockets():
+    ctx = context()
+    made = []
+
+    def make(kind):
+        sock = ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        made.append(sock)
+        return sock
+    yield make
+    for sock in made:
+        sock.close(linger=0)
+
+
+def test_the_core_router_refuses_parts_wired_the_wrong_way(sockets):
+    pub = sockets(zmq.XPUB)
+    publisher = _core.Publisher(pub, "m")
+    pool = _core.WorkerPool(sockets(zmq.ROUTER), sockets(zmq.PUSH), sockets(zmq.PULL))
+    router = _core.Router()
+    with pytest.raises(TypeError, match="Publisher"):
+        router.add(pool)                            # results must go somewhere
+    with pytest.raises(TypeError, match="WorkerPool"):
+        router.add(_core.Intake(sockets(zmq.PULL), _core.IN_PLAIN_, publisher),
+                   target=publisher)
+    with pytest.raises(ValueError, match="inbound kind"):
+        _core.Intake(sockets(zmq.PULL), 7, publisher)
+    closed = sockets(zmq.PULL)
+    closed.close()
+    with pytest.raises(ValueError, match="closed"):
+        _core.Intake(closed, _core.IN_PLAIN_, publisher)
+
+
+def test_a_route_to_an_unregistered_part_is_refused():
+    server = ServerTemplate()
+    a, = tcp_addresses(1)
+    server.register_inbound(PullService, "Pull", a, route="Nowhere")
+    with pytest.raises(ValueError, match="Nowhere"):
+        server.start()
+
+
+def parts_master(name):
+    pull, pub, wpull, wpush, db = tcp_addresses(5)
+    server = ServerTemplate()
+    server.register_inbound(PullService, "Pull", pull, route="WorkerPush")
+    server.register_inbound(WorkerPullService, "WorkerPull", wpull, route="Pub")
+    server.register_outbound(WorkerPushService, "WorkerPush", wpush)
+    server.register_outbound(PubService, "Pub", pub)
+    server.register_bypass(CacheService, "Cache", db)
+    server.preset_cache(name=name, db_address=db, pull_address=pull, pub_address=pub,
+                        worker_pull_address=wpull, worker_push_address=wpush)
+    server.db_address = db
+    return server
+
+
+def is_ready(server):
+    return server.ready.is_set()
+
+
+@pytest.mark.timeout(60)
+def test_a_parts_master_tells_clients_its_protocol_and_they_handshake():
+    server = parts_master("pm")
+    with running(server, ready=is_ready):
+        assert server.cache.get(CONFIG_PROTOCOL_KEY) == PROTOCOL_PARTS
+        with running(Doubler("w1", server.db_address)), \
+                Client("pm", server.db_address, timeout=TIMEOUT) as client:
+            # the client found the protocol: it waited for the XPUB's
+            # welcome (not pylm 0.14's fixed wait), and sends single envelopes
+            assert client.eval("pm.double", b"x", timeout=TIMEOUT) == b"xx"
+            assert client._protocol == PROTOCOL_PARTS
+            assert client._joined_by == "welcome"
+            payloads = [b"%d" % i for i in range(500)]
+            got = sorted(client.job("pm.double", iter(payloads), messages=len(payloads),
+                                    timeout=TIMEOUT))
+            assert got == sorted(p * 2 for p in payloads)
+
+
+def test_a_protocol_preset_by_the_user_is_kept():
+    server = parts_master("pm2")
+    server.preset_cache(**{CONFIG_PROTOCOL_KEY: "legacy"})
+    with running(server, ready=is_ready):
+        wait_for(server.ready.is_set, what="parts master ready")
+        assert server.cache.get(CONFIG_PROTOCOL_KEY) == b"legacy"
