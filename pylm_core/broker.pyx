@@ -575,16 +575,11 @@ cdef class WorkerPool(Part):
         self.retry.head = self.retry.b.len = 0
         return 0
 
-    cdef int _deliver(self, const char *p, size_t n, pz_msg_t *frame) except -1:
-        """A result from a worker, for the publisher.  `frame` is the zmq
-        message holding exactly p[0:n], when there is one."""
-        cdef pz_env env
-        cdef int rc
-        with nogil:
-            rc = pz_parse(p, n, &env)
-        if rc != PZ_OK:
-            return self._drop("a worker result: " + _DECODE_REASONS.get(rc, "malformed envelope"))
-        return self.out().publish(&env, p, n, frame)
+    cdef inline int _deliver(self, const char *p, size_t n, pz_msg_t *frame) except -1:
+        """A result from a worker, for the publisher (which drops it when it
+        is no envelope).  `frame` is the zmq message holding exactly p[0:n],
+        when there is one."""
+        return self.out().take(p, n, frame)
 
     cdef int _drop(self, str reason) except -1:
         self.bad += 1

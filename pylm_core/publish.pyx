@@ -56,7 +56,7 @@ cdef class Publisher(Part):
         with nogil:
             rc = pz_parse(p, n, &env)
         if rc != PZ_OK:
-            return self._drop("a result: " + _DECODE_REASONS.get(rc, "malformed envelope"))
+            return self._drop("a worker result: " + _DECODE_REASONS.get(rc, "malformed envelope"))
         return self.publish(&env, p, n, frame)
 
     cdef int publish(self, pz_env *env, const char *p, size_t n, pz_msg_t *frame) except -1:

@@ -112,23 +112,18 @@ cdef class Router:
         void *control               # any message here stops the loop
         int wakeup_fd               # readable when a signal arrived, or -1
         bint input_stopped          # inbound watches are paused for good
+        bint quitting               # a handler asked run() to return
     cdef readonly Waiter waiter     # sends that wait for room, stoppable
     cdef public long long routed, messages
 
     def __cinit__(self, *args, **kwargs):
-        self.owners = []
-        self.handlers = []
-        self.index = {}
-        self.parts = []
-        self.ticking = []
-        self.tick_ms = -1
         self.posted = collections.deque()
         self.reasons = {}
         self.next_bit = 4           # after PAUSE_STOP and PAUSE_BACKLOG
-        self.backlogged = set()
         self.wakeup_fd = -1
         self.waiter = Waiter()
         self.messages = 2**62
+        self.reset()
 
     def __dealloc__(self):
         free(self.watches)
@@ -149,6 +144,7 @@ cdef class Router:
         self.posted.clear()
         self.backlogged = set()
         self.input_stopped = False
+        self.quitting = False
 
     def add(self, Part part, target=None):
         """Add a C part; its messages go to `target` (a Part or None)."""
@@ -239,6 +235,10 @@ cdef class Router:
 
     def _paused(self, sock):
         return self.watches[<int>self.index[sock]].paused != 0
+
+    def _quit(self):
+        """Make run() return once the handler that calls this is done."""
+        self.quitting = True
 
     def _post(self, fn, *args):
         """Call fn(*args) from the loop, before it polls again."""
@@ -386,6 +386,7 @@ cdef class Router:
         self.wakeup_fd = wakeup_fd
         self.waiter.control = self.control
         self.input_stopped = False
+        self.quitting = False
         first = 2 if wakeup_fd >= 0 else 1
         try:
             for part in self.parts:
@@ -423,6 +424,8 @@ cdef class Router:
                     revents = self.items[k].revents
                     if revents and self._fire(self.item_watch[k], revents):
                         return
+                if self.quitting:
+                    return
                 if self.ticking:
                     now = now_ms()
                     for part in self.ticking:

@@ -16,7 +16,7 @@ import zmq
 
 import pylm._context
 from pylm._cache import CacheClient
-from pylm._testing import in_child, running, stop_all, tcp_addresses, wait_for
+from pylm._testing import Running, in_child, running, stop_all, tcp_addresses, wait_for
 from pylm.clients import Client
 from pylm.errors import RemoteError
 from pylm.parts import core
@@ -519,7 +519,6 @@ def test_router_messages_makes_start_return():
     server.register_outbound(PushService, "Push", push)
     with sockets() as make:
         receiver = make(zmq.PULL, bind=None, connect=push)
-        sender = make(zmq.PUSH, connect=pull)
         for round in range(2):      # and it starts again
             if round:
                 # libzmq closes a listener in its I/O thread, shortly after close()
@@ -527,6 +526,10 @@ def test_router_messages_makes_start_return():
                          what="the ports of the first run closed")
             thread = threading.Thread(target=server.start, daemon=True)
             thread.start()
+            # a new PUSH each round: one that was connected to the first run
+            # may still hold its pipe to that closed server, and a message
+            # it puts there is lost (libzmq notices the close later)
+            sender = make(zmq.PUSH, connect=pull)
             for i in range(5):
                 sender.send(envelope(b"%d" % i))
             thread.join(TIMEOUT)
@@ -667,6 +670,24 @@ def test_cache_service_alone():
         finally:
             cache.close()
 
+
+def test_a_bypass_part_alone_returns_after_its_messages():
+    """start() of a part served alone runs a core Router of its own and
+    returns by itself once `messages` requests were read."""
+    (db,) = tcp_addresses(1)
+    service = CacheService("cache", db, messages=3)
+    service.cache.set(b"v", "k")
+    run = Running(service, {})
+    run.thread.start()
+    cache = CacheClient(db, "x", timeout=TIMEOUT)
+    try:
+        assert [cache.request("get", b"k") for _ in range(3)] == [b"v"] * 3
+        run.join(TIMEOUT)           # returned by itself, and did not raise
+    finally:
+        cache.close()
+        service.stop()
+        run.thread.join(TIMEOUT)
+    assert service.listen_to is None or service.listen_to.closed
 
 class AckServer(ServerTemplate):
     """A server from parts that runs in a child process."""

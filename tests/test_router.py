@@ -19,10 +19,11 @@ from pylm._testing import running, tcp_addresses, wait_for
 from pylm.clients import Client
 from pylm.parts import core as parts_core
 from pylm.parts.servers import ServerTemplate
-from pylm.parts.services import (CacheService, PubService, PullService, WorkerPullService,
-                                 WorkerPushService)
+from pylm.parts.services import PullService
 from pylm.persistence.kv import DictDB
 from pylm.servers import MAX_MESSAGE_SIZE, Worker
+
+import test_parts
 
 TIMEOUT = 10
 
@@ -160,16 +161,8 @@ def test_a_route_to_an_unregistered_part_is_refused():
 
 
 def parts_master(name):
-    pull, pub, wpull, wpush, db = tcp_addresses(5)
-    server = ServerTemplate()
-    server.register_inbound(PullService, "Pull", pull, route="WorkerPush")
-    server.register_inbound(WorkerPullService, "WorkerPull", wpull, route="Pub")
-    server.register_outbound(WorkerPushService, "WorkerPush", wpush)
-    server.register_outbound(PubService, "Pub", pub)
-    server.register_bypass(CacheService, "Cache", db)
-    server.preset_cache(name=name, db_address=db, pull_address=pull, pub_address=pub,
-                        worker_pull_address=wpull, worker_push_address=wpush)
-    server.db_address = db
+    server = test_parts.parts_master(name, *tcp_addresses(5))
+    server.db_address = server.cache.get("db_address").decode()
     return server
 
 

@@ -736,6 +736,7 @@ class BypassInbound(_Part):
                          messages)
         self._stopper = StopHandle()
         self._read = 0
+        self._alone = False     # served by start(), not by a server
 
     def recv(self, reply_data=None):
         """Read one message (and answer `reply_data`, or b'', when the
@@ -764,36 +765,27 @@ class BypassInbound(_Part):
         self._read += 1
         if self._read >= self.messages:
             self._router._pause(self.listen_to, "messages")
+            if self._alone:
+                self._router._quit()
 
     def start(self):
-        """Serve this part alone (without a server) until `messages` were
-        read or stop() is called."""
+        """Serve this part alone (without a server), on a core Router of
+        its own, until `messages` were read or stop() is called."""
+        if self.messages <= 0:
+            return self.name
         with Runtime(self._stopper, self.logger) as rt:
-            self._open(rt, _Standalone())
-            control = rt.control()
-            poller = zmq.Poller()
-            poller.register(control, zmq.POLLIN)
-            poller.register(self.listen_to, zmq.POLLIN)
-            while self._read < self.messages:
-                events = dict(poller.poll())
-                if control in events:
-                    break
-                if self.listen_to in events:
-                    self._on_events(zmq.POLLIN)
+            router = _core.Router()
+            self._open(rt, router)
+            self._alone = True
+            try:
+                router.run(rt.control(), rt.wakeup_fd)
+            finally:
+                self._alone = False
+                self._close()
         return self.name
 
     def stop(self):
         self._stopper.stop()
-
-
-class _Standalone:
-    """The little of a Router a bypass part needs when it runs alone."""
-
-    def _watch(self, sock, handler, events, **kwargs):
-        pass
-
-    def _pause(self, sock, reason):
-        pass
 
 
 class BypassOutbound(_Part):
