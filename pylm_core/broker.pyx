@@ -13,6 +13,9 @@ cdef enum:
     MAX_SEND = 256              # envelopes in one batch to a worker
     MAX_LOST = 3                # workers a message may take down: then poison
     EXPIRE_EVERY_MS = 250       # how often silent workers are looked for
+    HANDOFF_BYTES = 65536       # a dispatch taking all the queue, this much
+    HANDOFF_AVERAGE = 16384     # or more in envelopes of this size on average,
+                                # sends the queue's buffer itself (no copy)
     W_ROUTER = 0                # the pool's watches: our workers' ROUTER,
     W_LEGACY_IN = 1             # pylm 0.14 workers' results (PULL),
     W_LEGACY_OUT = 2            # pylm 0.14 workers' queue (PUSH)
@@ -472,6 +475,11 @@ cdef class WorkerPool(Part):
                 continue
             self.workers[w].last_seen = now_ms()
             fly_pop(&self.workers[w].fly, value)
+            rc = self.out().forward(&mp.f[3])
+            if rc == 1:
+                return 1
+            if rc == 0:
+                continue
             p = msg_ptr(&mp.f[3])
             end = p + pz_msg_size(&mp.f[3])
             while True:
@@ -539,17 +547,24 @@ cdef class WorkerPool(Part):
                 while k < room and k < most and (k == 0 or p - start < BATCH_BYTES) \
                         and pz_batch_next(&p, end, &one) == 1:
                     k += 1
-                if pz_msg_init_size(&m, <size_t>(p - start)) != 0:
-                    raise MemoryError()
-                memcpy(pz_msg_data(&m), start, <size_t>(p - start))
                 rc = pz_send(self.router, self.workers[best].ident,
                              self.workers[best].ident_n, PZ_SNDMORE)
                 if rc < 0:
                     # EHOSTUNREACH (ROUTER_MANDATORY): the worker is gone
-                    pz_msg_close(&m)
                     if self._lose_worker(best):
                         return 1
                     continue
+                if start == src.b.buf and p == end and p - start >= HANDOFF_BYTES \
+                        and p - start >= HANDOFF_AVERAGE * k:
+                    # big envelopes, all of the queue: its buffer becomes
+                    # the message (libzmq frees it), the queue starts anew
+                    batch_to_msg(&src.b, &m)
+                    src.head = 0
+                    p = start
+                else:
+                    if pz_msg_init_size(&m, <size_t>(p - start)) != 0:
+                        raise MemoryError()
+                    memcpy(pz_msg_data(&m), start, <size_t>(p - start))
                 fly_add(&self.workers[best].fly, &m, k)
                 send_owned(self.router, &m, 0)
                 self.to_workers += k

@@ -113,6 +113,46 @@ cdef class Publisher(Part):
                 return 1
         return 0
 
+    cdef int forward(self, pz_msg_t *frame) except -1:
+        """Publish a worker's batch of results as it is, by reference (no
+        copy), when all of them are replies for one client that reads
+        batches and no hook or pipeline changes them.  0 when published, 1
+        when stopped, 2 when the batch is not such (publish each result)."""
+        cdef const char *p = msg_ptr(frame)
+        cdef const char *end = p + pz_msg_size(frame)
+        cdef pz_slice one
+        cdef pz_slice topic
+        cdef pz_env env
+        cdef long k = 0
+        cdef int rc
+        cdef pz_msg_t m
+        if self.gather is not None or self.stream_hook is not None or self.pipelined:
+            return 2
+        topic.p = NULL
+        topic.n = 0
+        while True:
+            rc = pz_batch_next(&p, end, &one)
+            if rc == 0:
+                break
+            if rc < 0 or pz_parse(one.p, one.n, &env) != PZ_OK:
+                return 2
+            if env.f[PZ_F_ERROR].n or not env.flags & PZ_FLAG_BATCH:
+                return 2
+            if k == 0:
+                topic = env.f[PZ_F_CLIENT]
+            elif env.f[PZ_F_CLIENT].n != topic.n or memcmp(env.f[PZ_F_CLIENT].p, topic.p,
+                                                           topic.n) != 0:
+                return 2
+            k += 1
+        if k == 0:
+            return 2
+        if self.flush():
+            return 1
+        pz_msg_init(&m)
+        pz_msg_copy(&m, frame)
+        self.sent += k
+        return send_topic(self.waiter, self.pub, topic.p, topic.n, &m, <char *>_BATCH_MARK)
+
     cdef int ping(self, pz_env *env) except -1:
         """Send a client's ping back along the default route of results."""
         if not self.pipelined:

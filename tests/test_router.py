@@ -194,3 +194,121 @@ def test_a_protocol_preset_by_the_user_is_kept():
     with running(server, ready=is_ready):
         wait_for(server.ready.is_set, what="parts master ready")
         assert server.cache.get(CONFIG_PROTOCOL_KEY) == b"legacy"
+
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _batch(envelopes):
+    return b"".join(_varint(len(e)) + e for e in envelopes)
+
+
+def _unbatch(data):
+    out, i = [], 0
+    while i < len(data):
+        n = shift = 0
+        while True:
+            byte = data[i]
+            i += 1
+            n |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        out.append(data[i:i + n])
+        i += n
+    return out
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_batch_mixing_two_clients_reaches_each_client():
+    """A worker (raw, speaking our worker protocol) answers the calls of
+    two clients in one batch: the publisher must not forward that batch
+    whole to one client's topic; each client gets its own reply."""
+    import threading
+    from pylm._cache import CacheClient
+    from pylm.servers import Master
+    pull, pub, wpull, wpush, db = tcp_addresses(5)
+    master = Master("mix", pull, pub, wpull, wpush, db)
+    replies, errors = {}, []
+    with running(master):
+        cache = CacheClient(db, "mix", timeout=TIMEOUT)
+        try:
+            router_address = cache.request("get", b"worker_router_address").decode()
+        finally:
+            cache.close()
+        worker = context().socket(zmq.DEALER)
+        worker.setsockopt(zmq.LINGER, 0)
+        worker.setsockopt(zmq.ROUTING_ID, b"raw-worker")
+        worker.connect(router_address)
+        try:
+            worker.send_multipart([b"R", b"10"])
+
+            def call(tag):
+                try:
+                    with Client("mix", db, timeout=TIMEOUT) as client:
+                        replies[tag] = client.eval("mix.double", tag, timeout=TIMEOUT)
+                except Exception as exc:    # reported below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=call, args=(tag,)) for tag in (b"a", b"b")]
+            for thread in threads:
+                thread.start()
+            calls = []
+            while len(calls) < 2:           # both calls, in one or two batches
+                assert worker.poll(TIMEOUT * 1000), "the Master sent no work"
+                calls += [_core.PalmMessage.FromString(e)
+                          for e in _unbatch(worker.recv_multipart()[-1])]
+            for message in calls:
+                message.payload = message.payload * 2
+            worker.send_multipart([b"D", b"2", _batch([m.SerializeToString() for m in calls])])
+            for thread in threads:
+                thread.join(TIMEOUT + 5)
+        finally:
+            worker.close(linger=0)
+    assert not errors, errors
+    assert replies == {b"a": b"aa", b"b": b"bb"}
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("size", [10, 70000])
+def test_clients_sharing_a_master_each_get_exactly_their_replies(size):
+    """Three clients run jobs at once through one Master and one worker,
+    with small calls (batches forwarded by reference) and big ones (the
+    queue's buffer handed to libzmq): each client gets its own replies,
+    each once."""
+    from pylm.servers import Master
+    import threading
+    pull, pub, wpull, wpush, db = tcp_addresses(5)
+    master = Master("shared", pull, pub, wpull, wpush, db)
+    n = 300 if size > 1000 else 3000
+    results, errors = {}, []
+
+    def run(tag):
+        try:
+            with Client("shared", db, timeout=TIMEOUT) as client:
+                payloads = [tag + b"-%d-" % i + b"x" * size for i in range(n)]
+                results[tag] = (sorted(client.job("shared.double", iter(payloads),
+                                                  messages=n, timeout=30)),
+                                sorted(p * 2 for p in payloads))
+        except Exception as exc:        # reported below
+            errors.append(exc)
+
+    with running(master), running(Doubler("w1", db, credit=50)):
+        threads = [threading.Thread(target=run, args=(b"c%d" % i,)) for i in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not any(thread.is_alive() for thread in threads)
+    assert not errors, errors
+    assert sorted(results) == [b"c0", b"c1", b"c2"]
+    for tag, (got, expected) in results.items():
+        assert got == expected, tag
+    assert master.stats["bad"] == 0
