@@ -1,0 +1,93 @@
+"""Large-payload jobs, pylm against hand-written pyzmq, and the Master's CPU
+time per message: the measurements behind README's "Large payloads".
+
+    python benchmarks/large_payloads.py                 # msgs/s, both systems
+    python benchmarks/large_payloads.py --master-cpu    # pylm Master us/msg
+
+Same processes and workloads as benchmarks/compare.py's job (a Master and
+two Worker processes, or zguide's ventilator -> 2 workers -> sink), each
+size run three times after a warm-up; medians are printed.  The Master's CPU
+time is its utime + stime from /proc over a job, per reply.  Set glibc's
+MALLOC_* variables in the environment to see their effect (README).
+"""
+
+import argparse
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import compare  # noqa: E402
+
+SIZES = (64 * 1024, 1024 * 1024)
+ROUNDS = 3
+
+
+def messages_for(size):
+    """About 256 MiB of payloads per round, between 200 and 200,000 calls."""
+    return max(200, min(200000, (256 << 20) // size))
+
+
+def cpu_seconds(pid):
+    fields = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def throughput(system, sizes):
+    job = compare.OursJob() if system == "pylm" else compare.PyzmqJob()
+    try:
+        job.grow(2)
+        for size in sizes:
+            payloads = compare.payloads_of(size)
+            n = messages_for(size)
+            job.run(n // 4, payloads)
+            rates = []
+            for _ in range(ROUNDS):
+                result = job.run(n, payloads)
+                rates.append(result["received"] / result["seconds"])
+            rate = statistics.median(rates)
+            print("%-6s %8d B: %9.0f msgs/s %7.0f MiB/s" % (system, size, rate,
+                                                            rate * size / 2**20), flush=True)
+    finally:
+        job.close()
+
+
+def master_cpu(sizes):
+    job = compare.OursJob()
+    try:
+        job.grow(2)
+        pid = job.peers[0].process.pid
+        for size in sizes:
+            payloads = compare.payloads_of(size)
+            n = messages_for(size)
+            job.run(n // 10, payloads)
+            per = []
+            for _ in range(ROUNDS):
+                before = cpu_seconds(pid)
+                result = job.run(n, payloads)
+                per.append((cpu_seconds(pid) - before) / max(1, result["received"]) * 1e6)
+            print("%8d B: Master CPU %.1f us/msg (rounds: %s)"
+                  % (size, statistics.median(per), ", ".join("%.1f" % x for x in per)),
+                  flush=True)
+    finally:
+        job.close()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--master-cpu", action="store_true",
+                        help="the pylm Master's CPU time per message instead")
+    parser.add_argument("--sizes", default=",".join(str(s) for s in SIZES),
+                        help="payload sizes in bytes, comma-separated")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if args.master_cpu:
+        master_cpu(sizes)
+    else:
+        for system in ("pylm", "pyzmq"):
+            throughput(system, sizes)
+
+
+if __name__ == "__main__":
+    main()
