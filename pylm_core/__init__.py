@@ -16,4 +16,14 @@ _core.load_libzmq(_pyzmq_backend.__file__)
 
 from pylm_core._core import Frame, PalmMessage, zmq_version  # noqa: E402
 
-__all__ = ["DecodeError", "Frame", "PalmMessage", "zmq_version"]
+__all__ = ["DecodeError", "Frame", "PalmMessage", "get_includes", "zmq_version"]
+
+
+def get_includes():
+    """Directories a Cython extension that ``cimport``s pylm_core needs
+    (``include_dirs`` and Cython's ``include_path``): the one holding the
+    package, for ``pylm_core/*.pxd``, and the package's own, for its C
+    headers.  As pyzmq's ``zmq.get_includes()``."""
+    import os
+    here = os.path.dirname(os.path.abspath(__file__))
+    return [os.path.dirname(here), here]
