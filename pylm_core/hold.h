@@ -16,6 +16,10 @@ typedef struct pz_hold {
 } pz_hold;
 
 static pz_hold *pz_released = NULL;
+/* Payloads lent, and released again (counted for the tests, as
+ * pz_batches_given/freed in wire.h). */
+static uint64_t pz_payloads_lent = 0;
+static uint64_t pz_payloads_released = 0;
 
 static void pz_hold_free_cb(void *data, void *hint)
 {

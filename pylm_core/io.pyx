@@ -115,10 +115,13 @@ cdef inline void take_payload(pz_env *env, pz_msg_t *m) noexcept nogil:
 cdef int batch_to_msg(pz_batch *b, pz_msg_t *m) except -1:
     """Hand b's buffer to a new zmq message (libzmq frees it; no copy) and
     leave b empty."""
+    global pz_batches_given
     if b.buf == NULL:
         pz_msg_init(m)
     elif pz_msg_init_data(m, b.buf, b.len, pz_batch_free_cb, NULL) != 0:
         raise MemoryError()
+    else:
+        pz_batches_given += 1
     b.buf = NULL
     b.len = b.cap = 0
     b.count = b.completed = 0

@@ -367,6 +367,22 @@ static inline int pz_batch_add_raw(pz_batch *b, const char *data, size_t n)
     return 0;
 }
 
-static void pz_batch_free_cb(void *data, void *hint) { (void)hint; free(data); }
+/* Batch buffers handed to libzmq (batch_to_msg) and freed by it: the two
+ * counts meet again once every message holding one is gone, which the
+ * tests check (a leaked zmq message keeps them apart). */
+static uint64_t pz_batches_given = 0;
+static uint64_t pz_batches_freed = 0;
+
+static void pz_batch_free_cb(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+    __atomic_add_fetch(&pz_batches_freed, 1, __ATOMIC_RELAXED);
+}
+
+static inline uint64_t pz_batches_freed_now(void)
+{
+    return __atomic_load_n(&pz_batches_freed, __ATOMIC_RELAXED);
+}
 
 #endif

@@ -34,6 +34,8 @@ cdef extern from "wire.h" nogil:
     int pz_batch_add_env(pz_batch *b, const pz_env *e)
     int pz_batch_add_raw(pz_batch *b, const char *data, size_t n)
     void pz_batch_free_cb(void *data, void *hint) noexcept
+    uint64_t pz_batches_given          # counted with the GIL
+    uint64_t pz_batches_freed_now()     # counted by libzmq's I/O thread
 
     int pz_parse(const char *buf, size_t n, pz_env *e)
     size_t pz_encoded_size(const pz_env *e)
