@@ -112,6 +112,15 @@ cdef inline void take_payload(pz_env *env, pz_msg_t *m) noexcept nogil:
     env.f[PZ_F_PAYLOAD].n = pz_msg_size(m)
 
 
+cdef inline bint for_other_client(pz_batch *b, object topic, const char *tp,
+                                  size_t tn) noexcept:
+    """Does batch b, which holds replies for client `topic` (bytes), hold
+    any while a reply for client tp[0:tn] comes?  Then b is sent first: a
+    batch frame goes to one client's topic."""
+    return b.count != 0 and (tn != <size_t>PyBytes_GET_SIZE(topic)
+                             or memcmp(tp, PyBytes_AS_STRING(topic), tn) != 0)
+
+
 cdef int batch_to_msg(pz_batch *b, pz_msg_t *m) except -1:
     """Hand b's buffer to a new zmq message (libzmq frees it; no copy) and
     leave b empty."""

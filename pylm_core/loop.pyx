@@ -466,8 +466,7 @@ cdef class Executor(Part):
         if self.out_kind == OUT_TOPIC:
             if topic is None and to_client and o.flags & PZ_FLAG_BATCH:
                 tn = o.f[PZ_F_CLIENT].n
-                if self.cbatch.count and (tn != <size_t>len(self.cbatch_topic) or memcmp(
-                        o.f[PZ_F_CLIENT].p, <char *>self.cbatch_topic, tn) != 0):
+                if for_other_client(&self.cbatch, self.cbatch_topic, o.f[PZ_F_CLIENT].p, tn):
                     if self._flush():
                         return 1
                 if self.cbatch.count == 0:

@@ -178,8 +178,7 @@ cdef class Publisher(Part):
     cdef int _batch(self, pz_env *env, const char *p, size_t n) except -1:
         """Add an encoded result to the batch of its client."""
         cdef size_t tn = env.f[PZ_F_CLIENT].n
-        if self.cbatch.count and (tn != <size_t>len(self.cbatch_topic) or memcmp(
-                env.f[PZ_F_CLIENT].p, <char *>self.cbatch_topic, tn) != 0):
+        if for_other_client(&self.cbatch, self.cbatch_topic, env.f[PZ_F_CLIENT].p, tn):
             if self.flush():
                 return 1
         if self.cbatch.count == 0:
