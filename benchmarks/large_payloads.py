@@ -34,39 +34,43 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def each_size(job, sizes, measure):
+    """For each size: a warm-up, then ROUNDS of measure(job, n, payloads)."""
+    job.grow(2)
+    for size in sizes:
+        payloads = compare.payloads_of(size)
+        n = messages_for(size)
+        job.run(n // 10, payloads)
+        yield size, [measure(job, n, payloads) for _ in range(ROUNDS)]
+
+
+def rate(job, n, payloads):
+    result = job.run(n, payloads)
+    return result["received"] / result["seconds"]
+
+
 def throughput(system, sizes):
     job = compare.OursJob() if system == "pylm" else compare.PyzmqJob()
     try:
-        job.grow(2)
-        for size in sizes:
-            payloads = compare.payloads_of(size)
-            n = messages_for(size)
-            job.run(n // 4, payloads)
-            rates = []
-            for _ in range(ROUNDS):
-                result = job.run(n, payloads)
-                rates.append(result["received"] / result["seconds"])
-            rate = statistics.median(rates)
-            print("%-6s %8d B: %9.0f msgs/s %7.0f MiB/s" % (system, size, rate,
-                                                            rate * size / 2**20), flush=True)
+        for size, rates in each_size(job, sizes, rate):
+            median = statistics.median(rates)
+            print("%-6s %8d B: %9.0f msgs/s %7.0f MiB/s" % (system, size, median,
+                                                            median * size / 2**20), flush=True)
     finally:
         job.close()
 
 
 def master_cpu(sizes):
     job = compare.OursJob()
-    try:
-        job.grow(2)
+
+    def cpu_per_message(job, n, payloads):
         pid = job.peers[0].process.pid
-        for size in sizes:
-            payloads = compare.payloads_of(size)
-            n = messages_for(size)
-            job.run(n // 10, payloads)
-            per = []
-            for _ in range(ROUNDS):
-                before = cpu_seconds(pid)
-                result = job.run(n, payloads)
-                per.append((cpu_seconds(pid) - before) / max(1, result["received"]) * 1e6)
+        before = cpu_seconds(pid)
+        result = job.run(n, payloads)
+        return (cpu_seconds(pid) - before) / max(1, result["received"]) * 1e6
+
+    try:
+        for size, per in each_size(job, sizes, cpu_per_message):
             print("%8d B: Master CPU %.1f us/msg (rounds: %s)"
                   % (size, statistics.median(per), ", ".join("%.1f" % x for x in per)),
                   flush=True)
