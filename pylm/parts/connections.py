@@ -16,7 +16,7 @@ import zmq
 
 from pylm.errors import DecodeError, PylmError
 from pylm.parts.core import (MAX_MESSAGE_SIZE, BypassInbound, BypassOutbound, Inbound,
-                             Outbound, PartFailed, _OutboundExchange, _to_bytes,
+                             Outbound, PartFailed, _to_bytes,
                              error_reply)
 from pylm.parts.messages_pb2 import PalmMessage
 
@@ -183,11 +183,8 @@ class HttpConnection(Outbound):
 
     # routing -------------------------------------------------------------------------
     def _submit(self, data, done):
-        self._taken += 1
-        exchange = _OutboundExchange(done, data)
-        if self._taken > self.messages:
-            self._drops("%s: past its limit of %d messages" % (self._label, self.messages))
-            self._finish(exchange, None)
+        exchange = self._take(data, done)
+        if exchange is None:
             return
         try:
             bodies = [frames[-1] for frames in self._prepare(data)]

@@ -591,14 +591,22 @@ class Outbound(_Part):
             if out is not None:
                 yield [out]
 
-    def _submit(self, data, done):
-        """The Router gives this part a message; `done` is ``(fn, *args)``,
-        called with the feedback (None when the part failed on it)."""
+    def _take(self, data, done):
+        """A new exchange for a routed message, or None when the part is
+        past its `messages` (the message is dropped, its feedback None)."""
         self._taken += 1
         exchange = _OutboundExchange(done, data)
         if self._taken > self.messages:
             self._drops("%s: past its limit of %d messages" % (self._label, self.messages))
             self._finish(exchange, None)
+            return None
+        return exchange
+
+    def _submit(self, data, done):
+        """The Router gives this part a message; `done` is ``(fn, *args)``,
+        called with the feedback (None when the part failed on it)."""
+        exchange = self._take(data, done)
+        if exchange is None:
             return
         self._queue.append(exchange)
         if self._busy is None:
