@@ -539,6 +539,23 @@ def test_router_messages_makes_start_return():
             assert got == [b"%d" % i for i in range(5)]
 
 
+def test_an_outbound_part_past_its_messages_drops_the_rest_and_serves_on():
+    pull, push = tcp_addresses(2)
+    server = ServerTemplate()
+    server.register_inbound(PullService, "Pull", pull, route="Push")
+    outbound = server.register_outbound(PushService, "Push", push, messages=3)
+    with sockets() as make:
+        receiver = make(zmq.PULL, bind=None, connect=push)
+        with running(server, ready=is_ready):
+            sender = make(zmq.PUSH, connect=pull)
+            for i in range(5):
+                sender.send(envelope(b"%d" % i))
+            got = [PalmMessage.FromString(receiver.recv()).payload for _ in range(3)]
+            wait_for(lambda: outbound._taken == 5, timeout=TIMEOUT, what="5 messages routed")
+            assert server.router.routed == 5
+            assert got == [b"0", b"1", b"2"]
+            assert not receiver.poll(200)       # the two past the limit were dropped
+
 def test_an_unknown_route_is_an_error_at_start():
     server = ServerTemplate()
     server.register_inbound(PullService, "Pull", tcp_addresses(1)[0], route="Nowhere")
