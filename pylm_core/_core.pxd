@@ -14,7 +14,7 @@ cdef class PalmMessage:
         # The string fields: str ("" is protobuf's default), or None while
         # still undecoded, their UTF-8 then being _raw[PZ_F_...] in _owner
         # (decoding is lazy: only a field that is read becomes a str).
-        # _client and _error are never None: broker.pyx reads them directly.
+        # _client and _error are never None: worker_pool.pyx reads them directly.
         object _pipeline, _client, _function, _cache, _error
         int64_t _stage
         # pylm's field 16 (PZ_FLAG_BATCH...), kept so hooks do not lose it

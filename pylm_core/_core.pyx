@@ -4,8 +4,8 @@
 One extension made of included parts (uvloop style): errors.pyx (libzmq
 return codes), frame.pyx (received messages), envelope.pyx (the PALM codec),
 io.pyx (frame-level helpers shared by the loops), router.pyx (the one poll
-loop of every server and its routing table), loop.pyx (the execution part of
-Server, Pipeline and Worker), publish.pyx, broker.pyx and intake.pyx (the
+loop of every server and its routing table), executor.pyx (the execution part of
+Server, Pipeline and Worker), publisher.pyx, worker_pool.pyx and intake.pyx (the
 Master's three parts: publisher, worker pool, intake), client.pyx (the
 client's send, receive and job loops).  C declarations: zmqapi.h/libzmq.pxd (libzmq,
 resolved at run time), wire.h/wire.pxd (the wire format), hold.h (buffers
@@ -58,8 +58,8 @@ include "frame.pyx"
 include "envelope.pyx"
 include "io.pyx"
 include "router.pyx"
-include "loop.pyx"
-include "publish.pyx"
-include "broker.pyx"
+include "executor.pyx"
+include "publisher.pyx"
+include "worker_pool.pyx"
 include "intake.pyx"
 include "client.pyx"

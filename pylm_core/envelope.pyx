@@ -56,7 +56,7 @@ cdef inline str _slice_str(pz_slice s):
 # when it is read; to_env writes the slices of fields never read or set back
 # as they came.  The UTF-8 of every string field was checked by pz_parse, so
 # decoding later cannot fail.  _client and _error are decoded at once:
-# broker.pyx reads those attributes directly (an empty error costs nothing).
+# worker_pool.pyx reads those attributes directly (an empty error costs nothing).
 
 cdef inline bint _inside(pz_slice s, const char *base, size_t size) noexcept:
     """s lies within base[0:size] (base NULL: there is no owner)."""
@@ -311,7 +311,7 @@ cdef class PalmMessage:
         if s.n == 0:
             self._payload = b""
         elif type(owner) is bytes and s.p == base and s.n == size:
-            self._payload = owner       # the owner is the payload (loop.pyx)
+            self._payload = owner       # the owner is the payload (executor.pyx)
         elif _inside(s, base, size):
             self._payload = None
         else:

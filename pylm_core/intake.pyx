@@ -109,7 +109,7 @@ cdef class Intake(Part):
             take_payload(&env, payload)
         self.received += 1
         if is_ping(&env):
-            # pings follow the default route of results (see loop.pyx)
+            # pings follow the default route of results (see executor.pyx)
             return self.replies.ping(&env)
         if env.f[PZ_F_ERROR].n:
             return self.replies.pass_error(&env)

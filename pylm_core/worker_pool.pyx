@@ -23,8 +23,8 @@ cdef enum:
 #: On stop, how long a Master waits for the results of messages in flight.
 DRAIN_MS = 2000
 
-cdef bytes _HB_SUFFIX = HB_SUFFIX     # see loop.pyx
-cdef bytes _W_RESET = W_RESET         # see loop.pyx
+cdef bytes _HB_SUFFIX = HB_SUFFIX     # see executor.pyx
+cdef bytes _W_RESET = W_RESET         # see executor.pyx
 
 
 cdef struct Fifo:
@@ -400,7 +400,7 @@ cdef class WorkerPool(Part):
         return 0
 
     cdef int _drain_router(self, Multipart *mp) except -1:
-        """Frames from our workers (protocol in loop.pyx; [B] is a worker
+        """Frames from our workers (protocol in executor.pyx; [B] is a worker
         leaving, whose messages are handed back at once).  Heartbeats may
         come from a worker's second socket, whose id ends in HB_SUFFIX."""
         cdef int j, rc, w
