@@ -20,7 +20,7 @@ from cpython.bytes cimport (PyBytes_FromStringAndSize, PyBytes_AS_STRING,
                             PyBytes_GET_SIZE)
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.errno cimport EINTR, EAGAIN
+from libc.errno cimport EINTR, EAGAIN, EHOSTUNREACH
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy, memcmp, memchr, memmove, memset
 from libc.stdlib cimport free, malloc

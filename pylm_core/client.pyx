@@ -67,22 +67,27 @@ cdef int send_lent(void *sock, pz_env *env, object payload, int flags) except -1
     only).  0 when sent; with DONTWAIT in flags, 1 when the queue is full
     (nothing sent)."""
     cdef pz_msg_t head, body
+    cdef OutFrame out[3]
     cdef size_t pn = env.f[PZ_F_PAYLOAD].n
     cdef int rc
     release_sent()
-    rc = pz_send(sock, <char *>_PAYLOAD_MARK, 11, PZ_SNDMORE | flags)
-    if rc < 0:
-        if pz_errno() == EAGAIN:
-            return 1
-        _check_rc(-1)
     env.f[PZ_F_PAYLOAD].n = 0
     rc = env_to_msg(env, &head)
     env.f[PZ_F_PAYLOAD].n = pn
     if rc != 0:
         raise MemoryError()
-    send_owned(sock, &head, PZ_SNDMORE)
-    lend_payload(&body, payload)
-    send_owned(sock, &body, 0)
+    try:
+        lend_payload(&body, payload)
+    except BaseException:
+        pz_msg_close(&head)
+        raise
+    out[0] = copy_frame(<char *>_PAYLOAD_MARK, 11)
+    out[1] = msg_frame(&head)
+    out[2] = msg_frame(&body)
+    if send_frames(sock, out, 3, flags, None, NULL):
+        pz_msg_close(&head)
+        pz_msg_close(&body)     # the payload is released at the next send
+        return 1
     return 0
 
 cdef class _Deadline:
@@ -130,25 +135,17 @@ cdef int _send_call(void *sock, pz_env *env, _Deadline dl) except -1:
     """Encode env and send it on a PUSH socket, waiting at most until the
     deadline for a peer with room.  Raises TimeoutError."""
     cdef pz_msg_t m
-    cdef int rc, err
+    cdef OutFrame out
     if env_to_msg(env, &m) != 0:
         raise MemoryError()
-    try:
-        while True:
-            with nogil:
-                rc = pz_msg_send(&m, sock, PZ_DONTWAIT)
-            if rc >= 0:
-                return 0
-            err = pz_errno()
-            if err == EINTR:
-                PyErr_CheckSignals()
-            elif err == EAGAIN:
-                _wait_writable(sock, dl)
-            else:
-                _raise_errno(err)
-    except BaseException:
-        pz_msg_close(&m)
-        raise
+    out = msg_frame(&m)
+    while send_frames(sock, &out, 1, PZ_DONTWAIT, None, NULL):
+        try:
+            _wait_writable(sock, dl)
+        except BaseException:
+            pz_msg_close(&m)
+            raise
+    return 0
 
 
 cdef int _fill_call(pz_env *env, bytes pipeline, bytes client, bytes function,
@@ -384,19 +381,15 @@ cdef class JobStream:
     cdef int _send_batch(self) except -1:
         """Send the calls batched so far; 0 when sent (or none), 1 when the
         PUSH queue is full (they stay batched)."""
-        cdef pz_msg_t m
-        cdef int rc
-        if self.out.count == 0:
+        cdef OutFrame out[2]
+        cdef int calls = self.out.count
+        if calls == 0:
             return 0
-        rc = pz_send(self.push, <char *>_BATCH_MARK, 11, PZ_SNDMORE | PZ_DONTWAIT)
-        if rc < 0:
-            if pz_errno() == EAGAIN:
-                return 1
-            _check_rc(-1)
-        rc = self.out.count
-        batch_to_msg(&self.out, &m)
-        send_owned(self.push, &m, 0)
-        self.inflight += rc
+        out[0] = copy_frame(<char *>_BATCH_MARK, 11)
+        out[1] = batch_frame(&self.out)
+        if send_frames(self.push, out, 2, PZ_DONTWAIT, None, NULL):
+            return 1
+        self.inflight += calls
         return 0
 
     cdef int _fill(self) except -1:
@@ -448,14 +441,9 @@ cdef class JobStream:
                     if self._send_batch():
                         return 0
                 continue
-            with nogil:
-                rc = pz_msg_send(&m, self.push, PZ_DONTWAIT)
-            if rc < 0:
-                pz_msg_close(&m)
-                if pz_errno() == EAGAIN:
-                    self.pending = payload
-                    return 0
-                _check_rc(-1)
+            if send_alone(self.push, &m, PZ_DONTWAIT, None):
+                self.pending = payload
+                return 0
             self.inflight += 1
         if self.batch:
             self._send_batch()

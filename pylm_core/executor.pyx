@@ -175,8 +175,15 @@ cdef class Executor(Part):
         return self._send_control(W_READY, b"%d" % self.credit_now)
 
     cdef int finish(self) except -1:
+        cdef OutFrame bye
         if self.out_kind == OUT_WORKER:
-            pz_send(self.out, <char *>W_BYE, 1, PZ_DONTWAIT)
+            # best effort: a Master that misses it gives the worker up at
+            # its worker_timeout instead
+            bye = copy_frame(<char *>W_BYE, 1)
+            try:
+                send_frames(self.out, &bye, 1, PZ_DONTWAIT, None, NULL)
+            except Exception:
+                pass
         return 0
 
     cdef int on_tick(self, long long now) except -1:
@@ -219,12 +226,12 @@ cdef class Executor(Part):
     cdef int _send_control(self, bytes kind, bytes arg) except -1:
         if self.out_kind != OUT_WORKER:
             return 0
+        cdef OutFrame out[2]
         self.last_sent = now_ms()
-        if arg is None:
-            _check_rc(pz_send(self.out, <char *>kind, 1, 0))
-        else:
-            _check_rc(pz_send(self.out, <char *>kind, 1, PZ_SNDMORE))
-            _check_rc(pz_send(self.out, <char *>arg, len(arg), 0))
+        out[0] = copy_frame(<char *>kind, 1)
+        if arg is not None:
+            out[1] = copy_frame(<char *>arg, len(arg))
+        send_frames(self.out, out, 1 if arg is None else 2, 0, None, NULL)
         return 0
 
     cdef int _handle(self, Multipart *mp, int kind) except -1:
@@ -492,21 +499,22 @@ cdef class Executor(Part):
             return send_topic(self.waiter, self.out, tp, tn, &m, NULL)
         if env_to_msg(o, &m) != 0:
             raise MemoryError()
-        return self.waiter.send(&m, self.out, 0)
+        return send_alone(self.out, &m, 0, self.waiter)
 
     cdef int _flush(self) except -1:
         """Send what the batches hold.  1 when stopped."""
         cdef pz_msg_t m
         cdef bytes done
+        cdef OutFrame out[3]
         if self.out_kind == OUT_WORKER:
             if self.wbatch.completed == 0 and self.wbatch.count == 0:
                 return 0
             done = b"%d" % self.wbatch.completed
             self.last_sent = now_ms()
-            batch_to_msg(&self.wbatch, &m)
-            _check_rc(pz_send(self.out, <char *>W_DONE, 1, PZ_SNDMORE))
-            _check_rc(pz_send(self.out, <char *>done, len(done), PZ_SNDMORE))
-            return send_owned(self.out, &m, 0)
+            out[0] = copy_frame(<char *>W_DONE, 1)
+            out[1] = copy_frame(<char *>done, len(done))
+            out[2] = batch_frame(&self.wbatch)
+            return send_frames(self.out, out, 3, 0, None, NULL)
         if self.cbatch.count == 0:
             return 0
         batch_to_msg(&self.cbatch, &m)

@@ -53,8 +53,14 @@ cdef inline void mp_close(Multipart *m) noexcept nogil:
 cdef int mp_recv(Multipart *m, void *sock, int flags) noexcept nogil:
     """Receive one whole multipart message; frames past MAX_FRAMES are read
     and dropped (m.total counts them).  0, or -1 with zmq_errno set (EAGAIN
-    when flags has DONTWAIT and nothing is waiting).  zmq_msg_recv frees
-    what a frame held before, so a Multipart is reused without closing."""
+    when flags has DONTWAIT and nothing is waiting, EINTR when a signal came
+    before the first frame: the caller runs the signal handlers and calls
+    again).  A signal while the rest of the message is read is retried at
+    once, keeping the frames read so far: libzmq queues a message only once
+    all of it is there, so the rest never waits, and a frame given up here
+    would make the next receive start in the middle of this message.
+    zmq_msg_recv frees what a frame held before, so a Multipart is reused
+    without closing."""
     cdef pz_msg_t extra
     cdef int more, rc
     m.n = 0
@@ -66,18 +72,26 @@ cdef int mp_recv(Multipart *m, void *sock, int flags) noexcept nogil:
     more = pz_msg_more(&m.f[0])
     while more:
         if m.n < MAX_FRAMES:
-            if pz_msg_recv(&m.f[m.n], sock, 0) < 0:
+            if recv_rest(&m.f[m.n], sock) < 0:
                 return -1
             more = pz_msg_more(&m.f[m.n])
             m.n += 1
         else:
             pz_msg_init(&extra)
-            rc = pz_msg_recv(&extra, sock, 0)
+            rc = recv_rest(&extra, sock)
             more = pz_msg_more(&extra) if rc >= 0 else 0
             pz_msg_close(&extra)
             if rc < 0:
                 return -1
         m.total += 1
+    return 0
+
+
+cdef inline int recv_rest(pz_msg_t *f, void *sock) noexcept nogil:
+    """A frame after the first of a message (see mp_recv): EINTR retried."""
+    while pz_msg_recv(f, sock, 0) < 0:
+        if pz_errno() != EINTR:
+            return -1
     return 0
 
 
@@ -124,11 +138,20 @@ cdef inline bint for_other_client(pz_batch *b, object topic, const char *tp,
 cdef int batch_to_msg(pz_batch *b, pz_msg_t *m) except -1:
     """Hand b's buffer to a new zmq message (libzmq frees it; no copy) and
     leave b empty."""
+    if give_batch(b, m) != 0:
+        raise MemoryError()
+    return 0
+
+
+cdef int give_batch(pz_batch *b, pz_msg_t *m) noexcept:
+    """batch_to_msg without raising: -1 when out of memory (m is then an
+    empty message and b is left as it was).  With the GIL (it counts)."""
     global pz_batches_given
     if b.buf == NULL:
         pz_msg_init(m)
     elif pz_msg_init_data(m, b.buf, b.len, pz_batch_free_cb, NULL) != 0:
-        raise MemoryError()
+        pz_msg_init(m)
+        return -1
     else:
         pz_batches_given += 1
     b.buf = NULL
@@ -137,20 +160,137 @@ cdef int batch_to_msg(pz_batch *b, pz_msg_t *m) except -1:
     return 0
 
 
-cdef int send_owned(void *sock, pz_msg_t *m, int flags) except -1:
-    """Send m (closing it on failure)."""
-    cdef int rc, err
-    while True:
+# -- sending: the one way the core sends a message ------------------------------
+
+cdef struct OutFrame:
+    # one frame of a message for send_frames, given as one of:
+    const char *p           # bytes copied into the frame (p[0:n]) ...
+    size_t n
+    pz_msg_t *msg           # ... a zmq message of the caller's ...
+    pz_batch *batch         # ... or a batch whose buffer is handed to libzmq
+
+
+cdef inline OutFrame copy_frame(const char *p, size_t n) noexcept nogil:
+    cdef OutFrame f
+    f.p = p
+    f.n = n
+    f.msg = NULL
+    f.batch = NULL
+    return f
+
+
+cdef inline OutFrame msg_frame(pz_msg_t *m) noexcept nogil:
+    cdef OutFrame f = copy_frame(NULL, 0)
+    f.msg = m
+    return f
+
+
+cdef inline OutFrame batch_frame(pz_batch *b) noexcept nogil:
+    cdef OutFrame f = copy_frame(NULL, 0)
+    f.batch = b
+    return f
+
+
+cdef int send_frames(void *sock, OutFrame *out, int n, int flags, Waiter waiter,
+                     pz_msg_t *keep) except -1:
+    """Send out[0:n] as one message on sock.  Every message the core sends
+    goes through here, so that none is ever sent in part.
+
+    The first frame decides whether the message goes.  With flags 0 it
+    waits for room; a signal (EINTR) runs Python's handlers (an exception
+    they raise, such as KeyboardInterrupt, propagates: nothing was sent)
+    and it waits again, as pyzmq does.  With a `waiter` it waits for room
+    while watching the Router's stop socket.  It returns 1, having sent
+    nothing, when a stop is asked (waiter), when there is no room now
+    (flags PZ_DONTWAIT) or when the peer its first frame names is gone (a
+    ROUTER with ROUTER_MANDATORY: EHOSTUNREACH); `out` is then as it was
+    (its messages still the caller's, its batches untouched).
+
+    Once the first frame went, the rest always go: libzmq counts its
+    high-water mark in whole messages, so the rest of a message never waits
+    for room, and a signal there is retried at once and handled after the
+    last frame.  A peer never sees half a message, whose tail it would take
+    for the next one.  Batches are handed over only then, and copies are
+    made before the first frame, so that nothing can fail halfway.
+
+    0 when sent: `out`'s messages belong to libzmq, its batches are empty.
+    On an exception `out`'s messages were closed.  `keep`, when not NULL,
+    gets a reference to the last frame sent (its data shared, not copied).
+    """
+    cdef pz_msg_t frames[MAX_FRAMES]    # what is built here (copies, batches)
+    cdef pz_msg_t *m[MAX_FRAMES]
+    cdef int i, rc, err
+    cdef bint interrupted = False
+    cdef bint short_of_memory = False
+    cdef int more = PZ_SNDMORE if n > 1 else 0
+    if n < 1 or n > MAX_FRAMES or out[0].batch != NULL:
+        raise ValueError("send_frames: 1 to %d frames, the first no batch" % MAX_FRAMES)
+    if waiter is not None:
+        flags |= PZ_DONTWAIT
+    for i in range(n):
+        pz_msg_init(&frames[i])
+        m[i] = out[i].msg if out[i].msg != NULL else &frames[i]
+    try:
+        for i in range(n):
+            if out[i].msg == NULL and out[i].batch == NULL:
+                if pz_msg_init_size(m[i], out[i].n) != 0:
+                    raise MemoryError()
+                memcpy(pz_msg_data(m[i]), out[i].p, out[i].n)
+        while True:
+            with nogil:
+                rc = pz_msg_send(m[0], sock, flags | more)
+            if rc >= 0:
+                break
+            err = pz_errno()
+            if err == EINTR:
+                PyErr_CheckSignals()
+            elif err == EAGAIN and waiter is not None:
+                if waiter.wait(sock):
+                    return 1
+            elif err == EAGAIN or err == EHOSTUNREACH:
+                return 1
+            else:
+                _raise_errno(err)
+        for i in range(1, n):
+            if out[i].batch != NULL and give_batch(out[i].batch, m[i]) != 0:
+                short_of_memory = True      # an empty frame goes in its place
+        if keep != NULL:
+            pz_msg_init(keep)
+            pz_msg_copy(keep, m[n - 1])
         with nogil:
-            rc = pz_msg_send(m, sock, flags)
-        if rc >= 0:
-            return 0
-        err = pz_errno()
-        if err == EINTR:
+            rc = send_rest(sock, m, n, &interrupted)
+        if rc < 0:
+            err = pz_errno()
+            if keep != NULL:
+                pz_msg_close(keep)
+            _raise_errno(err)
+        if interrupted:
             PyErr_CheckSignals()
-            continue
-        pz_msg_close(m)
-        _raise_errno(err)
+        if short_of_memory:
+            raise MemoryError()
+        return 0
+    except BaseException:
+        for i in range(n):
+            if out[i].msg != NULL:
+                pz_msg_close(out[i].msg)
+        raise
+    finally:
+        for i in range(n):
+            pz_msg_close(&frames[i])
+
+
+cdef int send_rest(void *sock, pz_msg_t **m, int n, bint *interrupted) noexcept nogil:
+    """Send m[1:n], the rest of a message whose first frame went (see
+    send_frames): 0, or -1 with zmq_errno set."""
+    cdef int i = 1
+    while i < n:
+        if pz_msg_send(m[i], sock, PZ_SNDMORE if i + 1 < n else 0) >= 0:
+            i += 1
+        elif pz_errno() == EINTR:
+            interrupted[0] = True
+        else:
+            return -1
+    return 0
 
 
 cdef inline int envelope_frame(Multipart *mp, int kind, pz_msg_t **frame) noexcept nogil:
@@ -193,43 +333,27 @@ cdef int env_to_msg(pz_env *env, pz_msg_t *out) noexcept nogil:
 
 
 cdef class Waiter:
-    """Sends that wait for room on a full queue (PUB with XPUB_NODROP, PUSH
-    at its high-water mark) while watching a control socket, so that a
-    slow peer applies back-pressure but never makes stop() hang."""
+    """Waits for room on a full queue (PUB with XPUB_NODROP, PUSH at its
+    high-water mark) while watching a control socket, so that a slow peer
+    applies back-pressure but never makes stop() hang (send_frames)."""
     cdef void *control
     cdef bint stopped
 
-    cdef int send(self, pz_msg_t *m, void *sock, int flags) except -1:
-        """Send m (ownership passes to libzmq on success; on a stop the
-        message is closed).  Returns 0 when sent, 1 when stop was asked."""
-        cdef int rc, err
+    cdef int wait(self, void *sock) except -1:
+        """Wait up to 100 ms for room on sock.  1 when stop was asked."""
+        cdef int rc
         cdef pz_pollitem_t items[2]
-        while True:
-            with nogil:
-                rc = pz_msg_send(m, sock, flags | PZ_DONTWAIT)
-            if rc >= 0:
-                return 0
-            err = pz_errno()
-            if err == EINTR:
-                PyErr_CheckSignals()
-                continue
-            if err != EAGAIN:
-                pz_msg_close(m)
-                _check_rc(-1)
-            items[0].socket = sock
-            items[0].events = PZ_POLLOUT
-            items[0].revents = 0
-            items[1].socket = self.control
-            items[1].events = PZ_POLLIN
-            items[1].revents = 0
-            with nogil:
-                rc = pz_poll(items, 2 if self.control != NULL else 1, 100)
-            if rc < 0 and _check_rc(rc) == -2:
-                continue
-            if self.control != NULL and items[1].revents & PZ_POLLIN:
-                pz_msg_close(m)
-                self.stopped = True
-                return 1
+        poll_item(items, 0, sock, 0, PZ_POLLOUT)
+        poll_item(items, 1, self.control, 0, PZ_POLLIN)
+        with nogil:
+            rc = pz_poll(items, 2 if self.control != NULL else 1, 100)
+        if rc < 0:
+            _check_rc(rc)           # EINTR: the handlers ran; the caller retries
+            return 0
+        if self.control != NULL and items[1].revents & PZ_POLLIN:
+            self.stopped = True
+            return 1
+        return 0
 
 
 cdef int drain(void *sock) except -1:
@@ -253,19 +377,29 @@ cdef int drain(void *sock) except -1:
 
 cdef int send_topic(Waiter waiter, void *sock, const char *tp, size_t tn, pz_msg_t *m,
                     const char *mark) except -1:
-    """Publish [topic, (BATCH_MARK,) m], waiting for room for the topic frame
-    (the rest of a multipart message always follows).  1 when stopped."""
-    cdef pz_msg_t t
-    if pz_msg_init_size(&t, tn) != 0:
-        pz_msg_close(m)
-        raise MemoryError()
-    memcpy(pz_msg_data(&t), tp, tn)
-    if waiter.send(&t, sock, PZ_SNDMORE):
+    """Publish [topic, (BATCH_MARK,) m], waiting for room (see send_frames);
+    m is libzmq's or closed after.  1 when stopped."""
+    cdef OutFrame out[3]
+    cdef int n = 1
+    out[0] = copy_frame(tp, tn)
+    if mark != NULL:
+        out[n] = copy_frame(mark, 11)
+        n += 1
+    out[n] = msg_frame(m)
+    if send_frames(sock, out, n + 1, 0, waiter, NULL):
         pz_msg_close(m)
         return 1
-    if mark != NULL:
-        _check_rc(pz_send(sock, mark, 11, PZ_SNDMORE))
-    return send_owned(sock, m, 0)
+    return 0
+
+
+cdef int send_alone(void *sock, pz_msg_t *m, int flags, Waiter waiter) except -1:
+    """Send m as a message of one frame (see send_frames); m is libzmq's
+    or closed after.  1 when not sent."""
+    cdef OutFrame out = msg_frame(m)
+    if send_frames(sock, &out, 1, flags, waiter, NULL):
+        pz_msg_close(m)
+        return 1
+    return 0
 
 
 cdef extern from "unistd.h" nogil:

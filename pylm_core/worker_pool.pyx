@@ -81,8 +81,9 @@ cdef struct WorkerSlot:
     Fly fly                     # messages sent to it and not finished
 
 
-cdef int fly_add(Fly *f, pz_msg_t *m, long k) except -1:
-    """Remember batch m (k envelopes) as sent: a shared reference, no copy."""
+cdef Sent *fly_next(Fly *f) except NULL:
+    """The slot of the next batch sent (fly_add makes it count), its msg
+    to be set to a reference to the batch (shared, no copy)."""
     cdef Sent *grown
     cdef int i
     if f.n == f.cap:
@@ -95,14 +96,16 @@ cdef int fly_add(Fly *f, pz_msg_t *m, long k) except -1:
         f.sent = grown
         f.head = 0
         f.cap = 2 * f.cap + 4
-    i = (f.head + f.n) % f.cap
-    pz_msg_init(&f.sent[i].msg)
-    pz_msg_copy(&f.sent[i].msg, m)
-    f.sent[i].off = 0
-    f.sent[i].left = k
+    return &f.sent[(f.head + f.n) % f.cap]
+
+
+cdef inline void fly_add(Fly *f, long k) noexcept nogil:
+    """The batch in fly_next's slot (k envelopes) was sent."""
+    cdef Sent *s = &f.sent[(f.head + f.n) % f.cap]
+    s.off = 0
+    s.left = k
     f.n += 1
     f.count += k
-    return 0
 
 
 cdef void fly_pop(Fly *f, long k) noexcept nogil:
@@ -376,10 +379,11 @@ cdef class WorkerPool(Part):
         if len(self.reset_sent) > 100000:
             self.reset_sent.clear()
         self.reset_sent.add(key)
-        # (a ROUTER accepts the rest of a message once its first frame went)
-        if pz_send(self.router, ident, n, PZ_SNDMORE | PZ_DONTWAIT) >= 0:
-            pz_send(self.router, <char *>_W_RESET, len(_W_RESET), PZ_SNDMORE)
-            pz_send(self.router, b"", 0, 0)
+        cdef OutFrame out[3]
+        out[0] = copy_frame(ident, n)
+        out[1] = copy_frame(<char *>_W_RESET, len(_W_RESET))
+        out[2] = copy_frame(b"", 0)
+        send_frames(self.router, out, 3, PZ_DONTWAIT, None, NULL)     # no room: it says H again
         return 0
 
     cdef int _poison(self, pz_env *env) except -1:
@@ -524,6 +528,9 @@ cdef class WorkerPool(Part):
         cdef pz_msg_t m
         cdef Fifo *src
         cdef int most
+        cdef bint handoff
+        cdef OutFrame out[2]
+        cdef Sent *slot
         while self.queue.count or self.retry.count:
             # messages of lost workers first, each alone in its batch
             src = &self.retry if self.retry.count else &self.queue
@@ -547,26 +554,22 @@ cdef class WorkerPool(Part):
                 while k < room and k < most and (k == 0 or p - start < BATCH_BYTES) \
                         and pz_batch_next(&p, end, &one) == 1:
                     k += 1
-                rc = pz_send(self.router, self.workers[best].ident,
-                             self.workers[best].ident_n, PZ_SNDMORE)
-                if rc < 0:
+                # big envelopes, all of the queue: its buffer becomes the
+                # message (libzmq frees it), the queue starts anew
+                handoff = start == src.b.buf and p == end and p - start >= HANDOFF_BYTES \
+                    and p - start >= HANDOFF_AVERAGE * k
+                out[0] = copy_frame(self.workers[best].ident, self.workers[best].ident_n)
+                out[1] = batch_frame(&src.b) if handoff else copy_frame(start, <size_t>(p - start))
+                slot = fly_next(&self.workers[best].fly)
+                if send_frames(self.router, out, 2, 0, None, &slot.msg):
                     # EHOSTUNREACH (ROUTER_MANDATORY): the worker is gone
                     if self._lose_worker(best):
                         return 1
                     continue
-                if start == src.b.buf and p == end and p - start >= HANDOFF_BYTES \
-                        and p - start >= HANDOFF_AVERAGE * k:
-                    # big envelopes, all of the queue: its buffer becomes
-                    # the message (libzmq frees it), the queue starts anew
-                    batch_to_msg(&src.b, &m)
+                fly_add(&self.workers[best].fly, k)
+                if handoff:
                     src.head = 0
                     p = start
-                else:
-                    if pz_msg_init_size(&m, <size_t>(p - start)) != 0:
-                        raise MemoryError()
-                    memcpy(pz_msg_data(&m), start, <size_t>(p - start))
-                fly_add(&self.workers[best].fly, &m, k)
-                send_owned(self.router, &m, 0)
                 self.to_workers += k
             elif legacy_ready:
                 k = 1
@@ -574,13 +577,8 @@ cdef class WorkerPool(Part):
                 if pz_msg_init_size(&m, one.n) != 0:
                     raise MemoryError()
                 memcpy(pz_msg_data(&m), one.p, one.n)
-                with nogil:
-                    rc = pz_msg_send(&m, self.wpush, PZ_DONTWAIT)
-                if rc < 0:
-                    pz_msg_close(&m)
-                    if pz_errno() == EAGAIN:
-                        return 0
-                    _check_rc(-1)
+                if send_alone(self.wpush, &m, PZ_DONTWAIT, None):
+                    return 0
                 self.to_legacy += 1
             else:
                 return 0

@@ -1,0 +1,160 @@
+"""Signals never corrupt the wire (issue 11, item 3).
+
+A handled signal interrupts a blocking libzmq call with EINTR.  The core
+must then run the Python handlers and go on with the call, never give up a
+frame of a message half sent or half read: a frame dropped there makes the
+peer take the tail of one message for the next one.
+
+The Master and two workers run in child processes whose sockets have tiny
+high-water marks and kernel buffers, so that their sends and receives
+block all the time during a job of large payloads; SIGUSR1, handled by a
+Python handler in each child, is sent to all three about 1,000 times a
+second for the whole job.  Every reply must come back exactly once, no
+worker may be taken for lost (no message sent again), and the Master must have dropped nothing
+(``stats['bad']``).
+"""
+
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+
+import zmq
+
+import pylm.servers
+from pylm._testing import in_child, stop_all, tcp_addresses, wait_for
+from pylm.clients import Client
+from pylm.servers import Master, Worker
+
+N = 3000                # calls in the job
+PAYLOAD = 2000          # bytes of filler after each call's id
+HWM = 2                 # messages queued per socket in the children
+KERNEL_BUFFER = 4096    # bytes of TCP send and receive buffer in the children
+RATE = 1000             # signals per second to each child
+
+
+# -- the children (module level: spawned children import them) ----------------
+
+_handled = 0
+
+
+def _on_usr1(signum, frame):
+    global _handled
+    _handled += 1
+
+
+def _congest(ready_path):
+    """In a child: count SIGUSR1 in a Python handler, make every socket of
+    the process queue almost nothing, then say so (ready_path)."""
+    signal.signal(signal.SIGUSR1, _on_usr1)
+    ctx = zmq.Context.instance()
+    for option, value in ((zmq.SNDHWM, HWM), (zmq.RCVHWM, HWM),
+                          (zmq.SNDBUF, KERNEL_BUFFER), (zmq.RCVBUF, KERNEL_BUFFER)):
+        ctx.setsockopt(option, value)
+    with open(ready_path, "w"):
+        pass
+
+
+def _report(path, **figures):
+    with open(path + ".tmp", "w") as f:
+        json.dump(dict(figures, signals=_handled), f)
+    os.replace(path + ".tmp", path)
+
+
+class SignalledMaster(Master):
+    def start(self, ready_path, report_path):
+        _congest(ready_path)
+        pylm.servers.PUB_HWM = HWM      # the XPUB too: publishing blocks
+        try:
+            super().start()
+        finally:
+            _report(report_path, stats=self.stats)
+
+
+class SignalledWorker(Worker):
+    def tag(self, payload):
+        return payload
+
+    def start(self, ready_path, report_path):
+        _congest(ready_path)
+        try:
+            super().start()
+        finally:
+            _report(report_path, stats=self.stats)
+
+
+# -- the test -----------------------------------------------------------------
+
+def _signal_all(pids, stop, sent):
+    """Send SIGUSR1 to every pid about RATE times a second until stop is
+    set (at most 10 minutes' worth)."""
+    for _ in range(RATE * 600):
+        if stop.wait(1 / RATE):
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGUSR1)
+                sent[pid] += 1
+            except ProcessLookupError:
+                pass
+
+
+def test_signals_during_a_congested_job_every_reply_exactly_once(tmp_path):
+    pull, pub, wpull, wpush, db = tcp_addresses(5)
+    paths = {name: (str(tmp_path / (name + ".ready")), str(tmp_path / (name + ".json")))
+             for name in ("master", "w0", "w1")}
+    procs = []
+    stop = threading.Event()
+    sent = Counter()
+    signaller = None
+    replies = []
+    try:
+        ready, report = paths["master"]
+        procs.append(in_child(
+            SignalledMaster, "sig", pull_address=pull, pub_address=pub,
+            worker_pull_address=wpull, worker_push_address=wpush, db_address=db,
+            worker_timeout=30.0, start_kwargs=dict(ready_path=ready, report_path=report)))
+        wait_for(lambda: os.path.exists(ready), timeout=30, what="the Master starting")
+        for name in ("w0", "w1"):
+            ready, report = paths[name]
+            procs.append(in_child(SignalledWorker, name, db, start_kwargs=dict(
+                ready_path=ready, report_path=report)))
+        wait_for(lambda: all(os.path.exists(paths[n][0]) for n in ("w0", "w1")),
+                 timeout=30, what="the workers starting")
+        # every child has its SIGUSR1 handler now (else the signal kills it)
+        signaller = threading.Thread(target=_signal_all, name="signaller",
+                                     args=([p.pid for p in procs], stop, sent), daemon=True)
+        signaller.start()
+        payloads = [b"%06d:" % i + b"x" * PAYLOAD for i in range(N)]
+        with Client("sig", db, timeout=30) as client:
+            for reply in client.job("sig.tag", iter(payloads), timeout=60):
+                replies.append(reply)
+    finally:
+        stop.set()
+        if signaller is not None:
+            signaller.join(10)
+            assert not signaller.is_alive(), "the signaller did not stop"
+        stop_all(procs[1:] + procs[:1])     # the workers, then the Master
+
+    figures = {}
+    for name, (_, report) in paths.items():
+        with open(report) as f:
+            figures[name] = json.load(f)
+    master = figures["master"]["stats"]
+    print("signals sent: %s; handled: %s; master: %s"
+          % (dict(sent), {n: f["signals"] for n, f in figures.items()}, master))
+
+    counts = Counter(replies)
+    assert len(replies) == N, "%d replies for %d calls" % (len(replies), N)
+    assert counts == Counter(payloads), "replies differ from the payloads sent"
+    assert master["bad"] == 0, master
+    # no worker was taken for lost during the job (those leaving at the
+    # end are counted in workers_lost, with nothing to send again)
+    assert master["requeued"] == master["late"] == master["poisoned"] == 0, master
+    for name in ("w0", "w1"):
+        assert figures[name]["stats"].get("bad", 0) == 0, figures[name]
+    # the signals did come, and Python handled them, during the job
+    for name, f in figures.items():
+        assert f["signals"] > 0, "%s handled no signal" % name
