@@ -31,7 +31,7 @@ PING_BUDGET = 0.5
 #: The first message every pylm server's XPUB sends a new subscriber.
 WELCOME = _core.WELCOME
 #: Workers a message may take down before the Master gives up on it.
-MAX_LOST = 3
+MAX_LOST = _core.MAX_LOST_
 #: What on_error returns for a reply the job does not yield.
 _LOST = object()
 #: Calls a job keeps in flight; bounds every queue between client and workers.

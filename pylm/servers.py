@@ -27,11 +27,12 @@ __all__ = ["Server", "Pipeline", "Sink", "Master", "Hub", "Worker", "MuxWorker"]
 
 #: Largest message a bound socket accepts; bigger ones make libzmq drop the
 #: peer (which reconnects).  Not set on connecting sockets: there libzmq ends
-#: the session for good instead of reconnecting.
-MAX_MESSAGE_SIZE = 256 * 1024 * 1024
+#: the session for good instead of reconnecting.  (Limits are defined once,
+#: in pylm_core/consts.pxi.)
+MAX_MESSAGE_SIZE = _core.MAX_MESSAGE_SIZE_
 #: Queue limit of a server's PUB; with XPUB_NODROP a full queue blocks the
 #: sender (back-pressure) instead of dropping replies.
-PUB_HWM = 100_000
+PUB_HWM = _core.PUB_HWM_
 
 
 def _logger(kind, name, level):
@@ -422,10 +423,11 @@ class Worker(_Served):
 
 
 def _heartbeat(sock, control, interval):
-    """Send [H] every `interval` seconds until control is readable."""
+    """Send [H] every `interval` seconds until control is readable: a
+    worker's only heartbeats (the worker protocol: pylm_core/consts.pxi)."""
     while not control.poll(int(interval * 1000)):
         try:
-            sock.send(b"H", zmq.DONTWAIT)
+            sock.send(_core.W_BEAT_, zmq.DONTWAIT)
         except zmq.Again:
             pass
 

@@ -4,7 +4,14 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Tuple
 PING_PREFIX: bytes
 WELCOME: bytes
 BATCH_MARK: bytes
+PAYLOAD_MARK: bytes
 HB_SUFFIX: bytes
+W_RESET: bytes
+W_BEAT_: bytes
+MAX_LOST_: int
+MAX_MESSAGE_SIZE_: int
+PUB_HWM_: int
+BATCH_BYTES_: int
 IN_PLAIN_: int
 IN_TOPIC_: int
 OUT_TOPIC_: int
@@ -78,7 +85,7 @@ class Executor(Part):
                  name: Optional[str], methods: dict, *,
                  pipelined: bool = ..., stream_hook: Optional[Callable] = ...,
                  error_hook: Optional[Callable] = ..., bad_hook: Optional[Callable] = ...,
-                 mux: bool = ..., limit: int = ..., heartbeat_ms: int = ...,
+                 mux: bool = ..., limit: int = ...,
                  credit: int = ..., batch_bytes: int = ...) -> None: ...
 
 class Publisher(Part):

@@ -53,6 +53,7 @@ def zmq_version():
     return "%d.%d.%d" % (a, b, c)
 
 
+include "consts.pxi"
 include "errors.pyx"
 include "frame.pyx"
 include "envelope.pyx"

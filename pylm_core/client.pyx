@@ -81,7 +81,7 @@ cdef int send_lent(void *sock, pz_env *env, object payload, int flags) except -1
     except BaseException:
         pz_msg_close(&head)
         raise
-    out[0] = copy_frame(<char *>_PAYLOAD_MARK, 11)
+    out[0] = copy_frame(<char *>_PAYLOAD_MARK, MARK_LEN)
     out[1] = msg_frame(&head)
     out[2] = msg_frame(&body)
     if send_frames(sock, out, 3, flags, None, NULL):
@@ -385,7 +385,7 @@ cdef class JobStream:
         cdef int calls = self.out.count
         if calls == 0:
             return 0
-        out[0] = copy_frame(<char *>_BATCH_MARK, 11)
+        out[0] = copy_frame(<char *>_BATCH_MARK, MARK_LEN)
         out[1] = batch_frame(&self.out)
         if send_frames(self.push, out, 2, PZ_DONTWAIT, None, NULL):
             return 1

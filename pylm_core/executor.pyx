@@ -4,53 +4,12 @@
 # parts; the server classes only configure it (pylm/servers.py).
 
 cdef enum:
-    OUT_TOPIC = 1           # PUB: topic frame + envelope
-    OUT_PLAIN = 2           # PUSH: envelope (a pylm 0.14 Master's worker link)
-    OUT_WORKER = 3          # DEALER to our Master: kind frame + envelope
-    MAX_IN = 16
-    BATCH = 256             # messages taken from one socket per poll
-    BATCH_BYTES = 262144    # a batch is sent once it holds this much
-    CREDIT_START = 16       # a worker's first credit, before it has timings
-    CREDIT_WORK_NS = 20000000   # a worker asks for about 20 ms of work
+    MAX_IN = 16             # inbound sockets of one Executor
 
-IN_PLAIN_ = IN_PLAIN
-IN_TOPIC_ = IN_TOPIC
-OUT_TOPIC_ = OUT_TOPIC
-OUT_PLAIN_ = OUT_PLAIN
-OUT_WORKER_ = OUT_WORKER
-
-# The handshake a client uses to know its subscription is live: an envelope
-# with an empty `function` and this prefix in `cache` is published straight
-# back to its `client` topic by every pylm server (never run as a call).
-PING_PREFIX = b"\x00pylm-ping"
-# What every pylm server's XPUB sends a new subscriber first (one frame).
-WELCOME = b"\x00pylm-welcome"
-
-# Frames of our worker protocol (worker DEALER <-> Master ROUTER):
-#   master -> worker: [batch]
-#   worker -> master: [R, credit] ready (at start and after RESET), with how
-#   many requests it wants in flight; [C, credit] a new credit; [D,
-#   completed, batch] results, with the number of requests finished; [H] heartbeat; [B] leaving (the Master hands what it
-#   sent here and was not finished to other workers).
-#   master -> worker: [RESET, ""] when the Master had given the worker up
-#   (its messages went to others): the worker says READY again, and the
-#   Master counts its results from then on (everything sent before RESET is
-#   ahead of it in the worker's queue, so no stale result is counted).
-# A worker sets its credit to about CREDIT_WORK_NS of work at its measured
-# speed: a fast worker asks for big batches, a slow one for a few messages,
-# so a slow worker never sits on a backlog that others could run.
-cdef bytes W_READY = b"R"
-cdef bytes W_CREDIT = b"C"
-cdef bytes W_DONE = b"D"
-cdef bytes W_BEAT = b"H"
-cdef bytes W_BYE = b"B"
-HB_SUFFIX = b"!hb"      # routing id suffix of a worker's heartbeat socket
-W_RESET = b"\x00pylm-reset"
-
-
-cdef inline bint is_ping(pz_env *env) noexcept nogil:
-    return (env.f[PZ_F_FUNCTION].n == 0 and env.f[PZ_F_CACHE].n >= 10
-            and memcmp(env.f[PZ_F_CACHE].p, b"\x00pylm-ping", 10) == 0)
+cdef inline bint is_ping(pz_env *env) noexcept:
+    return (env.f[PZ_F_FUNCTION].n == 0
+            and env.f[PZ_F_CACHE].n >= <size_t>len(_PING_PREFIX)
+            and memcmp(env.f[PZ_F_CACHE].p, <char *>_PING_PREFIX, len(_PING_PREFIX)) == 0)
 
 
 cdef inline str slice_str(pz_slice s):
@@ -75,8 +34,6 @@ cdef class Executor(Part):
     :param bad_hook: ``callable(reason)`` for input that is dropped
     :param mux: methods are generators; each yielded value is one reply
     :param limit: return after this many calls (``messages=N``)
-    :param heartbeat_ms: in worker mode, a heartbeat is sent after this
-        much time without a frame to the Master
     :param batch_bytes: in worker mode, the most bytes of results sent in
         one frame (half the Master's maximum message size, at most 256 KiB)
     :param credit: in worker mode, the most messages the Master may have
@@ -90,13 +47,11 @@ cdef class Executor(Part):
         int out_kind
         Router loop                 # the Router running this part
         long long checked           # last look for a stop request (ns)
-        long long last_sent         # last frame to the Master (ms)
         object _sockets             # the pyzmq sockets behind the handles
         bytes name
         dict methods
         bint pipelined, mux
         object stream_hook, error_hook, bad_hook
-        long heartbeat_ms
         size_t batch_bytes          # a batch is sent once it holds this much
         int credit                  # most messages the Master may send ahead
         int credit_now              # what we last asked the Master for
@@ -112,7 +67,7 @@ cdef class Executor(Part):
     def __init__(self, inbound, out, int out_kind, name, dict methods,
                  *, bint pipelined=False, stream_hook=None, error_hook=None,
                  bad_hook=None, bint mux=False, long long limit=2**62,
-                 long heartbeat_ms=1000, int credit=64,
+                 int credit=64,
                  size_t batch_bytes=BATCH_BYTES):
         if not 0 < len(inbound) <= MAX_IN:
             raise ValueError("between 1 and %d inbound sockets" % MAX_IN)
@@ -136,7 +91,6 @@ cdef class Executor(Part):
         self.bad_hook = bad_hook
         self.mux = mux
         self.limit = limit
-        self.heartbeat_ms = heartbeat_ms
         self.batch_bytes = max(1, min(batch_bytes, BATCH_BYTES))
         self.credit = max(1, credit)
         self.credit_now = min(self.credit, CREDIT_START)
@@ -164,31 +118,25 @@ cdef class Executor(Part):
             # item of the same socket would consume the wake-up of the
             # first and leave the poll blocked until its timeout.
             router.watch(self.out, -1, PZ_POLLIN, self, MAX_IN, False)
-        if self.out_kind == OUT_WORKER:
-            router.tick(self, self.heartbeat_ms)
         return 0
 
     cdef int begin(self) except -1:
         self.checked = now_ns()
         if self.limit <= 0:
             return 1
-        return self._send_control(W_READY, b"%d" % self.credit_now)
+        return self._send_control(W_READY, self.credit_now)
 
     cdef int finish(self) except -1:
+        cdef char kind = W_BYE
         cdef OutFrame bye
         if self.out_kind == OUT_WORKER:
             # best effort: a Master that misses it gives the worker up at
             # its worker_timeout instead
-            bye = copy_frame(<char *>W_BYE, 1)
+            bye = copy_frame(&kind, 1)
             try:
                 send_frames(self.out, &bye, 1, PZ_DONTWAIT, None, NULL)
             except Exception:
                 pass
-        return 0
-
-    cdef int on_tick(self, long long now) except -1:
-        if now - self.last_sent >= self.heartbeat_ms:
-            self._send_control(W_BEAT, None)
         return 0
 
     cdef int on_ready(self, int slot, short revents) except -1:
@@ -223,15 +171,15 @@ cdef class Executor(Part):
             mp_close(&mp)
         return 0
 
-    cdef int _send_control(self, bytes kind, bytes arg) except -1:
+    cdef int _send_control(self, char kind, long long value) except -1:
+        """[kind, value] to our Master (worker protocol, consts.pxi)."""
+        cdef OutFrame out[2]
+        cdef bytes arg = b"%d" % value
         if self.out_kind != OUT_WORKER:
             return 0
-        cdef OutFrame out[2]
-        self.last_sent = now_ms()
-        out[0] = copy_frame(<char *>kind, 1)
-        if arg is not None:
-            out[1] = copy_frame(<char *>arg, len(arg))
-        send_frames(self.out, out, 1 if arg is None else 2, 0, None, NULL)
+        out[0] = copy_frame(&kind, 1)
+        out[1] = copy_frame(<char *>arg, len(arg))
+        send_frames(self.out, out, 2, 0, None, NULL)
         return 0
 
     cdef int _handle(self, Multipart *mp, int kind) except -1:
@@ -246,9 +194,9 @@ cdef class Executor(Part):
         cdef int batch
         if self.out_kind == OUT_WORKER:
             # our Master sends [batch], or [RESET, ""]
-            if mp.total == 2 and pz_msg_size(&mp.f[0]) == len(W_RESET) and memcmp(
-                    msg_ptr(&mp.f[0]), <char *>W_RESET, len(W_RESET)) == 0:
-                self._send_control(W_READY, b"%d" % self.credit_now)
+            if mp.total == 2 and pz_msg_size(&mp.f[0]) == <size_t>len(_W_RESET) and memcmp(
+                    msg_ptr(&mp.f[0]), <char *>_W_RESET, len(_W_RESET)) == 0:
+                self._send_control(W_READY, self.credit_now)
                 return 0
             batch = 1 if mp.total == 1 else -1
             frame = &mp.f[0]
@@ -291,7 +239,7 @@ cdef class Executor(Part):
         if want * 2 <= self.credit_now or want >= self.credit_now * 2 or \
                 (want == self.credit and self.credit_now != self.credit):
             self.credit_now = <int>want
-            self._send_control(W_CREDIT, b"%d" % want)
+            self._send_control(W_CREDIT, want)
         return 0
 
     cdef int _one(self, const char *p, size_t n, pz_msg_t *pframe) except -1:
@@ -505,13 +453,13 @@ cdef class Executor(Part):
         """Send what the batches hold.  1 when stopped."""
         cdef pz_msg_t m
         cdef bytes done
+        cdef char kind = W_DONE
         cdef OutFrame out[3]
         if self.out_kind == OUT_WORKER:
             if self.wbatch.completed == 0 and self.wbatch.count == 0:
                 return 0
             done = b"%d" % self.wbatch.completed
-            self.last_sent = now_ms()
-            out[0] = copy_frame(<char *>W_DONE, 1)
+            out[0] = copy_frame(&kind, 1)
             out[1] = copy_frame(<char *>done, len(done))
             out[2] = batch_frame(&self.wbatch)
             return send_frames(self.out, out, 3, 0, None, NULL)
@@ -519,4 +467,4 @@ cdef class Executor(Part):
             return 0
         batch_to_msg(&self.cbatch, &m)
         return send_topic(self.waiter, self.out, <char *>self.cbatch_topic,
-                          len(self.cbatch_topic), &m, <char *>BATCH_MARK)
+                          len(self.cbatch_topic), &m, <char *>_BATCH_MARK)

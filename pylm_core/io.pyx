@@ -4,12 +4,6 @@
 
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
-cdef enum:
-    MAX_FRAMES = 4          # no message of ours has more frames than this
-    IN_PLAIN = 0            # one frame: an envelope (PULL, our DEALER)
-    IN_TOPIC = 1            # two frames: topic, envelope (SUB)
-
-
 cdef inline long long now_ns() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
@@ -99,24 +93,16 @@ cdef inline const char *msg_ptr(pz_msg_t *m) noexcept nogil:
     return <const char *>pz_msg_data(m)
 
 
-# The frame before a batch of envelopes on a pylm-to-pylm link:
-# client -> server [BATCH_MARK, batch]; server -> client [topic, BATCH_MARK, batch].
-BATCH_MARK = b"\x00pylm-batch"
-cdef bytes _BATCH_MARK = BATCH_MARK
+cdef inline bint is_mark(pz_msg_t *m) noexcept:
+    """Is m BATCH_MARK (consts.pxi)?"""
+    return pz_msg_size(m) == MARK_LEN and memcmp(pz_msg_data(m), <char *>_BATCH_MARK,
+                                                 MARK_LEN) == 0
 
 
-cdef inline bint is_mark(pz_msg_t *m) noexcept nogil:
-    return pz_msg_size(m) == 11 and memcmp(pz_msg_data(m), b"\x00pylm-batch", 11) == 0
-
-
-# The frame before [envelope, payload] on a pylm-to-pylm link: the payload
-# travels in a frame of its own, pointing at the caller's buffer (no copy).
-PAYLOAD_MARK = b"\x00pylm-payld"
-cdef bytes _PAYLOAD_MARK = PAYLOAD_MARK
-
-
-cdef inline bint is_payload_mark(pz_msg_t *m) noexcept nogil:
-    return pz_msg_size(m) == 11 and memcmp(pz_msg_data(m), b"\x00pylm-payld", 11) == 0
+cdef inline bint is_payload_mark(pz_msg_t *m) noexcept:
+    """Is m PAYLOAD_MARK (consts.pxi)?"""
+    return pz_msg_size(m) == MARK_LEN and memcmp(pz_msg_data(m), <char *>_PAYLOAD_MARK,
+                                                 MARK_LEN) == 0
 
 
 cdef inline void take_payload(pz_env *env, pz_msg_t *m) noexcept nogil:
@@ -293,7 +279,7 @@ cdef int send_rest(void *sock, pz_msg_t **m, int n, bint *interrupted) noexcept 
     return 0
 
 
-cdef inline int envelope_frame(Multipart *mp, int kind, pz_msg_t **frame) noexcept nogil:
+cdef inline int envelope_frame(Multipart *mp, int kind, pz_msg_t **frame) noexcept:
     """Where the envelope of an inbound message is: [env] (IN_PLAIN) or
     [topic, env] (IN_TOPIC) give 0, the same with BATCH_MARK before a batch
     give 1 (*frame is the batch), [PAYLOAD_MARK, env, payload] (IN_PLAIN, a
@@ -383,7 +369,7 @@ cdef int send_topic(Waiter waiter, void *sock, const char *tp, size_t tn, pz_msg
     cdef int n = 1
     out[0] = copy_frame(tp, tn)
     if mark != NULL:
-        out[n] = copy_frame(mark, 11)
+        out[n] = copy_frame(mark, MARK_LEN)
         n += 1
     out[n] = msg_frame(m)
     if send_frames(sock, out, n + 1, 0, waiter, NULL):

@@ -10,8 +10,6 @@
 from libc.stdlib cimport malloc, realloc, free
 
 cdef enum:
-    MAX_SEND = 256              # envelopes in one batch to a worker
-    MAX_LOST = 3                # workers a message may take down: then poison
     EXPIRE_EVERY_MS = 250       # how often silent workers are looked for
     HANDOFF_BYTES = 65536       # a dispatch taking all the queue, this much
     HANDOFF_AVERAGE = 16384     # or more in envelopes of this size on average,
@@ -22,10 +20,6 @@ cdef enum:
 
 #: On stop, how long a Master waits for the results of messages in flight.
 DRAIN_MS = 2000
-
-cdef bytes _HB_SUFFIX = HB_SUFFIX     # see executor.pyx
-cdef bytes _W_RESET = W_RESET         # see executor.pyx
-
 
 cdef struct Fifo:
     # envelopes waiting for a worker, each preceded by its length (the
@@ -404,7 +398,7 @@ cdef class WorkerPool(Part):
         return 0
 
     cdef int _drain_router(self, Multipart *mp) except -1:
-        """Frames from our workers (protocol in executor.pyx; [B] is a worker
+        """Frames from our workers (protocol in consts.pxi; [B] is a worker
         leaving, whose messages are handed back at once).  Heartbeats may
         come from a worker's second socket, whose id ends in HB_SUFFIX."""
         cdef int j, rc, w
@@ -429,9 +423,10 @@ cdef class WorkerPool(Part):
             kind = msg_ptr(&mp.f[1])[0]
             ident = msg_ptr(&mp.f[0])
             ident_n = pz_msg_size(&mp.f[0])
-            if kind == 72 and mp.total == 2:            # H
-                if ident_n > 3 and memcmp(ident + ident_n - 3, <char *>_HB_SUFFIX, 3) == 0:
-                    ident_n -= 3
+            if kind == W_BEAT and mp.total == 2:
+                if ident_n > <size_t>len(_HB_SUFFIX) and memcmp(ident + ident_n - len(_HB_SUFFIX),
+                                                         <char *>_HB_SUFFIX, len(_HB_SUFFIX)) == 0:
+                    ident_n -= len(_HB_SUFFIX)
                 w = self._find_worker(ident, ident_n)
                 if w >= 0:
                     self.workers[w].last_seen = now_ms()
@@ -441,20 +436,20 @@ cdef class WorkerPool(Part):
                     self._reset_worker(ident, ident_n)
                 continue
             w = self._find_worker(ident, ident_n)
-            if kind == 66 and mp.total == 2:            # B
+            if kind == W_BYE and mp.total == 2:
                 if w >= 0 and self._lose_worker(w):
                     return 1
                 continue
-            if (kind != 82 and kind != 68 and kind != 67) or mp.n < 3 or \
-                    (kind == 68) != (mp.total == 4):
+            if (kind != W_READY and kind != W_DONE and kind != W_CREDIT) or mp.n < 3 or \
+                    (kind == W_DONE) != (mp.total == 4):
                 self._drop("a malformed message from a worker")
                 continue
             value = _small_int(&mp.f[2])
             if value < 0:
                 self._drop("a worker message with a bad count")
                 continue
-            if kind == 82:                              # R
-                value = max(1, min(value, 100000))
+            if kind == W_READY:
+                value = max(1, min(value, MAX_CREDIT))
                 if w < 0:
                     self.reset_sent.discard(PyBytes_FromStringAndSize(ident, <Py_ssize_t>ident_n))
                     self._add_worker(ident, ident_n, <int>value)
@@ -462,9 +457,9 @@ cdef class WorkerPool(Part):
                     self.workers[w].limit = <int>value
                     self.workers[w].last_seen = now_ms()
                 continue
-            if kind == 67:                              # C
+            if kind == W_CREDIT:
                 if w >= 0:
-                    self.workers[w].limit = <int>max(1, min(value, 100000))
+                    self.workers[w].limit = <int>max(1, min(value, MAX_CREDIT))
                     self.workers[w].last_seen = now_ms()
                 else:
                     self._reset_worker(ident, ident_n)

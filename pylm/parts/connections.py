@@ -15,17 +15,13 @@ from urllib.parse import urlsplit
 import zmq
 
 from pylm.errors import DecodeError, PylmError
-from pylm.parts.core import (MAX_MESSAGE_SIZE, BypassInbound, BypassOutbound, Inbound,
-                             Outbound, PartFailed, _to_bytes,
+from pylm.parts.core import (HTTP_TIMEOUT, MAX_MESSAGE_SIZE, BypassInbound, BypassOutbound,
+                             Inbound, Outbound, PartFailed, _to_bytes,
                              error_reply)
 from pylm.parts.messages_pb2 import PalmMessage
 
 __all__ = ["RepConnection", "SubConnection", "PullConnection", "PushConnection",
            "PushBypassConnection", "PullBypassConnection", "HttpConnection", "HttpStatusError"]
-
-#: Seconds an HTTP request to a worker may take.
-HTTP_TIMEOUT = 60.0
-
 
 class RepConnection(Inbound):
     """Connects a REP socket to `listen_address`: each request is routed,

@@ -66,8 +66,11 @@ __all__ = ["Router", "Inbound", "Outbound", "BypassInbound", "BypassOutbound",
 #: The feedback an inbound part gets when it does not block (and what a
 #: REP part with no route answers its peer): pylm 0.14's acknowledgement.
 ACK = _core.ACK
-#: Largest message a part's socket accepts from outside.
-MAX_MESSAGE_SIZE = 256 * 1024 * 1024
+#: Largest message a part's socket accepts from outside (pylm_core/consts.pxi).
+MAX_MESSAGE_SIZE = _core.MAX_MESSAGE_SIZE_
+#: Seconds an HTTP request may wait for its answer: from the loop (the HTTP
+#: services, 504 after) or from a worker (HttpConnection).
+HTTP_TIMEOUT = 60.0
 #: Messages read from one ready socket before the loop polls again.
 READ_BATCH = 256
 #: Messages an outbound part may hold (unsent or unanswered) before the

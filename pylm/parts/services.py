@@ -17,20 +17,19 @@ import zmq
 from pylm._cache import handle_cache_request
 from pylm._context import context
 from pylm_core import _core
-from pylm.parts.core import (MAX_MESSAGE_SIZE, BypassInbound, Inbound, Outbound, _to_bytes,
-                             _to_message)
+from pylm.parts.core import (HTTP_TIMEOUT, MAX_MESSAGE_SIZE, BypassInbound, Inbound, Outbound,
+                             _to_bytes, _to_message)
 from pylm.persistence.kv import DictDB
 
 __all__ = ["RepService", "PullService", "PushService", "PubService", "WorkerPushService",
            "WorkerPullService", "PushPullService", "RepBypassService", "HttpService",
            "CacheService", "MAX_BODY"]
 
-#: Largest HTTP request body the HTTP parts read (413 above it).
-MAX_BODY = 256 * 1024 * 1024
-#: Seconds an HTTP request waits for its answer from the loop (504 after).
-HTTP_TIMEOUT = 60.0
+#: Largest HTTP request body the HTTP parts read (413 above it): a body
+#: becomes one message.
+MAX_BODY = MAX_MESSAGE_SIZE
 #: Queue limit of a PubService's socket (PUB drops past it).
-PUB_HWM = 100_000
+PUB_HWM = _core.PUB_HWM_
 
 
 class RepService(Inbound):

@@ -30,11 +30,13 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from pylm._dispatch import error_text, method_table
 from pylm.errors import DecodeError
 from pylm.parts.messages_pb2 import PalmMessage
+from pylm_core import _core
 
 __all__ = ["Request", "RequestHandler", "WSGIApplication", "DebugServer", "MAX_BODY"]
 
-#: Largest request body read (413 above it).
-MAX_BODY = 256 * 1024 * 1024
+#: Largest request body read (413 above it): a body becomes one message
+#: (pylm_core/consts.pxi).
+MAX_BODY = _core.MAX_MESSAGE_SIZE_
 
 logger = logging.getLogger("pylm.remote")
 
