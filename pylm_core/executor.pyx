@@ -51,7 +51,7 @@ cdef class Executor(Part):
         bytes name
         dict methods
         bint pipelined, mux
-        object stream_hook, error_hook, bad_hook
+        object stream_hook, error_hook
         size_t batch_bytes          # a batch is sent once it holds this much
         int credit                  # most messages the Master may send ahead
         int credit_now              # what we last asked the Master for
@@ -60,9 +60,8 @@ cdef class Executor(Part):
         bytes last_entry            # the last `server.method` resolved ...
         object last_fn              # ... and its callable
         pz_batch wbatch             # worker mode: results for the Master
-        pz_batch cbatch             # replies to one client, sent as one frame
-        bytes cbatch_topic          # ... that client's topic
-    cdef public long long limit, processed, bad, failed
+        ClientBatch cbatch          # replies to clients that read batches
+    cdef public long long limit, processed, failed
 
     def __init__(self, inbound, out, int out_kind, name, dict methods,
                  *, bint pipelined=False, stream_hook=None, error_hook=None,
@@ -96,10 +95,10 @@ cdef class Executor(Part):
         self.credit_now = min(self.credit, CREDIT_START)
         self.ns_per_call = 0
         self.processed = self.bad = self.failed = 0
+        self.cbatch = ClientBatch()
 
     def __dealloc__(self):
         free(self.wbatch.buf)
-        free(self.cbatch.buf)
 
     def counters(self):
         return {"processed": self.processed, "bad": self.bad, "failed": self.failed}
@@ -110,6 +109,7 @@ cdef class Executor(Part):
         cdef int i
         self.loop = router
         self.waiter = router.waiter
+        self.cbatch.bind(self.out, self.waiter)
         for i in range(self.n_in):
             router.watch(self.ins[i], -1, PZ_POLLIN, self, i, True)
         if self.out_kind == OUT_TOPIC:
@@ -311,11 +311,6 @@ cdef class Executor(Part):
             self.last_fn = fn
         return fn
 
-    cdef int _drop(self, str reason) except -1:
-        self.bad += 1
-        if self.bad_hook is not None:
-            self.bad_hook(reason)
-        return 0
 
     cdef int _fail(self, pz_env *env, str text) except -1:
         self.failed += 1
@@ -420,18 +415,8 @@ cdef class Executor(Part):
             return 0
         if self.out_kind == OUT_TOPIC:
             if topic is None and to_client and o.flags & PZ_FLAG_BATCH:
-                tn = o.f[PZ_F_CLIENT].n
-                if for_other_client(&self.cbatch, self.cbatch_topic, o.f[PZ_F_CLIENT].p, tn):
-                    if self._flush():
-                        return 1
-                if self.cbatch.count == 0:
-                    self.cbatch_topic = PyBytes_FromStringAndSize(o.f[PZ_F_CLIENT].p, <Py_ssize_t>tn)
-                if pz_batch_add_env(&self.cbatch, o) != 0:
-                    raise MemoryError()
-                if self.cbatch.len >= BATCH_BYTES:
-                    return self._flush()
-                return 0
-            if self.cbatch.count and self._flush():
+                return self.cbatch.add(o, NULL, 0)
+            if self.cbatch.flush():
                 return 1
             if topic is not None:
                 tp = <char *>topic
@@ -463,8 +448,6 @@ cdef class Executor(Part):
             out[1] = copy_frame(<char *>done, len(done))
             out[2] = batch_frame(&self.wbatch)
             return send_frames(self.out, out, 3, 0, None, NULL)
-        if self.cbatch.count == 0:
-            return 0
-        batch_to_msg(&self.cbatch, &m)
-        return send_topic(self.waiter, self.out, <char *>self.cbatch_topic,
-                          len(self.cbatch_topic), &m, <char *>_BATCH_MARK)
+        if self.out_kind == OUT_TOPIC:
+            return self.cbatch.flush()
+        return 0

@@ -21,9 +21,9 @@ cdef class Intake(Part):
         int in_kind
         object _socket
         Publisher replies
-        object scatter, bad_hook
+        object scatter
         Router loop
-    cdef public long long received, bad
+    cdef public long long received
 
     def __init__(self, inbound, int in_kind, Publisher replies, *, scatter=None, bad_hook=None):
         if in_kind not in (IN_PLAIN, IN_TOPIC):
@@ -126,10 +126,4 @@ cdef class Intake(Part):
             return self.replies.reply_error(&env, error_json(exc))
         for data in outs:
             (<Part>self.target).take(<char *>data, len(data), NULL)
-        return 0
-
-    cdef int _drop(self, str reason) except -1:
-        self.bad += 1
-        if self.bad_hook is not None:
-            self.bad_hook(reason)
         return 0

@@ -112,15 +112,6 @@ cdef inline void take_payload(pz_env *env, pz_msg_t *m) noexcept nogil:
     env.f[PZ_F_PAYLOAD].n = pz_msg_size(m)
 
 
-cdef inline bint for_other_client(pz_batch *b, object topic, const char *tp,
-                                  size_t tn) noexcept:
-    """Does batch b, which holds replies for client `topic` (bytes), hold
-    any while a reply for client tp[0:tn] comes?  Then b is sent first: a
-    batch frame goes to one client's topic."""
-    return b.count != 0 and (tn != <size_t>PyBytes_GET_SIZE(topic)
-                             or memcmp(tp, PyBytes_AS_STRING(topic), tn) != 0)
-
-
 cdef int batch_to_msg(pz_batch *b, pz_msg_t *m) except -1:
     """Hand b's buffer to a new zmq message (libzmq frees it; no copy) and
     leave b empty."""
@@ -386,6 +377,52 @@ cdef int send_alone(void *sock, pz_msg_t *m, int flags, Waiter waiter) except -1
         pz_msg_close(m)
         return 1
     return 0
+
+
+cdef class ClientBatch:
+    """Replies for clients that read batches (flag PZ_FLAG_BATCH), published
+    as one frame [topic, BATCH_MARK, batch] per client: the one batcher of
+    the Executor's and the Publisher's replies.  A batch frame goes to one
+    client's topic, so a reply for another client sends the batch first;
+    a full batch (BATCH_BYTES) is sent at once."""
+    cdef pz_batch b
+    cdef bytes topic                # the client whose replies b holds
+    cdef void *sock                 # the PUB the batches go to ...
+    cdef Waiter waiter              # ... waiting for room there, stoppable
+
+    def __dealloc__(self):
+        free(self.b.buf)
+
+    cdef void bind(self, void *sock, Waiter waiter) noexcept:
+        self.sock = sock
+        self.waiter = waiter
+
+    cdef int add(self, pz_env *env, const char *p, size_t n) except -1:
+        """Add the reply env for its client: p[0:n], its encoding, or
+        env encoded when p is NULL.  1 when stopped."""
+        cdef const char *tp = env.f[PZ_F_CLIENT].p
+        cdef size_t tn = env.f[PZ_F_CLIENT].n
+        if self.b.count != 0 and (tn != <size_t>PyBytes_GET_SIZE(self.topic)
+                                  or memcmp(tp, PyBytes_AS_STRING(self.topic), tn) != 0):
+            if self.flush():
+                return 1
+        if self.b.count == 0:
+            self.topic = PyBytes_FromStringAndSize(tp, <Py_ssize_t>tn)
+        if (pz_batch_add_raw(&self.b, p, n) if p != NULL
+                else pz_batch_add_env(&self.b, env)) != 0:
+            raise MemoryError()
+        if self.b.len >= BATCH_BYTES:
+            return self.flush()
+        return 0
+
+    cdef int flush(self) except -1:
+        """Send the batch, if any.  1 when stopped."""
+        cdef pz_msg_t m
+        if self.b.count == 0:
+            return 0
+        batch_to_msg(&self.b, &m)
+        return send_topic(self.waiter, self.sock, <char *>self.topic, len(self.topic), &m,
+                          <char *>_BATCH_MARK)
 
 
 cdef extern from "unistd.h" nogil:

@@ -18,11 +18,10 @@ cdef class Publisher(Part):
         object _socket
         bytes name
         bint pipelined
-        object gather, stream_hook, bad_hook
+        object gather, stream_hook
         Waiter waiter
-        pz_batch cbatch             # results for one client, sent as one frame
-        bytes cbatch_topic
-    cdef public long long sent, bad
+        ClientBatch cbatch          # results for clients that read batches
+    cdef public long long sent
 
     def __init__(self, pub, name, *, bint pipelined=False, gather=None, stream_hook=None,
                  bad_hook=None):
@@ -34,15 +33,14 @@ cdef class Publisher(Part):
         self.stream_hook = stream_hook
         self.bad_hook = bad_hook
         self.sent = self.bad = 0
-
-    def __dealloc__(self):
-        free(self.cbatch.buf)
+        self.cbatch = ClientBatch()
 
     def counters(self):
         return {"sent": self.sent, "bad": self.bad}
 
     cdef int attach(self, Router router) except -1:
         self.waiter = router.waiter
+        self.cbatch.bind(self.pub, self.waiter)
         # subscriptions: reading them is what makes the XPUB welcome clients
         router.watch(self.pub, -1, PZ_POLLIN, self, 0, False)
         return 0
@@ -177,26 +175,11 @@ cdef class Publisher(Part):
 
     cdef int _batch(self, pz_env *env, const char *p, size_t n) except -1:
         """Add an encoded result to the batch of its client."""
-        cdef size_t tn = env.f[PZ_F_CLIENT].n
-        if for_other_client(&self.cbatch, self.cbatch_topic, env.f[PZ_F_CLIENT].p, tn):
-            if self.flush():
-                return 1
-        if self.cbatch.count == 0:
-            self.cbatch_topic = PyBytes_FromStringAndSize(env.f[PZ_F_CLIENT].p, <Py_ssize_t>tn)
-        if pz_batch_add_raw(&self.cbatch, p, n) != 0:
-            raise MemoryError()
         self.sent += 1
-        if self.cbatch.len >= BATCH_BYTES:
-            return self.flush()
-        return 0
+        return self.cbatch.add(env, p, n)
 
     cdef int flush(self) except -1:
-        cdef pz_msg_t m
-        if self.cbatch.count == 0:
-            return 0
-        batch_to_msg(&self.cbatch, &m)
-        return send_topic(self.waiter, self.pub, <char *>self.cbatch_topic,
-                          len(self.cbatch_topic), &m, <char *>_BATCH_MARK)
+        return self.cbatch.flush()
 
     cdef int publish_message(self, object topic, PalmMessage msg) except -1:
         cdef pz_env env
@@ -234,9 +217,3 @@ cdef class Publisher(Part):
             memcpy(pz_msg_data(&m), p, n)
         self.sent += 1
         return send_topic(self.waiter, self.pub, tp, tn, &m, NULL)
-
-    cdef int _drop(self, str reason) except -1:
-        self.bad += 1
-        if self.bad_hook is not None:
-            self.bad_hook(reason)
-        return 0

@@ -42,9 +42,21 @@ cdef class Part:
 
     ``target`` is the part this part's messages go to (its route), or None;
     ``block``: an inbound part that waits for its target's feedback.
+    ``bad`` counts the input the part dropped (_drop), and ``bad_hook``,
+    ``callable(reason)`` or None, is told of each (the servers log it).
     """
     cdef public object target
     cdef public bint block
+    cdef public long long bad
+    cdef object bad_hook
+
+    cdef int _drop(self, str reason) except -1:
+        """Drop bad input (a malformed envelope or frame, a failing hook):
+        count it and tell bad_hook; the part goes on."""
+        self.bad += 1
+        if self.bad_hook is not None:
+            self.bad_hook(reason)
+        return 0
 
     cdef int attach(self, Router router) except -1:
         """Register this part's watches with router (C parts)."""

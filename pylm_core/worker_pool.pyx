@@ -151,7 +151,6 @@ cdef class WorkerPool(Part):
         void *wpush
         void *wpull
         object _sockets
-        object bad_hook
         Router loop
         int w_push                  # the watch of wpush (POLLOUT while queued)
         bint full                   # told the Router our backlog is full
@@ -161,7 +160,7 @@ cdef class WorkerPool(Part):
         Fifo retry                  # envelopes of lost workers: sent one per batch
         long long worker_timeout_ms
         set reset_sent              # workers told to start over, not READY yet
-    cdef public long long bad, to_legacy, to_workers
+    cdef public long long to_legacy, to_workers
     cdef public long long workers_lost, requeued, poisoned, late
 
     def __init__(self, router, wpush, wpull, *, bad_hook=None,
@@ -589,11 +588,6 @@ cdef class WorkerPool(Part):
         when there is one."""
         return self.out().take(p, n, frame)
 
-    cdef int _drop(self, str reason) except -1:
-        self.bad += 1
-        if self.bad_hook is not None:
-            self.bad_hook(reason)
-        return 0
 
 
 cdef bytes error_json(exc):
