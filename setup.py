@@ -46,7 +46,7 @@ ldflags = []
 macros = []
 if DEBUG:
     cflags = ["-O0", "-g", "-Wall"]
-    macros += [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1"), ("PYLM_CORE_DEBUG", "1")]
+    macros += [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")]
 if SANITIZE:
     cflags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
     ldflags += ["-fsanitize=address,undefined"]

@@ -11,8 +11,7 @@ cdef extern from "zmqapi.h" nogil:
         short revents
     ctypedef void pz_free_fn(void *data, void *hint) noexcept
 
-    int PZ_ETERM, PZ_EFSM, PZ_DONTWAIT, PZ_SNDMORE, PZ_POLLIN, PZ_POLLOUT
-    int PZ_RCVMORE, PZ_EVENTS
+    int PZ_ETERM, PZ_DONTWAIT, PZ_SNDMORE, PZ_POLLIN, PZ_POLLOUT
 
     int pz_load(const char *path, const char **missing)
     int pz_msg_init(pz_msg_t *)
@@ -20,15 +19,11 @@ cdef extern from "zmqapi.h" nogil:
     int pz_msg_init_data(pz_msg_t *, void *, size_t, pz_free_fn *, void *)
     int pz_msg_close(pz_msg_t *)
     int pz_msg_copy(pz_msg_t *, pz_msg_t *)
-    int pz_msg_move(pz_msg_t *, pz_msg_t *)
     void *pz_msg_data(pz_msg_t *)
     size_t pz_msg_size(const pz_msg_t *)
     int pz_msg_more(const pz_msg_t *)
     int pz_msg_send(pz_msg_t *, void *, int)
     int pz_msg_recv(pz_msg_t *, void *, int)
-    int pz_send(void *, const void *, size_t, int)
     int pz_poll(pz_pollitem_t *, int, long)
     int pz_errno()
-    const char *pz_strerror(int)
     void pz_version(int *, int *, int *)
-    int pz_getsockopt(void *, int, void *, size_t *)

@@ -32,31 +32,24 @@ typedef void(pz_free_fn)(void *data, void *hint);
 
 #define PZ_HAUSNUMERO 156384712
 #define PZ_ETERM (PZ_HAUSNUMERO + 53)
-#define PZ_EFSM (PZ_HAUSNUMERO + 51)
 #define PZ_DONTWAIT 1
 #define PZ_SNDMORE 2
 #define PZ_POLLIN 1
 #define PZ_POLLOUT 2
-#define PZ_RCVMORE 13
-#define PZ_EVENTS 15
 
 static int (*pz_msg_init)(pz_msg_t *);
 static int (*pz_msg_init_size)(pz_msg_t *, size_t);
 static int (*pz_msg_init_data)(pz_msg_t *, void *, size_t, pz_free_fn *, void *);
 static int (*pz_msg_close)(pz_msg_t *);
 static int (*pz_msg_copy)(pz_msg_t *, pz_msg_t *);
-static int (*pz_msg_move)(pz_msg_t *, pz_msg_t *);
 static void *(*pz_msg_data)(pz_msg_t *);
 static size_t (*pz_msg_size)(const pz_msg_t *);
 static int (*pz_msg_more)(const pz_msg_t *);
 static int (*pz_msg_send)(pz_msg_t *, void *, int);
 static int (*pz_msg_recv)(pz_msg_t *, void *, int);
-static int (*pz_send)(void *, const void *, size_t, int);
 static int (*pz_poll)(pz_pollitem_t *, int, long);
 static int (*pz_errno)(void);
-static const char *(*pz_strerror)(int);
 static void (*pz_version)(int *, int *, int *);
-static int (*pz_getsockopt)(void *, int, void *, size_t *);
 
 static int pz_loaded = 0;
 
@@ -79,18 +72,14 @@ static int pz_load(const char *path, const char **missing)
     PZ_SYM(pz_msg_init_data, "zmq_msg_init_data");
     PZ_SYM(pz_msg_close, "zmq_msg_close");
     PZ_SYM(pz_msg_copy, "zmq_msg_copy");
-    PZ_SYM(pz_msg_move, "zmq_msg_move");
     PZ_SYM(pz_msg_data, "zmq_msg_data");
     PZ_SYM(pz_msg_size, "zmq_msg_size");
     PZ_SYM(pz_msg_more, "zmq_msg_more");
     PZ_SYM(pz_msg_send, "zmq_msg_send");
     PZ_SYM(pz_msg_recv, "zmq_msg_recv");
-    PZ_SYM(pz_send, "zmq_send");
     PZ_SYM(pz_poll, "zmq_poll");
     PZ_SYM(pz_errno, "zmq_errno");
-    PZ_SYM(pz_strerror, "zmq_strerror");
     PZ_SYM(pz_version, "zmq_version");
-    PZ_SYM(pz_getsockopt, "zmq_getsockopt");
     pz_loaded = 1;
     return 0;
 }
