@@ -105,21 +105,21 @@ class _Served:
         stream_hook = None
         if overrides(self, "handle_stream", _Served):
             stream_hook = self.handle_stream
-        router = _core.Router()
-        router.add(_core.Executor(
+        runner = _core.Router()
+        runner.add(_core.Executor(
             inbound, out, out_kind, name, method_table(self),
             pipelined=self.pipelined, stream_hook=stream_hook,
             error_hook=ErrorReporter(self.logger), bad_hook=DropLog(self.logger),
             mux=mux, limit=min(limit, 2**62), **kwargs))
-        return router
+        return runner
 
-    def _run(self, rt, router, drain_ms=0):
+    def _run(self, rt, runner, drain_ms=0):
         """Run a core Router until stopped, keeping the counters of its
         parts in self.stats."""
         try:
-            router.run(rt.control(), rt.wakeup_fd, drain_ms)
+            runner.run(rt.control(), rt.wakeup_fd, drain_ms)
         finally:
-            self.stats = router.counters()
+            self.stats = runner.counters()
 
 
 class Server(_Served):
@@ -297,16 +297,16 @@ class Master(_Served):
             drops = DropLog(self.logger)
             # intake -> worker pool, whose feedback (results) goes to the
             # publisher: pylm 0.14's inbound, outbound and one reroute
-            loop = _core.Router()
-            publisher = loop.add(_core.Publisher(
+            runner = _core.Router()
+            publisher = runner.add(_core.Publisher(
                 pub, self.name, pipelined=self.pipelined, gather=hooks["gather"],
                 stream_hook=stream, bad_hook=drops))
-            pool = loop.add(_core.WorkerPool(
+            pool = runner.add(_core.WorkerPool(
                 router, wpush, wpull, bad_hook=drops,
                 worker_timeout_ms=int(self.worker_timeout * 1000)), target=publisher)
-            loop.add(_core.Intake(inbound, in_kind, publisher, scatter=hooks["scatter"],
+            runner.add(_core.Intake(inbound, in_kind, publisher, scatter=hooks["scatter"],
                                   bad_hook=drops), target=pool)
-            self._run(rt, loop, _core.DRAIN_MS)
+            self._run(rt, runner, _core.DRAIN_MS)
 
 
 class Hub(Master):
@@ -387,12 +387,12 @@ class Worker(_Served):
         if self.pull_address is None:
             self.pull_address = fetch("worker_push_address")
         self._batch_bytes = batch_bytes_for(fetch("max_message_size"))
-        router = fetch("worker_router_address")
-        if router:
+        address = fetch("worker_router_address")
+        if address:
             host = urlsplit(self.db_address).hostname
-            if router.startswith("tcp://0.0.0.0:") and host:
-                router = router.replace("0.0.0.0", host, 1)
-            self.router_address = router
+            if address.startswith("tcp://0.0.0.0:") and host:
+                address = address.replace("0.0.0.0", host, 1)
+            self.router_address = address
 
     def start(self):
         """Serve the Master until `messages` calls were made or stop()."""
@@ -407,17 +407,17 @@ class Worker(_Served):
                                  connect=self.router_address)
                 rt.thread(_heartbeat, "%s-heartbeat" % self.name, beat, rt.control(),
                           self.heartbeat)
-                loop = self._executor(rt, [(dealer, _core.IN_PLAIN_)], dealer,
+                runner = self._executor(rt, [(dealer, _core.IN_PLAIN_)], dealer,
                                       _core.OUT_WORKER_, name=None, mux=self.mux,
                                       limit=self.messages, credit=self.credit,
                                       batch_bytes=self._batch_bytes)
             else:
                 pull = rt.socket(zmq.PULL, connect=self.pull_address)
                 push = rt.socket(zmq.PUSH, connect=self.push_address)
-                loop = self._executor(rt, [(pull, _core.IN_PLAIN_)], push, _core.OUT_PLAIN_,
+                runner = self._executor(rt, [(pull, _core.IN_PLAIN_)], push, _core.OUT_PLAIN_,
                                       name=None, mux=self.mux, limit=self.messages)
             try:
-                self._run(rt, loop)
+                self._run(rt, runner)
             finally:
                 self._cache_client.close()
 

@@ -45,7 +45,7 @@ cdef class Executor(Part):
         int n_in
         void *out                   # outbound socket
         int out_kind
-        Router loop                 # the Router running this part
+        Router runner               # the Router running this part
         long long checked           # last look for a stop request (ns)
         object _sockets             # the pyzmq sockets behind the handles
         bytes name
@@ -105,19 +105,19 @@ cdef class Executor(Part):
 
     # -- the part ----------------------------------------------------------
 
-    cdef int attach(self, Router router) except -1:
+    cdef int attach(self, Router runner) except -1:
         cdef int i
-        self.loop = router
-        self.waiter = router.waiter
+        self.runner = runner
+        self.waiter = runner.waiter
         self.cbatch.bind(self.out, self.waiter)
         for i in range(self.n_in):
-            router.watch(self.ins[i], -1, PZ_POLLIN, self, i, True)
+            runner.watch(self.ins[i], -1, PZ_POLLIN, self, i, True)
         if self.out_kind == OUT_TOPIC:
             # the XPUB too: subscriptions (and welcomes) are handled there.
             # Only a socket not watched already: ZMQ_EVENTS on a second
             # item of the same socket would consume the wake-up of the
             # first and leave the poll blocked until its timeout.
-            router.watch(self.out, -1, PZ_POLLIN, self, MAX_IN, False)
+            runner.watch(self.out, -1, PZ_POLLIN, self, MAX_IN, False)
         return 0
 
     cdef int begin(self) except -1:
@@ -165,7 +165,7 @@ cdef class Executor(Part):
                 now = now_ns()
                 if now - self.checked > 10000000:
                     self.checked = now
-                    if self.loop.stop_asked():
+                    if self.runner.stop_asked():
                         return 1
         finally:
             mp_close(&mp)

@@ -22,7 +22,7 @@ cdef class Intake(Part):
         object _socket
         Publisher replies
         object scatter
-        Router loop
+        Router runner               # the Router running this part
     cdef public long long received
 
     def __init__(self, inbound, int in_kind, Publisher replies, *, scatter=None, bad_hook=None):
@@ -39,11 +39,11 @@ cdef class Intake(Part):
     def counters(self):
         return {"received": self.received, "bad": self.bad}
 
-    cdef int attach(self, Router router) except -1:
+    cdef int attach(self, Router runner) except -1:
         if not isinstance(self.target, WorkerPool):
             raise TypeError("an Intake's target is a WorkerPool")
-        self.loop = router
-        router.watch(self.inbound, -1, PZ_POLLIN, self, 0, True)
+        self.runner = runner
+        runner.watch(self.inbound, -1, PZ_POLLIN, self, 0, True)
         return 0
 
     cdef int on_ready(self, int slot, short revents) except -1:
@@ -89,7 +89,7 @@ cdef class Intake(Part):
                             return 1
                 if pool.flush():
                     return 1
-                if self.loop.backlogged_for(self):
+                if self.runner.backlogged_for(self):
                     break           # workers are full: read no more for now
         finally:
             mp_close(&mp)

@@ -38,11 +38,11 @@ cdef class Publisher(Part):
     def counters(self):
         return {"sent": self.sent, "bad": self.bad}
 
-    cdef int attach(self, Router router) except -1:
-        self.waiter = router.waiter
+    cdef int attach(self, Router runner) except -1:
+        self.waiter = runner.waiter
         self.cbatch.bind(self.pub, self.waiter)
         # subscriptions: reading them is what makes the XPUB welcome clients
-        router.watch(self.pub, -1, PZ_POLLIN, self, 0, False)
+        runner.watch(self.pub, -1, PZ_POLLIN, self, 0, False)
         return 0
 
     cdef int on_ready(self, int slot, short revents) except -1:

@@ -58,8 +58,9 @@ cdef class Part:
             self.bad_hook(reason)
         return 0
 
-    cdef int attach(self, Router router) except -1:
-        """Register this part's watches with router (C parts)."""
+    cdef int attach(self, Router runner) except -1:
+        """Register this part's watches with `runner`, the Router that
+        runs it (C parts)."""
         return 0
 
     cdef int begin(self) except -1:

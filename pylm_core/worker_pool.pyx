@@ -151,7 +151,7 @@ cdef class WorkerPool(Part):
         void *wpush
         void *wpull
         object _sockets
-        Router loop
+        Router runner               # the Router running this part
         int w_push                  # the watch of wpush (POLLOUT while queued)
         bint full                   # told the Router our backlog is full
         WorkerSlot *workers         # our workers (malloc'd, n_workers used)
@@ -212,14 +212,14 @@ cdef class WorkerPool(Part):
 
     # -- the part ----------------------------------------------------------
 
-    cdef int attach(self, Router router) except -1:
+    cdef int attach(self, Router runner) except -1:
         if not isinstance(self.target, Publisher):
             raise TypeError("a WorkerPool's target is the Publisher of its results")
-        self.loop = router
-        router.watch(self.router, -1, PZ_POLLIN, self, W_ROUTER, False)
-        router.watch(self.wpull, -1, PZ_POLLIN, self, W_LEGACY_IN, False)
-        self.w_push = router.watch(self.wpush, -1, 0, self, W_LEGACY_OUT, False)
-        router.tick(self, EXPIRE_EVERY_MS)
+        self.runner = runner
+        runner.watch(self.router, -1, PZ_POLLIN, self, W_ROUTER, False)
+        runner.watch(self.wpull, -1, PZ_POLLIN, self, W_LEGACY_IN, False)
+        self.w_push = runner.watch(self.wpush, -1, 0, self, W_LEGACY_OUT, False)
+        runner.tick(self, EXPIRE_EVERY_MS)
         return 0
 
     cpdef bint _idle(self):
@@ -278,8 +278,8 @@ cdef class WorkerPool(Part):
         waiting = self.queue.count != 0 or self.retry.count != 0
         if waiting != self.full:
             self.full = waiting
-            self.loop.set_events(self.w_push, PZ_POLLOUT if waiting else 0)
-            self.loop.backlog(self, waiting)
+            self.runner.set_events(self.w_push, PZ_POLLOUT if waiting else 0)
+            self.runner.backlog(self, waiting)
         return rc
 
     cdef Publisher out(self):
