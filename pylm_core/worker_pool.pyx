@@ -397,17 +397,9 @@ cdef class WorkerPool(Part):
         return 0
 
     cdef int _drain_router(self, Multipart *mp) except -1:
-        """Frames from our workers (protocol in consts.pxi; [B] is a worker
-        leaving, whose messages are handed back at once).  Heartbeats may
-        come from a worker's second socket, whose id ends in HB_SUFFIX."""
-        cdef int j, rc, w
-        cdef char kind
-        cdef long long value
-        cdef const char *p
-        cdef const char *end
-        cdef const char *ident
-        cdef size_t ident_n
-        cdef pz_slice one
+        """Read what our workers sent and hand each message to _from_worker.
+        1 when stopped."""
+        cdef int j, rc
         for j in range(BATCH):
             with nogil:
                 rc = mp_recv(mp, self.router, PZ_DONTWAIT)
@@ -416,82 +408,112 @@ cdef class WorkerPool(Part):
                     return 0
                 _check_rc(rc)
                 continue
-            if mp.n < 2 or pz_msg_size(&mp.f[1]) != 1:
-                self._drop("a worker message without a kind frame")
-                continue
-            kind = msg_ptr(&mp.f[1])[0]
-            ident = msg_ptr(&mp.f[0])
-            ident_n = pz_msg_size(&mp.f[0])
-            if kind == W_BEAT and mp.total == 2:
-                if ident_n > <size_t>len(_HB_SUFFIX) and memcmp(ident + ident_n - len(_HB_SUFFIX),
-                                                         <char *>_HB_SUFFIX, len(_HB_SUFFIX)) == 0:
-                    ident_n -= len(_HB_SUFFIX)
-                w = self._find_worker(ident, ident_n)
-                if w >= 0:
-                    self.workers[w].last_seen = now_ms()
-                else:
-                    # alive again after we gave it up (frozen, paused, cut
-                    # off): it starts over and gets work again
-                    self._reset_worker(ident, ident_n)
-                continue
-            w = self._find_worker(ident, ident_n)
-            if kind == W_BYE and mp.total == 2:
-                if w >= 0 and self._lose_worker(w):
-                    return 1
-                continue
-            if (kind != W_READY and kind != W_DONE and kind != W_CREDIT) or mp.n < 3 or \
-                    (kind == W_DONE) != (mp.total == 4):
-                self._drop("a malformed message from a worker")
-                continue
-            value = _small_int(&mp.f[2])
-            if value < 0:
-                self._drop("a worker message with a bad count")
-                continue
-            if kind == W_READY:
-                value = max(1, min(value, MAX_CREDIT))
-                if w < 0:
-                    self.reset_sent.discard(PyBytes_FromStringAndSize(ident, <Py_ssize_t>ident_n))
-                    self._add_worker(ident, ident_n, <int>value)
-                else:
-                    self.workers[w].limit = <int>value
-                    self.workers[w].last_seen = now_ms()
-                continue
-            if kind == W_CREDIT:
-                if w >= 0:
-                    self.workers[w].limit = <int>max(1, min(value, MAX_CREDIT))
-                    self.workers[w].last_seen = now_ms()
-                else:
-                    self._reset_worker(ident, ident_n)
-                continue
-            if w < 0:
-                # results of a worker given up for dead: its messages went to
-                # others, so these are dropped.  It is told to start over: it
-                # gets RESET after everything sent to it before, and answers
-                # with READY, after which its results count again.
-                self.late += value
-                self._reset_worker(ident, ident_n)
-                continue
-            self.workers[w].last_seen = now_ms()
-            fly_pop(&self.workers[w].fly, value)
-            rc = self.out().forward(&mp.f[3])
-            if rc == 1:
-                return 1
-            if rc == 0:
-                continue
-            p = msg_ptr(&mp.f[3])
-            end = p + pz_msg_size(&mp.f[3])
-            while True:
-                rc = pz_batch_next(&p, end, &one)
-                if rc == 0:
-                    break
-                if rc < 0:
-                    self._drop("a malformed batch from a worker")
-                    break
-                if self._deliver(one.p, one.n, NULL):
-                    return 1
-            if self.out().flush():
+            if self._from_worker(mp):
                 return 1
         return 0
+
+    cdef int _from_worker(self, Multipart *mp) except -1:
+        """One message [routing id, kind, ...] of the worker protocol
+        (consts.pxi), checked and handed to _worker_<kind>.  1 when
+        stopped."""
+        cdef char kind
+        cdef long long value
+        cdef const char *ident
+        cdef size_t ident_n
+        cdef int w
+        if mp.n < 2 or pz_msg_size(&mp.f[1]) != 1:
+            return self._drop("a worker message without a kind frame")
+        kind = msg_ptr(&mp.f[1])[0]
+        ident = msg_ptr(&mp.f[0])
+        ident_n = pz_msg_size(&mp.f[0])
+        if kind == W_BEAT and mp.total == 2:
+            return self._worker_beat(ident, ident_n)
+        w = self._find_worker(ident, ident_n)
+        if kind == W_BYE and mp.total == 2:
+            # leaving: what it held is handed to the others at once
+            return self._lose_worker(w) if w >= 0 else 0
+        if (kind != W_READY and kind != W_DONE and kind != W_CREDIT) or mp.n < 3 or \
+                (kind == W_DONE) != (mp.total == 4):
+            return self._drop("a malformed message from a worker")
+        value = _small_int(&mp.f[2])
+        if value < 0:
+            return self._drop("a worker message with a bad count")
+        if kind == W_READY:
+            return self._worker_ready(w, ident, ident_n, value)
+        if kind == W_CREDIT:
+            return self._worker_credit(w, ident, ident_n, value)
+        return self._worker_done(w, ident, ident_n, value, &mp.f[3])
+
+    cdef int _worker_beat(self, const char *ident, size_t ident_n) except -1:
+        """[H], from the worker's heartbeat socket (its id ends in
+        HB_SUFFIX)."""
+        cdef int w
+        if ident_n > <size_t>len(_HB_SUFFIX) and memcmp(ident + ident_n - len(_HB_SUFFIX),
+                                                     <char *>_HB_SUFFIX, len(_HB_SUFFIX)) == 0:
+            ident_n -= len(_HB_SUFFIX)
+        w = self._find_worker(ident, ident_n)
+        if w >= 0:
+            self.workers[w].last_seen = now_ms()
+        else:
+            # alive again after we gave it up (frozen, paused, cut off): it
+            # starts over and gets work again
+            self._reset_worker(ident, ident_n)
+        return 0
+
+    cdef int _worker_ready(self, int w, const char *ident, size_t ident_n,
+                           long long credit) except -1:
+        """[R, credit]: a worker (new, or starting over) takes work."""
+        credit = max(1, min(credit, MAX_CREDIT))
+        if w < 0:
+            self.reset_sent.discard(PyBytes_FromStringAndSize(ident, <Py_ssize_t>ident_n))
+            self._add_worker(ident, ident_n, <int>credit)
+        else:
+            self.workers[w].limit = <int>credit
+            self.workers[w].last_seen = now_ms()
+        return 0
+
+    cdef int _worker_credit(self, int w, const char *ident, size_t ident_n,
+                            long long credit) except -1:
+        """[C, credit]: the worker wants another number of messages in
+        flight."""
+        if w < 0:
+            return self._reset_worker(ident, ident_n)
+        self.workers[w].limit = <int>max(1, min(credit, MAX_CREDIT))
+        self.workers[w].last_seen = now_ms()
+        return 0
+
+    cdef int _worker_done(self, int w, const char *ident, size_t ident_n,
+                          long long completed, pz_msg_t *results) except -1:
+        """[D, completed, results]: `completed` requests finished, their
+        results (a batch) for the publisher.  1 when stopped."""
+        cdef const char *p
+        cdef const char *end
+        cdef pz_slice one
+        cdef int rc
+        if w < 0:
+            # results of a worker given up for dead: its messages went to
+            # others, so these are dropped.  It is told to start over: it
+            # gets RESET after everything sent to it before, and answers
+            # with READY, after which its results count again.
+            self.late += completed
+            return self._reset_worker(ident, ident_n)
+        self.workers[w].last_seen = now_ms()
+        fly_pop(&self.workers[w].fly, completed)
+        rc = self.out().forward(results)
+        if rc != 2:
+            return rc
+        p = msg_ptr(results)
+        end = p + pz_msg_size(results)
+        while True:
+            rc = pz_batch_next(&p, end, &one)
+            if rc == 0:
+                break
+            if rc < 0:
+                self._drop("a malformed batch from a worker")
+                break
+            if self._deliver(one.p, one.n, NULL):
+                return 1
+        return self.out().flush()
 
     cdef int _drain_legacy(self, Multipart *mp) except -1:
         cdef int j, rc
@@ -511,75 +533,89 @@ cdef class WorkerPool(Part):
         return self.out().flush()
 
     cdef int _dispatch(self, bint legacy_ready) except -1:
-        """Send queued envelopes: batches of up to MAX_SEND to the worker with
-        the fewest in flight that has credit left, else one by one to pylm
-        0.14 workers while their PUSH has room."""
-        cdef int i, best, rc, k, room = 0
-        cdef const char *p
-        cdef const char *end
-        cdef const char *start
-        cdef pz_slice one
-        cdef pz_msg_t m
+        """Send queued envelopes: batches of up to MAX_SEND to the least
+        loaded worker with credit left, else one by one to pylm 0.14
+        workers while their PUSH has room.  1 when stopped."""
+        cdef int best, room
         cdef Fifo *src
-        cdef int most
-        cdef bint handoff
-        cdef OutFrame out[2]
-        cdef Sent *slot
         while self.queue.count or self.retry.count:
             # messages of lost workers first, each alone in its batch
             src = &self.retry if self.retry.count else &self.queue
-            most = 1 if self.retry.count else MAX_SEND
-            best = -1
-            for i in range(self.n_workers):
-                # least loaded first: the fewest messages in flight, among
-                # the workers with room left in their credit; on a tie, the
-                # one asking for more (a fast worker asks for more credit)
-                k = self.workers[i].limit - <int>self.workers[i].fly.count
-                if k > 0 and (best < 0
-                              or self.workers[i].fly.count < self.workers[best].fly.count
-                              or (self.workers[i].fly.count == self.workers[best].fly.count
-                                  and k > room)):
-                    best = i
-                    room = k
-            start = p = src.b.buf + src.head
-            end = src.b.buf + src.b.len
+            best = self._least_loaded(&room)
             if best >= 0:
-                k = 0
-                while k < room and k < most and (k == 0 or p - start < BATCH_BYTES) \
-                        and pz_batch_next(&p, end, &one) == 1:
-                    k += 1
-                # big envelopes, all of the queue: its buffer becomes the
-                # message (libzmq frees it), the queue starts anew
-                handoff = start == src.b.buf and p == end and p - start >= HANDOFF_BYTES \
-                    and p - start >= HANDOFF_AVERAGE * k
-                out[0] = copy_frame(self.workers[best].ident, self.workers[best].ident_n)
-                out[1] = batch_frame(&src.b) if handoff else copy_frame(start, <size_t>(p - start))
-                slot = fly_next(&self.workers[best].fly)
-                if send_frames(self.router, out, 2, 0, None, &slot.msg):
-                    # EHOSTUNREACH (ROUTER_MANDATORY): the worker is gone
-                    if self._lose_worker(best):
-                        return 1
-                    continue
-                fly_add(&self.workers[best].fly, k)
-                if handoff:
-                    src.head = 0
-                    p = start
-                self.to_workers += k
-            elif legacy_ready:
-                k = 1
-                pz_batch_next(&p, end, &one)
-                if pz_msg_init_size(&m, one.n) != 0:
-                    raise MemoryError()
-                memcpy(pz_msg_data(&m), one.p, one.n)
-                if send_alone(self.wpush, &m, PZ_DONTWAIT, None):
-                    return 0
-                self.to_legacy += 1
-            else:
+                if self._send_to_worker(best, src, min(room, 1 if src == &self.retry
+                                                       else MAX_SEND)):
+                    return 1
+            elif not legacy_ready or self._send_to_legacy(src):
                 return 0
-            src.head += <size_t>(p - start)
-            src.count -= k
         self.queue.head = self.queue.b.len = 0
         self.retry.head = self.retry.b.len = 0
+        return 0
+
+    cdef int _least_loaded(self, int *room) noexcept nogil:
+        """The worker with the fewest messages in flight among those with
+        room left in their credit, on a tie the one asking for more (a fast
+        worker asks for more credit); -1 when none.  *room: its room."""
+        cdef int i, k, best = -1
+        room[0] = 0
+        for i in range(self.n_workers):
+            k = self.workers[i].limit - <int>self.workers[i].fly.count
+            if k > 0 and (best < 0
+                          or self.workers[i].fly.count < self.workers[best].fly.count
+                          or (self.workers[i].fly.count == self.workers[best].fly.count
+                              and k > room[0])):
+                best = i
+                room[0] = k
+        return best
+
+    cdef int _send_to_worker(self, int w, Fifo *src, int most) except -1:
+        """Send worker w one batch: up to `most` envelopes from the head of
+        src (no more than BATCH_BYTES past the first), remembered in its
+        Fly until it reports them finished.  1 when stopped."""
+        cdef const char *start = src.b.buf + src.head
+        cdef const char *p = start
+        cdef const char *end = src.b.buf + src.b.len
+        cdef pz_slice one
+        cdef int k = 0
+        cdef bint handoff
+        cdef OutFrame out[2]
+        cdef Sent *slot
+        while k < most and (k == 0 or p - start < BATCH_BYTES) \
+                and pz_batch_next(&p, end, &one) == 1:
+            k += 1
+        # big envelopes, all of the queue: its buffer becomes the message
+        # (libzmq frees it), the queue starts anew
+        handoff = start == src.b.buf and p == end and p - start >= HANDOFF_BYTES \
+            and p - start >= HANDOFF_AVERAGE * k
+        out[0] = copy_frame(self.workers[w].ident, self.workers[w].ident_n)
+        out[1] = batch_frame(&src.b) if handoff else copy_frame(start, <size_t>(p - start))
+        slot = fly_next(&self.workers[w].fly)
+        if send_frames(self.router, out, 2, 0, None, &slot.msg):
+            # EHOSTUNREACH (ROUTER_MANDATORY): the worker is gone
+            return self._lose_worker(w)
+        fly_add(&self.workers[w].fly, k)
+        src.head = 0 if handoff else src.head + <size_t>(p - start)
+        src.count -= k
+        self.to_workers += k
+        return 0
+
+    cdef int _send_to_legacy(self, Fifo *src) except -1:
+        """Send the envelope at the head of src to a pylm 0.14 worker (our
+        PUSH).  1 when the PUSH has no room (the Router watches it for room
+        while envelopes wait)."""
+        cdef const char *start = src.b.buf + src.head
+        cdef const char *p = start
+        cdef pz_slice one
+        cdef pz_msg_t m
+        pz_batch_next(&p, src.b.buf + src.b.len, &one)
+        if pz_msg_init_size(&m, one.n) != 0:
+            raise MemoryError()
+        memcpy(pz_msg_data(&m), one.p, one.n)
+        if send_alone(self.wpush, &m, PZ_DONTWAIT, None):
+            return 1
+        src.head += <size_t>(p - start)
+        src.count -= 1
+        self.to_legacy += 1
         return 0
 
     cdef inline int _deliver(self, const char *p, size_t n, pz_msg_t *frame) except -1:
