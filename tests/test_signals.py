@@ -9,7 +9,8 @@ The Master and two workers run in child processes whose sockets have tiny
 high-water marks and kernel buffers, so that their sends and receives
 block all the time during a job of large payloads; SIGUSR1, handled by a
 Python handler in each child, is sent to all three about 1,000 times a
-second for the whole job.  Every reply must come back exactly once, no
+second for the whole job, and to the thread of the test that runs the
+client's job.  Every reply must come back exactly once, no
 worker may be taken for lost (no message sent again), and the Master must have dropped nothing
 (``stats['bad']``).
 """
@@ -87,9 +88,9 @@ class SignalledWorker(Worker):
 
 # -- the test -----------------------------------------------------------------
 
-def _signal_all(pids, stop, sent):
-    """Send SIGUSR1 to every pid about RATE times a second until stop is
-    set (at most 10 minutes' worth)."""
+def _signal_all(pids, thread, stop, sent):
+    """Send SIGUSR1 to every pid and to `thread` of this process about RATE
+    times a second until stop is set (at most 10 minutes' worth)."""
     for _ in range(RATE * 600):
         if stop.wait(1 / RATE):
             return
@@ -99,6 +100,8 @@ def _signal_all(pids, stop, sent):
                 sent[pid] += 1
             except ProcessLookupError:
                 pass
+        signal.pthread_kill(thread, signal.SIGUSR1)
+        sent["client"] += 1
 
 
 def test_signals_during_a_congested_job_every_reply_exactly_once(tmp_path):
@@ -110,6 +113,8 @@ def test_signals_during_a_congested_job_every_reply_exactly_once(tmp_path):
     sent = Counter()
     signaller = None
     replies = []
+    handled = Counter()
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: handled.update(["client"]))
     try:
         ready, report = paths["master"]
         procs.append(in_child(
@@ -124,8 +129,9 @@ def test_signals_during_a_congested_job_every_reply_exactly_once(tmp_path):
         wait_for(lambda: all(os.path.exists(paths[n][0]) for n in ("w0", "w1")),
                  timeout=30, what="the workers starting")
         # every child has its SIGUSR1 handler now (else the signal kills it)
-        signaller = threading.Thread(target=_signal_all, name="signaller",
-                                     args=([p.pid for p in procs], stop, sent), daemon=True)
+        signaller = threading.Thread(
+            target=_signal_all, name="signaller", daemon=True,
+            args=([p.pid for p in procs], threading.main_thread().ident, stop, sent))
         signaller.start()
         payloads = [b"%06d:" % i + b"x" * PAYLOAD for i in range(N)]
         with Client("sig", db, timeout=30) as client:
@@ -135,7 +141,8 @@ def test_signals_during_a_congested_job_every_reply_exactly_once(tmp_path):
         stop.set()
         if signaller is not None:
             signaller.join(10)
-            assert not signaller.is_alive(), "the signaller did not stop"
+        signal.signal(signal.SIGUSR1, previous)
+        assert signaller is None or not signaller.is_alive(), "the signaller did not stop"
         stop_all(procs[1:] + procs[:1])     # the workers, then the Master
 
     figures = {}
@@ -143,8 +150,9 @@ def test_signals_during_a_congested_job_every_reply_exactly_once(tmp_path):
         with open(report) as f:
             figures[name] = json.load(f)
     master = figures["master"]["stats"]
-    print("signals sent: %s; handled: %s; master: %s"
-          % (dict(sent), {n: f["signals"] for n, f in figures.items()}, master))
+    print("signals sent: %s; handled: %s, client %d; master: %s"
+          % (dict(sent), {n: f["signals"] for n, f in figures.items()}, handled["client"],
+             master))
 
     counts = Counter(replies)
     assert len(replies) == N, "%d replies for %d calls" % (len(replies), N)
@@ -158,3 +166,4 @@ def test_signals_during_a_congested_job_every_reply_exactly_once(tmp_path):
     # the signals did come, and Python handled them, during the job
     for name, f in figures.items():
         assert f["signals"] > 0, "%s handled no signal" % name
+    assert handled["client"] > 0, "the client's process handled no signal"
