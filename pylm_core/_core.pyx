@@ -9,7 +9,8 @@ Server, Pipeline and Worker), publisher.pyx, worker_pool.pyx and intake.pyx (the
 Master's three parts: publisher, worker pool, intake), client.pyx (the
 client's send, receive and job loops).  C declarations: zmqapi.h/libzmq.pxd (libzmq,
 resolved at run time), wire.h/wire.pxd (the wire format), hold.h (buffers
-lent to libzmq).
+lent to libzmq); constants: consts.pxi.  Everything the included files
+cimport is cimported here, once.
 """
 
 cimport cython
@@ -19,11 +20,13 @@ from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release,
 from cpython.bytes cimport (PyBytes_FromStringAndSize, PyBytes_AS_STRING,
                             PyBytes_GET_SIZE)
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.number cimport PyNumber_Index
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.errno cimport EINTR, EAGAIN, EHOSTUNREACH
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint64_t, uintptr_t
 from libc.string cimport memcpy, memcmp, memchr, memmove, memset
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport free, malloc, realloc
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from pylm_core.libzmq cimport *
 from pylm_core.wire cimport *

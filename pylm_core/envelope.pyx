@@ -2,9 +2,6 @@
 # Wire work is done by wire.h; this file only moves values between Python
 # objects and pz_env slices.
 
-from cpython.number cimport PyNumber_Index
-from libc.stdint cimport uintptr_t
-
 cdef Py_ssize_t VIEW_THRESHOLD = 65536   # payloads this big stay views on decode
 
 cdef dict _DECODE_REASONS = {

@@ -1,8 +1,8 @@
 # Frame-level helpers over libzmq shared by every loop: receive a multipart
-# message into zmq_msg_t's, send an encoded envelope, wait on a full queue
-# while staying stoppable.  nogil where they block.
-
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+# message into zmq_msg_t's (mp_recv), send one (send_frames, the only way the
+# core sends), wait on a full queue while staying stoppable (Waiter), batch
+# replies per client (ClientBatch).  nogil where they block; a signal
+# (EINTR) never leaves half a message behind.
 
 cdef inline long long now_ns() noexcept nogil:
     cdef timespec ts

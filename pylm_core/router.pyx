@@ -17,7 +17,6 @@
 # reading the inbound parts that feed it (backlog()), zguide's lbbroker
 # rule: take new work only when it can go somewhere.
 
-from libc.stdlib cimport malloc, realloc, free
 import collections
 
 cdef enum:

@@ -7,8 +7,6 @@
 # reference until its worker reports it finished, so a lost worker's
 # messages are sent again (MAX_LOST losses make a message poison).
 
-from libc.stdlib cimport malloc, realloc, free
-
 cdef enum:
     EXPIRE_EVERY_MS = 250       # how often silent workers are looked for
     HANDOFF_BYTES = 65536       # a dispatch taking all the queue, this much

@@ -6,8 +6,9 @@ frame of a message half sent or half read: a frame dropped there makes the
 peer take the tail of one message for the next one.
 
 The Master and two workers run in child processes whose sockets have tiny
-high-water marks and kernel buffers, so that their sends and receives
-block all the time during a job of large payloads; SIGUSR1, handled by a
+kernel buffers and, from the workers to the Master and from the Master to
+its client, tiny high-water marks, so that their sends and receives block
+all the time during a job of large payloads; SIGUSR1, handled by a
 Python handler in each child, is sent to all three about 1,000 times a
 second for the whole job, and to the thread of the test that runs the
 client's job.  Every reply must come back exactly once, no
@@ -29,9 +30,14 @@ from pylm._testing import in_child, stop_all, tcp_addresses, wait_for
 from pylm.clients import Client
 from pylm.servers import Master, Worker
 
-N = 3000                # calls in the job
+N = 6000                # calls in the job
 PAYLOAD = 2000          # bytes of filler after each call's id
-HWM = 2                 # messages queued per socket in the children
+HWM = 2                 # messages queued by a congested socket
+# The other way, from the Master to its workers, queues stay as they are
+# (1,000 messages, at least a worker's credit): were both ways congested, a
+# Master blocked sending to a worker could wait for a worker blocked
+# sending to it.
+ROOMY = 1000
 KERNEL_BUFFER = 4096    # bytes of TCP send and receive buffer in the children
 RATE = 1000             # signals per second to each child
 
@@ -46,12 +52,13 @@ def _on_usr1(signum, frame):
     _handled += 1
 
 
-def _congest(ready_path):
-    """In a child: count SIGUSR1 in a Python handler, make every socket of
-    the process queue almost nothing, then say so (ready_path)."""
+def _congest(ready_path, sndhwm, rcvhwm):
+    """In a child: count SIGUSR1 in a Python handler, give every socket of
+    the process these high-water marks and tiny kernel buffers, then say
+    so (ready_path)."""
     signal.signal(signal.SIGUSR1, _on_usr1)
     ctx = zmq.Context.instance()
-    for option, value in ((zmq.SNDHWM, HWM), (zmq.RCVHWM, HWM),
+    for option, value in ((zmq.SNDHWM, sndhwm), (zmq.RCVHWM, rcvhwm),
                           (zmq.SNDBUF, KERNEL_BUFFER), (zmq.RCVBUF, KERNEL_BUFFER)):
         ctx.setsockopt(option, value)
     with open(ready_path, "w"):
@@ -66,7 +73,7 @@ def _report(path, **figures):
 
 class SignalledMaster(Master):
     def start(self, ready_path, report_path):
-        _congest(ready_path)
+        _congest(ready_path, ROOMY, HWM)
         pylm.servers.PUB_HWM = HWM      # the XPUB too: publishing blocks
         try:
             super().start()
@@ -79,7 +86,7 @@ class SignalledWorker(Worker):
         return payload
 
     def start(self, ready_path, report_path):
-        _congest(ready_path)
+        _congest(ready_path, HWM, ROOMY)
         try:
             super().start()
         finally:
@@ -135,7 +142,7 @@ def test_signals_during_a_congested_job_every_reply_exactly_once(tmp_path):
         signaller.start()
         payloads = [b"%06d:" % i + b"x" * PAYLOAD for i in range(N)]
         with Client("sig", db, timeout=30) as client:
-            for reply in client.job("sig.tag", iter(payloads), timeout=60):
+            for reply in client.job("sig.tag", iter(payloads), timeout=30):
                 replies.append(reply)
     finally:
         stop.set()
