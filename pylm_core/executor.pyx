@@ -172,15 +172,15 @@ cdef class Executor(Part):
         return 0
 
     cdef int _send_control(self, char kind, long long value) except -1:
-        """[kind, value] to our Master (worker protocol, consts.pxi)."""
+        """[kind, value] to our Master (worker protocol, consts.pxi),
+        waiting for room while stoppable.  1 when stopped."""
         cdef OutFrame out[2]
         cdef bytes arg = b"%d" % value
         if self.out_kind != OUT_WORKER:
             return 0
         out[0] = copy_frame(&kind, 1)
         out[1] = copy_frame(<char *>arg, len(arg))
-        send_frames(self.out, out, 2, 0, None, NULL)
-        return 0
+        return send_frames(self.out, out, 2, 0, self.waiter, NULL)
 
     cdef int _handle(self, Multipart *mp, int kind) except -1:
         """One inbound message: an envelope, or a batch of them (from our
@@ -196,8 +196,7 @@ cdef class Executor(Part):
             # our Master sends [batch], or [RESET, ""]
             if mp.total == 2 and pz_msg_size(&mp.f[0]) == <size_t>len(_W_RESET) and memcmp(
                     msg_ptr(&mp.f[0]), <char *>_W_RESET, len(_W_RESET)) == 0:
-                self._send_control(W_READY, self.credit_now)
-                return 0
+                return self._send_control(W_READY, self.credit_now)
             batch = 1 if mp.total == 1 else -1
             frame = &mp.f[0]
         else:
@@ -225,7 +224,7 @@ cdef class Executor(Part):
         if rc == 0:
             rc = self._flush()
         if self.out_kind == OUT_WORKER and self.processed > done0 and rc == 0:
-            self._adapt_credit(now_ns() - t0, self.processed - done0)
+            rc = self._adapt_credit(now_ns() - t0, self.processed - done0)
         return rc
 
     cdef int _adapt_credit(self, long long ns, long long calls) except -1:
@@ -239,7 +238,7 @@ cdef class Executor(Part):
         if want * 2 <= self.credit_now or want >= self.credit_now * 2 or \
                 (want == self.credit and self.credit_now != self.credit):
             self.credit_now = <int>want
-            self._send_control(W_CREDIT, want)
+            return self._send_control(W_CREDIT, want)
         return 0
 
     cdef int _one(self, const char *p, size_t n, pz_msg_t *pframe) except -1:
@@ -447,7 +446,9 @@ cdef class Executor(Part):
             out[0] = copy_frame(&kind, 1)
             out[1] = copy_frame(<char *>done, len(done))
             out[2] = batch_frame(&self.wbatch)
-            return send_frames(self.out, out, 3, 0, None, NULL)
+            # waiting for room while stoppable: a Master that reads
+            # nothing must not keep its worker from stopping
+            return send_frames(self.out, out, 3, 0, self.waiter, NULL)
         if self.out_kind == OUT_TOPIC:
             return self.cbatch.flush()
         return 0

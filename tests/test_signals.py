@@ -174,3 +174,81 @@ def test_signals_during_a_congested_job_every_reply_exactly_once(tmp_path):
     for name, f in figures.items():
         assert f["signals"] > 0, "%s handled no signal" % name
     assert handled["client"] > 0, "the client's process handled no signal"
+
+
+# -- a worker blocked sending to a Master that reads nothing still stops --------
+
+def _batch(envelopes):
+    """The batch format (pylm_core wire.h): each envelope after its length
+    as a protobuf varint."""
+    out = bytearray()
+    for env in envelopes:
+        n = len(env)
+        while n >= 0x80:
+            out.append(n & 0x7F | 0x80)
+            n >>= 7
+        out.append(n)
+        out += env
+    return bytes(out)
+
+
+def test_sigterm_stops_a_worker_blocked_sending_to_its_master(tmp_path):
+    """The worker gets one batch of 20 calls whose results are each a
+    frame of their own (300 kB, past its batch size), from a Master that
+    then reads nothing: its queue to the Master holds a few, and it blocks
+    sending the rest, inside the batch (where it looks for no stop
+    request).  SIGTERM must still stop it: its sends wait for room while
+    watching the stop socket."""
+    from pylm._cache import serve_cache
+    from pylm.parts.messages_pb2 import PalmMessage
+    from pylm.persistence.kv import DictDB
+
+    ctx = zmq.Context.instance()
+    wpull, wpush, db = tcp_addresses(3)
+    router = ctx.socket(zmq.ROUTER)
+    control = ctx.socket(zmq.PULL)
+    rep = ctx.socket(zmq.REP)
+    sockets = [router, control, rep]
+    worker = None
+    cache_thread = None
+    try:
+        for sock in sockets:
+            sock.linger = 0
+        router.rcvhwm = 1
+        router.rcvbuf = KERNEL_BUFFER
+        router.bind("tcp://127.0.0.1:*")
+        control.bind("inproc://test-signals-cache-%d" % id(control))
+        rep.bind(db)
+        cache = DictDB()
+        for key, value in dict(worker_pull_address=wpull, worker_push_address=wpush,
+                               max_message_size=str(256 * 1024 * 1024),
+                               worker_router_address=router.getsockopt_string(
+                                   zmq.LAST_ENDPOINT)).items():
+            cache.set(value.encode(), key)
+        cache_thread = threading.Thread(target=serve_cache, daemon=True, args=(
+            rep, control, cache, 100, lambda reason: None))
+        cache_thread.start()
+
+        ready, report = str(tmp_path / "w.ready"), str(tmp_path / "w.json")
+        worker = in_child(SignalledWorker, "blocked", db,
+                          start_kwargs=dict(ready_path=ready, report_path=report))
+        assert router.poll(30_000), "the worker never said READY"
+        ident, kind, _credit = router.recv_multipart()
+        assert kind == b"R"
+        calls = [PalmMessage(pipeline="p", client="c", function="blocked.tag",
+                             payload=b"%02d" % i + b"x" * 300_000).SerializeToString()
+                 for i in range(20)]
+        router.send_multipart([ident, _batch(calls)])
+        # its first result came: the worker is inside the batch
+        assert router.poll(30_000), "no result from the worker"
+    finally:
+        if worker is not None:
+            worker.stop(timeout=10)     # raises ServerFailed when it hangs
+        if cache_thread is not None:
+            with ctx.socket(zmq.PUSH) as poke:
+                poke.connect(control.getsockopt_string(zmq.LAST_ENDPOINT))
+                poke.send(b"stop")
+                cache_thread.join(10)
+        for sock in sockets:
+            sock.close(linger=0)
+    assert not cache_thread.is_alive()
