@@ -95,4 +95,3 @@ W_BEAT_ = bytes((W_BEAT,))      # the heartbeat frame pylm/servers.py sends
 MAX_LOST_ = MAX_LOST
 MAX_MESSAGE_SIZE_ = MAX_MESSAGE_SIZE
 PUB_HWM_ = PUB_HWM
-BATCH_BYTES_ = BATCH_BYTES
