@@ -605,7 +605,8 @@ cdef class WorkerPool(Part):
         cdef const char *p = start
         cdef pz_slice one
         cdef pz_msg_t m
-        pz_batch_next(&p, src.b.buf + src.b.len, &one)
+        if pz_batch_next(&p, src.b.buf + src.b.len, &one) != 1:
+            raise AssertionError("a queue of %d envelopes is empty" % src.count)
         if pz_msg_init_size(&m, one.n) != 0:
             raise MemoryError()
         memcpy(pz_msg_data(&m), one.p, one.n)
