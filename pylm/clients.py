@@ -59,14 +59,16 @@ class Client:
     :param sub_address: where replies come from (default: its pub_address;
         for a stream, the last stage's)
     :param session: prefix of cache keys, and the `pipeline` of calls
-    :param logging_level: level of this client's logger
+    :param logging_level: level of this client's logger (``pylm.client``);
+        None (the default) leaves it to the application's logging
+        configuration
     :param this_config: do not ask the cache for addresses
     :param timeout: keyword-only; seconds for the configuration fetch and
         the subscription handshake (default 10)
     """
 
     def __init__(self, server_name, db_address, push_address=None, sub_address=None,
-                 session=None, logging_level=logging.INFO, this_config=False, *,
+                 session=None, logging_level=None, this_config=False, *,
                  timeout=10.0):
         self.server_name = server_name
         self.db_address = db_address
@@ -78,7 +80,8 @@ class Client:
         self._pipeline = (session or str(uuid.uuid4())).encode()
         self.timeout = timeout
         self.logger = logging.getLogger("pylm.client")
-        self.logger.setLevel(logging_level)
+        if logging_level is not None:
+            self.logger.setLevel(logging_level)
         self._cache = CacheClient(db_address, server_name, timeout) if db_address else None
         self._push = self._sub = self._reader = None
         self._joined = False

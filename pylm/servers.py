@@ -34,15 +34,24 @@ MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 PUB_HWM = 100_000
 
 
-def _logger(kind, name, level):
+def _logger(kind, name, level=None):
+    """The logger ``pylm.<kind>.<name>``.  Its level is set only when the
+    caller gave one: by default the application's logging configuration
+    decides (a library configures no logging of its own)."""
     logger = logging.getLogger("pylm.%s.%s" % (kind, name))
-    logger.setLevel(level)
+    if level is not None:
+        logger.setLevel(level)
     return logger
 
 
 class _Served:
     """What every server has: name, logger, cache, stop(), echo, and the
-    default handle_stream."""
+    default handle_stream.
+
+    Every server's `log_level` is the level of its logger
+    ``pylm.<Class>.<name>``; the default, None, leaves the level (and all
+    logging configuration) to the application.
+    """
 
     pipelined = False
 
@@ -131,7 +140,7 @@ class Server(_Served):
     """
 
     def __init__(self, name, db_address, pull_address, pub_address, pipelined=False,
-                 log_level=logging.INFO, messages=sys.maxsize):
+                 log_level=None, messages=sys.maxsize):
         super().__init__(name, db_address, log_level)
         self.pull_address = pull_address
         self.pub_address = pub_address
@@ -161,7 +170,7 @@ class Pipeline(_Served):
     nothing."""
 
     def __init__(self, name, db_address, sub_address, pub_address, previous,
-                 to_client=True, log_level=logging.INFO, messages=sys.maxsize):
+                 to_client=True, log_level=None, messages=sys.maxsize):
         super().__init__(name, db_address, log_level)
         self.sub_address = sub_address
         self.pub_address = pub_address
@@ -197,7 +206,7 @@ class Sink(Pipeline):
     lists, zipped pairwise."""
 
     def __init__(self, name, db_address, sub_addresses, pub_address, previous,
-                 to_client=True, log_level=logging.INFO, messages=sys.maxsize):
+                 to_client=True, log_level=None, messages=sys.maxsize):
         if isinstance(sub_addresses, str) or isinstance(previous, str):
             raise TypeError("Sink takes lists of sub_addresses and previous")
         if len(sub_addresses) != len(previous):
@@ -240,7 +249,7 @@ class Master(_Served):
 
     def __init__(self, name, pull_address, pub_address, worker_pull_address,
                  worker_push_address, db_address, pipelined=False, cache=None,
-                 log_level=logging.INFO, messages=sys.maxsize, *,
+                 log_level=None, messages=sys.maxsize, *,
                  worker_router_address=None, worker_timeout=3.0):
         super().__init__(name, db_address, log_level, cache)
         self.pull_address = pull_address
@@ -314,7 +323,7 @@ class Hub(Master):
 
     def __init__(self, name, sub_address, pub_address, worker_pull_address,
                  worker_push_address, db_address, previous, pipelined=False,
-                 cache=None, log_level=logging.INFO, messages=sys.maxsize, **kwargs):
+                 cache=None, log_level=None, messages=sys.maxsize, **kwargs):
         super().__init__(name, None, pub_address, worker_pull_address, worker_push_address,
                          db_address, pipelined, cache, log_level, messages, **kwargs)
         self.sub_address = sub_address
@@ -348,7 +357,7 @@ class Worker(_Served):
     mux = False
 
     def __init__(self, name="", db_address="", push_address=None, pull_address=None,
-                 log_level=logging.INFO, messages=sys.maxsize, *, credit=1000, timeout=10.0,
+                 log_level=None, messages=sys.maxsize, *, credit=1000, timeout=10.0,
                  heartbeat=1.0):
         if not db_address:
             raise ValueError("Worker needs the db_address of its Master")

@@ -29,8 +29,9 @@ __all__ = ["ServerTemplate", "BaseMaster"]
 class ServerTemplate:
     """A server made of parts.
 
-    :param logging_level: level of the server's logger (no handler is
-        added: configure logging in the application)
+    :param logging_level: level of the server's logger; None (the
+        default) leaves it to the application, and no handler is ever
+        added: configure logging in the application
     :param router_messages: start() returns once this many messages were
         routed (and the ones under way have arrived)
 
@@ -40,7 +41,7 @@ class ServerTemplate:
     (name -> part).
     """
 
-    def __init__(self, logging_level=logging.INFO, router_messages=sys.maxsize):
+    def __init__(self, logging_level=None, router_messages=sys.maxsize):
         self.name = ""
         self.logging_level = logging_level
         self.cache = DictDB()
@@ -48,7 +49,8 @@ class ServerTemplate:
         self.outbound_components = {}
         self.bypass_components = {}
         self.logger = logging.getLogger("pylm.parts.%s" % type(self).__name__)
-        self.logger.setLevel(logging_level)
+        if logging_level is not None:
+            self.logger.setLevel(logging_level)
         self.router = Router(logger=self.logger, cache=self.cache, messages=router_messages)
 
     def _check_name(self, name):
