@@ -19,7 +19,7 @@ from pylm_core import _core
 from pylm._cache import (CONFIG_PROTOCOL_KEY, PROTOCOL, PROTOCOL_PARTS, UNLIMITED, CacheClient,
                          batch_bytes_for)
 from pylm._context import context
-from pylm_core.errors import RemoteError, WorkerLost
+from pylm_core.errors import WORKER_LOST, RemoteError, WorkerLost
 
 __all__ = ["Client"]
 
@@ -240,7 +240,7 @@ class Client:
         """The exception for an error reply: WorkerLost for a poison
         message, RemoteError for a method that raised."""
         exc = RemoteError.from_wire(error)
-        if exc.remote_type == "WorkerLost":
+        if exc.code == WORKER_LOST:
             return WorkerLost(exc.remote_message)
         return exc
 

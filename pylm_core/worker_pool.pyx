@@ -384,10 +384,9 @@ cdef class WorkerPool(Part):
 
     cdef int _poison(self, pz_env *env) except -1:
         """Answer a poison message's client with a WorkerLost error."""
-        return self.out().reply_error(env, (
-            '{"type": "WorkerLost", "message": "the message was in flight on %d '
-            'workers that died; it is not sent again", "traceback": ""}'
-            % env.lost).encode())
+        return self.out().reply_error(env, RemoteError(
+            "WorkerLost", "the message was in flight on %d workers that died; it is "
+            "not sent again" % env.lost, "", WORKER_LOST).to_wire().encode())
 
     cdef int _expire_workers(self, long long now) except -1:
         cdef int i = 0
@@ -601,15 +600,6 @@ cdef class WorkerPool(Part):
         if self.bad_hook is not None:
             self.bad_hook(reason)
         return 0
-
-
-cdef bytes error_json(exc):
-    """The error field for an exception raised by a hook (the format of
-    pylm._dispatch.error_text)."""
-    import json, traceback
-    return json.dumps({"type": type(exc).__name__, "message": str(exc),
-                       "traceback": "".join(traceback.format_exception(
-                           type(exc), exc, exc.__traceback__))}).encode()
 
 
 cdef long long _small_int(pz_msg_t *m) noexcept nogil:
