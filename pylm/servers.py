@@ -21,6 +21,7 @@ from pylm_core import _core
 from pylm._cache import CONFIG_PROTOCOL_KEY, PROTOCOL, CacheClient, batch_bytes_for, serve_cache
 from pylm._dispatch import DropLog, ErrorReporter, method_table, overrides
 from pylm._runtime import Runtime, StopHandle
+from pylm._stream import DefaultStream
 from pylm.persistence.kv import DictDB
 
 __all__ = ["Server", "Pipeline", "Sink", "Master", "Hub", "Worker", "MuxWorker"]
@@ -44,16 +45,14 @@ def _logger(kind, name, level=None):
     return logger
 
 
-class _Served:
+class _Served(DefaultStream):
     """What every server has: name, logger, cache, stop(), echo, and the
-    default handle_stream.
+    default handle_stream (pylm._stream).
 
     Every server's `log_level` is the level of its logger
     ``pylm.<Class>.<name>``; the default, None, leaves the level (and all
     logging configuration) to the application.
     """
-
-    pipelined = False
 
     def __init__(self, name, db_address, log_level, cache=None):
         self.name = name
@@ -66,14 +65,6 @@ class _Served:
     def echo(self, payload):
         """Return the payload unchanged."""
         return payload
-
-    def handle_stream(self, message):
-        """Where a result goes: ``(topic, message)``.  To the client, or,
-        when pipelined, to the next stage (topic = name, stage + 1)."""
-        if self.pipelined:
-            message.stage += 1
-            return self.name, message
-        return message.client, message
 
     def stop(self):
         """Make start() return: stop taking messages, close sockets.  Safe

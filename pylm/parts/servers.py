@@ -19,6 +19,7 @@ import logging
 import sys
 
 from pylm._cache import CONFIG_PROTOCOL_KEY, PROTOCOL_PARTS
+from pylm._stream import DefaultStream
 from pylm.parts.core import Router
 from pylm.parts.services import PubService
 from pylm.persistence.kv import DictDB
@@ -134,14 +135,12 @@ class ServerTemplate:
         return self.router.ready
 
 
-class BaseMaster:
+class BaseMaster(DefaultStream):
     """The hooks of a master, as a mixin: ``scatter`` and ``gather``
     (generators), ``handle_stream`` and ``change_payload``.  Parts call
     their own hooks: a server that wants its parts to use these passes
     them on explicitly, e.g. ``self.inbound_components['Pull'].scatter =
     self.scatter`` before start()."""
-
-    pipelined = False
 
     @staticmethod
     def change_payload(message, new_payload):
@@ -156,12 +155,3 @@ class BaseMaster:
     def gather(self, message):
         """Messages to send on for one result."""
         yield message
-
-    def handle_stream(self, message):
-        """``(topic, message)``: to the client (topic ``message.client``),
-        or, when pipelined, to the next stage (topic ``self.name``,
-        ``stage += 1``)."""
-        if self.pipelined:
-            message.stage += 1
-            return self.name, message
-        return message.client, message

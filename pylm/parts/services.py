@@ -16,6 +16,7 @@ import zmq
 
 from pylm._cache import handle_cache_request
 from pylm._context import context
+from pylm._stream import DefaultStream
 from pylm_core import _core
 from pylm.parts.core import (MAX_MESSAGE_SIZE, BypassInbound, Inbound, Outbound, _to_bytes,
                              _to_message)
@@ -65,7 +66,7 @@ class PushService(Outbound):
                          cache=cache, messages=messages)
 
 
-class PubService(Outbound):
+class PubService(DefaultStream, Outbound):
     """Binds a PUB socket and publishes each message under the topic
     ``handle_stream`` gives it.
 
@@ -87,13 +88,6 @@ class PubService(Outbound):
                          cache=cache, messages=messages)
         self.name = server      # pylm 0.14: the topic of a pipelined server
         self.pipelined = pipelined
-
-    def handle_stream(self, message):
-        """``(topic, message)`` to publish; None publishes nothing."""
-        if self.pipelined:
-            message.stage += 1
-            return self.name, message
-        return message.client, message
 
     def _make_socket(self, rt):
         sock = rt.socket(zmq.XPUB, SNDHWM=PUB_HWM, XPUB_NODROP=1,
