@@ -93,8 +93,10 @@ class _Served(DefaultStream):
                   limit, DropLog(self.logger))
 
     def _bind_pub(self, rt, address):
+        # MAXMSGSIZE: what subscribers send (subscriptions) is bounded as
+        # on every bound socket; a peer past it is disconnected
         pub = rt.socket(zmq.XPUB, SNDHWM=PUB_HWM, XPUB_NODROP=1,
-                        XPUB_WELCOME_MSG=_core.WELCOME)
+                        XPUB_WELCOME_MSG=_core.WELCOME, MAXMSGSIZE=MAX_MESSAGE_SIZE)
         pub.bind(address)
         return pub
 

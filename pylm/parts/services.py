@@ -30,7 +30,9 @@ __all__ = ["RepService", "PullService", "PushService", "PubService", "WorkerPush
 MAX_BODY = 256 * 1024 * 1024
 #: Seconds an HTTP request waits for its answer from the loop (504 after).
 HTTP_TIMEOUT = 60.0
-#: Queue limit of a PubService's socket (PUB drops past it).
+#: Queue limit of a PubService's socket.  Past it nothing is dropped: the
+#: socket is XPUB_NODROP, so sends wait (the part holds its messages and the
+#: Router stops reading the inbound parts that feed it): back-pressure.
 PUB_HWM = 100_000
 
 
@@ -90,8 +92,10 @@ class PubService(DefaultStream, Outbound):
         self.pipelined = pipelined
 
     def _make_socket(self, rt):
+        # MAXMSGSIZE: what subscribers send (subscriptions) is bounded as
+        # on every bound socket; a peer past it is disconnected
         sock = rt.socket(zmq.XPUB, SNDHWM=PUB_HWM, XPUB_NODROP=1,
-                         XPUB_WELCOME_MSG=_core.WELCOME)
+                         XPUB_WELCOME_MSG=_core.WELCOME, MAXMSGSIZE=MAX_MESSAGE_SIZE)
         sock.bind(self.listen_address)
         return sock
 
