@@ -175,34 +175,51 @@ class Client:
         """
         if self._protocol is not None and self._protocol not in (PROTOCOL, PROTOCOL_PARTS):
             time.sleep(LEGACY_JOIN_WAIT)
-            self._joined = True
-            self._joined_by = "wait"
+            self._joined_as("wait")
             return
         limit = self.timeout if timeout is None else timeout
         limit = 1e9 if limit is None else limit
         deadline = time.monotonic() + limit
+        if not self._await_welcome(limit, deadline):
+            self._joined_as("silence")
+            return
+        if self._protocol != PROTOCOL_PARTS:
+            # a server made of parts routes every call through user parts,
+            # maybe to pylm 0.14 workers (which die on a ping): the welcome
+            # alone says the subscription went out, before any call
+            self._ping_until_answered(deadline)
+        self._joined_as("welcome")
+
+    def _joined_as(self, how):
+        """The subscription is live, known by `how` (see _joined_by)."""
+        self._joined = True
+        self._joined_by = how
+
+    def _await_welcome(self, limit, deadline):
+        """Read the SUB until the XPUB's welcome: True.  A publisher not
+        known to be ours (no protocol in the cache, or a sub_address given
+        by the caller) that stays silent for a second is taken for pylm
+        0.14's: False.  TimeoutError when one known to be ours does not
+        welcome by `deadline` (`limit` seconds from now)."""
         known = self._protocol in (PROTOCOL, PROTOCOL_PARTS) and self._sub_is_server
         welcome_by = deadline if known else time.monotonic() + min(limit, 1.0)
         while True:
             left = welcome_by - time.monotonic()
             if left <= 0 or not self._sub.poll(int(left * 1000) + 1, zmq.POLLIN):
                 if not known:       # silent publisher of unknown kind: pylm 0.14
-                    self._joined = True
-                    self._joined_by = "silence"
-                    return
+                    return False
                 raise TimeoutError("no publisher answered at %s within %s s"
                                    % (self.sub_address, limit))
             if self._sub.recv_multipart() == [WELCOME]:
                 if self._protocol is None:
                     self._protocol = PROTOCOL
-                break
-        if self._protocol == PROTOCOL_PARTS:
-            # a server made of parts routes every call through user parts,
-            # maybe to pylm 0.14 workers (which die on a ping): the welcome
-            # alone says the subscription went out, before any call
-            self._joined = True
-            self._joined_by = "welcome"
-            return
+                return True
+
+    def _ping_until_answered(self, deadline):
+        """Ping through the push path until a ping comes back on the SUB,
+        which proves the subscription is in place at the last stage; for at
+        most PING_BUDGET seconds (best effort: a stream with custom topics
+        does not carry pings)."""
         nonce = uuid.uuid4().hex.encode()
         ping_cache = _core.PING_PREFIX + b":" + nonce
         pong_by = min(deadline, time.monotonic() + PING_BUDGET)
@@ -218,9 +235,7 @@ class Client:
                 interval = min(interval * 2, 0.1)
                 continue
             if msg.cache.encode() == ping_cache:
-                break
-        self._joined = True
-        self._joined_by = "welcome"
+                return
 
     def _next_call(self):
         """A new call id (field 17): replies carry it back, so a late reply
