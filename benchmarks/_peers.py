@@ -1,6 +1,6 @@
 """Peers for the throughput and latency benchmarks (bench_job.py,
-bench_stream.py): our servers and the hand-written pyzmq baselines, each run
-in its own process, plus the small helpers around them.
+bench_stream.py, compare/): our servers and the hand-written pyzmq
+baselines, each run in its own process, plus the small helpers around them.
 
 Every peer runs in a process made by the ``spawn`` start method, so that no
 child inherits the benchmark process's libzmq context (forking a process
@@ -12,13 +12,13 @@ addresses they were given, get them from :func:`pylm._testing.tcp_addresses`.
 A peer is started once per module (a fixture) and stopped by its handle,
 :meth:`Peer.stop`: SIGTERM, which our servers turn into ``stop()`` and which
 ends the baseline loops, then SIGKILL if it has not exited.
-benchmarks/compare/ runs the same peers, several brought up at once
-(:meth:`Peer.launch`, then :meth:`Peer.wait_ready`).
 
-The client side shared by both harnesses: :func:`wait_workers` (every
-worker of a Master answers), :func:`monitor_handshakes` and
-:func:`wait_handshakes` (every baseline worker is connected), and
-:func:`chain_round` (one round through the baseline chain).
+benchmarks/compare/ runs the same peers, several brought up at once
+(:meth:`Peer.launch`, then :meth:`Peer.wait_ready`).  The parent's side,
+shared by both: :func:`wait_workers` (every worker of a Master answers),
+:func:`monitor_handshakes` and :func:`wait_handshakes` (every baseline
+worker is connected), :func:`chain_round` and :func:`probe_chain` (the
+baseline chain).
 
 :func:`record` puts msgs/s in each benchmark's extra_info and prints the
 ratio of the medians (ours / baseline) when a group is complete.

@@ -6,6 +6,8 @@ measured in one run, on this machine, written to one JSON file and charted.
     python -m benchmarks.compare --plot benchmarks/results/latest.json
     make bench [QUICK=1]                    # pytest benchmarks, then this
 
+(from the repository's root, with the project's venv: .venv/bin/python).
+
 Systems (each one where it fits the workload):
 
     pylm      this project: Master + N Worker processes, Client.job; Client.eval

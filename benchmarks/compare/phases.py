@@ -26,10 +26,14 @@ from .systems import (
     KIB, MIB, REPLY_TIMEOUT, START_TIMEOUT, OursJob, PoolJob, PpeJob, PyzmqJob, memcpy_run,
     payload_of, payloads_of, stop_peers)
 
+#: The job phase's points: each worker count with SMALL payloads, then each
+#: payload size with PAYLOAD_WORKERS workers (eval, stream and envelope
+#: send SMALL payloads).
 WORKER_COUNTS = (1, 2, 4)
 SMALL = 100
 PAYLOAD_SIZES = (100, 4 * KIB, 64 * KIB, MIB)
 PAYLOAD_WORKERS = 2
+#: The systems of each phase, in the order of their rows in the tables.
 JOB_SYSTEMS = ("pylm", "pyzmq", "pool1", "pool100", "ppe", "pylm014")
 EVAL_SYSTEMS = ("pylm", "pyzmq", "pool1", "ppe", "pylm014")
 STREAM_SYSTEMS = ("pylm", "pyzmq", "pylm014")
