@@ -61,9 +61,10 @@ demo: build
 	$(PY) examples/demo.py
 
 # `make bench`: the pytest benchmarks (ours next to hand-written pyzmq), then
-# benchmarks/compare.py (every system side by side, results and charts in
+# benchmarks/compare/ (every system side by side, results and charts in
 # benchmarks/results/).  `make bench QUICK=1`: fewer, shorter rounds of both
-# (compare.py --quick, 2-3 min).  COMPARE_ARGS: more options for compare.py.
+# (compare --quick, 2-3 min).  COMPARE_ARGS: more options for
+# `python -m benchmarks.compare` (--help lists them).
 QUICK ?=
 COMPARE_ARGS ?=
 BENCH_STAMP := $(VENV)/.bench-installed
@@ -76,7 +77,7 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: build $(BENCH_STAMP)
 	$(if $(QUICK),$(BENCH_QUICK_ENV)) $(PY) -m pytest benchmarks --benchmark-disable-gc --benchmark-columns=median,ops,rounds $(PYTEST_ARGS)
-	$(PY) benchmarks/compare.py $(if $(QUICK),--quick) $(COMPARE_ARGS)
+	$(PY) -m benchmarks.compare $(if $(QUICK),--quick) $(COMPARE_ARGS)
 
 clean:
 	rm -rf build *.egg-info pylm_core/_core.c pylm_core/*.so pylm_core/*.html
