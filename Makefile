@@ -8,7 +8,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench build clean slow sanitize
+.PHONY: test demo bench build clean slow sanitize dist smoke-wheel smoke-oldest
+
+# The compiler's output goes to a log under build/, shown only when the
+# command fails (`quiet CMD LOG`): a build that works says nothing.
+define quiet
+@mkdir -p build; $(1) > $(2) 2>&1 || { cat $(2); echo "failed: $(1) (log: $(2))"; exit 1; }
+endef
 
 # System packages a fresh Debian machine may lack: venv, a C compiler and the
 # Python headers (the extension is compiled at install).
@@ -23,12 +29,13 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml setup.py
 	$(PY) -m pip install -q --upgrade pip "setuptools>=77" wheel "Cython>=3.0,<4"
-	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	@echo "installing the project into $(VENV) (log: build/install.log)"
+	$(call quiet,$(PY) -m pip install -q --no-build-isolation -e '.[test]',build/install.log)
 	touch $(STAMP)
 
 # Rebuild the extension when a core source changed (editable install).
 build: $(STAMP)
-	$(PY) setup.py -q build_ext --inplace
+	$(call quiet,$(PY) setup.py -q build_ext --inplace,build/build.log)
 
 test: build
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -88,3 +95,55 @@ LEGACY_VENV ?= .venv-pylm014
 .PHONY: legacy-venv
 legacy-venv:
 	$(PYTHON) tests/legacy.py build $(LEGACY_VENV)
+
+# -- packaging (.ci/run runs these after `make test`) --------------------------
+# Each works in a venv of its own made with mktemp -d, outside the source
+# tree, removed at the end.
+
+# `make dist`: the sdist, then the wheel built from that sdist in an isolated
+# environment (python -m build), into dist/.  That wheel is a build from
+# scratch at the default flags, so this is also the check that the build is
+# quiet: any compiler or Cython warning in its log fails it.
+BUILD_TOOL := $(VENV)/.build-installed
+WARNING_RE := (: warning:|^warning: [^ ]+\.(pyx|pxd|pxi):[0-9])
+
+$(BUILD_TOOL): $(PY)
+	$(PY) -m pip install -q build
+	touch $(BUILD_TOOL)
+
+dist: $(BUILD_TOOL)
+	rm -rf dist
+	$(call quiet,env -u PYLM_CORE_DEBUG -u PYLM_CORE_SANITIZE $(PY) -m build -o dist .,build/dist.log)
+	@! grep -E '$(WARNING_RE)' build/dist.log || { \
+	  echo "make dist: the build warns (above; whole log: build/dist.log)"; exit 1; }
+	@ls dist
+
+# `make smoke-wheel`: the wheel alone (and what it depends on) in a fresh
+# venv; .ci/smoke.py, run from outside the tree, checks that pylm and
+# pylm_core come from that venv and runs a Server, and a Master with a
+# Worker process, for a Client.
+smoke-wheel: dist
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" -m pip install -q dist/*.whl; \
+	cp .ci/smoke.py "$$tmp/"; \
+	cd "$$tmp" && env -u PYTHONPATH "$$tmp/venv/bin/python" smoke.py
+
+# `make smoke-oldest`: the wheel with the oldest pyzmq pyproject.toml allows
+# (its "pyzmq>=X", installed as pyzmq==X), and the tests that drive the core
+# through pyzmq's libzmq, run on a copy of tests/ outside the tree.
+PYZMQ_OLDEST := $(shell sed -n 's/.*"pyzmq>=\([0-9.]*\)".*/\1/p' pyproject.toml)
+SMOKE_TESTS := tests/test_libzmq.py tests/test_cimport.py tests/test_server.py \
+	tests/test_master.py tests/test_client.py
+smoke-oldest: dist
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" -m pip install -q "pyzmq==$(PYZMQ_OLDEST)" "$$(ls dist/*.whl)[test]" \
+	  "setuptools>=77" "Cython>=3.0,<4"; \
+	cp -r tests pyproject.toml "$$tmp/"; \
+	cd "$$tmp" && unset PYTHONPATH && \
+	venv/bin/python -c "import sysconfig, zmq, pylm, pylm_core; \
+	  site = sysconfig.get_paths()['platlib']; \
+	  assert all(m.__file__.startswith(site) for m in (pylm, pylm_core)), (pylm.__file__, pylm_core.__file__); \
+	  print('pyzmq', zmq.__version__, '(libzmq', zmq.zmq_version() + '); pylm from', site)" && \
+	venv/bin/python -m pytest -q $(SMOKE_TESTS) $(PYTEST_ARGS)
