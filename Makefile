@@ -56,7 +56,7 @@ sanitize: $(STAMP)
 	rm -rf $(SAN_DIR) && mkdir -p $(SAN_DIR)
 	cp -r pylm pylm_core tests setup.py pyproject.toml $(SAN_DIR)/
 	rm -f $(SAN_DIR)/pylm_core/*.so $(SAN_DIR)/pylm_core/_core.c
-	cd $(SAN_DIR) && PYLM_CORE_SANITIZE=1 $(abspath $(PY)) setup.py -q build_ext --inplace
+	$(call quiet,cd $(SAN_DIR) && PYLM_CORE_SANITIZE=1 $(abspath $(PY)) setup.py -q build_ext --inplace,$(abspath build/sanitize-build.log))
 	cd $(SAN_DIR) && export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  LD_PRELOAD="$$(cc -print-file-name=libasan.so):$$(cc -print-file-name=libubsan.so)" \
@@ -107,16 +107,23 @@ legacy-venv:
 BUILD_TOOL := $(VENV)/.build-installed
 WARNING_RE := (: warning:|^warning: [^ ]+\.(pyx|pxd|pxi):[0-9])
 
+DIST_STAMP := dist/.built
+DIST_SOURCES := pyproject.toml setup.py MANIFEST.in README.md $(wildcard pylm/*.py pylm/*/*.py \
+	$(addprefix pylm_core/*.,py pyx pxd pxi h pyi))
+
 $(BUILD_TOOL): $(PY)
 	$(PY) -m pip install -q build
 	touch $(BUILD_TOOL)
 
-dist: $(BUILD_TOOL)
+dist: $(DIST_STAMP)
+
+$(DIST_STAMP): $(BUILD_TOOL) $(DIST_SOURCES)
 	rm -rf dist
 	$(call quiet,env -u PYLM_CORE_DEBUG -u PYLM_CORE_SANITIZE $(PY) -m build -o dist .,build/dist.log)
 	@! grep -E '$(WARNING_RE)' build/dist.log || { \
 	  echo "make dist: the build warns (above; whole log: build/dist.log)"; exit 1; }
 	@ls dist
+	touch $(DIST_STAMP)
 
 # `make smoke-wheel`: the wheel alone (and what it depends on) in a fresh
 # venv; .ci/smoke.py, run from outside the tree, checks that pylm and
@@ -133,8 +140,9 @@ smoke-wheel: dist
 # (its "pyzmq>=X", installed as pyzmq==X), and the tests that drive the core
 # through pyzmq's libzmq, run on a copy of tests/ outside the tree.
 PYZMQ_OLDEST := $(shell sed -n 's/.*"pyzmq>=\([0-9.]*\)".*/\1/p' pyproject.toml)
-SMOKE_TESTS := tests/test_libzmq.py tests/test_cimport.py tests/test_server.py \
-	tests/test_master.py tests/test_client.py
+SMOKE_TESTS := tests/test_libzmq.py tests/test_cimport.py tests/test_envelope.py \
+	tests/test_router.py tests/test_resources.py tests/test_server.py tests/test_master.py \
+	tests/test_client.py tests/test_streams.py tests/test_cache.py
 smoke-oldest: dist
 	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	$(PYTHON) -m venv "$$tmp/venv"; \
