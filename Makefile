@@ -1,6 +1,7 @@
 # The two commands of README.md: `make demo` and `make test` (and `make bench`).
 # Each sets up .venv on first use; nothing needs to be installed beforehand
-# beyond python3 (with venv) and a C compiler.
+# beyond python3 (with venv) and a C compiler.  The packaging checks at the
+# end (`make dist`, `make smoke-wheel`, `make smoke-oldest`) are run by .ci/run.
 
 PYTHON ?= python3
 VENV := .venv
@@ -97,8 +98,9 @@ legacy-venv:
 	$(PYTHON) tests/legacy.py build $(LEGACY_VENV)
 
 # -- packaging (.ci/run runs these after `make test`) --------------------------
-# Each works in a venv of its own made with mktemp -d, outside the source
-# tree, removed at the end.
+# The smoke tests each work in a venv of their own made with mktemp -d,
+# outside the source tree, removed at the end (python3-venv is there: `dist`
+# needs $(PY), whose rule installs it when missing).
 
 # `make dist`: the sdist, then the wheel built from that sdist in an isolated
 # environment (python -m build), into dist/.  That wheel is a build from
