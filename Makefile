@@ -87,7 +87,7 @@ bench: build $(BENCH_STAMP)
 	$(PY) benchmarks/compare.py $(if $(QUICK),--quick) $(COMPARE_ARGS)
 
 clean:
-	rm -rf build *.egg-info pylm_core/_core.c pylm_core/*.so pylm_core/*.html
+	rm -rf build dist *.egg-info pylm_core/_core.c pylm_core/*.so pylm_core/*.html
 
 # pylm 0.14.4 from PyPI in a venv of its own, for tests/test_interop.py (which
 # builds it on first use too; CI can prebuild it). Reused while it is valid.
