@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # The compiler's output goes to a log under build/, shown only when the
 # command fails (`quiet CMD LOG`): a build that works says nothing.
 define quiet
-@mkdir -p build; $(1) > $(2) 2>&1 || { cat $(2); echo "failed: $(1) (log: $(2))"; exit 1; }
+@mkdir -p build; $(1) > $(2) 2>&1 || { cat $(2); echo "failed; its output is above and in $(2)"; exit 1; }
 endef
 
 # System packages a fresh Debian machine may lack: venv, a C compiler and the
