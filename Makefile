@@ -24,7 +24,8 @@ $(PY):
 	  apt-get update && apt-get install -y build-essential; }
 	@$(PYTHON) -c "import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
 	  || { echo "no Python headers; installing python3-dev"; apt-get update && apt-get install -y python3-dev; }
-	$(PYTHON) -m venv $(VENV) || { \
+	@echo "creating $(VENV)"
+	@$(PYTHON) -m venv $(VENV) || { \
 	  echo "python3 -m venv failed; installing python3-venv"; \
 	  (apt-get update && apt-get install -y python3-venv) && $(PYTHON) -m venv $(VENV); }
 
