@@ -46,6 +46,7 @@ cdef bytes W_BEAT = b"H"
 cdef bytes W_BYE = b"B"
 HB_SUFFIX = b"!hb"      # routing id suffix of a worker's heartbeat socket
 W_RESET = b"\x00pylm-reset"
+cdef bytes _W_RESET = W_RESET   # read as char *: a module global could be rebound
 
 
 cdef inline bint is_ping(pz_env *env) noexcept nogil:
@@ -137,7 +138,7 @@ cdef class Executor(Part):
         self.mux = mux
         self.limit = limit
         self.heartbeat_ms = heartbeat_ms
-        self.batch_bytes = max(1, min(batch_bytes, BATCH_BYTES))
+        self.batch_bytes = max(<size_t>1, min(batch_bytes, <size_t>BATCH_BYTES))
         self.credit = max(1, credit)
         self.credit_now = min(self.credit, CREDIT_START)
         self.ns_per_call = 0
@@ -239,8 +240,8 @@ cdef class Executor(Part):
         cdef int batch
         if self.out_kind == OUT_WORKER:
             # our Master sends [batch], or [RESET, ""]
-            if mp.total == 2 and pz_msg_size(&mp.f[0]) == len(W_RESET) and memcmp(
-                    msg_ptr(&mp.f[0]), <char *>W_RESET, len(W_RESET)) == 0:
+            if mp.total == 2 and pz_msg_size(&mp.f[0]) == <size_t>len(_W_RESET) and memcmp(
+                    msg_ptr(&mp.f[0]), <char *>_W_RESET, len(_W_RESET)) == 0:
                 self._send_control(W_READY, b"%d" % self.credit_now)
                 return 0
             batch = 1 if mp.total == 1 else -1
@@ -521,4 +522,4 @@ cdef class Executor(Part):
             return 0
         batch_to_msg(&self.cbatch, &m)
         return send_topic(self.waiter, self.out, <char *>self.cbatch_topic,
-                          len(self.cbatch_topic), &m, <char *>BATCH_MARK)
+                          len(self.cbatch_topic), &m, <char *>_BATCH_MARK)

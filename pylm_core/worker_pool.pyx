@@ -24,7 +24,6 @@ cdef enum:
 DRAIN_MS = 2000
 
 cdef bytes _HB_SUFFIX = HB_SUFFIX     # see executor.pyx
-cdef bytes _W_RESET = W_RESET         # see executor.pyx
 
 
 cdef struct Fifo:
@@ -569,7 +568,8 @@ cdef class WorkerPool(Part):
                 self.to_workers += k
             elif legacy_ready:
                 k = 1
-                pz_batch_next(&p, end, &one)
+                if pz_batch_next(&p, end, &one) != 1:
+                    raise RuntimeError("WorkerPool: the queue holds fewer envelopes than its count")
                 if pz_msg_init_size(&m, one.n) != 0:
                     raise MemoryError()
                 memcpy(pz_msg_data(&m), one.p, one.n)
