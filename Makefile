@@ -1,6 +1,7 @@
 # The two commands of README.md: `make demo` and `make test` (and `make bench`).
 # Each sets up .venv on first use; nothing needs to be installed beforehand
-# beyond python3 (with venv) and a C compiler.
+# beyond python3 (with venv) and a C compiler.  The packaging checks at the
+# end (`make dist`, `make smoke-wheel`, `make smoke-oldest`) are run by .ci/run.
 
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +9,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench build clean slow sanitize
+.PHONY: test demo bench build clean slow sanitize dist smoke-wheel smoke-oldest
+
+# The compiler's output goes to a log under build/, shown only when the
+# command fails (`quiet CMD LOG`): a build that works says nothing.
+define quiet
+@mkdir -p build; $(1) > $(2) 2>&1 || { cat $(2); echo "failed; its output is above and in $(2)"; exit 1; }
+endef
 
 # System packages a fresh Debian machine may lack: venv, a C compiler and the
 # Python headers (the extension is compiled at install).
@@ -17,18 +24,20 @@ $(PY):
 	  apt-get update && apt-get install -y build-essential; }
 	@$(PYTHON) -c "import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
 	  || { echo "no Python headers; installing python3-dev"; apt-get update && apt-get install -y python3-dev; }
-	$(PYTHON) -m venv $(VENV) || { \
+	@echo "creating $(VENV)"
+	@$(PYTHON) -m venv $(VENV) || { \
 	  echo "python3 -m venv failed; installing python3-venv"; \
 	  (apt-get update && apt-get install -y python3-venv) && $(PYTHON) -m venv $(VENV); }
 
 $(STAMP): $(PY) pyproject.toml setup.py
 	$(PY) -m pip install -q --upgrade pip "setuptools>=77" wheel "Cython>=3.0,<4"
-	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	@echo "installing the project into $(VENV) (log: build/install.log)"
+	$(call quiet,$(PY) -m pip install -q --no-build-isolation -e '.[test]',build/install.log)
 	touch $(STAMP)
 
 # Rebuild the extension when a core source changed (editable install).
 build: $(STAMP)
-	$(PY) setup.py -q build_ext --inplace
+	$(call quiet,$(PY) setup.py -q build_ext --inplace,build/build.log)
 
 test: build
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -49,7 +58,7 @@ sanitize: $(STAMP)
 	rm -rf $(SAN_DIR) && mkdir -p $(SAN_DIR)
 	cp -r pylm pylm_core tests setup.py pyproject.toml $(SAN_DIR)/
 	rm -f $(SAN_DIR)/pylm_core/*.so $(SAN_DIR)/pylm_core/_core.c
-	cd $(SAN_DIR) && PYLM_CORE_SANITIZE=1 $(abspath $(PY)) setup.py -q build_ext --inplace
+	$(call quiet,cd $(SAN_DIR) && PYLM_CORE_SANITIZE=1 $(abspath $(PY)) setup.py -q build_ext --inplace,$(abspath build/sanitize-build.log))
 	cd $(SAN_DIR) && export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  LD_PRELOAD="$$(cc -print-file-name=libasan.so):$$(cc -print-file-name=libubsan.so)" \
@@ -61,9 +70,10 @@ demo: build
 	$(PY) examples/demo.py
 
 # `make bench`: the pytest benchmarks (ours next to hand-written pyzmq), then
-# benchmarks/compare.py (every system side by side, results and charts in
+# benchmarks/compare/ (every system side by side, results and charts in
 # benchmarks/results/).  `make bench QUICK=1`: fewer, shorter rounds of both
-# (compare.py --quick, 2-3 min).  COMPARE_ARGS: more options for compare.py.
+# (compare --quick, 2-3 min).  COMPARE_ARGS: more options for
+# `python -m benchmarks.compare` (--help lists them).
 QUICK ?=
 COMPARE_ARGS ?=
 BENCH_STAMP := $(VENV)/.bench-installed
@@ -76,10 +86,10 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: build $(BENCH_STAMP)
 	$(if $(QUICK),$(BENCH_QUICK_ENV)) $(PY) -m pytest benchmarks --benchmark-disable-gc --benchmark-columns=median,ops,rounds $(PYTEST_ARGS)
-	$(PY) benchmarks/compare.py $(if $(QUICK),--quick) $(COMPARE_ARGS)
+	$(PY) -m benchmarks.compare $(if $(QUICK),--quick) $(COMPARE_ARGS)
 
 clean:
-	rm -rf build *.egg-info pylm_core/_core.c pylm_core/*.so pylm_core/*.html
+	rm -rf build dist *.egg-info pylm_core/_core.c pylm_core/*.so pylm_core/*.html
 
 # pylm 0.14.4 from PyPI in a venv of its own, for tests/test_interop.py (which
 # builds it on first use too; CI can prebuild it). Reused while it is valid.
@@ -88,3 +98,64 @@ LEGACY_VENV ?= .venv-pylm014
 .PHONY: legacy-venv
 legacy-venv:
 	$(PYTHON) tests/legacy.py build $(LEGACY_VENV)
+
+# -- packaging (.ci/run runs these after `make test`) --------------------------
+# The smoke tests each work in a venv of their own made with mktemp -d,
+# outside the source tree, removed at the end (python3-venv is there: `dist`
+# needs $(PY), whose rule installs it when missing).
+
+# `make dist`: the sdist, then the wheel built from that sdist in an isolated
+# environment (python -m build), into dist/.  That wheel is a build from
+# scratch at the default flags, so this is also the check that the build is
+# quiet: any compiler or Cython warning in its log fails it.
+BUILD_TOOL := $(VENV)/.build-installed
+WARNING_RE := (: warning:|^warning: [^ ]+\.(pyx|pxd|pxi):[0-9])
+
+DIST_STAMP := dist/.built
+DIST_SOURCES := pyproject.toml setup.py MANIFEST.in README.md $(wildcard pylm/*.py pylm/*/*.py \
+	$(addprefix pylm_core/*.,py pyx pxd pxi h pyi))
+
+$(BUILD_TOOL): $(PY)
+	$(PY) -m pip install -q build
+	touch $(BUILD_TOOL)
+
+dist: $(DIST_STAMP)
+
+$(DIST_STAMP): $(BUILD_TOOL) $(DIST_SOURCES)
+	rm -rf dist
+	$(call quiet,env -u PYLM_CORE_DEBUG -u PYLM_CORE_SANITIZE $(PY) -m build -o dist .,build/dist.log)
+	@! grep -E '$(WARNING_RE)' build/dist.log || { \
+	  echo "make dist: the build warns (above; whole log: build/dist.log)"; exit 1; }
+	@ls dist
+	touch $(DIST_STAMP)
+
+# `make smoke-wheel`: the wheel alone (and what it depends on) in a fresh
+# venv; .ci/smoke.py, run from outside the tree, checks that pylm and
+# pylm_core come from that venv and runs a Server, and a Master with a
+# Worker process, for a Client.
+smoke-wheel: dist
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" -m pip install -q dist/*.whl; \
+	cp .ci/smoke.py "$$tmp/"; \
+	cd "$$tmp" && env -u PYTHONPATH "$$tmp/venv/bin/python" smoke.py
+
+# `make smoke-oldest`: the wheel with the oldest pyzmq pyproject.toml allows
+# (its "pyzmq>=X", installed as pyzmq==X), and the tests that drive the core
+# through pyzmq's libzmq, run on a copy of tests/ outside the tree.
+PYZMQ_OLDEST := $(shell sed -n 's/.*"pyzmq>=\([0-9.]*\)".*/\1/p' pyproject.toml)
+SMOKE_TESTS := tests/test_libzmq.py tests/test_cimport.py tests/test_envelope.py \
+	tests/test_router.py tests/test_resources.py tests/test_server.py tests/test_master.py \
+	tests/test_client.py tests/test_streams.py tests/test_cache.py
+smoke-oldest: dist
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" -m pip install -q "pyzmq==$(PYZMQ_OLDEST)" "$$(ls dist/*.whl)[test]" \
+	  "setuptools>=77" "Cython>=3.0,<4"; \
+	cp -r tests pyproject.toml "$$tmp/"; \
+	cd "$$tmp" && unset PYTHONPATH && \
+	venv/bin/python -c "import sysconfig, zmq, pylm, pylm_core; \
+	  site = sysconfig.get_paths()['platlib']; \
+	  assert all(m.__file__.startswith(site) for m in (pylm, pylm_core)), (pylm.__file__, pylm_core.__file__); \
+	  print('pyzmq', zmq.__version__, '(libzmq', zmq.zmq_version() + '); pylm from', site)" && \
+	venv/bin/python -m pytest -q $(SMOKE_TESTS) $(PYTEST_ARGS)

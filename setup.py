@@ -41,7 +41,7 @@ class build_ext(_build_ext):
         super().finalize_options()
 
 
-cflags = ["-O2", "-Wall", "-Wno-unused-function"]
+cflags = ["-O2", "-Wall"]
 ldflags = []
 macros = []
 if DEBUG:

@@ -1,35 +1,45 @@
 """Peers for the throughput and latency benchmarks (bench_job.py,
-bench_stream.py): our servers and the hand-written pyzmq baselines, each run
-in its own process, plus the small helpers around them.
+bench_stream.py, compare/): our servers and the hand-written pyzmq
+baselines, each run in its own process, plus the small helpers around them.
 
 Every peer runs in a process made by the ``spawn`` start method, so that no
 child inherits the benchmark process's libzmq context (forking a process
 whose context has I/O threads is undefined, zguide chapter 1).  A peer that
 binds a port chosen by the kernel (``tcp://127.0.0.1:*``) reports the
 endpoints back through a pipe; servers of ours, whose cache presets the
-addresses they were given, get ports from :func:`free_port`.
+addresses they were given, get them from :func:`pylm._testing.tcp_addresses`.
 
 A peer is started once per module (a fixture) and stopped by its handle,
 :meth:`Peer.stop`: SIGTERM, which our servers turn into ``stop()`` and which
 ends the baseline loops, then SIGKILL if it has not exited.
 
+benchmarks/compare/ runs the same peers, several brought up at once
+(:meth:`Peer.launch`, then :meth:`Peer.wait_ready`).  The parent's side,
+shared by both: :func:`wait_workers` (every worker of a Master answers),
+:func:`monitor_handshakes` and :func:`wait_handshakes` (every baseline
+worker is connected), :func:`chain_round` and :func:`probe_chain` (the
+baseline chain).
+
 :func:`record` puts msgs/s in each benchmark's extra_info and prints the
 ratio of the medians (ours / baseline) when a group is complete.
 """
 
+import itertools
 import logging
 import multiprocessing
 import signal
-import socket
 import sys
 import time
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
+from pylm._testing import tcp_addresses
 from pylm.servers import Master, Pipeline, Server, Worker
 
 __all__ = [
-    "free_port", "tcp", "Peer", "record", "group_lines",
+    "tcp_addresses", "Peer", "record", "group_lines", "wait_workers",
+    "monitor_handshakes", "wait_handshakes", "chain_round", "probe_chain",
     "PAYLOAD", "JOB_WINDOW", "PUB_HWM", "SNDMORE",
 ]
 
@@ -50,22 +60,6 @@ _SPAWN = multiprocessing.get_context("spawn")
 
 
 # ---------------------------------------------------------------------------
-# addresses
-
-def free_port(host="127.0.0.1"):
-    """A TCP port the kernel just handed out on `host` (bind to port 0),
-    for servers that must be told their address before they bind."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def tcp(port=None):
-    """``tcp://127.0.0.1:<port>``, a fresh free port by default."""
-    return "tcp://127.0.0.1:%d" % (free_port() if port is None else port)
-
-
-# ---------------------------------------------------------------------------
 # process handles
 
 class Peer:
@@ -83,9 +77,17 @@ class Peer:
         self._child = child
         self.info = None
 
-    def start(self, timeout=30.0):
+    def launch(self):
+        """Start the process without waiting for its report, so that
+        several peers come up at once; then :meth:`wait_ready`."""
         self.process.start()
         self._child.close()
+        return self
+
+    def wait_ready(self, timeout=30.0):
+        """What the launched child reported (see the class).  A child that
+        does not report within `timeout`, dies first or fails is stopped,
+        and this raises."""
         if not self._parent.poll(timeout):
             self.stop()
             raise TimeoutError("peer %s did not start within %s s" % (self.process.name, timeout))
@@ -100,6 +102,10 @@ class Peer:
             raise RuntimeError("peer %s failed at start: %s" % (self.process.name, info))
         self.info = info
         return info
+
+    def start(self, timeout=30.0):
+        """:meth:`launch`, then :meth:`wait_ready`."""
+        return self.launch().wait_ready(timeout)
 
     def alive(self):
         return self.process.is_alive()
@@ -231,6 +237,8 @@ def _exit_on_sigterm():
 
 
 def identity(payload):
+    """The work of every baseline worker (and of compare's process pools):
+    return the payload."""
     return payload
 
 
@@ -339,6 +347,88 @@ def run_stream_stage(report, sub_endpoint, previous, topic):
 
 
 # ---------------------------------------------------------------------------
+# the benchmark process's side (the parent)
+
+def wait_workers(client, names, timeout=30.0):
+    """Call ``master.who`` through `client` until every worker in `names`
+    has answered: a worker that has not connected yet gets no calls.  The
+    Master fills the credit of the workers it has first (up to
+    Worker(credit=1000) each), and a newcomer gets calls only beyond that,
+    so each job is larger than their sum.  TimeoutError after `timeout`
+    seconds."""
+    expected = {name.encode() for name in names}
+    calls = 2000 * (len(names) + 1)
+    seen = set()
+    deadline = time.monotonic() + timeout
+    while not expected <= seen:
+        if time.monotonic() > deadline:
+            raise TimeoutError("workers %s of %s answered" % (sorted(seen), sorted(names)))
+        seen.update(client.job("master.who", itertools.repeat(b"", calls), messages=calls,
+                               timeout=timeout, window=calls))
+
+
+def monitor_handshakes(sock):
+    """A monitor of `sock`'s completed handshakes, for :func:`wait_handshakes`;
+    made before the peers start, so that no event is missed."""
+    return sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+
+
+def wait_handshakes(sock, events, count, timeout=30.0):
+    """Block until `count` peers completed the ZMTP handshake with `sock`,
+    seen on its monitor `events` (a PUSH sends only to the peers it has, so
+    no round may start before every worker is there); then close the
+    monitor.  TimeoutError after `timeout` seconds."""
+    try:
+        done = 0
+        deadline = time.monotonic() + timeout
+        while done < count:
+            left = deadline - time.monotonic()
+            if left <= 0 or not events.poll(int(left * 1000) + 1):
+                raise TimeoutError("%d of %d baseline workers connected" % (done, count))
+            if recv_monitor_message(events)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                done += 1
+    finally:
+        sock.disable_monitor()
+        events.close(linger=0)
+
+
+def chain_round(push, sub, me, payload, n, window=JOB_WINDOW):
+    """One round through the baseline chain: send n calls [me, payload]
+    at `push`, keeping at most `window` in flight, and receive the replies
+    [me, payload] at `sub`.  Returns how many came back: fewer than n when
+    `sub`'s RCVTIMEO passed without a reply."""
+    send, recv, more = push.send, sub.recv, SNDMORE
+    sent = got = 0
+    try:
+        while got < n:
+            while sent < n and sent - got < window:
+                send(me, more)
+                send(payload)
+                sent += 1
+            recv()
+            recv()
+            got += 1
+    except zmq.Again:
+        pass
+    return got
+
+
+def probe_chain(push, sub, topic, timeout):
+    """Send probes into a hand-written pyzmq chain until one comes out at
+    `sub` (every subscription along it is live), then drop the late answers
+    to the other probes.  Raises TimeoutError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        push.send_multipart([topic, b"probe"])
+        if sub.poll(100):
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError("the pyzmq chain did not answer in %s s" % timeout)
+    while sub.poll(200):
+        sub.recv_multipart()
+
+
+# ---------------------------------------------------------------------------
 # ratio of medians, printed after pytest-benchmark's tables
 
 _MEDIANS = {}   # group -> {role: (median seconds, messages per round, test name)}
@@ -395,18 +485,3 @@ def record(request, benchmark, group, role, messages):
             tr.write_line("")
             for line in lines:
                 tr.write_line(line)
-
-
-def probe_chain(push, sub, topic, timeout):
-    """Send probes into a hand-written pyzmq chain until one comes out at
-    `sub` (every subscription along it is live), then drop the late answers
-    to the other probes.  Raises TimeoutError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        push.send_multipart([topic, b"probe"])
-        if sub.poll(100):
-            break
-        if time.monotonic() > deadline:
-            raise TimeoutError("the pyzmq chain did not answer in %s s" % timeout)
-    while sub.poll(200):
-        sub.recv_multipart()

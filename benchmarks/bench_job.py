@@ -22,18 +22,17 @@ import threading
 
 import pytest
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from pylm.clients import Client
 
 try:  # benchmarks/ on sys.path (pytest's rootdir insertion; no __init__.py)
     from _peers import (
-        PAYLOAD, Peer, record, run_master, run_pushpull_worker, run_rep, run_server,
-        run_worker, tcp)
+        PAYLOAD, Peer, monitor_handshakes, record, run_master, run_pushpull_worker, run_rep,
+        run_server, run_worker, tcp_addresses, wait_handshakes, wait_workers)
 except ImportError:  # benchmarks/ imported as a package
     from benchmarks._peers import (
-        PAYLOAD, Peer, record, run_master, run_pushpull_worker, run_rep, run_server,
-        run_worker, tcp)
+        PAYLOAD, Peer, monitor_handshakes, record, run_master, run_pushpull_worker, run_rep,
+        run_server, run_worker, tcp_addresses, wait_handshakes, wait_workers)
 
 MESSAGES = int(os.environ.get("PYLM_BENCH_MESSAGES", 100_000))
 ROUNDS = int(os.environ.get("PYLM_BENCH_ROUNDS", 10))
@@ -55,7 +54,7 @@ def _stop_all(peers):
 def master_client():
     """A Master and WORKERS Workers, each in its own process, and a Client
     in this one.  Ready when every worker has answered a call."""
-    db, pull, pub, wpull, wpush = (tcp() for _ in range(5))
+    db, pull, pub, wpull, wpush = tcp_addresses(5)
     peers = [Peer(run_master, "master", pull, pub, wpull, wpush, db, name="master")]
     client = None
     try:
@@ -65,36 +64,12 @@ def master_client():
             peers.append(Peer(run_worker, name, db, name=name))
             peers[-1].start(START_TIMEOUT)
         client = Client("master", db, timeout=START_TIMEOUT)
-        # a worker that has not connected yet gets no calls: call `who`
-        # until every worker has answered (the Master picks by credit)
-        seen = set()
-        for _ in range(50):
-            seen.update(client.job("master.who", itertools.repeat(b"", 2000), messages=2000,
-                                   timeout=START_TIMEOUT))
-            if len(seen) == WORKERS:
-                break
-        assert seen == {n.encode() for n in names}, seen
+        wait_workers(client, names, START_TIMEOUT)
         yield client
     finally:
         if client is not None:
             client.close()
         _stop_all(peers)
-
-
-def _wait_handshakes(sock, events, count):
-    """Block until `count` peers completed the ZMTP handshake with `sock`,
-    seen on its monitor socket `events` (a PUSH sends only to the peers it
-    has, so no round may start before every worker is there)."""
-    try:
-        done = 0
-        while done < count:
-            if not events.poll(int(START_TIMEOUT * 1000)):
-                raise TimeoutError("%d of %d baseline workers connected" % (done, count))
-            if recv_monitor_message(events)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                done += 1
-    finally:
-        sock.disable_monitor()
-        events.close(linger=0)
 
 
 @pytest.fixture(scope="module")
@@ -110,14 +85,13 @@ def pushpull():
         sink.bind("tcp://127.0.0.1:*")
         vent_ep = vent.getsockopt_string(zmq.LAST_ENDPOINT)
         sink_ep = sink.getsockopt_string(zmq.LAST_ENDPOINT)
-        # monitors first, so that no handshake event is missed
-        vent_events = vent.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
-        sink_events = sink.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        vent_events = monitor_handshakes(vent)
+        sink_events = monitor_handshakes(sink)
         for i in range(WORKERS):
             peers.append(Peer(run_pushpull_worker, vent_ep, sink_ep, name="pp-worker-%d" % i))
             peers[-1].start(START_TIMEOUT)
-        _wait_handshakes(vent, vent_events, WORKERS)
-        _wait_handshakes(sink, sink_events, WORKERS)
+        wait_handshakes(vent, vent_events, WORKERS, START_TIMEOUT)
+        wait_handshakes(sink, sink_events, WORKERS, START_TIMEOUT)
         sink.setsockopt(zmq.RCVTIMEO, int(START_TIMEOUT * 1000))  # a lost message fails, not hangs
         yield vent, sink
     finally:
@@ -172,7 +146,7 @@ def test_job_baseline_pyzmq(bench, benchmark, request, pushpull):
 @pytest.fixture(scope="module")
 def server_client():
     """A Server in its own process and a Client of it here."""
-    db, pull, pub = tcp(), tcp(), tcp()
+    db, pull, pub = tcp_addresses(3)
     peer = Peer(run_server, "server", db, pull, pub, False, name="server")
     client = None
     try:

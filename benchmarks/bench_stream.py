@@ -28,12 +28,12 @@ from pylm.clients import Client
 
 try:  # benchmarks/ on sys.path (pytest's rootdir insertion; no __init__.py)
     from _peers import (
-        JOB_WINDOW, PAYLOAD, PUB_HWM, SNDMORE, Peer, probe_chain, record, run_pipeline,
-        run_server, run_stream_head, run_stream_stage, tcp)
+        PAYLOAD, PUB_HWM, Peer, chain_round, probe_chain, record, run_pipeline, run_server,
+        run_stream_head, run_stream_stage, tcp_addresses)
 except ImportError:  # benchmarks/ imported as a package
     from benchmarks._peers import (
-        JOB_WINDOW, PAYLOAD, PUB_HWM, SNDMORE, Peer, probe_chain, record, run_pipeline,
-        run_server, run_stream_head, run_stream_stage, tcp)
+        PAYLOAD, PUB_HWM, Peer, chain_round, probe_chain, record, run_pipeline, run_server,
+        run_stream_head, run_stream_stage, tcp_addresses)
 
 MESSAGES = int(os.environ.get("PYLM_BENCH_MESSAGES", 100_000))
 ROUNDS = int(os.environ.get("PYLM_BENCH_ROUNDS", 7))
@@ -58,7 +58,7 @@ def stream_client():
     """Server -> p1 -> p2, each in its own process; a Client here whose
     sub_address is p2's pub_address.  Ready when a call went through the
     whole chain (each stage's subscription is live)."""
-    db0, pull0, pub0, db1, pub1, db2, pub2 = (tcp() for _ in range(7))
+    db0, pull0, pub0, db1, pub1, db2, pub2 = tcp_addresses(7)
     peers = [
         Peer(run_server, "server", db0, pull0, pub0, True, name="server"),
         Peer(run_pipeline, "p1", db1, pub0, pub1, "server", False, name="p1"),
@@ -152,19 +152,11 @@ def pyzmq_chain():
         ctx.term()
 
 
-def _chain_round(push, sub, me, n, window=JOB_WINDOW):
-    """Send n calls [client, payload] keeping at most `window` in flight;
-    receive the n replies [client, payload]."""
-    send, recv, more, payload = push.send, sub.recv, SNDMORE, PAYLOAD
-    sent = got = 0
-    while got < n:
-        while sent < n and sent - got < window:
-            send(me, more)
-            send(payload)
-            sent += 1
-        recv()
-        recv()
-        got += 1
+def _chain_round(push, sub, me, n):
+    """n calls through the chain (_peers.chain_round); a lost reply fails
+    the round instead of hanging it."""
+    got = chain_round(push, sub, me, PAYLOAD, n)
+    assert got == n, "%d of %d replies" % (got, n)
 
 
 @pytest.mark.benchmark(group="stream")

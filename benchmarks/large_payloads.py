@@ -4,7 +4,7 @@ time per message: the measurements behind README's "Large payloads".
     python benchmarks/large_payloads.py                 # msgs/s, both systems
     python benchmarks/large_payloads.py --master-cpu    # pylm Master us/msg
 
-Same processes and workloads as benchmarks/compare.py's job (a Master and
+Same processes and workloads as benchmarks/compare's job (a Master and
 two Worker processes, or zguide's ventilator -> 2 workers -> sink), each
 size run three times after a warm-up; medians are printed.  The Master's CPU
 time is its utime + stime from /proc over a job, per reply.  Set glibc's
@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import compare  # noqa: E402
+from compare.systems import OursJob, PyzmqJob, payloads_of  # noqa: E402
 
 SIZES = (64 * 1024, 1024 * 1024)
 ROUNDS = 3
@@ -38,7 +38,7 @@ def each_size(job, sizes, measure):
     """For each size: a warm-up, then ROUNDS of measure(job, n, payloads)."""
     job.grow(2)
     for size in sizes:
-        payloads = compare.payloads_of(size)
+        payloads = payloads_of(size)
         n = messages_for(size)
         job.run(n // 10, payloads)
         yield size, [measure(job, n, payloads) for _ in range(ROUNDS)]
@@ -50,7 +50,7 @@ def rate(job, n, payloads):
 
 
 def throughput(system, sizes):
-    job = compare.OursJob() if system == "pylm" else compare.PyzmqJob()
+    job = OursJob() if system == "pylm" else PyzmqJob()
     try:
         for size, rates in each_size(job, sizes, rate):
             median = statistics.median(rates)
@@ -61,7 +61,7 @@ def throughput(system, sizes):
 
 
 def master_cpu(sizes):
-    job = compare.OursJob()
+    job = OursJob()
 
     def cpu_per_message(job, n, payloads):
         pid = job.peers[0].process.pid

@@ -7,10 +7,10 @@ envelope, and the server keeps serving.
 """
 
 import inspect
-import json
-import logging
 import time
-import traceback
+
+# the one encoder of the envelope's error field, re-exported for the parts
+from pylm_core.errors import error_text
 
 __all__ = ["method_table", "error_text", "ErrorReporter", "DropLog", "overrides"]
 
@@ -48,14 +48,6 @@ def method_table(server, always=("echo",)):
 def overrides(obj, name, base):
     """True when type(obj) defines `name` differently from `base`."""
     return getattr(type(obj), name, None) is not getattr(base, name, None)
-
-
-def error_text(exc):
-    """The text carried in the envelope's error field: JSON with the
-    exception's type, message and formatted traceback (read back by
-    pylm.errors.RemoteError.from_wire)."""
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return json.dumps({"type": type(exc).__name__, "message": str(exc), "traceback": tb})
 
 
 class ErrorReporter:

@@ -19,7 +19,7 @@ from pylm_core import _core
 from pylm._cache import (CONFIG_PROTOCOL_KEY, PROTOCOL, PROTOCOL_PARTS, UNLIMITED, CacheClient,
                          batch_bytes_for)
 from pylm._context import context
-from pylm_core.errors import RemoteError, WorkerLost
+from pylm_core.errors import WORKER_LOST, RemoteError, WorkerLost
 
 __all__ = ["Client"]
 
@@ -59,14 +59,16 @@ class Client:
     :param sub_address: where replies come from (default: its pub_address;
         for a stream, the last stage's)
     :param session: prefix of cache keys, and the `pipeline` of calls
-    :param logging_level: level of this client's logger
+    :param logging_level: level of this client's logger (``pylm.client``);
+        None (the default) leaves it to the application's logging
+        configuration
     :param this_config: do not ask the cache for addresses
     :param timeout: keyword-only; seconds for the configuration fetch and
         the subscription handshake (default 10)
     """
 
     def __init__(self, server_name, db_address, push_address=None, sub_address=None,
-                 session=None, logging_level=logging.INFO, this_config=False, *,
+                 session=None, logging_level=None, this_config=False, *,
                  timeout=10.0):
         self.server_name = server_name
         self.db_address = db_address
@@ -78,7 +80,8 @@ class Client:
         self._pipeline = (session or str(uuid.uuid4())).encode()
         self.timeout = timeout
         self.logger = logging.getLogger("pylm.client")
-        self.logger.setLevel(logging_level)
+        if logging_level is not None:
+            self.logger.setLevel(logging_level)
         self._cache = CacheClient(db_address, server_name, timeout) if db_address else None
         self._push = self._sub = self._reader = None
         self._joined = False
@@ -172,34 +175,51 @@ class Client:
         """
         if self._protocol is not None and self._protocol not in (PROTOCOL, PROTOCOL_PARTS):
             time.sleep(LEGACY_JOIN_WAIT)
-            self._joined = True
-            self._joined_by = "wait"
+            self._joined_as("wait")
             return
         limit = self.timeout if timeout is None else timeout
         limit = 1e9 if limit is None else limit
         deadline = time.monotonic() + limit
+        if not self._await_welcome(limit, deadline):
+            self._joined_as("silence")
+            return
+        if self._protocol != PROTOCOL_PARTS:
+            # a server made of parts routes every call through user parts,
+            # maybe to pylm 0.14 workers (which die on a ping): the welcome
+            # alone says the subscription went out, before any call
+            self._ping_until_answered(deadline)
+        self._joined_as("welcome")
+
+    def _joined_as(self, how):
+        """The subscription is live, known by `how` (see _joined_by)."""
+        self._joined = True
+        self._joined_by = how
+
+    def _await_welcome(self, limit, deadline):
+        """Read the SUB until the XPUB's welcome: True.  A publisher not
+        known to be ours (no protocol in the cache, or a sub_address given
+        by the caller) that stays silent for a second is taken for pylm
+        0.14's: False.  TimeoutError when one known to be ours does not
+        welcome by `deadline` (`limit` seconds from now)."""
         known = self._protocol in (PROTOCOL, PROTOCOL_PARTS) and self._sub_is_server
         welcome_by = deadline if known else time.monotonic() + min(limit, 1.0)
         while True:
             left = welcome_by - time.monotonic()
             if left <= 0 or not self._sub.poll(int(left * 1000) + 1, zmq.POLLIN):
                 if not known:       # silent publisher of unknown kind: pylm 0.14
-                    self._joined = True
-                    self._joined_by = "silence"
-                    return
+                    return False
                 raise TimeoutError("no publisher answered at %s within %s s"
                                    % (self.sub_address, limit))
             if self._sub.recv_multipart() == [WELCOME]:
                 if self._protocol is None:
                     self._protocol = PROTOCOL
-                break
-        if self._protocol == PROTOCOL_PARTS:
-            # a server made of parts routes every call through user parts,
-            # maybe to pylm 0.14 workers (which die on a ping): the welcome
-            # alone says the subscription went out, before any call
-            self._joined = True
-            self._joined_by = "welcome"
-            return
+                return True
+
+    def _ping_until_answered(self, deadline):
+        """Ping through the push path until a ping comes back on the SUB,
+        which proves the subscription is in place at the last stage; for at
+        most PING_BUDGET seconds (best effort: a stream with custom topics
+        does not carry pings)."""
         nonce = uuid.uuid4().hex.encode()
         ping_cache = _core.PING_PREFIX + b":" + nonce
         pong_by = min(deadline, time.monotonic() + PING_BUDGET)
@@ -215,9 +235,7 @@ class Client:
                 interval = min(interval * 2, 0.1)
                 continue
             if msg.cache.encode() == ping_cache:
-                break
-        self._joined = True
-        self._joined_by = "welcome"
+                return
 
     def _next_call(self):
         """A new call id (field 17): replies carry it back, so a late reply
@@ -237,7 +255,7 @@ class Client:
         """The exception for an error reply: WorkerLost for a poison
         message, RemoteError for a method that raised."""
         exc = RemoteError.from_wire(error)
-        if exc.remote_type == "WorkerLost":
+        if exc.code == WORKER_LOST:
             return WorkerLost(exc.remote_message)
         return exc
 

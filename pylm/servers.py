@@ -21,6 +21,7 @@ from pylm_core import _core
 from pylm._cache import CONFIG_PROTOCOL_KEY, PROTOCOL, CacheClient, batch_bytes_for, serve_cache
 from pylm._dispatch import DropLog, ErrorReporter, method_table, overrides
 from pylm._runtime import Runtime, StopHandle
+from pylm._stream import DefaultStream
 from pylm.persistence.kv import DictDB
 
 __all__ = ["Server", "Pipeline", "Sink", "Master", "Hub", "Worker", "MuxWorker"]
@@ -35,17 +36,24 @@ MAX_MESSAGE_SIZE = _core.MAX_MESSAGE_SIZE_
 PUB_HWM = _core.PUB_HWM_
 
 
-def _logger(kind, name, level):
+def _logger(kind, name, level=None):
+    """The logger ``pylm.<kind>.<name>``.  Its level is set only when the
+    caller gave one: by default the application's logging configuration
+    decides (a library configures no logging of its own)."""
     logger = logging.getLogger("pylm.%s.%s" % (kind, name))
-    logger.setLevel(level)
+    if level is not None:
+        logger.setLevel(level)
     return logger
 
 
-class _Served:
+class _Served(DefaultStream):
     """What every server has: name, logger, cache, stop(), echo, and the
-    default handle_stream."""
+    default handle_stream (pylm._stream).
 
-    pipelined = False
+    Every server's `log_level` is the level of its logger
+    ``pylm.<Class>.<name>``; the default, None, leaves the level (and all
+    logging configuration) to the application.
+    """
 
     def __init__(self, name, db_address, log_level, cache=None):
         self.name = name
@@ -58,14 +66,6 @@ class _Served:
     def echo(self, payload):
         """Return the payload unchanged."""
         return payload
-
-    def handle_stream(self, message):
-        """Where a result goes: ``(topic, message)``.  To the client, or,
-        when pipelined, to the next stage (topic = name, stage + 1)."""
-        if self.pipelined:
-            message.stage += 1
-            return self.name, message
-        return message.client, message
 
     def stop(self):
         """Make start() return: stop taking messages, close sockets.  Safe
@@ -94,8 +94,10 @@ class _Served:
                   limit, DropLog(self.logger))
 
     def _bind_pub(self, rt, address):
+        # MAXMSGSIZE: what subscribers send (subscriptions) is bounded as
+        # on every bound socket; a peer past it is disconnected
         pub = rt.socket(zmq.XPUB, SNDHWM=PUB_HWM, XPUB_NODROP=1,
-                        XPUB_WELCOME_MSG=_core.WELCOME)
+                        XPUB_WELCOME_MSG=_core.WELCOME, MAXMSGSIZE=MAX_MESSAGE_SIZE)
         pub.bind(address)
         return pub
 
@@ -132,7 +134,7 @@ class Server(_Served):
     """
 
     def __init__(self, name, db_address, pull_address, pub_address, pipelined=False,
-                 log_level=logging.INFO, messages=sys.maxsize):
+                 log_level=None, messages=sys.maxsize):
         super().__init__(name, db_address, log_level)
         self.pull_address = pull_address
         self.pub_address = pub_address
@@ -162,7 +164,7 @@ class Pipeline(_Served):
     nothing."""
 
     def __init__(self, name, db_address, sub_address, pub_address, previous,
-                 to_client=True, log_level=logging.INFO, messages=sys.maxsize):
+                 to_client=True, log_level=None, messages=sys.maxsize):
         super().__init__(name, db_address, log_level)
         self.sub_address = sub_address
         self.pub_address = pub_address
@@ -198,7 +200,7 @@ class Sink(Pipeline):
     lists, zipped pairwise."""
 
     def __init__(self, name, db_address, sub_addresses, pub_address, previous,
-                 to_client=True, log_level=logging.INFO, messages=sys.maxsize):
+                 to_client=True, log_level=None, messages=sys.maxsize):
         if isinstance(sub_addresses, str) or isinstance(previous, str):
             raise TypeError("Sink takes lists of sub_addresses and previous")
         if len(sub_addresses) != len(previous):
@@ -241,7 +243,7 @@ class Master(_Served):
 
     def __init__(self, name, pull_address, pub_address, worker_pull_address,
                  worker_push_address, db_address, pipelined=False, cache=None,
-                 log_level=logging.INFO, messages=sys.maxsize, *,
+                 log_level=None, messages=sys.maxsize, *,
                  worker_router_address=None, worker_timeout=3.0):
         super().__init__(name, db_address, log_level, cache)
         self.pull_address = pull_address
@@ -315,7 +317,7 @@ class Hub(Master):
 
     def __init__(self, name, sub_address, pub_address, worker_pull_address,
                  worker_push_address, db_address, previous, pipelined=False,
-                 cache=None, log_level=logging.INFO, messages=sys.maxsize, **kwargs):
+                 cache=None, log_level=None, messages=sys.maxsize, **kwargs):
         super().__init__(name, None, pub_address, worker_pull_address, worker_push_address,
                          db_address, pipelined, cache, log_level, messages, **kwargs)
         self.sub_address = sub_address
@@ -349,7 +351,7 @@ class Worker(_Served):
     mux = False
 
     def __init__(self, name="", db_address="", push_address=None, pull_address=None,
-                 log_level=logging.INFO, messages=sys.maxsize, *, credit=1000, timeout=10.0,
+                 log_level=None, messages=sys.maxsize, *, credit=1000, timeout=10.0,
                  heartbeat=1.0):
         if not db_address:
             raise ValueError("Worker needs the db_address of its Master")

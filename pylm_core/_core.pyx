@@ -31,7 +31,8 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from pylm_core.libzmq cimport *
 from pylm_core.wire cimport *
 
-from pylm_core.errors import DecodeError
+from pylm_core.errors import (DecodeError, RemoteError, error_text, NO_METHOD,
+                              BAD_FUNCTION, WORKER_LOST)
 
 cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object, Py_ssize_t *) except NULL

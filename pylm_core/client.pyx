@@ -368,7 +368,7 @@ cdef class JobStream:
         self.batch = batch
         self.pending = None
         self.out_pending = 0
-        self.batch_bytes = max(1, min(batch_bytes, BATCH_BYTES))
+        self.batch_bytes = max(<size_t>1, min(batch_bytes, <size_t>BATCH_BYTES))
         self.timeout = timeout
         self.on_error = on_error
 

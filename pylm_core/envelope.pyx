@@ -211,7 +211,8 @@ cdef class PalmMessage:
         def __set__(self, value): self._cache = _check_str(value, "cache")
 
     property error:
-        """pylm's field 15: ``"Type: message\\n<traceback>"`` of a failed call."""
+        """pylm's field 15: a failed call's error, the JSON of
+        pylm_core.errors.RemoteError.to_wire (type, message, traceback)."""
         def __get__(self): return self._error
         def __set__(self, value): self._error = _check_str(value, "error")
 

@@ -15,8 +15,10 @@ pyzmq's own exceptions (``zmq.ZMQError``) are not wrapped.
 """
 
 import json
+import traceback
 
-__all__ = ["PylmError", "DecodeError", "RemoteError", "WorkerLost"]
+__all__ = ["PylmError", "DecodeError", "RemoteError", "WorkerLost", "error_text",
+           "NO_METHOD", "BAD_FUNCTION", "WORKER_LOST"]
 
 
 class PylmError(Exception):
@@ -27,34 +29,71 @@ class DecodeError(PylmError, ValueError):
     """The bytes given are not a valid PALM envelope; the message says why."""
 
 
+#: Codes of the errors the library itself answers with (RemoteError.code),
+#: so that a reader decides by the code, never by the message's text.
+NO_METHOD = "no_method"          # this server serves no method of that name
+BAD_FUNCTION = "bad_function"    # the entry at `stage` is no "server.method" of ours
+WORKER_LOST = "worker_lost"      # the message took down too many workers
+
+
 class RemoteError(PylmError):
     """A server-side method raised.
+
+    The envelope's error field (field 15) carries it as JSON, written by
+    :meth:`to_wire` and read by :meth:`from_wire` only::
+
+        {"type": "ValueError", "message": "...", "traceback": "...",
+         "code": "no_method"}
+
+    ``code`` is there only for the errors the library answers with itself
+    (the constants above); a user method's exception has none.
 
     :param remote_type: name of the remote exception class
     :param remote_message: ``str()`` of the remote exception
     :param remote_traceback: the formatted remote traceback
+    :param code: one of the codes above, or ``""``
     """
 
-    def __init__(self, remote_type, remote_message, remote_traceback=""):
-        super().__init__(remote_type, remote_message, remote_traceback)
+    def __init__(self, remote_type, remote_message, remote_traceback="", code=""):
+        super().__init__(remote_type, remote_message, remote_traceback, code)
         self.remote_type = remote_type
         self.remote_message = remote_message
         self.remote_traceback = remote_traceback
+        self.code = code
 
     def __str__(self):
         return "%s: %s" % (self.remote_type, self.remote_message)
 
     @classmethod
+    def from_exception(cls, exc, code=""):
+        """The RemoteError that reports `exc` (type, message, traceback)."""
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(type(exc).__name__, str(exc), tb, code)
+
+    def to_wire(self):
+        """The text of the envelope's error field."""
+        fields = {"type": self.remote_type, "message": self.remote_message,
+                  "traceback": self.remote_traceback}
+        if self.code:
+            fields["code"] = self.code
+        return json.dumps(fields)
+
+    @classmethod
     def from_wire(cls, text):
-        """Rebuild from the envelope's ``error`` field: JSON with type,
-        message and traceback (pylm._dispatch.error_text), or, from a server
-        that writes plain text, ``"Type: message"``."""
+        """Rebuild from the envelope's error field (:meth:`to_wire`), or,
+        from a server that writes plain text, ``"Type: message"``."""
         try:
             fields = json.loads(text)
-            return cls(fields["type"], fields["message"], fields.get("traceback", ""))
+            return cls(fields["type"], fields["message"], fields.get("traceback", ""),
+                       fields.get("code", ""))
         except (ValueError, KeyError, TypeError):
             rtype, _, rmsg = text.partition(": ")
             return cls(rtype, rmsg, "")
+
+
+def error_text(exc, code=""):
+    """The error field reporting exception `exc` (RemoteError.to_wire)."""
+    return RemoteError.from_exception(exc, code).to_wire()
 
 
 class WorkerLost(PylmError):

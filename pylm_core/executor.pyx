@@ -90,7 +90,7 @@ cdef class Executor(Part):
         self.bad_hook = bad_hook
         self.mux = mux
         self.limit = limit
-        self.batch_bytes = max(1, min(batch_bytes, BATCH_BYTES))
+        self.batch_bytes = max(<size_t>1, min(batch_bytes, <size_t>BATCH_BYTES))
         self.credit = max(1, credit)
         self.credit_now = min(self.credit, CREDIT_START)
         self.ns_per_call = 0
@@ -262,20 +262,20 @@ cdef class Executor(Part):
             return self._emit(&env, None, None, True) or self._complete()
         self.processed += 1
         if not pz_function_at(&env.f[PZ_F_FUNCTION], env.stage, &entry):
-            return self._fail(&env, "LookupError: stage %d is past the end of function %r"
+            return self._fail(&env, BAD_FUNCTION, "stage %d is past the end of function %r"
                               % (env.stage, slice_str(env.f[PZ_F_FUNCTION])))
         dot = <const char *>memchr(entry.p, b'.', entry.n)
         if dot == NULL:
-            return self._fail(&env, "LookupError: function %r is not 'server.method'"
+            return self._fail(&env, BAD_FUNCTION, "function %r is not 'server.method'"
                               % slice_str(entry))
         if self.name is not None and (
                 <size_t>(dot - entry.p) != <size_t>len(self.name)
                 or memcmp(entry.p, <char *>self.name, dot - entry.p) != 0):
-            return self._fail(&env, "LookupError: %r names another server; this is %r"
+            return self._fail(&env, BAD_FUNCTION, "%r names another server; this is %r"
                               % (slice_str(entry), self.name.decode()))
         fn = self._lookup(dot + 1, entry.n - <size_t>(dot + 1 - entry.p))
         if fn is None:
-            return self._fail(&env, "LookupError: no method %r on this server"
+            return self._fail(&env, NO_METHOD, "no method %r on this server"
                               % slice_str(entry))
         payload = PyBytes_FromStringAndSize(env.f[PZ_F_PAYLOAD].p,
                                             <Py_ssize_t>env.f[PZ_F_PAYLOAD].n)
@@ -288,7 +288,7 @@ cdef class Executor(Part):
                 return self._complete()
         except Exception as exc:
             self.failed += 1
-            text = self.error_hook(slice_str(entry), exc) if self.error_hook is not None else repr(exc)
+            text = self._error_of(slice_str(entry), exc)
             rc = self._emit(&env, None, text, False)
             return rc or self._complete()
         rc = self._emit(&env, result, None, False)
@@ -311,11 +311,22 @@ cdef class Executor(Part):
         return fn
 
 
-    cdef int _fail(self, pz_env *env, str text) except -1:
+    cdef int _fail(self, pz_env *env, str code, str message) except -1:
+        """Answer a call that names no method of ours with a LookupError
+        carrying `code` (pylm_core.errors: readers decide by the code)."""
         self.failed += 1
         if self.bad_hook is not None:
-            self.bad_hook(text)
-        return self._emit(env, None, text, False) or self._complete()
+            self.bad_hook("LookupError: " + message)
+        return (self._emit(env, None, RemoteError("LookupError", message, "", code).to_wire(),
+                           False)
+                or self._complete())
+
+    cdef str _error_of(self, str entry, exc):
+        """The error field for `exc`, raised by `entry` (a method, or a
+        hook): through error_hook, which logs it, when there is one."""
+        if self.error_hook is not None:
+            return self.error_hook(entry, exc)
+        return error_text(exc)
 
     cdef int _emit(self, pz_env *env, object result, str error, bint as_is) except -1:
         """Send the reply to `env`: its payload replaced by `result`, or an
@@ -359,7 +370,7 @@ cdef class Executor(Part):
                     check_payload(result)
                 except TypeError as exc:
                     self.failed += 1
-                    text = self.error_hook("", exc) if self.error_hook is not None else repr(exc)
+                    text = self._error_of("", exc)
                     return self._emit(env, None, text, False)
                 PyObject_GetBuffer(result, &buf, PyBUF_SIMPLE)
                 held = True
@@ -381,8 +392,7 @@ cdef class Executor(Part):
                                             "(topic, PalmMessage)" % type(msg).__name__)
                 except Exception as exc:
                     self.failed += 1
-                    text = (self.error_hook("handle_stream", exc)
-                            if self.error_hook is not None else repr(exc))
+                    text = self._error_of("handle_stream", exc)
                     return self._emit(env, None, text, False)
                 if res is None:
                     return 0

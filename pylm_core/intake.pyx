@@ -123,7 +123,7 @@ cdef class Intake(Part):
             outs = [(<PalmMessage?>out).SerializeToString() for out in self.scatter(msg)]
         except Exception as exc:
             self._drop("scatter raised %s: %s" % (type(exc).__name__, exc))
-            return self.replies.reply_error(&env, error_json(exc))
+            return self.replies.reply_error(&env, error_text(exc).encode())
         for data in outs:
             (<Part>self.target).take(<char *>data, len(data), NULL)
         return 0

@@ -105,7 +105,7 @@ cdef class Publisher(Part):
         except Exception as exc:
             # a failing hook is the caller's error, not the Master's end
             self._drop("gather/handle_stream raised %s: %s" % (type(exc).__name__, exc))
-            return self.reply_error(env, error_json(exc))
+            return self.reply_error(env, error_text(exc).encode())
         for topic, out in routed:
             if self.publish_message(topic, out):
                 return 1

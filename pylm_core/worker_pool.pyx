@@ -379,10 +379,9 @@ cdef class WorkerPool(Part):
 
     cdef int _poison(self, pz_env *env) except -1:
         """Answer a poison message's client with a WorkerLost error."""
-        return self.out().reply_error(env, (
-            '{"type": "WorkerLost", "message": "the message was in flight on %d '
-            'workers that died; it is not sent again", "traceback": ""}'
-            % env.lost).encode())
+        return self.out().reply_error(env, RemoteError(
+            "WorkerLost", "the message was in flight on %d workers that died; it is "
+            "not sent again" % env.lost, "", WORKER_LOST).to_wire().encode())
 
     cdef int _expire_workers(self, long long now) except -1:
         cdef int i = 0
@@ -606,7 +605,7 @@ cdef class WorkerPool(Part):
         cdef pz_slice one
         cdef pz_msg_t m
         if pz_batch_next(&p, src.b.buf + src.b.len, &one) != 1:
-            raise AssertionError("a queue of %d envelopes is empty" % src.count)
+            raise RuntimeError("WorkerPool: the queue holds fewer envelopes than its count")
         if pz_msg_init_size(&m, one.n) != 0:
             raise MemoryError()
         memcpy(pz_msg_data(&m), one.p, one.n)
@@ -623,15 +622,6 @@ cdef class WorkerPool(Part):
         when there is one."""
         return self.out().take(p, n, frame)
 
-
-
-cdef bytes error_json(exc):
-    """The error field for an exception raised by a hook (the format of
-    pylm._dispatch.error_text)."""
-    import json, traceback
-    return json.dumps({"type": type(exc).__name__, "message": str(exc),
-                       "traceback": "".join(traceback.format_exception(
-                           type(exc), exc, exc.__traceback__))}).encode()
 
 
 cdef long long _small_int(pz_msg_t *m) noexcept nogil:

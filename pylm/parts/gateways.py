@@ -26,6 +26,7 @@ from pylm.errors import DecodeError, RemoteError
 from pylm.parts.core import Inbound, Outbound, _to_bytes, _to_message
 from pylm.parts.messages_pb2 import PalmMessage
 from pylm.parts.services import HTTP_TIMEOUT, MAX_BODY, _ask_loop, _Handler, _HttpRunner
+from pylm_core.errors import NO_METHOD
 
 __all__ = ["GatewayRouter", "GatewayDealer", "HttpGateway"]
 
@@ -232,8 +233,7 @@ class HttpGateway:
         if reply.error:
             error = RemoteError.from_wire(reply.error)
             text = str(error).encode("utf-8", "replace")
-            if error.remote_type == "LookupError" and error.remote_message.startswith(
-                    "no method"):
+            if error.code == NO_METHOD:
                 return 404, text
             self.logger.info("%s failed: %s", function, error)
             return 500, text

@@ -19,6 +19,7 @@ import logging
 import sys
 
 from pylm._cache import CONFIG_PROTOCOL_KEY, PROTOCOL_PARTS
+from pylm._stream import DefaultStream
 from pylm.parts.core import Router
 from pylm.parts.services import PubService
 from pylm.persistence.kv import DictDB
@@ -29,8 +30,9 @@ __all__ = ["ServerTemplate", "BaseMaster"]
 class ServerTemplate:
     """A server made of parts.
 
-    :param logging_level: level of the server's logger (no handler is
-        added: configure logging in the application)
+    :param logging_level: level of the server's logger; None (the
+        default) leaves it to the application, and no handler is ever
+        added: configure logging in the application
     :param router_messages: start() returns once this many messages were
         routed (and the ones under way have arrived)
 
@@ -40,7 +42,7 @@ class ServerTemplate:
     (name -> part).
     """
 
-    def __init__(self, logging_level=logging.INFO, router_messages=sys.maxsize):
+    def __init__(self, logging_level=None, router_messages=sys.maxsize):
         self.name = ""
         self.logging_level = logging_level
         self.cache = DictDB()
@@ -48,7 +50,8 @@ class ServerTemplate:
         self.outbound_components = {}
         self.bypass_components = {}
         self.logger = logging.getLogger("pylm.parts.%s" % type(self).__name__)
-        self.logger.setLevel(logging_level)
+        if logging_level is not None:
+            self.logger.setLevel(logging_level)
         self.router = Router(logger=self.logger, cache=self.cache, messages=router_messages)
 
     def _check_name(self, name):
@@ -132,14 +135,12 @@ class ServerTemplate:
         return self.router.ready
 
 
-class BaseMaster:
+class BaseMaster(DefaultStream):
     """The hooks of a master, as a mixin: ``scatter`` and ``gather``
     (generators), ``handle_stream`` and ``change_payload``.  Parts call
     their own hooks: a server that wants its parts to use these passes
     them on explicitly, e.g. ``self.inbound_components['Pull'].scatter =
     self.scatter`` before start()."""
-
-    pipelined = False
 
     @staticmethod
     def change_payload(message, new_payload):
@@ -154,12 +155,3 @@ class BaseMaster:
     def gather(self, message):
         """Messages to send on for one result."""
         yield message
-
-    def handle_stream(self, message):
-        """``(topic, message)``: to the client (topic ``message.client``),
-        or, when pipelined, to the next stage (topic ``self.name``,
-        ``stage += 1``)."""
-        if self.pipelined:
-            message.stage += 1
-            return self.name, message
-        return message.client, message

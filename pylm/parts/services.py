@@ -16,6 +16,7 @@ import zmq
 
 from pylm._cache import handle_cache_request
 from pylm._context import context
+from pylm._stream import DefaultStream
 from pylm_core import _core
 from pylm.parts.core import (HTTP_TIMEOUT, MAX_MESSAGE_SIZE, BypassInbound, Inbound, Outbound,
                              _to_bytes, _to_message)
@@ -28,7 +29,9 @@ __all__ = ["RepService", "PullService", "PushService", "PubService", "WorkerPush
 #: Largest HTTP request body the HTTP parts read (413 above it): a body
 #: becomes one message.
 MAX_BODY = MAX_MESSAGE_SIZE
-#: Queue limit of a PubService's socket (PUB drops past it).
+#: Queue limit of a PubService's socket.  Past it nothing is dropped: the
+#: socket is XPUB_NODROP, so sends wait (the part holds its messages and the
+#: Router stops reading the inbound parts that feed it): back-pressure.
 PUB_HWM = _core.PUB_HWM_
 
 
@@ -64,7 +67,7 @@ class PushService(Outbound):
                          cache=cache, messages=messages)
 
 
-class PubService(Outbound):
+class PubService(DefaultStream, Outbound):
     """Binds a PUB socket and publishes each message under the topic
     ``handle_stream`` gives it.
 
@@ -87,16 +90,11 @@ class PubService(Outbound):
         self.name = server      # pylm 0.14: the topic of a pipelined server
         self.pipelined = pipelined
 
-    def handle_stream(self, message):
-        """``(topic, message)`` to publish; None publishes nothing."""
-        if self.pipelined:
-            message.stage += 1
-            return self.name, message
-        return message.client, message
-
     def _make_socket(self, rt):
+        # MAXMSGSIZE: what subscribers send (subscriptions) is bounded as
+        # on every bound socket; a peer past it is disconnected
         sock = rt.socket(zmq.XPUB, SNDHWM=PUB_HWM, XPUB_NODROP=1,
-                         XPUB_WELCOME_MSG=_core.WELCOME)
+                         XPUB_WELCOME_MSG=_core.WELCOME, MAXMSGSIZE=MAX_MESSAGE_SIZE)
         sock.bind(self.listen_address)
         return sock
 

@@ -28,6 +28,7 @@ from collections import namedtuple
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from pylm._dispatch import error_text, method_table
+from pylm_core.errors import BAD_FUNCTION, NO_METHOD, RemoteError
 from pylm.errors import DecodeError
 from pylm.parts.messages_pb2 import PalmMessage
 from pylm_core import _core
@@ -47,6 +48,11 @@ _STATUS = {200: "200 OK", 400: "400 Bad Request", 404: "404 Not Found",
            413: "413 Request Entity Too Large", 500: "500 Internal Server Error"}
 
 _methods_of = {}    # RequestHandler subclass -> names callable from the wire
+
+
+def _not_served(code, message):
+    """The error answering a call this worker serves no method for."""
+    return RemoteError("LookupError", message, "", code)
 
 
 class RequestHandler:
@@ -99,17 +105,18 @@ class RequestHandler:
         return names
 
     def _method(self, message):
-        """The bound method `message` calls; LookupError when none."""
+        """The bound method `message` calls; when there is none, a
+        RemoteError for a LookupError with its code (pylm_core.errors)."""
         entries = message.function.split(" ")
         if not 0 <= message.stage < len(entries):
-            raise LookupError("stage %d is past the end of function %r"
+            raise _not_served(BAD_FUNCTION, "stage %d is past the end of function %r"
                               % (message.stage, message.function))
         entry = entries[message.stage]
         name = entry.partition(".")[2]
         if not name:
-            raise LookupError("function %r is not 'server.method'" % entry)
+            raise _not_served(BAD_FUNCTION, "function %r is not 'server.method'" % entry)
         if name not in self._callable_names():
-            raise LookupError("no method %r on this worker" % entry)
+            raise _not_served(NO_METHOD, "no method %r on this worker" % entry)
         return getattr(self, name)
 
     def handle(self):
@@ -129,8 +136,8 @@ class RequestHandler:
         self.message = message
         try:
             method = self._method(message)
-        except LookupError as exc:
-            message.error = error_text(exc)
+        except RemoteError as exc:
+            message.error = exc.to_wire()
             return 404, message.SerializeToString()
         try:
             message.payload = method(message.payload)
