@@ -77,6 +77,12 @@ cdef enum:
     BATCH_BYTES = 262144    # a batch frame is sent once it holds this much
     MAX_SEND = 256          # envelopes in one batch to a worker or server
     MAX_LOST = 3            # workers a message may take down: then poison
+    # batches a Master has in flight to one worker, whatever its credit:
+    # under half the default high-water mark (1,000) of the Master's ROUTER
+    # (libzmq learns what the peer read in steps of half of it), so that a
+    # send to a worker never blocks the Master, even to a worker that reads
+    # nothing while it waits to send us its results
+    MAX_BATCHES_IN_FLIGHT = 256
     # the largest message a server's bound sockets accept (ZMQ_MAXMSGSIZE;
     # bigger ones make libzmq drop the peer), also an HTTP body's limit
     MAX_MESSAGE_SIZE = 268435456

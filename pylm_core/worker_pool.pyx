@@ -551,13 +551,14 @@ cdef class WorkerPool(Part):
 
     cdef int _least_loaded(self, int *room) noexcept nogil:
         """The worker with the fewest messages in flight among those with
-        room left in their credit, on a tie the one asking for more (a fast
-        worker asks for more credit); -1 when none.  *room: its room."""
+        room left in their credit and fewer than MAX_BATCHES_IN_FLIGHT
+        batches, on a tie the one asking for more (a fast worker asks for
+        more credit); -1 when none.  *room: its room."""
         cdef int i, k, best = -1
         room[0] = 0
         for i in range(self.n_workers):
             k = self.workers[i].limit - <int>self.workers[i].fly.count
-            if k > 0 and (best < 0
+            if k > 0 and self.workers[i].fly.n < MAX_BATCHES_IN_FLIGHT and (best < 0
                           or self.workers[i].fly.count < self.workers[best].fly.count
                           or (self.workers[i].fly.count == self.workers[best].fly.count
                               and k > room[0])):
@@ -587,6 +588,8 @@ cdef class WorkerPool(Part):
         out[0] = copy_frame(self.workers[w].ident, self.workers[w].ident_n)
         out[1] = batch_frame(&src.b) if handoff else copy_frame(start, <size_t>(p - start))
         slot = fly_next(&self.workers[w].fly)
+        # blocking, yet it never waits: _least_loaded keeps what is in
+        # flight below the ROUTER's high-water mark
         if send_frames(self.router, out, 2, 0, None, &slot.msg):
             # EHOSTUNREACH (ROUTER_MANDATORY): the worker is gone
             return self._lose_worker(w)
