@@ -256,10 +256,10 @@ cdef class Executor(Part):
         if pframe != NULL:
             take_payload(&env, pframe)
         if is_ping(&env):
-            return self._emit(&env, None, None, True)
+            return self._pass_on(&env)
         if env.f[PZ_F_ERROR].n:
             # an error of an earlier stage travels on to the client
-            return self._emit(&env, None, None, True) or self._complete()
+            return self._pass_on(&env) or self._complete()
         self.processed += 1
         if not pz_function_at(&env.f[PZ_F_FUNCTION], env.stage, &entry):
             return self._fail(&env, BAD_FUNCTION, "stage %d is past the end of function %r"
@@ -283,15 +283,15 @@ cdef class Executor(Part):
             result = fn(payload)
             if self.mux:
                 for value in result:
-                    if value is not None and self._emit(&env, value, None, False):
+                    if value is not None and self._reply(&env, value):
                         return 1
                 return self._complete()
         except Exception as exc:
             self.failed += 1
             text = self._error_of(slice_str(entry), exc)
-            rc = self._emit(&env, None, text, False)
+            rc = self._reply_error(&env, text)
             return rc or self._complete()
-        rc = self._emit(&env, result, None, False)
+        rc = self._reply(&env, result)
         return rc or self._complete()
 
     cdef inline int _complete(self) except -1:
@@ -317,8 +317,7 @@ cdef class Executor(Part):
         self.failed += 1
         if self.bad_hook is not None:
             self.bad_hook("LookupError: " + message)
-        return (self._emit(env, None, RemoteError("LookupError", message, "", code).to_wire(),
-                           False)
+        return (self._reply_error(env, RemoteError("LookupError", message, "", code).to_wire())
                 or self._complete())
 
     cdef str _error_of(self, str entry, exc):
@@ -328,85 +327,96 @@ cdef class Executor(Part):
             return self.error_hook(entry, exc)
         return error_text(exc)
 
-    cdef int _emit(self, pz_env *env, object result, str error, bint as_is) except -1:
-        """Send the reply to `env`: its payload replaced by `result`, or an
-        error reply (empty payload, `error` set); `as_is` passes env on
-        unchanged (pings, and errors of earlier stages).  Pings, errors and
-        results take the default route: to the client, or along the stream
-        (topic = name) when pipelined, where the last stage hands them to the
-        client; an error raised here also goes to the client's topic here.
-        Past a custom handle_stream, whose topics we cannot know, pings stop
-        and errors go straight to the client's topic.  1 when stopped."""
-        cdef pz_env o = env[0]
+    # -- replies ---------------------------------------------------------
+    # Results, errors and pings take the default route: to the client, or
+    # along the stream (topic = name) when pipelined, where the last stage
+    # hands them to the client.  Past a custom handle_stream, whose topics
+    # we cannot know, pings stop and errors go straight to the client's
+    # topic.  Each returns 1 when stopped.
+
+    cdef int _reply(self, pz_env *env, object result) except -1:
+        """Send the reply to `env`: its payload replaced by `result` (None:
+        no reply), through handle_stream when the server overrides it."""
+        cdef pz_env o
         cdef Py_buffer buf
         cdef bint held = False
-        cdef bint to_client = not self.pipelined
-        cdef bytes etext
-        cdef PalmMessage msg
-        cdef object topic = None
-        if error is not None:
-            etext = error.encode("utf-8", "replace")
-            o.f[PZ_F_PAYLOAD].n = 0
-            o.f[PZ_F_ERROR].p = <char *>etext
-            o.f[PZ_F_ERROR].n = len(etext)
-            if self.pipelined and self.stream_hook is None:
-                # both to a client subscribed here and along the stream to
-                # one subscribed at the last stage: each client sees one
-                return self._out(&o, True, None) or self._out(&o, False, None)
-            to_client = True
-        elif as_is:
-            if self.pipelined and self.stream_hook is not None:
-                if not o.f[PZ_F_ERROR].n:
-                    return 0
-                to_client = True
+        if result is None:
+            return 0
+        o = env[0]
+        if type(result) is bytes:
+            o.f[PZ_F_PAYLOAD].p = PyBytes_AS_STRING(result)
+            o.f[PZ_F_PAYLOAD].n = <size_t>PyBytes_GET_SIZE(result)
         else:
-            if result is None:
-                return 0
-            if type(result) is bytes:
-                o.f[PZ_F_PAYLOAD].p = PyBytes_AS_STRING(result)
-                o.f[PZ_F_PAYLOAD].n = <size_t>PyBytes_GET_SIZE(result)
-            else:
-                try:
-                    check_payload(result)
-                except TypeError as exc:
-                    self.failed += 1
-                    text = self._error_of("", exc)
-                    return self._emit(env, None, text, False)
-                PyObject_GetBuffer(result, &buf, PyBUF_SIMPLE)
-                held = True
-                o.f[PZ_F_PAYLOAD].p = <const char *>buf.buf
-                o.f[PZ_F_PAYLOAD].n = <size_t>buf.len
-            o.f[PZ_F_ERROR].n = 0
-            if not to_client and self.stream_hook is None:
-                o.stage += 1
+            try:
+                check_payload(result)
+            except TypeError as exc:
+                self.failed += 1
+                return self._reply_error(env, self._error_of("", exc))
+            PyObject_GetBuffer(result, &buf, PyBUF_SIMPLE)
+            held = True
+            o.f[PZ_F_PAYLOAD].p = <const char *>buf.buf
+            o.f[PZ_F_PAYLOAD].n = <size_t>buf.len
+        o.f[PZ_F_ERROR].n = 0
         try:
-            if self.stream_hook is not None and not as_is and error is None:
-                msg = PalmMessage.__new__(PalmMessage)
-                msg.from_env(&o, result)
-                try:
-                    res = self.stream_hook(msg)
-                    if res is not None:
-                        topic, msg = res
-                        if msg is not None and not isinstance(msg, PalmMessage):
-                            raise TypeError("handle_stream returned %s, not "
-                                            "(topic, PalmMessage)" % type(msg).__name__)
-                except Exception as exc:
-                    self.failed += 1
-                    text = self._error_of("handle_stream", exc)
-                    return self._emit(env, None, text, False)
-                if res is None:
-                    return 0
-                if msg is None:
-                    return 0
-                if held:
-                    PyBuffer_Release(&buf)
-                    held = False
-                held = msg.to_env(&o, &buf)
-                topic = topic.encode() if isinstance(topic, str) else bytes(topic)
-            return self._out(&o, to_client, topic)
+            if self.stream_hook is not None:
+                return self._through_stream_hook(env, &o, result, &buf, &held)
+            if self.pipelined:
+                o.stage += 1
+            return self._out(&o, not self.pipelined, None)
         finally:
             if held:
                 PyBuffer_Release(&buf)
+
+    cdef int _through_stream_hook(self, pz_env *env, pz_env *o, object result,
+                                  Py_buffer *buf, bint *held) except -1:
+        """Send the reply `o` (to `env`, payload `result`) where the
+        server's handle_stream says: a (topic, PalmMessage) or None (no
+        reply).  *buf holds the payload's buffer when *held; the message
+        handle_stream returns takes its place (the caller releases it)."""
+        cdef PalmMessage msg = PalmMessage.__new__(PalmMessage)
+        cdef object topic
+        msg.from_env(o, result)
+        try:
+            res = self.stream_hook(msg)
+            if res is not None:
+                topic, msg = res
+                if msg is not None and not isinstance(msg, PalmMessage):
+                    raise TypeError("handle_stream returned %s, not "
+                                    "(topic, PalmMessage)" % type(msg).__name__)
+        except Exception as exc:
+            self.failed += 1
+            return self._reply_error(env, self._error_of("handle_stream", exc))
+        if res is None or msg is None:
+            return 0
+        if held[0]:
+            PyBuffer_Release(buf)
+            held[0] = False
+        held[0] = msg.to_env(o, buf)
+        topic = topic.encode() if isinstance(topic, str) else bytes(topic)
+        return self._out(o, not self.pipelined, topic)
+
+    cdef int _reply_error(self, pz_env *env, str error) except -1:
+        """Send an error reply to `env`: empty payload, `error` in its error
+        field, to the client; pipelined on the default route also along
+        the stream, to a client subscribed at the last stage (each client
+        sees one)."""
+        cdef pz_env o = env[0]
+        cdef bytes etext = error.encode("utf-8", "replace")
+        o.f[PZ_F_PAYLOAD].n = 0
+        o.f[PZ_F_ERROR].p = <char *>etext
+        o.f[PZ_F_ERROR].n = len(etext)
+        if self.pipelined and self.stream_hook is None:
+            return self._out(&o, True, None) or self._out(&o, False, None)
+        return self._out(&o, True, None)
+
+    cdef int _pass_on(self, pz_env *env) except -1:
+        """Send `env` on unchanged: a ping, or an error of an earlier stage
+        (past a custom handle_stream: pings stop, errors go to the client)."""
+        if self.pipelined and self.stream_hook is not None:
+            if not env.f[PZ_F_ERROR].n:
+                return 0
+            return self._out(env, True, None)
+        return self._out(env, not self.pipelined, None)
 
     cdef int _out(self, pz_env *o, bint to_client, object topic) except -1:
         """Queue or send one reply.  Worker mode: into the batch for the

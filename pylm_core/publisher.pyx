@@ -63,7 +63,7 @@ cdef class Publisher(Part):
         cdef PalmMessage msg
         if env.f[PZ_F_ERROR].n:
             # errors take the default route and also go to the client's
-            # topic here (see executor.pyx _emit)
+            # topic here (see executor.pyx, replies)
             if self.publish_env(env, env.f[PZ_F_CLIENT].p, env.f[PZ_F_CLIENT].n):
                 return 1
             if self.pipelined and self.stream_hook is None:
