@@ -65,7 +65,7 @@ class FakeWorker:
 def test_a_worker_with_credit_beyond_its_socket_never_blocks_the_master():
     pull, pub, wpull, wpush, db, router = tcp_addresses(6)
     master = in_child(Master, "master", pull, pub, wpull, wpush, db,
-                      worker_router_address=router, worker_timeout=1.0)
+                      worker_router_address=router, worker_timeout=3.0)
     procs = [master]
     ctx = zmq.Context()
     fakes = []
