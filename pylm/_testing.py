@@ -364,7 +364,8 @@ class Gate:
     calls :meth:`wait`, which connects to the gate's loopback socket and
     blocks in ``recv`` until the gate opens, so the test knows for certain
     that the call is still running while it holds the gate, and sees each
-    arrival (:attr:`arrived`, :meth:`wait_arrived`).  A barrier is the test
+    arrival (:attr:`arrived`, :meth:`wait_arrived`, and :attr:`who` came).
+    A barrier is the test
     waiting for N arrivals and then opening: N calls that were not running
     at the same time could never all arrive.
 
@@ -380,7 +381,7 @@ class Gate:
         self.address = self._listener.getsockname()
         self._cond = threading.Condition()
         self._waiting = []          # accepted connections of callers still held
-        self._arrived = 0
+        self._who = []
         self._opened = False
         self._closed = False
         self._thread = threading.Thread(target=self._accept, name="pylm-test-gate",
@@ -395,13 +396,15 @@ class Gate:
         self._listener = None
 
     # -- the code under test --------------------------------------------------
-    def wait(self, timeout=GATE_TIMEOUT):
-        """Arrive at the gate and block until it opens: True, or False when
-        it did not open within `timeout` seconds or the test's gate is
-        gone (closed, or its process ended)."""
+    def wait(self, timeout=GATE_TIMEOUT, who=""):
+        """Arrive at the gate (as `who`, a line of text the test sees) and
+        block until it opens: True, or False when it did not open within
+        `timeout` seconds or the test's gate is gone (closed, or its
+        process ended)."""
         try:
             with socket.create_connection(self.address, timeout=timeout) as sock:
                 sock.settimeout(timeout)
+                sock.sendall(who.encode() + b"\n")
                 return sock.recv(1) == b"o"
         except OSError:             # socket.timeout included
             return False
@@ -415,13 +418,29 @@ class Gate:
                 continue
             except OSError:         # closed
                 return
+            who = self._read_who(conn)
             with self._cond:
-                self._arrived += 1
+                self._who.append(who)
                 if self._opened:
                     self._release(conn)
                 else:
                     self._waiting.append(conn)
                 self._cond.notify_all()
+
+    @staticmethod
+    def _read_who(conn):
+        """The line a caller sends when it arrives."""
+        conn.settimeout(STOP_TIMEOUT)
+        data = b""
+        try:
+            while not data.endswith(b"\n"):
+                chunk = conn.recv(256)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass
+        return data.rstrip(b"\n").decode(errors="replace")
 
     @staticmethod
     def _release(conn):
@@ -435,14 +454,20 @@ class Gate:
     def arrived(self):
         """How many calls arrived at the gate so far (held or passed)."""
         with self._cond:
-            return self._arrived
+            return len(self._who)
+
+    @property
+    def who(self):
+        """The `who` of each call that arrived, in order of arrival."""
+        with self._cond:
+            return list(self._who)
 
     def wait_arrived(self, n, timeout=20.0):
         """Block until `n` calls arrived; AssertionError after `timeout` s."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self._arrived >= n, timeout):
+            if not self._cond.wait_for(lambda: len(self._who) >= n, timeout):
                 raise AssertionError("%d call(s) at the gate within %s s, not %d"
-                                     % (self._arrived, timeout, n))
+                                     % (len(self._who), timeout, n))
 
     def open(self):
         """Let every held call pass, and every later one straight through."""
