@@ -475,8 +475,10 @@ def test_an_outbound_without_a_peer_does_not_hold_up_the_loop(serve):
             sender = make(zmq.PUSH, connect=pull)
             for i in range(3):
                 sender.send(envelope(b"%d" % i))
-            time.sleep(0.1)
-            # pylm 0.14 blocked here: the PUSH had no peer, the cache waited
+            # the loop took all three for the PUSH that has no peer ...
+            wait_for(lambda: server.router.routed == 3, timeout=TIMEOUT,
+                     what="the three messages routed")
+            # ... and goes on (pylm 0.14 blocked here: the cache waited)
             assert cache.request("get", b"name") == b"lonely"
             receiver = make(zmq.PULL, connect=push)
             got = [PalmMessage.FromString(receiver.recv()).payload for _ in range(3)]
@@ -505,8 +507,10 @@ def test_a_full_outbound_pauses_only_the_inbound_parts_that_feed_it(serve, monke
             sender2.send(envelope(b"other %d" % i))
             assert PalmMessage.FromString(receiver2.recv()).payload == b"other %d" % i
         wait_for(lambda: stuck._backlog_size() == 5, timeout=TIMEOUT, what="a full backlog")
-        time.sleep(0.05)
-        assert stuck._backlog_size() == 5       # the rest waits in the PULL's queue
+        # one more round of the loop (a message through the other path) ...
+        sender2.send(envelope(b"other 3"))
+        assert PalmMessage.FromString(receiver2.recv()).payload == b"other 3"
+        assert stuck._backlog_size() == 5       # ... and the rest waits in the PULL's queue
         receiver = make(zmq.PULL, connect=push)
         got = [PalmMessage.FromString(receiver.recv()).payload for _ in range(20)]
     assert got == [b"%d" % i for i in range(20)]
@@ -571,11 +575,12 @@ def test_stop_while_a_blocking_call_waits_for_a_silent_peer():
     server.register_inbound(RepService, "Rep", rep, route="Req", block=True)
     server.register_outbound(ReqConnection, "Req", silent)
     with sockets() as make:
-        make(zmq.REP, bind=silent)        # connected, never answers
+        peer = make(zmq.REP, bind=silent)     # connected, never answers
         with running(server, ready=is_ready):
             req = make(zmq.REQ, connect=rep)
             req.send(envelope(b"never answered"))
-            time.sleep(0.2)
+            # the call reached the silent peer: the server waits for its answer
+            assert peer.poll(TIMEOUT * MS)
             started = time.monotonic()
         # running() stopped and joined it
         assert time.monotonic() - started < 5
