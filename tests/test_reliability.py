@@ -700,7 +700,9 @@ def test_garbage_at_every_socket_of_a_server(small_max, zctx, seed):
 
 def test_garbage_at_every_socket_of_a_master(small_max, zctx, seed):
     rnd = random.Random(seed)
-    master = Master("m", worker_timeout=WORKER_TIMEOUT, **master_addresses())
+    # no worker may be given up here (the test counts requeues): heartbeats
+    # well inside worker_timeout, with slack for a loaded machine
+    master = Master("m", worker_timeout=HEARTBEAT + TIMEOUT_SLACK, **master_addresses())
     worker = FastWorker("fw", master.db_address, heartbeat=HEARTBEAT)
     with running(master), running(worker):
         with Client("m", master.db_address, timeout=TIMEOUT) as client:
