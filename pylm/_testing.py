@@ -365,9 +365,8 @@ class Gate:
     blocks in ``recv`` until the gate opens, so the test knows for certain
     that the call is still running while it holds the gate, and sees each
     arrival (:attr:`arrived`, :meth:`wait_arrived`, and :attr:`who` came).
-    A barrier is the test
-    waiting for N arrivals and then opening: N calls that were not running
-    at the same time could never all arrive.
+    A barrier is the test waiting for N arrivals and then opening: N calls
+    that were not running at the same time could never all arrive.
 
     Every wait is bounded: :meth:`wait` gives up after `timeout` seconds
     (returning False), :meth:`close` (also on leaving the ``with`` block)

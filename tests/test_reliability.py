@@ -834,7 +834,8 @@ def test_a_frame_over_the_maximum_does_not_cut_a_pipeline_off(small_max, zctx):
         try:
             caller.until_answers(what="a first answer")
             caller.pub.send_multipart([b"up", os.urandom(MAX_SIZE + 1000)])
-            caller.until_answers(timeout=3, what="an answer after a frame over the maximum")
+            # cut off, it would never answer again
+            caller.until_answers(timeout=20, what="an answer after a frame over the maximum")
         finally:
             caller.close()
 
@@ -856,7 +857,7 @@ def test_a_job_of_messages_under_the_maximum_whose_batches_are_over_it(small_max
         until_answers(client, "big.tag")
         # each call alone is answered
         assert client.eval("big.tag", payloads[0], timeout=TIMEOUT) == payloads[0]
-        replies = list(client.job("big.tag", iter(payloads), timeout=3))
+        replies = list(client.job("big.tag", iter(payloads), timeout=TIMEOUT))
     exactly_once(replies, payloads)
 
 
@@ -907,7 +908,7 @@ def test_stop_mid_job_makes_a_server_return_and_the_job_time_out():
         with Client("srv", db, timeout=TIMEOUT) as client:
             with pytest.raises(TimeoutError):
                 for reply in client.job("srv.slow", (b"%d" % i for i in range(5000)),
-                                        timeout=2.0):
+                                        timeout=TIMEOUT_SLACK):
                     replies.append(reply)
                     if len(replies) == 300:
                         run.server.stop()
@@ -916,6 +917,7 @@ def test_stop_mid_job_makes_a_server_return_and_the_job_time_out():
                         assert run.returned.is_set(), (
                             "start() still runs %s s after stop(): %d replies since"
                             % (TIMEOUT_SLACK, len(replies) - 300))
+    assert stopped, "the job timed out before its 300th reply"
     assert len(replies) < 5000
 
 
@@ -932,7 +934,7 @@ def test_a_server_killed_mid_job_times_the_job_out_and_a_new_one_serves_the_clie
         try:
             with pytest.raises(TimeoutError):
                 for reply in client.job("srv.slow", (b"%d" % i for i in range(5000)),
-                                        timeout=2.0):
+                                        timeout=TIMEOUT_SLACK):
                     replies.append(reply)
                     if len(replies) == 300:
                         os.kill(proc.pid, signal.SIGKILL)
@@ -940,7 +942,7 @@ def test_a_server_killed_mid_job_times_the_job_out_and_a_new_one_serves_the_clie
             waited = time.monotonic() - killed
             assert 300 <= len(replies) < 5000
             assert len(set(replies)) == len(replies)
-            assert waited <= 2.0 + TIMEOUT_SLACK
+            assert waited <= TIMEOUT_SLACK + TIMEOUT_SLACK     # the job's timeout, and slack
         except BaseException:
             client.close()
             raise
@@ -996,7 +998,7 @@ def test_stop_returns_start_and_leaves_no_thread(kind):
             assert time.monotonic() - t0 <= 5
             assert not [t for t in new_threads(before) if t is not run.thread], (
                 "left behind: %s" % new_threads(before))
-        wait_for(lambda: not new_threads(before), timeout=5, what="no thread left")
+        wait_for(lambda: not new_threads(before), timeout=TIMEOUT, what="no thread left")
 
 
 class _nothing:
