@@ -275,12 +275,13 @@ def test_pylm_014_worker_and_client_with_a_master_from_parts(tmp_path):
             assert client.eval("parts.foo", b"new", timeout=TIMEOUT) == b"old-worker:new"
         # pylm 0.14's client makes a new SUB for each call and sends at once:
         # under load its subscription may come after the reply (a race of
-        # pylm 0.14 that no server can close), so it gets three tries.
+        # pylm 0.14 that no server can close).  Its SUBs wait for our
+        # server's greeting here (legacy.JoinedSocket), and it gets three tries.
         failures = []
         for attempt in range(3):
             old = legacy.LegacyNode(python, tmp_path, "old-client-%d" % attempt, "client",
                                     "parts", db, "--function", "parts.foo", "--evals", 2,
-                                    "--job", 20)
+                                    "--job", 20, "--welcome-wait", TIMEOUT)
             with old:
                 if old.wait_exit(40) == 0:
                     result = json.loads(old.wait_line("RESULT ")[len("RESULT "):])
