@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench build clean slow sanitize dist smoke-wheel smoke-oldest
+.PHONY: test demo bench build clean slow sanitize stress-test dist smoke-wheel smoke-oldest
 
 # The compiler's output goes to a log under build/, shown only when the
 # command fails (`quiet CMD LOG`): a build that works says nothing.
@@ -44,6 +44,13 @@ test: build
 
 slow: build
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+# `make stress-test`: the default suite 5 times on one core (taskset -c 0),
+# then 5 times with every core kept busy by spinning processes; stops at the
+# first failing run and names it (tests/stress.sh; STRESS_RUNS=n for n runs
+# of each).  Ten suite runs on a starved machine: about half an hour.
+stress-test: build
+	tests/stress.sh $(PY) $(PYTEST_ARGS)
 
 # `make sanitize`: the core built with AddressSanitizer and UBSan, in
 # build/sanitize so that the normal build is left alone, then the tests that

@@ -53,7 +53,11 @@ class DemoWorker(Worker):
 # -- the child processes ---------------------------------------------------------
 
 def _leave(signum, frame):
-    raise SystemExit(0)
+    """SIGTERM before start() installed its handlers, or after it restored
+    this one on its way out: nothing is open then, so end the process at
+    once.  (An exception raised here could land anywhere, even in a
+    weakref callback, where Python prints it and goes on.)"""
+    os._exit(0)
 
 
 def _child(kind, args):

@@ -10,6 +10,10 @@ processes (shipped in the package, like uvloop's ``_testbase``).
 - :class:`ChildProcess` / :func:`in_child`: a server or worker subclass run
   in a child process (multiprocessing, ``spawn`` by default), stopped by a
   SIGTERM to its PID.
+- :class:`Gate`: a point where methods under test block until the test lets
+  them pass, in this process or another one; the test sees how many are
+  waiting.  A call that must still be running is one held at a gate, never
+  a computation assumed to be slow.
 
 Nothing here mocks: every helper drives the library as user code does.
 """
@@ -26,11 +30,16 @@ import threading
 import time
 
 __all__ = ["free_port", "tcp_addresses", "running", "Running", "ServerFailed",
-           "ChildProcess", "in_child", "wait_for"]
+           "ChildProcess", "in_child", "wait_for", "Gate"]
 
 #: Seconds a server gets to answer after start(), and to stop after stop().
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
+
+
+#: Seconds a method waits at a Gate before it gives up (the test failed to
+#: open it): a held call never outlives its test by much.
+GATE_TIMEOUT = 60.0
 
 
 class ServerFailed(AssertionError):
@@ -343,3 +352,139 @@ def stop_all(procs):
             failures.append(exc)
     if failures:
         raise failures[0]
+
+
+# -- gates ----------------------------------------------------------------------
+
+class Gate:
+    """A point where code under test blocks until the test opens it.
+
+    Made by the test; passed to a method (as an attribute of a server, or
+    pickled into a child process: only the address travels).  The method
+    calls :meth:`wait`, which connects to the gate's loopback socket and
+    blocks in ``recv`` until the gate opens, so the test knows for certain
+    that the call is still running while it holds the gate, and sees each
+    arrival (:attr:`arrived`, :meth:`wait_arrived`, and :attr:`who` came).
+    A barrier is the test waiting for N arrivals and then opening: N calls
+    that were not running at the same time could never all arrive.
+
+    Every wait is bounded: :meth:`wait` gives up after `timeout` seconds
+    (returning False), :meth:`close` (also on leaving the ``with`` block)
+    opens the gate and ends its thread.  Made and opened in the test's
+    process only; :meth:`wait` works anywhere.
+    """
+
+    def __init__(self):
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.address = self._listener.getsockname()
+        self._cond = threading.Condition()
+        self._waiting = []          # accepted connections of callers still held
+        self._who = []
+        self._opened = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept, name="pylm-test-gate",
+                                        daemon=True)
+        self._thread.start()
+
+    def __getstate__(self):
+        return {"address": self.address}
+
+    def __setstate__(self, state):
+        self.address = state["address"]
+        self._listener = None
+
+    # -- the code under test --------------------------------------------------
+    def wait(self, timeout=GATE_TIMEOUT, who=""):
+        """Arrive at the gate (as `who`, a line of text the test sees) and
+        block until it opens: True, or False when it did not open within
+        `timeout` seconds or the test's gate is gone (closed, or its
+        process ended)."""
+        try:
+            with socket.create_connection(self.address, timeout=timeout) as sock:
+                sock.settimeout(timeout)
+                sock.sendall(who.encode() + b"\n")
+                return sock.recv(1) == b"o"
+        except OSError:             # socket.timeout included
+            return False
+
+    # -- the test -------------------------------------------------------------
+    def _accept(self):
+        while not self._closed:
+            try:
+                conn, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:         # closed
+                return
+            who = self._read_who(conn)
+            with self._cond:
+                self._who.append(who)
+                if self._opened:
+                    self._release(conn)
+                else:
+                    self._waiting.append(conn)
+                self._cond.notify_all()
+
+    @staticmethod
+    def _read_who(conn):
+        """The line a caller sends when it arrives."""
+        conn.settimeout(STOP_TIMEOUT)
+        data = b""
+        try:
+            while not data.endswith(b"\n"):
+                chunk = conn.recv(256)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass
+        return data.rstrip(b"\n").decode(errors="replace")
+
+    @staticmethod
+    def _release(conn):
+        try:
+            conn.sendall(b"o")
+        except OSError:
+            pass                    # the caller gave up already
+        conn.close()
+
+    @property
+    def arrived(self):
+        """How many calls arrived at the gate so far (held or passed)."""
+        with self._cond:
+            return len(self._who)
+
+    @property
+    def who(self):
+        """The `who` of each call that arrived, in order of arrival."""
+        with self._cond:
+            return list(self._who)
+
+    def wait_arrived(self, n, timeout=20.0):
+        """Block until `n` calls arrived; AssertionError after `timeout` s."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self._who) >= n, timeout):
+                raise AssertionError("%d call(s) at the gate within %s s, not %d"
+                                     % (len(self._who), timeout, n))
+
+    def open(self):
+        """Let every held call pass, and every later one straight through."""
+        with self._cond:
+            self._opened = True
+            waiting, self._waiting = self._waiting, []
+        for conn in waiting:
+            self._release(conn)
+
+    def close(self):
+        """Open the gate, stop accepting and release the socket."""
+        self.open()
+        self._closed = True
+        self._thread.join(STOP_TIMEOUT)
+        self._listener.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

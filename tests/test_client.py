@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from pylm._testing import Gate
 from pylm.clients import Client
 from pylm.servers import Server
 
@@ -29,7 +30,9 @@ class Svc(Server):
         return None  # never answers
 
     def late(self, payload):
-        time.sleep(float(payload))
+        """Answers once the test opens self.gate (a pylm._testing.Gate)."""
+        if not self.gate.wait():
+            raise TimeoutError("the test never opened the gate")
         return b"late"
 
 
@@ -56,7 +59,7 @@ def test_a_client_of_nobody_times_out(addresses):
     started = time.monotonic()
     with pytest.raises(TimeoutError):
         Client("svc", db, timeout=0.5)
-    assert time.monotonic() - started < 0.5 + 1
+    assert time.monotonic() - started < 0.5 + 5       # a timeout, with slack for load
 
 
 @pytest.mark.parametrize("payload", ["text", 42, None, [1, 2], 1.5])
@@ -90,22 +93,34 @@ def test_eval_timeout_then_the_client_still_works(client):
     started = time.monotonic()
     with pytest.raises(TimeoutError):
         client.eval("svc.nothing", b"", timeout=0.5)
-    assert time.monotonic() - started < 0.5 + 1
+    assert time.monotonic() - started < 0.5 + 5       # a timeout, with slack for load
     assert client.eval("svc.upper", b"next", timeout=TIMEOUT) == b"NEXT"
 
 
-def test_a_late_reply_is_not_returned_to_the_next_call(client):
+@pytest.fixture
+def gate(svc):
+    """svc.late is held at this gate until the test opens it."""
+    with Gate() as gate:
+        svc.gate = gate
+        yield gate
+
+
+def test_a_late_reply_is_not_returned_to_the_next_call(client, gate):
     with pytest.raises(TimeoutError):
-        client.eval("svc.late", b"0.6", timeout=0.2)
+        client.eval("svc.late", b"", timeout=0.2)     # held: no reply can come
+    gate.wait_arrived(1)
+    gate.open()
     # the server is serial: the late reply is published before this one
     assert client.eval("svc.upper", b"next", timeout=TIMEOUT) == b"NEXT"
     assert client.eval("svc.upper", b"then", timeout=TIMEOUT) == b"THEN"
 
 
-def test_a_late_reply_is_not_returned_to_the_next_call_with_session(svc, make_client):
+def test_a_late_reply_is_not_returned_to_the_next_call_with_session(svc, make_client, gate):
     client = make_client("svc", svc.db_address, session="my-session")
     with pytest.raises(TimeoutError):
-        client.eval("svc.late", b"0.6", timeout=0.2)
+        client.eval("svc.late", b"", timeout=0.2)     # held: no reply can come
+    gate.wait_arrived(1)
+    gate.open()
     assert client.eval("svc.upper", b"next", timeout=TIMEOUT) == b"NEXT"
 
 
@@ -151,8 +166,8 @@ def test_a_job_with_an_endless_generator_and_messages(client):
     assert len(replies) == 50
     assert len(set(replies)) == 50
     sent = next(produced)
-    # the job stopped: the generator is not pulled any more
-    time.sleep(0.1)
+    # the job stopped: the generator is not pulled any more (job() pulls it
+    # only in this thread, from inside the iteration)
     assert next(produced) == sent + 1
     # replies to the job's other messages are not returned to later calls
     assert client.eval("svc.upper", b"after", timeout=TIMEOUT) == b"AFTER"

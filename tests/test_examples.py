@@ -9,6 +9,7 @@ run no process of the example may be left.
 import importlib.util
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ helpers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(helpers)
 
 #: Seconds an example gets to finish.
-RUN_TIMEOUT = 30
+RUN_TIMEOUT = 60
 #: Seconds the processes of an example get to disappear after it exited.
 GONE_TIMEOUT = 5
 
@@ -210,20 +211,49 @@ def _demo_pids(proc):
     return [int(match.group(2))] + [int(p) for p in match.group(3).split(",")]
 
 
+PROGRESS = re.compile(r"([\d.]+)([kMG]?)/200M")
+
+
+def _read_stderr_until(proc, predicate, timeout=30.0):
+    """Read the example's stderr (its raw pipe, nothing read from it yet)
+    until predicate(text so far) holds; returns that text, for the caller
+    to put before what finish() reads later.  AssertionError after
+    `timeout` s or at end of file."""
+    fd = proc.stderr.fileno()
+    data = b""
+    deadline = time.monotonic() + timeout
+    while not predicate(data.decode(errors="replace")):
+        left = deadline - time.monotonic()
+        assert left > 0, "not seen within %s s on stderr:\n%s" % (timeout, data[-2000:])
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 65536)
+            assert chunk, "stderr ended:\n%s" % data[-2000:]
+            data += chunk
+    return data.decode(errors="replace")
+
+
+def _progress_seen(text):
+    """True once the demo's progress bar shows replies (tqdm: "1.2k/200M")."""
+    return any(float(n) > 0 for n, _ in PROGRESS.findall(text))
+
+
 @pytest.mark.parametrize("when", ["starting", "mid-run"])
 def test_ctrl_c_stops_every_process_of_the_demo(when):
     # enough messages to be still running when the signal comes
     proc = start("demo", "--messages", 200_000_000, "--print-pids")
+    early_err = ""
     try:
         children = _demo_pids(proc)
         assert len(children) == 3
         if when == "mid-run":
             line = proc.stdout.readline()
             assert "sending 200000000 messages" in line, line
-            time.sleep(0.5)
+            # replies are coming back: the job runs
+            early_err = _read_stderr_until(proc, _progress_seen)
         # a Ctrl-C at a terminal: SIGINT to the whole foreground process group
         os.killpg(proc.pid, signal.SIGINT)
         code, out, err = finish(proc, timeout=30)
+        err = early_err + err
     finally:
         if proc.returncode is None:
             _kill_group(proc)

@@ -7,14 +7,13 @@ import contextlib
 import http.client
 import socket
 import threading
-import time
 
 import pytest
 import zmq
 
 import pylm._context
 from pylm._cache import CacheClient
-from pylm._testing import free_port, running, tcp_addresses
+from pylm._testing import Gate, free_port, running, tcp_addresses, wait_for
 from pylm.errors import RemoteError
 from pylm.parts.connections import HttpConnection
 from pylm.parts.gateways import DEALER_IDENTITY, GatewayDealer, GatewayRouter, HttpGateway
@@ -38,6 +37,7 @@ class Handler(RequestHandler):
     active = 0
     most = 0
     lock = threading.Lock()
+    gate = None     # a pylm._testing.Gate that `held` waits at
 
     def foo(self, payload):
         return payload + b" processed online"
@@ -51,13 +51,15 @@ class Handler(RequestHandler):
     def none(self, payload):
         return None
 
-    def slow(self, payload):
+    def held(self, payload):
+        """Runs until the test opens Handler.gate; counts how many run at once."""
         cls = type(self)
         with cls.lock:
             cls.active += 1
             cls.most = max(cls.most, cls.active)
         try:
-            time.sleep(0.25)
+            if not cls.gate.wait():
+                raise TimeoutError("the test never opened the gate")
         finally:
             with cls.lock:
                 cls.active -= 1
@@ -172,6 +174,16 @@ def test_wsgi_application_is_a_plain_wsgi_app():
 
 # -- HttpConnection --------------------------------------------------------------------
 
+def open_at(gate, n, timeout=20.0):
+    """Open `gate` once `n` calls are held at it (at once, then); open it
+    anyway after `timeout` s, so that the test fails on its replies
+    rather than hangs."""
+    try:
+        gate.wait_arrived(n, timeout)
+    finally:
+        gate.open()
+
+
 def http_master(name, worker_url, max_workers=4, **kwargs):
     pull, pub, db = tcp_addresses(3)
     server = ServerTemplate()
@@ -197,15 +209,23 @@ def test_http_connection_calls_an_http_worker(serve, make_client):
             client.eval("web.missing", b"", timeout=TIMEOUT)
         assert info.value.remote_type == "LookupError"
 
-        # max_workers requests at once, never more
+        # max_workers (4) requests at once, never more: the calls are held
+        # at a gate until 4 of them run at the same time; one at a time,
+        # the second would never arrive
         Handler.most = 0
-        started = time.monotonic()
-        replies = list(client.job("web.slow", (b"%d" % i for i in range(8)), messages=8,
-                                  timeout=TIMEOUT))
-        elapsed = time.monotonic() - started
+        with Gate() as gate:
+            Handler.gate = gate
+            opener = threading.Thread(target=open_at, args=(gate, 4), daemon=True)
+            opener.start()
+            try:
+                replies = list(client.job("web.held", (b"%d" % i for i in range(8)),
+                                          messages=8, timeout=30))
+            finally:
+                gate.open()
+                opener.join(TIMEOUT)
+            assert gate.arrived == 8
         assert sorted(replies) == sorted(b"%d" % i for i in range(8))
-        assert 2 <= Handler.most <= 4
-        assert elapsed < 8 * 0.25 * 0.8, elapsed
+        assert Handler.most == 4
 
 
 def test_http_connection_reports_a_worker_that_is_not_there(serve, make_client):
@@ -359,9 +379,14 @@ def test_gateway_router_forwards_answers_of_a_dealer_socket(gateway):
         dealer.setsockopt(zmq.IDENTITY, DEALER_IDENTITY)
         waiting.connect("inproc://test-gateway")
         dealer.connect("inproc://test-gateway")
-        time.sleep(0.05)
-        dealer.send_multipart([b"waiting-request", b"", b"the answer"])
-        assert waiting.poll(TIMEOUT * 1000)
+
+        # the ROUTER drops what it gets before it knows both peers: resend
+        # until the answer arrives
+        def answered():
+            dealer.send_multipart([b"waiting-request", b"", b"the answer"])
+            return waiting.poll(100)
+
+        wait_for(answered, timeout=TIMEOUT, what="the answer through the router")
         assert waiting.recv_multipart() == [b"", b"the answer"]
     finally:
         waiting.close(linger=0)

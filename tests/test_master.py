@@ -3,13 +3,13 @@ processes (the main cluster) or in threads (hooks, MuxWorker, load
 balancing), a real Client, real ZeroMQ sockets."""
 
 import contextlib
-import time
+import threading
 from collections import Counter
 from types import SimpleNamespace
 
 import pytest
 
-from pylm._testing import in_child, running, stop_all, tcp_addresses, wait_for
+from pylm._testing import Gate, in_child, running, stop_all, tcp_addresses, wait_for
 from pylm.clients import Client
 from pylm.errors import RemoteError
 from pylm.servers import Master, MuxWorker, Worker
@@ -174,34 +174,58 @@ def test_mux_worker_yields_several_replies():
 
 
 class Named(Worker):
-    def __init__(self, name, db_address, delay, **kwargs):
+    """Answers its name; while `hold` (a Gate) is set, each call waits there."""
+
+    def __init__(self, name, db_address, **kwargs):
         super().__init__(name, db_address, **kwargs)
-        self.delay = delay
         self.handled = 0
+        self.hold = None
 
     def who(self, payload):
         self.handled += 1
-        if self.delay:
-            time.sleep(self.delay)
+        if self.hold is not None and not self.hold.wait():
+            raise TimeoutError("the test never opened the gate")
         return self.name.encode()
 
 
-def test_a_fast_worker_takes_most_of_the_load():
+def test_a_held_worker_gets_no_more_than_its_credit_the_other_takes_the_rest():
+    """Least-loaded dispatch by credit: while one worker is held in a call
+    by the test, it has at most its credit (2) of a job, and the other
+    worker must run all the rest.  Round robin would give the held worker
+    half, and the job could not get past it."""
     master = Master("balance", **master_addresses())
-    slow = Named("slow", master.db_address, 0.05, credit=2)
-    fast = Named("fast", master.db_address, 0.0)
+    slow = Named("slow", master.db_address, credit=2)
+    fast = Named("fast", master.db_address)
+    n = 400
     with master_with_workers(master, slow) as (client, _):
         assert client.eval("balance.who", b"", timeout=TIMEOUT) == b"slow"
         with running(fast):
             # idle, the fast worker has the most credit: it answers once up
             wait_for(lambda: client.eval("balance.who", b"", timeout=TIMEOUT) == b"fast",
                      timeout=TIMEOUT, what="the fast worker answering")
-            n = 400
-            counts = Counter(client.job("balance.who", iter([b""] * n), timeout=TIMEOUT))
+            base = fast.handled
+            with Gate() as gate:
+
+                def release():
+                    try:
+                        wait_for(lambda: fast.handled - base >= n - slow.credit, timeout=60,
+                                 what="the fast worker running all but the held calls")
+                    finally:
+                        gate.open()
+
+                slow.hold = gate
+                opener = threading.Thread(target=release, daemon=True)
+                opener.start()
+                try:
+                    counts = Counter(client.job("balance.who", iter([b""] * n), timeout=60))
+                finally:
+                    gate.open()
+                    opener.join(TIMEOUT)
+                    slow.hold = None
     assert sum(counts.values()) == n
     assert set(counts) <= {b"fast", b"slow"}
-    # least-loaded dispatch: round robin would give the slow worker half
-    assert counts[b"fast"] >= 0.75 * n, counts
+    assert counts[b"slow"] <= slow.credit, counts
+    assert counts[b"fast"] >= n - slow.credit, counts
 
 
 # -- Master hooks -------------------------------------------------------------

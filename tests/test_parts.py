@@ -275,12 +275,13 @@ def test_pylm_014_worker_and_client_with_a_master_from_parts(tmp_path):
             assert client.eval("parts.foo", b"new", timeout=TIMEOUT) == b"old-worker:new"
         # pylm 0.14's client makes a new SUB for each call and sends at once:
         # under load its subscription may come after the reply (a race of
-        # pylm 0.14 that no server can close), so it gets three tries.
+        # pylm 0.14 that no server can close).  Its SUBs wait for our
+        # server's greeting here (legacy.JoinedSocket), and it gets three tries.
         failures = []
         for attempt in range(3):
             old = legacy.LegacyNode(python, tmp_path, "old-client-%d" % attempt, "client",
                                     "parts", db, "--function", "parts.foo", "--evals", 2,
-                                    "--job", 20)
+                                    "--job", 20, "--welcome-wait", TIMEOUT)
             with old:
                 if old.wait_exit(40) == 0:
                     result = json.loads(old.wait_line("RESULT ")[len("RESULT "):])
@@ -475,8 +476,10 @@ def test_an_outbound_without_a_peer_does_not_hold_up_the_loop(serve):
             sender = make(zmq.PUSH, connect=pull)
             for i in range(3):
                 sender.send(envelope(b"%d" % i))
-            time.sleep(0.1)
-            # pylm 0.14 blocked here: the PUSH had no peer, the cache waited
+            # the loop took all three for the PUSH that has no peer ...
+            wait_for(lambda: server.router.routed == 3, timeout=TIMEOUT,
+                     what="the three messages routed")
+            # ... and goes on (pylm 0.14 blocked here: the cache waited)
             assert cache.request("get", b"name") == b"lonely"
             receiver = make(zmq.PULL, connect=push)
             got = [PalmMessage.FromString(receiver.recv()).payload for _ in range(3)]
@@ -505,8 +508,10 @@ def test_a_full_outbound_pauses_only_the_inbound_parts_that_feed_it(serve, monke
             sender2.send(envelope(b"other %d" % i))
             assert PalmMessage.FromString(receiver2.recv()).payload == b"other %d" % i
         wait_for(lambda: stuck._backlog_size() == 5, timeout=TIMEOUT, what="a full backlog")
-        time.sleep(0.05)
-        assert stuck._backlog_size() == 5       # the rest waits in the PULL's queue
+        # one more round of the loop (a message through the other path) ...
+        sender2.send(envelope(b"other 3"))
+        assert PalmMessage.FromString(receiver2.recv()).payload == b"other 3"
+        assert stuck._backlog_size() == 5       # ... and the rest waits in the PULL's queue
         receiver = make(zmq.PULL, connect=push)
         got = [PalmMessage.FromString(receiver.recv()).payload for _ in range(20)]
     assert got == [b"%d" % i for i in range(20)]
@@ -571,11 +576,12 @@ def test_stop_while_a_blocking_call_waits_for_a_silent_peer():
     server.register_inbound(RepService, "Rep", rep, route="Req", block=True)
     server.register_outbound(ReqConnection, "Req", silent)
     with sockets() as make:
-        make(zmq.REP, bind=silent)        # connected, never answers
+        peer = make(zmq.REP, bind=silent)     # connected, never answers
         with running(server, ready=is_ready):
             req = make(zmq.REQ, connect=rep)
             req.send(envelope(b"never answered"))
-            time.sleep(0.2)
+            # the call reached the silent peer: the server waits for its answer
+            assert peer.poll(TIMEOUT * MS)
             started = time.monotonic()
         # running() stopped and joined it
         assert time.monotonic() - started < 5

@@ -2,8 +2,6 @@
 in a thread (pylm._testing.running) or, for the pylm 0.14-style program, in a
 child process of its own."""
 
-import functools
-import hashlib
 import logging
 import os
 import signal
@@ -14,7 +12,7 @@ import threading
 
 import pytest
 
-from pylm._testing import ServerFailed, in_child, running
+from pylm._testing import Gate, ServerFailed, in_child, running
 from pylm.errors import RemoteError
 from pylm.servers import Server
 
@@ -206,28 +204,40 @@ def test_a_server_in_a_child_process_stops_on_sigterm(addresses, child, make_cli
     assert proc.exitcode == 0  # start() returned: not killed by the signal
 
 
-class Hasher(Server):
-    # a method written in C: no Python bytecode runs while it works
-    slow = staticmethod(functools.partial(hashlib.pbkdf2_hmac, "sha256", salt=b"salt",
-                                          iterations=1_500_000))
+class Held(Server):
+    """Its method blocks at the test's Gate: in a socket recv, not in
+    Python, until the test lets it pass."""
+
+    def __init__(self, name, db_address, pull_address, pub_address, gate):
+        super().__init__(name, db_address, pull_address, pub_address)
+        self.gate = gate
+
+    def held(self, payload):
+        if not self.gate.wait():
+            raise TimeoutError("the test never opened the gate")
+        return payload
 
 
 def test_a_sigterm_during_a_call_stops_the_server(addresses, make_client):
     db, pull, pub = addresses(3)
-    proc = in_child(Hasher, "hasher", db, pull, pub)
-    try:
-        client = make_client("hasher", db)
-        assert client.eval("hasher.echo", b"up", timeout=TIMEOUT) == b"up"
-        with pytest.raises(TimeoutError):
-            client.eval("hasher.slow", b"password", timeout=0.3)  # still hashing
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.process.join(5)  # the hash takes about 1 s
-        assert not proc.is_alive(), "the server did not stop after SIGTERM"
-        assert proc.exitcode == 0
-    finally:
-        if proc.is_alive():
-            proc.process.kill()
-            proc.process.join(5)
+    with Gate() as gate:
+        proc = in_child(Held, "held", db, pull, pub, gate)
+        try:
+            client = make_client("held", db)
+            assert client.eval("held.echo", b"up", timeout=TIMEOUT) == b"up"
+            with pytest.raises(TimeoutError):       # held at the gate: no reply can come
+                client.eval("held.held", b"call", timeout=0.3)
+            gate.wait_arrived(1, timeout=TIMEOUT)   # the call is running in the server
+            os.kill(proc.pid, signal.SIGTERM)
+            assert proc.is_alive()                  # it cannot stop inside the call ...
+            gate.open()
+            proc.process.join(TIMEOUT)              # ... and stops once it returns
+            assert not proc.is_alive(), "the server did not stop after SIGTERM"
+            assert proc.exitcode == 0
+        finally:
+            if proc.is_alive():
+                proc.process.kill()
+                proc.process.join(5)
 
 
 # -- the helpers themselves fail loudly ---------------------------------------

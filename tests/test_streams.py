@@ -11,6 +11,7 @@ that none starts with two hex digits (client topics are UUIDs).
 
 import contextlib
 import re
+import threading
 import time
 import uuid
 from collections import Counter
@@ -19,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 import zmq
 
-from pylm._testing import in_child, running, tcp_addresses, wait_for
+from pylm._testing import Gate, in_child, running, tcp_addresses, wait_for
 from pylm.clients import Client
 from pylm.errors import RemoteError
 from pylm.parts.messages_pb2 import PalmMessage
@@ -159,16 +160,18 @@ class Fast(Server):
 
 
 class Slow(Pipeline):
-    """A slow stage that measures how far behind its upstream it is."""
+    """A stage held by the test (its next call waits at the Gate `hold`)
+    that measures how far behind its upstream it is."""
 
     upstream = None
     done = 0
     max_lag = 0
-    every, delay = 20, 0.001    # 50 us a message on average, in 1 ms sleeps
+    hold = None
 
     def work(self, payload):
-        if self.done % self.every == 0:
-            time.sleep(self.delay)
+        gate, self.hold = self.hold, None
+        if gate is not None and not gate.wait():
+            raise TimeoutError("the test never opened the gate")
         self.done += 1
         lag = self.upstream.done - self.done
         if lag > self.max_lag:
@@ -426,10 +429,11 @@ def test_a_handle_stream_that_raises_does_not_stop_the_server(kind):
             client.eval("router.tag", b"boom", timeout=TIMEOUT)
         assert info.value.remote_type == "ValueError", info.value
         assert "handle_stream failed on boom" in info.value.remote_message
-        time.sleep(0.1)
-        run.check()     # ... start() did not raise ...
-        # ... and the server keeps serving
+        # ... the server keeps serving (its loop went on after the hook
+        # failed) ...
         assert client.eval("router.tag", b"b", timeout=TIMEOUT) in (b"b>router", b"b>w1")
+        run.check()     # ... and start() did not raise
+        assert not run.returned.is_set()
 
 
 # -- Master(pipelined) -> Pipeline; Server(pipelined) -> Hub ------------------------------
@@ -512,23 +516,38 @@ def test_server_pipelined_into_a_hub_with_workers(worker_class):
 @pytest.mark.parametrize("n, window", [(20_000, 50), (5_000, 5_000)],
                          ids=["window=50", "window=n"])
 def test_a_slow_pipeline_behind_a_fast_server_loses_nothing_and_stays_bounded(n, window):
-    """A job through a fast Server into a Pipeline that sleeps per message:
-    every reply arrives exactly once, the client never has more than
-    `window` calls in flight, and the slow stage is never more than
-    `window` messages behind the fast one.  With window=n nothing bounds
-    the lag but the client: the fast server's PUB queue (XPUB_NODROP,
-    SNDHWM 100,000) holds what the slow stage has not taken yet."""
+    """A job through a fast Server into a Pipeline held by the test on its
+    first call, until the fast server has run all it may run ahead (the
+    client's `window`, or all n): every reply arrives exactly once, the
+    client never has more than `window` calls in flight, and the slow
+    stage is never more than `window` messages behind the fast one.  With
+    window=n nothing bounds the lag but the client: the fast server's PUB
+    queue (XPUB_NODROP, SNDHWM 100,000) holds what the slow stage has not
+    taken yet."""
     db, pull, pub, dbs, pubs = tcp_addresses(5)
     fast = Fast("fast", db, pull, pub, pipelined=True)
     slow = Slow("slow", dbs, pub, pubs, "fast", to_client=True)
     slow.upstream = fast
     function = "fast.work slow.work"
-    with running(slow), running(fast), stream_client("fast", db, sub_address=pubs) as client:
+    ahead = min(n, window)
+    with running(slow), running(fast), stream_client("fast", db, sub_address=pubs) as client, \
+            Gate() as gate:
         answered(client, function, b"probe")
         slow.done = slow.max_lag = 0
         fast.done = 0
         sent = 0
         max_in_flight = 0
+
+        def release():
+            try:
+                wait_for(lambda: fast.done >= ahead, timeout=60,
+                         what="the fast server %d calls ahead" % ahead)
+            finally:
+                gate.open()
+
+        slow.hold = gate
+        opener = threading.Thread(target=release, daemon=True)
+        opener.start()
 
         def payloads():
             nonlocal sent
@@ -537,20 +556,22 @@ def test_a_slow_pipeline_behind_a_fast_server_loses_nothing_and_stays_bounded(n,
                 yield b"%d" % i
 
         replies = []
-        started = time.monotonic()
-        for reply in client.job(function, payloads(), timeout=TIMEOUT, window=window):
-            max_in_flight = max(max_in_flight, sent - len(replies))
-            replies.append(reply)
-        elapsed = time.monotonic() - started
+        try:
+            for reply in client.job(function, payloads(), timeout=60, window=window):
+                max_in_flight = max(max_in_flight, sent - len(replies))
+                replies.append(reply)
+        finally:
+            gate.open()
+            opener.join(TIMEOUT)
+        assert gate.arrived == 1
     assert len(replies) == n
     assert Counter(replies) == Counter(b"%d>fast>slow" % i for i in range(n))
     assert fast.done == slow.done == n
     assert 0 < max_in_flight <= window
-    assert slow.max_lag <= window
+    # held, the slow stage fell `ahead` calls behind, and never more than window
+    assert ahead - 1 <= slow.max_lag <= window
     if window >= n:     # unbounded by the client: the slow stage fell far behind
         assert slow.max_lag > 1000
-    # the stage was the bottleneck: the job took at least its sleeping time
-    assert elapsed >= n // slow.every * slow.delay
 
 
 # -- bad input ---------------------------------------------------------------------
@@ -574,10 +595,10 @@ def raw_sockets(push_address, sub_address, topics):
         sub.close(linger=0)
 
 
-def raw_call(push, sub, pipeline, **fields):
+def raw_call(push, sub, pipeline, expect, **fields):
     """Send an envelope crafted by hand; return the replies with `pipeline`
-    as {topic: PalmMessage}: those within SILENCE after the first (within
-    TIMEOUT)."""
+    as {topic: PalmMessage}: those until every topic in `expect` answered
+    (within TIMEOUT), and any other within SILENCE after that."""
     push.send(PalmMessage(pipeline=pipeline, **fields).SerializeToString())
     replies = {}
     deadline = time.monotonic() + TIMEOUT
@@ -590,7 +611,8 @@ def raw_call(push, sub, pipeline, **fields):
         if reply.pipeline == pipeline:
             assert frames[0].decode() not in replies, "a reply came twice"
             replies[frames[0].decode()] = reply
-            deadline = min(deadline, time.monotonic() + SILENCE)
+            if set(expect) <= set(replies):
+                deadline = min(deadline, time.monotonic() + SILENCE)
     return replies
 
 
@@ -608,7 +630,7 @@ def test_raw_envelopes_with_a_bad_stage_or_server_get_lookup_errors(chain):
         # Errors go to the client's topic here (and along the stream, topic
         # 'src', to a client subscribed at the last stage).
         # A stage past the end of function:
-        replies = raw_call(push, sub, "p-stage", client=client_id, stage=3,
+        replies = raw_call(push, sub, "p-stage", [client_id], client=client_id, stage=3,
                            function="src.tag p1.tag", payload=b"x")
         assert client_id in replies, replies
         assert set(replies) <= {client_id, "src"}
@@ -619,7 +641,7 @@ def test_raw_envelopes_with_a_bad_stage_or_server_get_lookup_errors(chain):
             assert reply.payload == b""
 
         # the entry at the stage names another server
-        replies = raw_call(push, sub, "p-other", client=client_id, stage=1,
+        replies = raw_call(push, sub, "p-other", [client_id], client=client_id, stage=1,
                            function="p1.tag other.tag", payload=b"x")
         assert client_id in replies, replies
         assert set(replies) <= {client_id, "src"}
@@ -630,7 +652,7 @@ def test_raw_envelopes_with_a_bad_stage_or_server_get_lookup_errors(chain):
             assert "another server" in error.remote_message
 
         # a good envelope at stage 1 runs entry 1, and goes on at stage 2
-        replies = raw_call(push, sub, "p-good", client=client_id, stage=1,
+        replies = raw_call(push, sub, "p-good", ["src"], client=client_id, stage=1,
                            function="p9.tag src.tag p1.tag p2.tag", payload=b"ok")
         assert list(replies) == ["src"]
         reply = replies["src"]
