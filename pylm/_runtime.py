@@ -3,7 +3,8 @@
 A server's ``start()`` enters a :class:`Runtime`: it makes and binds the
 sockets, runs helper loops (the cache service) in threads, runs the main
 loop in the calling thread, and on the way out stops every loop, joins the
-threads, closes every socket with ``linger=0`` and re-raises the first
+threads, closes every socket (``linger=0``, but for publishers: see
+:data:`PUBLISH_LINGER_MS`) and re-raises the first
 failure of any part.  ``stop()`` may be called from any thread or from a
 SIGTERM/SIGINT handler.
 """
@@ -18,6 +19,12 @@ import zmq
 from pylm._context import context
 
 __all__ = ["Runtime", "StopHandle"]
+
+#: How long a closed PUB/XPUB socket may still flush what is queued (ms).
+#: A drain-stop publishes its last batch just before the sockets close; with
+#: linger 0 libzmq would drop that batch if the subscriber had not read it yet.
+PUBLISH_LINGER_MS = 1000
+_PUBLISHERS = (zmq.PUB, zmq.XPUB)
 
 
 class StopHandle:
@@ -158,7 +165,7 @@ class Runtime:
             if t.is_alive():
                 self.logger.error("thread %s did not stop in 10 s", t.name)
         for sock in self._sockets:
-            sock.close(linger=0)
+            sock.close(linger=PUBLISH_LINGER_MS if sock.type in _PUBLISHERS else 0)
         self._sockets = []
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)
