@@ -17,6 +17,7 @@ import uuid
 import zmq
 
 from pylm._context import context
+from pylm_core import _core
 
 __all__ = ["Runtime", "StopHandle"]
 
@@ -25,6 +26,8 @@ __all__ = ["Runtime", "StopHandle"]
 #: linger 0 libzmq would drop that batch if the subscriber had not read it yet.
 PUBLISH_LINGER_MS = 1000
 _PUBLISHERS = (zmq.PUB, zmq.XPUB)
+#: Queue limit of a publisher (pylm_core/consts.pxi says why).
+PUB_HWM = _core.PUB_HWM_
 
 
 class StopHandle:
@@ -105,6 +108,20 @@ class Runtime:
         if connect is not None:
             sock.connect(connect)
         return sock
+
+    def publisher(self, address, max_message_size):
+        """Bind the XPUB every publishing server and PubService uses.
+
+        It greets each new subscriber (pylm_core WELCOME), so that our
+        clients know their subscription is up without a fixed wait; with
+        XPUB_NODROP a subscriber that reads slowly blocks the sends (the
+        queue is PUB_HWM long) instead of losing messages.  pylm 0.14
+        clients see a plain PUB.  `max_message_size` bounds what
+        subscribers send (subscriptions), as on every bound socket: a peer
+        past it is disconnected.
+        """
+        return self.socket(zmq.XPUB, bind=address, SNDHWM=PUB_HWM, XPUB_NODROP=1,
+                           XPUB_WELCOME_MSG=_core.WELCOME, MAXMSGSIZE=max_message_size)
 
     def control(self):
         sock = self.stopper.control_socket()

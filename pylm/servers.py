@@ -31,9 +31,6 @@ __all__ = ["Server", "Pipeline", "Sink", "Master", "Hub", "Worker", "MuxWorker"]
 #: the session for good instead of reconnecting.  (Limits are defined once,
 #: in pylm_core/consts.pxi.)
 MAX_MESSAGE_SIZE = _core.MAX_MESSAGE_SIZE_
-#: Queue limit of a server's PUB; with XPUB_NODROP a full queue blocks the
-#: sender (back-pressure) instead of dropping replies.
-PUB_HWM = _core.PUB_HWM_
 
 
 def _logger(kind, name, level=None):
@@ -93,14 +90,6 @@ class _Served(DefaultStream):
         rt.thread(serve_cache, "%s-cache" % self.name, rep, rt.control(), self.cache,
                   limit, DropLog(self.logger))
 
-    def _bind_pub(self, rt, address):
-        # MAXMSGSIZE: what subscribers send (subscriptions) is bounded as
-        # on every bound socket; a peer past it is disconnected
-        pub = rt.socket(zmq.XPUB, SNDHWM=PUB_HWM, XPUB_NODROP=1,
-                        XPUB_WELCOME_MSG=_core.WELCOME, MAXMSGSIZE=MAX_MESSAGE_SIZE)
-        pub.bind(address)
-        return pub
-
     def _executor(self, rt, inbound, out, out_kind, *, name, mux=False, limit=sys.maxsize,
                   **kwargs):
         """A Router serving one Executor part."""
@@ -152,7 +141,7 @@ class Server(_Served):
         with Runtime(self._stopper, self.logger) as rt:
             self._serve_cache(rt, cache_messages)
             pull = rt.socket(zmq.PULL, bind=self.pull_address, MAXMSGSIZE=MAX_MESSAGE_SIZE)
-            pub = self._bind_pub(rt, self.pub_address)
+            pub = rt.publisher(self.pub_address, MAX_MESSAGE_SIZE)
             self._run(rt, self._executor(rt, [(pull, _core.IN_PLAIN_)], pub, _core.OUT_TOPIC_,
                                          name=self.name, limit=self.messages))
 
@@ -190,7 +179,7 @@ class Pipeline(_Served):
                 sub.setsockopt_string(zmq.SUBSCRIBE, topic)
                 sub.connect(address)
                 inbound.append((sub, _core.IN_TOPIC_))
-            pub = self._bind_pub(rt, self.pub_address)
+            pub = rt.publisher(self.pub_address, MAX_MESSAGE_SIZE)
             self._run(rt, self._executor(rt, inbound, pub, _core.OUT_TOPIC_,
                                          name=self.name, limit=self.messages))
 
@@ -289,7 +278,7 @@ class Master(_Served):
             self._router_bound = router.getsockopt_string(zmq.LAST_ENDPOINT)
             self._serve_cache(rt, cache_messages)
             inbound, in_kind = self._inbound(rt)
-            pub = self._bind_pub(rt, self.pub_address)
+            pub = rt.publisher(self.pub_address, MAX_MESSAGE_SIZE)
             wpush = rt.socket(zmq.PUSH, bind=self.worker_push_address)
             wpull = rt.socket(zmq.PULL, bind=self.worker_pull_address,
                               MAXMSGSIZE=MAX_MESSAGE_SIZE)

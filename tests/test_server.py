@@ -131,7 +131,7 @@ def test_stop_returns_start_and_leaves_no_thread(addresses, make_client):
 @pytest.mark.parametrize("name", [
     "_private", "__init__", "__class__", "__dict__",
     "start", "stop", "handle_stream",                   # library hooks and lifecycle
-    "_config", "_serve_cache", "_executor", "_run", "_bind_pub",   # library internals
+    "_config", "_serve_cache", "_executor", "_run",                 # library internals
     "cache", "logger", "name", "pull_address", "counter",           # attributes
     "missing",
 ])

@@ -25,7 +25,7 @@ from collections import Counter
 
 import zmq
 
-import pylm.servers
+import pylm._runtime
 from pylm._testing import in_child, stop_all, tcp_addresses, wait_for
 from pylm.clients import Client
 from pylm.servers import Master, Worker
@@ -74,7 +74,7 @@ def _report(path, **figures):
 class SignalledMaster(Master):
     def start(self, ready_path, report_path):
         _congest(ready_path, ROOMY, HWM)
-        pylm.servers.PUB_HWM = HWM      # the XPUB too: publishing blocks
+        pylm._runtime.PUB_HWM = HWM     # the XPUB too: publishing blocks
         try:
             super().start()
         finally:

@@ -17,7 +17,6 @@ import zmq
 from pylm._cache import handle_cache_request
 from pylm._context import context
 from pylm._stream import DefaultStream
-from pylm_core import _core
 from pylm.parts.core import (HTTP_TIMEOUT, MAX_MESSAGE_SIZE, BypassInbound, Inbound, Outbound,
                              _to_bytes, _to_message)
 from pylm.persistence.kv import DictDB
@@ -29,10 +28,6 @@ __all__ = ["RepService", "PullService", "PushService", "PubService", "WorkerPush
 #: Largest HTTP request body the HTTP parts read (413 above it): a body
 #: becomes one message.
 MAX_BODY = MAX_MESSAGE_SIZE
-#: Queue limit of a PubService's socket.  Past it nothing is dropped: the
-#: socket is XPUB_NODROP, so sends wait (the part holds its messages and the
-#: Router stops reading the inbound parts that feed it): back-pressure.
-PUB_HWM = _core.PUB_HWM_
 
 
 class RepService(Inbound):
@@ -71,11 +66,10 @@ class PubService(DefaultStream, Outbound):
     """Binds a PUB socket and publishes each message under the topic
     ``handle_stream`` gives it.
 
-    The socket is an XPUB, as our servers': it greets each new subscriber
-    (pylm_core WELCOME), so that our clients know their subscription is up
-    without pylm 0.14's fixed wait, and with XPUB_NODROP a slow subscriber
-    holds messages in the part (back-pressure) instead of losing them.
-    pylm 0.14 clients see a plain PUB.
+    The socket is our servers' XPUB (pylm._runtime.Runtime.publisher): a
+    slow subscriber holds messages in the part, and the Router stops
+    reading the inbound parts that feed it (back-pressure), instead of
+    losing them.
 
     :param pipelined: publish to the next stage (topic `server`,
         ``stage += 1``) instead of to the client (topic ``message.client``)
@@ -91,12 +85,7 @@ class PubService(DefaultStream, Outbound):
         self.pipelined = pipelined
 
     def _make_socket(self, rt):
-        # MAXMSGSIZE: what subscribers send (subscriptions) is bounded as
-        # on every bound socket; a peer past it is disconnected
-        sock = rt.socket(zmq.XPUB, SNDHWM=PUB_HWM, XPUB_NODROP=1,
-                         XPUB_WELCOME_MSG=_core.WELCOME, MAXMSGSIZE=MAX_MESSAGE_SIZE)
-        sock.bind(self.listen_address)
-        return sock
+        return rt.publisher(self.listen_address, MAX_MESSAGE_SIZE)
 
     def _listen_events(self):
         # subscriptions arrive here; reading them keeps libzmq's queue of
