@@ -36,6 +36,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from pylm._testing import tcp_addresses
 from pylm.servers import Master, Pipeline, Server, Worker
+from pylm_core import _core
 
 __all__ = [
     "tcp_addresses", "Peer", "record", "group_lines", "wait_workers",
@@ -51,10 +52,10 @@ PAYLOAD = bytes(range(100))
 #: pylm.clients.JOB_WINDOW, so that both chains run with the same window.
 JOB_WINDOW = 2000
 
-#: High-water mark of the baseline PUB/SUB sockets; the same as
-#: pylm.servers.PUB_HWM.  With JOB_WINDOW in flight no queue ever fills, so
-#: no message is dropped.
-PUB_HWM = 100_000
+#: High-water mark of the baseline PUB/SUB sockets: our servers' (defined
+#: in pylm_core/consts.pxi).  With JOB_WINDOW in flight no queue ever fills,
+#: so no message is dropped.
+PUB_HWM = _core.PUB_HWM_
 
 _SPAWN = multiprocessing.get_context("spawn")
 

@@ -7,10 +7,11 @@ protobuf runtime (upb here), without protoc or a generated ``_pb2`` file.
 ``PalmMessageWithError`` adds pylm's own ``string error=15``, for tests of
 that field: to the 6-field class it is an unknown field.
 
-Also here, shared by test_envelope.py, test_fuzz.py and the benchmarks:
-hand-written wire pieces (varints, keys, fields, groups) for inputs
-protobuf's encoder never produces, and `disagreement(data)`, which decodes
-with both runtimes and says how they differ.
+Also here, shared by the tests and the benchmarks: hand-written wire
+pieces (varints, keys, fields, groups) for inputs protobuf's encoder never
+produces, the batch frame of envelopes our core sends between servers and
+workers (`batch`, `unbatch`), and `disagreement(data)`, which decodes with
+both runtimes and says how they differ.
 """
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -20,7 +21,7 @@ import pylm_core
 
 __all__ = ["PalmMessage", "PalmMessageWithError", "FIELDS", "STRING_FIELDS",
            "make_class", "varint", "key", "field_varint", "field_bytes",
-           "group", "decode_protobuf", "decode_ours", "disagreement"]
+           "group", "batch", "unbatch", "decode_protobuf", "decode_ours", "disagreement"]
 
 # (name, number, type) in the order of the schema
 FIELDS = (
@@ -106,6 +107,29 @@ def field_bytes(number, data, pad=0):
 
 def group(number, inner=b""):
     return key(number, 3) + inner + key(number, 4)
+
+
+def batch(envelopes):
+    """The batch format (pylm_core wire.h): each envelope after its length
+    as a varint."""
+    return b"".join(varint(len(env)) + env for env in envelopes)
+
+
+def unbatch(data):
+    """The envelopes of a batch frame (the inverse of `batch`)."""
+    out, i = [], 0
+    while i < len(data):
+        n = shift = 0
+        while True:
+            byte = data[i]
+            i += 1
+            n |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        out.append(data[i:i + n])
+        i += n
+    return out
 
 
 # --- decoding with both runtimes, for differential tests ---

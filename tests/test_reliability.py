@@ -28,6 +28,8 @@ from pylm.parts.messages_pb2 import PalmMessage
 from pylm.servers import Master, Pipeline, Server, Worker
 from pylm_core import _core
 
+from palm_reference import varint
+
 TIMEOUT = 10        # seconds for a call that should answer
 WORKER_TIMEOUT = 1.0  # the Masters' worker_timeout here: keeps requeues short
 HEARTBEAT = 0.2     # workers' heartbeat: well inside WORKER_TIMEOUT
@@ -476,18 +478,6 @@ def test_a_worker_frozen_while_idle_works_again_after_sigcont():
 
 MAX_SIZE = 64 * 1024            # MAX_MESSAGE_SIZE for the garbage tests
 MARK = _core.BATCH_MARK
-
-
-def varint(n):
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def envelope(function, payload=b"", client=None, **fields):

@@ -24,6 +24,7 @@ from pylm.persistence.kv import DictDB
 from pylm.servers import MAX_MESSAGE_SIZE, Worker
 
 import test_parts
+from palm_reference import batch, unbatch
 
 TIMEOUT = 10
 
@@ -196,36 +197,6 @@ def test_a_protocol_preset_by_the_user_is_kept():
         assert server.cache.get(CONFIG_PROTOCOL_KEY) == b"legacy"
 
 
-def _varint(n):
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _batch(envelopes):
-    return b"".join(_varint(len(e)) + e for e in envelopes)
-
-
-def _unbatch(data):
-    out, i = [], 0
-    while i < len(data):
-        n = shift = 0
-        while True:
-            byte = data[i]
-            i += 1
-            n |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
-        out.append(data[i:i + n])
-        i += n
-    return out
-
-
 @pytest.mark.timeout(60)
 def test_a_worker_batch_mixing_two_clients_reaches_each_client():
     """A worker (raw, speaking our worker protocol) answers the calls of
@@ -264,10 +235,10 @@ def test_a_worker_batch_mixing_two_clients_reaches_each_client():
             while len(calls) < 2:           # both calls, in one or two batches
                 assert worker.poll(TIMEOUT * 1000), "the Master sent no work"
                 calls += [_core.PalmMessage.FromString(e)
-                          for e in _unbatch(worker.recv_multipart()[-1])]
+                          for e in unbatch(worker.recv_multipart()[-1])]
             for message in calls:
                 message.payload = message.payload * 2
-            worker.send_multipart([b"D", b"2", _batch([m.SerializeToString() for m in calls])])
+            worker.send_multipart([b"D", b"2", batch([m.SerializeToString() for m in calls])])
             for thread in threads:
                 thread.join(TIMEOUT + 5)
         finally:

@@ -28,7 +28,9 @@ import zmq
 import pylm._runtime
 from pylm._testing import in_child, stop_all, tcp_addresses, wait_for
 from pylm.clients import Client
-from pylm.servers import Master, Worker
+from pylm.servers import MAX_MESSAGE_SIZE, Master, Worker
+
+from palm_reference import batch
 
 N = 6000                # calls in the job
 PAYLOAD = 2000          # bytes of filler after each call's id
@@ -178,20 +180,6 @@ def test_signals_during_a_congested_job_every_reply_exactly_once(tmp_path):
 
 # -- a worker blocked sending to a Master that reads nothing still stops --------
 
-def _batch(envelopes):
-    """The batch format (pylm_core wire.h): each envelope after its length
-    as a protobuf varint."""
-    out = bytearray()
-    for env in envelopes:
-        n = len(env)
-        while n >= 0x80:
-            out.append(n & 0x7F | 0x80)
-            n >>= 7
-        out.append(n)
-        out += env
-    return bytes(out)
-
-
 def test_sigterm_stops_a_worker_blocked_sending_to_its_master(tmp_path):
     """The worker gets one batch of 20 calls whose results are each a
     frame of their own (300 kB, past its batch size), from a Master that
@@ -221,7 +209,7 @@ def test_sigterm_stops_a_worker_blocked_sending_to_its_master(tmp_path):
         rep.bind(db)
         cache = DictDB()
         for key, value in dict(worker_pull_address=wpull, worker_push_address=wpush,
-                               max_message_size=str(256 * 1024 * 1024),
+                               max_message_size=str(MAX_MESSAGE_SIZE),
                                worker_router_address=router.getsockopt_string(
                                    zmq.LAST_ENDPOINT)).items():
             cache.set(value.encode(), key)
@@ -238,7 +226,7 @@ def test_sigterm_stops_a_worker_blocked_sending_to_its_master(tmp_path):
         calls = [PalmMessage(pipeline="p", client="c", function="blocked.tag",
                              payload=b"%02d" % i + b"x" * 300_000).SerializeToString()
                  for i in range(20)]
-        router.send_multipart([ident, _batch(calls)])
+        router.send_multipart([ident, batch(calls)])
         # its first result came: the worker is inside the batch
         assert router.poll(30_000), "no result from the worker"
     finally:
