@@ -77,19 +77,18 @@ class HandMaster:
             rt.thread(serve_cache, "cache", rep, rt.control(), self.cache, sys.maxsize,
                       DropLog(self.logger))
             pull = rt.socket(zmq.PULL, bind=self.pull_address)
-            pub = rt.socket(zmq.XPUB, XPUB_NODROP=1, XPUB_WELCOME_MSG=_core.WELCOME)
-            pub.bind(self.pub_address)
+            pub = rt.publisher(self.pub_address, MAX_MESSAGE_SIZE)
             wpush = rt.socket(zmq.PUSH, bind=self.worker_push_address)
             wpull = rt.socket(zmq.PULL, bind=self.worker_pull_address)
-            loop = _core.Router()
-            publisher = loop.add(_core.Publisher(pub, self.name, gather=self.gather))
-            pool = loop.add(_core.WorkerPool(router, wpush, wpull), target=publisher)
-            loop.add(_core.Intake(pull, _core.IN_PLAIN_, publisher, scatter=self.scatter),
-                     target=pool)
+            runner = _core.Router()
+            publisher = runner.add(_core.Publisher(pub, self.name, gather=self.gather))
+            pool = runner.add(_core.WorkerPool(router, wpush, wpull), target=publisher)
+            runner.add(_core.Intake(pull, _core.IN_PLAIN_, publisher, scatter=self.scatter),
+                       target=pool)
             try:
-                loop.run(rt.control(), rt.wakeup_fd, _core.DRAIN_MS)
+                runner.run(rt.control(), rt.wakeup_fd, _core.DRAIN_MS)
             finally:
-                self.stats = loop.counters()
+                self.stats = runner.counters()
 
 
 def test_the_low_level_api_runs_on_the_core_router():
@@ -139,11 +138,11 @@ def test_the_core_router_refuses_parts_wired_the_wrong_way(sockets):
     pub = sockets(zmq.XPUB)
     publisher = _core.Publisher(pub, "m")
     pool = _core.WorkerPool(sockets(zmq.ROUTER), sockets(zmq.PUSH), sockets(zmq.PULL))
-    router = _core.Router()
+    runner = _core.Router()
     with pytest.raises(TypeError, match="Publisher"):
-        router.add(pool)                            # results must go somewhere
+        runner.add(pool)                            # results must go somewhere
     with pytest.raises(TypeError, match="WorkerPool"):
-        router.add(_core.Intake(sockets(zmq.PULL), _core.IN_PLAIN_, publisher),
+        runner.add(_core.Intake(sockets(zmq.PULL), _core.IN_PLAIN_, publisher),
                    target=publisher)
     with pytest.raises(ValueError, match="inbound kind"):
         _core.Intake(sockets(zmq.PULL), 7, publisher)

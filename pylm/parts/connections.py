@@ -139,15 +139,15 @@ class HttpConnection(Outbound):
         self._inflight = 0
 
     # lifecycle -----------------------------------------------------------------------
-    def _open(self, rt, router):
-        super()._open(rt, router)       # no socket: listen_to stays None
+    def _open(self, rt, runner):
+        super()._open(rt, runner)       # no socket: listen_to stays None
         self._inflight = 0
         self._results.clear()
         self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=self.max_workers,
                                             thread_name_prefix="pylm-http-%s" % self._label)
-        router._watch(self._wake[0], self._on_wake, zmq.POLLIN)
+        runner._watch(self._wake[0], self._on_wake, zmq.POLLIN)
 
     def _make_socket(self, rt):
         return None

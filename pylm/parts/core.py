@@ -281,7 +281,7 @@ class _Part(_core.Part):
         self.messages = messages
         self.last_message = b""
         self.listen_to = None
-        self._router = None
+        self._runner = None
         self._drops = None
 
     @property
@@ -299,8 +299,8 @@ class _Part(_core.Part):
             sock.connect(self.listen_address)
         return sock
 
-    def _open(self, rt, router):
-        self._router = router
+    def _open(self, rt, runner):
+        self._runner = runner
         self._drops = DropLog(self.logger)
         self.listen_to = self._make_socket(rt)
 
@@ -389,20 +389,20 @@ class Inbound(_Part):
         return self.last_message
 
     # plumbing ----------------------------------------------------------------------
-    def _open(self, rt, router):
-        super()._open(rt, router)
+    def _open(self, rt, runner):
+        super()._open(rt, runner)
         self._read = 0
         self._exchanges = 0
-        router._watch(self.listen_to, self._on_events, zmq.POLLIN, owner=self, inbound=True)
+        runner._watch(self.listen_to, self._on_events, zmq.POLLIN, owner=self, inbound=True)
 
     def _idle(self):
         return self._exchanges == 0
 
     def _on_events(self, events):
         sock = self.listen_to
-        router = self._router
+        runner = self._runner
         for _ in range(READ_BATCH):
-            if router._paused(sock):
+            if runner._paused(sock):
                 return
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
@@ -410,7 +410,7 @@ class Inbound(_Part):
                 return
             self._read += 1
             if self._read >= self.messages:
-                router._pause(sock, "messages")
+                runner._pause(sock, "messages")
             self._received(frames)
 
     def _received(self, frames):
@@ -434,7 +434,7 @@ class Inbound(_Part):
         self._exchanges += 1
         if self.reply:
             # a replying socket takes the next message after this answer
-            self._router._pause(self.listen_to, "reply")
+            self._runner._pause(self.listen_to, "reply")
         try:
             exchange.scattered = iter(self._call_hook("scatter", self.scatter, message))
         except PartFailed as exc:
@@ -443,7 +443,7 @@ class Inbound(_Part):
         self._advance(exchange)
 
     def _advance(self, exchange):
-        router = self._router
+        runner = self._runner
         while True:
             try:
                 scattered = next(exchange.scattered, _END)
@@ -460,7 +460,7 @@ class Inbound(_Part):
                 return
             if data is None:
                 continue
-            feedback = router.route(self, data, exchange)
+            feedback = runner.route(self, data, exchange)
             if feedback is None:        # a blocking route: _resume() follows
                 return
             self._feedback(feedback)
@@ -501,7 +501,7 @@ class Inbound(_Part):
     def _done(self, exchange):
         self._exchanges -= 1
         if self.reply:
-            self._router._resume(self.listen_to, "reply")
+            self._runner._resume(self.listen_to, "reply")
 
     def _send_reply(self, prefix, data, status):
         """Answer the peer of a replying socket (`status` is an HTTP-like
@@ -567,15 +567,15 @@ class Outbound(_Part):
         return self.last_message
 
     # plumbing ----------------------------------------------------------------------
-    def _open(self, rt, router):
-        super()._open(rt, router)
+    def _open(self, rt, runner):
+        super()._open(rt, runner)
         self._queue.clear()
         self._outq.clear()
         self._busy = None
         self._taken = 0
         self._over = False
         if self.listen_to is not None:
-            router._watch(self.listen_to, self._on_events, self._listen_events())
+            runner._watch(self.listen_to, self._on_events, self._listen_events())
 
     def _listen_events(self):
         """What the loop polls listen_to for (POLLOUT is added while
@@ -657,7 +657,7 @@ class Outbound(_Part):
     def _finish(self, exchange, feedback):
         if exchange.done is not None:
             fn, *args = exchange.done
-            self._router._post(fn, *args, feedback)
+            self._runner._post(fn, *args, feedback)
 
     def _send(self, frames):
         if not self._outq:
@@ -671,7 +671,7 @@ class Outbound(_Part):
                 return
         self._outq.append(frames)
         if len(self._outq) == 1:
-            self._router._want(self.listen_to, zmq.POLLOUT, True)
+            self._runner._want(self.listen_to, zmq.POLLOUT, True)
         elif len(self._outq) >= BACKLOG_LIMIT:
             self._check_backlog()
 
@@ -686,7 +686,7 @@ class Outbound(_Part):
                 self._drops("%s: not sent: %s" % (self._label, exc))
             outq.popleft()
         if not outq:
-            self._router._want(self.listen_to, zmq.POLLOUT, False)
+            self._runner._want(self.listen_to, zmq.POLLOUT, False)
         self._check_backlog()
 
     def _backlog_size(self):
@@ -696,10 +696,10 @@ class Outbound(_Part):
         size = self._backlog_size()
         if not self._over and size >= BACKLOG_LIMIT:
             self._over = True
-            self._router.backlog(self, True)
+            self._runner.backlog(self, True)
         elif self._over and size <= BACKLOG_LIMIT // 2:
             self._over = False
-            self._router.backlog(self, False)
+            self._runner.backlog(self, False)
 
     def _on_events(self, events):
         if events & zmq.POLLOUT:
@@ -757,10 +757,10 @@ class BypassInbound(_Part):
             self.listen_to.send(b"" if reply_data is None else reply_data)
         return message_data
 
-    def _open(self, rt, router):
-        super()._open(rt, router)
+    def _open(self, rt, runner):
+        super()._open(rt, runner)
         self._read = 0
-        router._watch(self.listen_to, self._on_events, zmq.POLLIN)
+        runner._watch(self.listen_to, self._on_events, zmq.POLLIN)
 
     def _on_events(self, events):
         try:
@@ -775,9 +775,9 @@ class BypassInbound(_Part):
                     pass
         self._read += 1
         if self._read >= self.messages:
-            self._router._pause(self.listen_to, "messages")
+            self._runner._pause(self.listen_to, "messages")
             if self._alone:
-                self._router._quit()
+                self._runner._quit()
 
     def start(self):
         """Serve this part alone (without a server), on a core Router of
@@ -785,11 +785,11 @@ class BypassInbound(_Part):
         if self.messages <= 0:
             return self.name
         with Runtime(self._stopper, self.logger) as rt:
-            router = _core.Router()
-            self._open(rt, router)
+            runner = _core.Router()
+            self._open(rt, runner)
             self._alone = True
             try:
-                router.run(rt.control(), rt.wakeup_fd)
+                runner.run(rt.control(), rt.wakeup_fd)
             finally:
                 self._alone = False
                 self._close()
@@ -813,10 +813,10 @@ class BypassOutbound(_Part):
                          messages)
         self._own = False
 
-    def _open(self, rt, router):
+    def _open(self, rt, runner):
         if self.listen_to is not None and self._own:
             self.cleanup()
-        super()._open(rt, router)
+        super()._open(rt, runner)
 
     def _close(self):
         self.listen_to = None   # closed by the Runtime

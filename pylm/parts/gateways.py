@@ -89,9 +89,9 @@ class GatewayDealer(Outbound):
     def _make_socket(self, rt):
         return None     # answers go out on the GatewayRouter's socket
 
-    def _open(self, rt, router):
-        super()._open(rt, router)
-        gateways = [entry.part for entry in router._inbound.values()
+    def _open(self, rt, runner):
+        super()._open(rt, runner)
+        gateways = [entry.part for entry in runner._inbound.values()
                     if isinstance(entry.part, GatewayRouter)
                     and entry.part.listen_address == self.listen_address]
         if not gateways:
@@ -165,7 +165,7 @@ class HttpGateway:
         self._stopper = StopHandle()
 
     # as a part of a server ---------------------------------------------------------
-    def _open(self, rt, router):
+    def _open(self, rt, runner):
         self._http = _HttpRunner(self, self.hostname, self.port, self.handler)
         self.address = self._http.address
         self._http.start(rt, "%s-http" % (self.name or "gateway"))

@@ -146,11 +146,11 @@ class PushPullService(Outbound):
     def _listen_events(self):
         return 0        # answers come on the PULL socket
 
-    def _open(self, rt, router):
-        super()._open(rt, router)
+    def _open(self, rt, runner):
+        super()._open(rt, runner)
         self.push = self.listen_to
         self.pull = rt.socket(zmq.PULL, bind=self.pull_address, MAXMSGSIZE=MAX_MESSAGE_SIZE)
-        router._watch(self.pull, self._on_pull, zmq.POLLIN)
+        runner._watch(self.pull, self._on_pull, zmq.POLLIN)
 
     def _on_pull(self, events):
         while True:
@@ -364,8 +364,8 @@ class HttpService(Inbound):
         self.address = None
         self._http = None
 
-    def _open(self, rt, router):
-        super()._open(rt, router)
+    def _open(self, rt, runner):
+        super()._open(rt, runner)
         self._http = _HttpRunner(self, self.hostname, self.port, _ServiceHandler)
         self.address = self._http.address
         self._http.start(rt, "%s-http" % self._label)
