@@ -41,25 +41,37 @@ CLIENT_RUN_TIMEOUT = 40.0
 #: faster); its job loses its first replies the same way.  Methods that old
 #: clients may call therefore take a moment over each eval and over the
 #: first job call each instance serves, as real work would (5 ms already
-#: brought 100 of 100 evals).  Later job calls are not delayed.  Where the
-#: replies come from our servers the old client's SUBs also wait for their
-#: greeting (run_old_client, legacy.JoinedSocket); a pylm 0.14 publisher
-#: greets nobody, and there only this delay helps.
+#: brought 100 of 100 evals).  Later job calls are not delayed.  Only our
+#: methods whose replies leave through a pylm 0.14 publisher (the last
+#: stage is pylm 0.14's: behind_old_publisher) take it: that publisher
+#: greets nobody.  Where the last stage is ours, the old client's SUBs wait
+#: for its greeting instead (run_old_client, legacy.JoinedSocket), and our
+#: Client joins any publisher before it sends (pylm.clients).
 FIRST_REPLY_DELAY = 0.1
 
 
 class Tagged:
-    """Methods reply ``<tag>:<payload>``, after FIRST_REPLY_DELAY when the
-    reply may be the first one a pylm 0.14 SUB socket would see."""
+    """Methods reply ``<tag>:<payload>``; behind a pylm 0.14 publisher,
+    after FIRST_REPLY_DELAY when the reply may be the first one a pylm 0.14
+    SUB socket would see."""
 
+    reply_delay = 0.0       # FIRST_REPLY_DELAY once behind_old_publisher()
     _served_job = False
 
     def work(self, tag, payload):
         call = payload.rpartition(b":")[2]      # eval-i or job-i, untagged
-        if call.startswith(b"eval-") or (call.startswith(b"job-") and not self._served_job):
+        first = call.startswith(b"eval-") or (call.startswith(b"job-") and not self._served_job)
+        if self.reply_delay and first:
             self._served_job = self._served_job or call.startswith(b"job-")
-            time.sleep(FIRST_REPLY_DELAY)
+            time.sleep(self.reply_delay)
         return tag + payload
+
+
+def behind_old_publisher(server):
+    """`server`, whose replies a pylm 0.14 publisher (the last stage) sends
+    on: its methods take FIRST_REPLY_DELAY over the first replies."""
+    server.reply_delay = FIRST_REPLY_DELAY
+    return server
 
 
 class NewServer(Tagged, Server):
@@ -208,7 +220,7 @@ def test_new_worker_old_master(node):
     db, pull, pub, wpull, wpush = tcp_addresses(5)
     start_old(node, "old-master", "master", "master", db, pull, pub, wpull, wpush,
               db=db, name="master")
-    with Served(NewWorker("w1", db)), Client("master", db) as client:
+    with Served(behind_old_publisher(NewWorker("w1", db))), Client("master", db) as client:
         run_new_client(client, "master.foo", "new-worker:")
 
 
@@ -251,7 +263,7 @@ def stream_client(request, node):
 
 def test_old_pipeline_after_new_server(node, stream_client):
     db, pull, pub, pdb, ppub = tcp_addresses(5)
-    with Served(NewServer("server", db, pull, pub, pipelined=True)):
+    with Served(behind_old_publisher(NewServer("server", db, pull, pub, pipelined=True))):
         wait_cache(db, "server")
         start_old(node, "old-pipeline", "pipeline", "pipeline", pdb, pub, ppub, "server",
                   db=pdb, name="pipeline")
