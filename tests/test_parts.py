@@ -8,7 +8,6 @@ import json
 import socket
 import sys
 import threading
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -582,9 +581,9 @@ def test_stop_while_a_blocking_call_waits_for_a_silent_peer():
             req.send(envelope(b"never answered"))
             # the call reached the silent peer: the server waits for its answer
             assert peer.poll(TIMEOUT * MS)
-            started = time.monotonic()
-        # running() stopped and joined it
-        assert time.monotonic() - started < 5
+        # running() stopped it: start() returned though the call still
+        # waits (else ServerFailed, pylm._testing.STOP_TIMEOUT after stop(),
+        # when it should return at once)
     assert not server.ready.is_set()
 
 
