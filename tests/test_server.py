@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from pylm._testing import Gate, ServerFailed, in_child, running
+from pylm._testing import Gate, ServerFailed, in_child, running, wait_for
 from pylm.errors import RemoteError
 from pylm.servers import Server
 
@@ -206,10 +206,11 @@ def test_a_server_in_a_child_process_stops_on_sigterm(addresses, child, make_cli
 
 class Held(Server):
     """Its method blocks at the test's Gate: in a socket recv, not in
-    Python, until the test lets it pass."""
+    Python, until the test lets it pass.  Logs at INFO, so that the test
+    sees when its SIGTERM handler ran (pylm._runtime)."""
 
     def __init__(self, name, db_address, pull_address, pub_address, gate):
-        super().__init__(name, db_address, pull_address, pub_address)
+        super().__init__(name, db_address, pull_address, pub_address, log_level=logging.INFO)
         self.gate = gate
 
     def held(self, payload):
@@ -218,7 +219,7 @@ class Held(Server):
         return payload
 
 
-def test_a_sigterm_during_a_call_stops_the_server(addresses, make_client):
+def test_a_sigterm_during_a_call_stops_the_server(addresses, make_client, capfd):
     db, pull, pub = addresses(3)
     with Gate() as gate:
         proc = in_child(Held, "held", db, pull, pub, gate)
@@ -229,7 +230,15 @@ def test_a_sigterm_during_a_call_stops_the_server(addresses, make_client):
                 client.eval("held.held", b"call", timeout=0.3)
             gate.wait_arrived(1, timeout=TIMEOUT)   # the call is running in the server
             os.kill(proc.pid, signal.SIGTERM)
-            assert proc.is_alive()                  # it cannot stop inside the call ...
+            # the child handled the signal (its log line on our stderr) in
+            # the call, and lives on: it cannot stop inside the call ...
+            err = []
+
+            def handled():
+                err.append(capfd.readouterr().err)
+                return "signal %d: stopping" % signal.SIGTERM in "".join(err)
+            wait_for(handled, timeout=TIMEOUT, what="the child's SIGTERM handler")
+            assert proc.is_alive()
             gate.open()
             proc.process.join(TIMEOUT)              # ... and stops once it returns
             assert not proc.is_alive(), "the server did not stop after SIGTERM"
