@@ -503,13 +503,7 @@ cdef class WorkerPool(Part):
             return rc
         p = msg_ptr(results)
         end = p + pz_msg_size(results)
-        while True:
-            rc = pz_batch_next(&p, end, &one)
-            if rc == 0:
-                break
-            if rc < 0:
-                self._drop("a malformed batch from a worker")
-                break
+        while self._next_in_batch(&p, end, &one, "a malformed batch from a worker"):
             if self._deliver(one.p, one.n, NULL):
                 return 1
         return self.out().flush()
