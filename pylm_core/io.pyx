@@ -202,6 +202,7 @@ cdef int send_frames(void *sock, OutFrame *out, int n, int flags, Waiter waiter,
     cdef pz_msg_t frames[MAX_FRAMES]    # what is built here (copies, batches)
     cdef pz_msg_t *m[MAX_FRAMES]
     cdef pz_batch given[MAX_FRAMES]     # each batch as it was, to take it back
+    cdef bint handed[MAX_FRAMES]        # ... when it was handed to m
     cdef int i, rc, err
     cdef bint interrupted = False
     cdef bint went = False
@@ -216,14 +217,14 @@ cdef int send_frames(void *sock, OutFrame *out, int n, int flags, Waiter waiter,
     for i in range(n):
         pz_msg_init(&frames[i])
         m[i] = out[i].msg if out[i].msg != NULL else &frames[i]
-        given[i].buf = NULL
+        handed[i] = False
     try:
         for i in range(n):
             if out[i].batch != NULL:
                 given[i] = out[i].batch[0]
                 if give_batch(out[i].batch, m[i]) != 0:
-                    given[i].buf = NULL     # not given: b is as it was
-                    raise MemoryError()
+                    raise MemoryError()     # not given: b is as it was
+                handed[i] = True
             elif out[i].msg == NULL:
                 if pz_msg_init_size(m[i], out[i].n) != 0:
                     raise MemoryError()
@@ -238,10 +239,10 @@ cdef int send_frames(void *sock, OutFrame *out, int n, int flags, Waiter waiter,
                 PyErr_CheckSignals()
             elif err == EAGAIN and waiter is not None:
                 if waiter.wait(sock):
-                    _take_back(out, m, given, n)
+                    _take_back(out, m, given, handed, n)
                     return 1
             elif err == EAGAIN or err == EHOSTUNREACH:
-                _take_back(out, m, given, n)
+                _take_back(out, m, given, handed, n)
                 return 1
             else:
                 _raise_errno(err)
@@ -261,7 +262,7 @@ cdef int send_frames(void *sock, OutFrame *out, int n, int flags, Waiter waiter,
         return 0
     except BaseException:
         if not went:
-            _take_back(out, m, given, n)
+            _take_back(out, m, given, handed, n)
         for i in range(n):
             if out[i].msg != NULL:
                 pz_msg_close(out[i].msg)
@@ -271,20 +272,22 @@ cdef int send_frames(void *sock, OutFrame *out, int n, int flags, Waiter waiter,
             pz_msg_close(&frames[i])
 
 
-cdef void _take_back(OutFrame *out, pz_msg_t **m, pz_batch *given, int n) noexcept:
+cdef void _take_back(OutFrame *out, pz_msg_t **m, pz_batch *given, bint *handed,
+                     int n) noexcept:
     """Give back to `out` the batches send_frames handed to m but did not
     send: each m closed without freeing its buffer, each batch as it was."""
     global pz_batch_taking_back, pz_batches_given
     cdef int i
     for i in range(n):
-        if given[i].buf != NULL:
+        if handed[i]:
+            handed[i] = False
             pz_batch_taking_back = 1
             pz_msg_close(m[i])
             pz_batch_taking_back = 0
             pz_msg_init(m[i])
             out[i].batch[0] = given[i]
-            given[i].buf = NULL
-            pz_batches_given -= 1
+            if given[i].buf != NULL:
+                pz_batches_given -= 1   # give_batch counted it
 
 
 cdef int send_rest(void *sock, pz_msg_t **m, int n, bint *interrupted) noexcept nogil:
