@@ -273,7 +273,10 @@ class Master(_Served):
     def start(self, cache_messages=sys.maxsize):
         """Broker until stop() is called."""
         with Runtime(self._stopper, self.logger) as rt:
-            router = rt.socket(zmq.ROUTER, ROUTER_MANDATORY=1, MAXMSGSIZE=MAX_MESSAGE_SIZE)
+            # SNDHWM explicit: the core's limit on batches in flight to one
+            # worker stays under half of it whatever the context's default
+            router = rt.socket(zmq.ROUTER, ROUTER_MANDATORY=1, MAXMSGSIZE=MAX_MESSAGE_SIZE,
+                               SNDHWM=_core.WORKER_HWM_)
             router.bind(self.worker_router_address or _router_address(self.worker_push_address))
             self._router_bound = router.getsockopt_string(zmq.LAST_ENDPOINT)
             self._serve_cache(rt, cache_messages)

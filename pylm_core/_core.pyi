@@ -11,6 +11,7 @@ W_BEAT_: bytes
 MAX_LOST_: int
 MAX_MESSAGE_SIZE_: int
 PUB_HWM_: int
+WORKER_HWM_: int
 IN_PLAIN_: int
 IN_TOPIC_: int
 OUT_TOPIC_: int

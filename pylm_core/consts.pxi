@@ -77,12 +77,14 @@ cdef enum:
     BATCH_BYTES = 262144    # a batch frame is sent once it holds this much
     MAX_SEND = 256          # envelopes in one batch to a worker or server
     MAX_LOST = 3            # workers a message may take down: then poison
+    # SNDHWM of the Master's ROUTER to its workers, set on it explicitly
+    # (pylm/servers.py): a context-wide default must not lower it
+    WORKER_HWM = 1000
     # batches a Master has in flight to one worker, whatever its credit:
-    # under half the default high-water mark (1,000) of the Master's ROUTER
-    # (libzmq learns what the peer read in steps of half of it), so that a
-    # send to a worker never blocks the Master, even to a worker that reads
-    # nothing while it waits to send us its results
-    MAX_BATCHES_IN_FLIGHT = 256
+    # under half WORKER_HWM (libzmq learns what the peer read in steps of
+    # half of it), so that a send to a worker never blocks the Master, even
+    # to a worker that reads nothing while it waits to send us its results
+    MAX_BATCHES_IN_FLIGHT = WORKER_HWM // 4
     # the largest message a server's bound sockets accept (ZMQ_MAXMSGSIZE;
     # bigger ones make libzmq drop the peer), also an HTTP body's limit
     MAX_MESSAGE_SIZE = 268435456
@@ -101,3 +103,4 @@ W_BEAT_ = bytes((W_BEAT,))      # the heartbeat frame pylm/servers.py sends
 MAX_LOST_ = MAX_LOST
 MAX_MESSAGE_SIZE_ = MAX_MESSAGE_SIZE
 PUB_HWM_ = PUB_HWM
+WORKER_HWM_ = WORKER_HWM

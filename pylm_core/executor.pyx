@@ -190,7 +190,7 @@ cdef class Executor(Part):
         cdef const char *p
         cdef const char *end
         cdef pz_slice one
-        cdef int rc, n
+        cdef int rc
         cdef int batch
         if self.out_kind == OUT_WORKER:
             # our Master sends [batch], or [RESET, ""]
@@ -213,13 +213,7 @@ cdef class Executor(Part):
             rc = self._one(p, <size_t>(end - p), NULL)
         else:
             rc = 0
-            while rc == 0:
-                n = pz_batch_next(&p, end, &one)
-                if n == 0:
-                    break
-                if n < 0:
-                    self._drop("a malformed batch")
-                    break
+            while rc == 0 and self._next_in_batch(&p, end, &one, "a malformed batch"):
                 rc = self._one(one.p, one.n, NULL)
         if rc == 0:
             rc = self._flush()

@@ -78,13 +78,7 @@ cdef class Intake(Part):
                     if self._accept(p, <size_t>(end - p), NULL):
                         return 1
                 else:
-                    while True:
-                        rc = pz_batch_next(&p, end, &one)
-                        if rc == 0:
-                            break
-                        if rc < 0:
-                            self._drop("a malformed batch")
-                            break
+                    while self._next_in_batch(&p, end, &one, "a malformed batch"):
                         if self._accept(one.p, one.n, NULL):
                             return 1
                 if pool.flush():

@@ -183,33 +183,49 @@ cdef int send_frames(void *sock, OutFrame *out, int n, int flags, Waiter waiter,
     ROUTER with ROUTER_MANDATORY: EHOSTUNREACH); `out` is then as it was
     (its messages still the caller's, its batches untouched).
 
-    Once the first frame went, the rest always go: libzmq counts its
-    high-water mark in whole messages, so the rest of a message never waits
-    for room, and a signal there is retried at once and handled after the
-    last frame.  A peer never sees half a message, whose tail it would take
-    for the next one.  Batches are handed over only then, and copies are
-    made before the first frame, so that nothing can fail halfway.
+    Once the first frame went, the rest always go and nothing raises (but
+    a libzmq error other than EINTR): libzmq counts its high-water mark in
+    whole messages, so the rest of a message never waits for room, and a
+    signal there is retried at once; its Python handler runs when the
+    interpreter next checks for signals (at the latest at the next blocking
+    call's EINTR).  A peer never sees half a message, whose tail it would
+    take for the next one, and a caller never takes a message that went for
+    one that did not.  Copies are made and batches handed over before the
+    first frame (so that running out of memory raises with nothing sent);
+    a batch whose message does not go is taken back as it was.
 
     0 when sent: `out`'s messages belong to libzmq, its batches are empty.
-    On an exception `out`'s messages were closed.  `keep`, when not NULL,
-    gets a reference to the last frame sent (its data shared, not copied).
+    On an exception nothing was sent and `out`'s messages were closed.
+    `keep`, when not NULL, gets a reference to the last frame sent (its
+    data shared, not copied); it is untouched when nothing was sent.
     """
     cdef pz_msg_t frames[MAX_FRAMES]    # what is built here (copies, batches)
     cdef pz_msg_t *m[MAX_FRAMES]
+    cdef pz_batch given[MAX_FRAMES]     # each batch as it was, to take it back
+    cdef bint handed[MAX_FRAMES]        # ... when it was handed to m
     cdef int i, rc, err
     cdef bint interrupted = False
-    cdef bint short_of_memory = False
+    cdef bint went = False
     cdef int more = PZ_SNDMORE if n > 1 else 0
     if n < 1 or n > MAX_FRAMES or out[0].batch != NULL:
+        for i in range(n):
+            if out[i].msg != NULL:
+                pz_msg_close(out[i].msg)
         raise ValueError("send_frames: 1 to %d frames, the first no batch" % MAX_FRAMES)
     if waiter is not None:
         flags |= PZ_DONTWAIT
     for i in range(n):
         pz_msg_init(&frames[i])
         m[i] = out[i].msg if out[i].msg != NULL else &frames[i]
+        handed[i] = False
     try:
         for i in range(n):
-            if out[i].msg == NULL and out[i].batch == NULL:
+            if out[i].batch != NULL:
+                given[i] = out[i].batch[0]
+                if give_batch(out[i].batch, m[i]) != 0:
+                    raise MemoryError()     # not given: b is as it was
+                handed[i] = True
+            elif out[i].msg == NULL:
                 if pz_msg_init_size(m[i], out[i].n) != 0:
                     raise MemoryError()
                 memcpy(pz_msg_data(m[i]), out[i].p, out[i].n)
@@ -223,14 +239,14 @@ cdef int send_frames(void *sock, OutFrame *out, int n, int flags, Waiter waiter,
                 PyErr_CheckSignals()
             elif err == EAGAIN and waiter is not None:
                 if waiter.wait(sock):
+                    _take_back(out, m, given, handed, n)
                     return 1
             elif err == EAGAIN or err == EHOSTUNREACH:
+                _take_back(out, m, given, handed, n)
                 return 1
             else:
                 _raise_errno(err)
-        for i in range(1, n):
-            if out[i].batch != NULL and give_batch(out[i].batch, m[i]) != 0:
-                short_of_memory = True      # an empty frame goes in its place
+        went = True
         if keep != NULL:
             pz_msg_init(keep)
             pz_msg_copy(keep, m[n - 1])
@@ -241,12 +257,12 @@ cdef int send_frames(void *sock, OutFrame *out, int n, int flags, Waiter waiter,
             if keep != NULL:
                 pz_msg_close(keep)
             _raise_errno(err)
-        if interrupted:
-            PyErr_CheckSignals()
-        if short_of_memory:
-            raise MemoryError()
+        # `interrupted`: the handlers run later (see above), not here, where
+        # an exception would tell the caller that the message did not go
         return 0
     except BaseException:
+        if not went:
+            _take_back(out, m, given, handed, n)
         for i in range(n):
             if out[i].msg != NULL:
                 pz_msg_close(out[i].msg)
@@ -254,6 +270,24 @@ cdef int send_frames(void *sock, OutFrame *out, int n, int flags, Waiter waiter,
     finally:
         for i in range(n):
             pz_msg_close(&frames[i])
+
+
+cdef void _take_back(OutFrame *out, pz_msg_t **m, pz_batch *given, bint *handed,
+                     int n) noexcept:
+    """Give back to `out` the batches send_frames handed to m but did not
+    send: each m closed without freeing its buffer, each batch as it was."""
+    global pz_batch_taking_back, pz_batches_given
+    cdef int i
+    for i in range(n):
+        if handed[i]:
+            handed[i] = False
+            pz_batch_taking_back = 1
+            pz_msg_close(m[i])
+            pz_batch_taking_back = 0
+            pz_msg_init(m[i])
+            out[i].batch[0] = given[i]
+            if given[i].buf != NULL:
+                pz_batches_given -= 1   # give_batch counted it
 
 
 cdef int send_rest(void *sock, pz_msg_t **m, int n, bint *interrupted) noexcept nogil:

@@ -57,6 +57,17 @@ cdef class Part:
             self.bad_hook(reason)
         return 0
 
+    cdef int _next_in_batch(self, const char **p, const char *end, pz_slice *one,
+                            str what) except -1:
+        """The envelope of a batch at p[0] into `one` (pz_batch_next): 1, or
+        0 at the batch's end and when its rest is malformed (dropped once:
+        _drop(what))."""
+        cdef int rc = pz_batch_next(p, end, one)
+        if rc < 0:
+            self._drop(what)
+            return 0
+        return rc
+
     cdef int attach(self, Router runner) except -1:
         """Register this part's watches with `runner`, the Router that
         runs it (C parts)."""

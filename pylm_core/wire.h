@@ -373,9 +373,17 @@ static inline int pz_batch_add_raw(pz_batch *b, const char *data, size_t n)
 static uint64_t pz_batches_given = 0;
 static uint64_t pz_batches_freed = 0;
 
+/* Set, in the thread that closes it, while send_frames closes a message
+ * it made of a batch but did not send: the buffer goes back to the batch.
+ * Thread-local, so that libzmq's I/O thread freeing sent batches meanwhile
+ * never sees it. */
+static __thread int pz_batch_taking_back = 0;
+
 static void pz_batch_free_cb(void *data, void *hint)
 {
     (void)hint;
+    if (pz_batch_taking_back)
+        return;
     free(data);
     __atomic_add_fetch(&pz_batches_freed, 1, __ATOMIC_RELAXED);
 }

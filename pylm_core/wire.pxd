@@ -34,6 +34,7 @@ cdef extern from "wire.h" nogil:
     int pz_batch_add_env(pz_batch *b, const pz_env *e)
     int pz_batch_add_raw(pz_batch *b, const char *data, size_t n)
     void pz_batch_free_cb(void *data, void *hint) noexcept
+    int pz_batch_taking_back            # thread-local (see wire.h)
     uint64_t pz_batches_given          # counted with the GIL
     uint64_t pz_batches_freed_now()     # counted by libzmq's I/O thread
 

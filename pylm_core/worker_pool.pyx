@@ -363,18 +363,20 @@ cdef class WorkerPool(Part):
 
     cdef int _reset_worker(self, const char *ident, size_t n) except -1:
         """Send [RESET] to a worker we do not know (given up, or never
-        met), at most once per READY."""
+        met), at most once per READY.  The key is remembered only once the
+        RESET went: when there is no room (EAGAIN) or the peer is gone
+        (EHOSTUNREACH) nothing was sent, and its next heartbeat tries again."""
         key = PyBytes_FromStringAndSize(ident, <Py_ssize_t>n)
         if key in self.reset_sent:
             return 0
         if len(self.reset_sent) > 100000:
             self.reset_sent.clear()
-        self.reset_sent.add(key)
         cdef OutFrame out[3]
         out[0] = copy_frame(ident, n)
         out[1] = copy_frame(<char *>_W_RESET, len(_W_RESET))
         out[2] = copy_frame(b"", 0)
-        send_frames(self.router, out, 3, PZ_DONTWAIT, None, NULL)     # no room: it says H again
+        if send_frames(self.router, out, 3, PZ_DONTWAIT, None, NULL) == 0:
+            self.reset_sent.add(key)
         return 0
 
     cdef int _poison(self, pz_env *env) except -1:
@@ -501,13 +503,7 @@ cdef class WorkerPool(Part):
             return rc
         p = msg_ptr(results)
         end = p + pz_msg_size(results)
-        while True:
-            rc = pz_batch_next(&p, end, &one)
-            if rc == 0:
-                break
-            if rc < 0:
-                self._drop("a malformed batch from a worker")
-                break
+        while self._next_in_batch(&p, end, &one, "a malformed batch from a worker"):
             if self._deliver(one.p, one.n, NULL):
                 return 1
         return self.out().flush()
