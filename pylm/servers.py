@@ -23,6 +23,7 @@ from pylm._dispatch import DropLog, ErrorReporter, method_table, overrides
 from pylm._runtime import Runtime, StopHandle
 from pylm._stream import DefaultStream
 from pylm.persistence.kv import DictDB
+from pylm.security import Refusals, Security
 
 __all__ = ["Server", "Pipeline", "Sink", "Master", "Hub", "Worker", "MuxWorker"]
 
@@ -50,15 +51,36 @@ class _Served(DefaultStream):
     Every server's `log_level` is the level of its logger
     ``pylm.<Class>.<name>``; the default, None, leaves the level (and all
     logging configuration) to the application.
+
+    Security (shared/API.md, "Security"; keyword-only on every server,
+    falling back to the ``PYLM_*`` environment variables): `secret_key`
+    (path of a ``.key_secret``) makes every socket the server binds serve
+    CURVE; `authorized_keys` (a directory of public ``.key`` files) refuses
+    peers whose key is not there; `server_key` (path of a public ``.key``)
+    is the key of the server a Pipeline, Sink or Hub subscribes to.
+    Refused handshakes are counted in ``stats['refused']`` (live:
+    ``self.refused``).
     """
 
-    def __init__(self, name, db_address, log_level, cache=None):
+    def __init__(self, name, db_address, log_level, cache=None, security=None):
         self.name = name
         self.db_address = db_address
         self.cache = DictDB() if cache is None else cache
         self.logger = _logger(type(self).__name__, name, log_level)
         self._stopper = StopHandle()
+        self._security = security if security is not None else Security()
+        self._refusals = Refusals(self.logger)
         self.stats = {}
+
+    @property
+    def refused(self):
+        """Handshakes refused so far (a plain peer at a CURVE socket, a
+        wrong server key, a key not authorized), across starts."""
+        return self._refusals.count
+
+    def _runtime(self):
+        """The Runtime of one start(), with this server's security."""
+        return Runtime(self._stopper, self.logger, self._security, self._refusals)
 
     def echo(self, payload):
         """Return the payload unchanged."""
@@ -111,6 +133,7 @@ class _Served(DefaultStream):
             runner.run(rt.control(), rt.wakeup_fd, drain_ms)
         finally:
             self.stats = runner.counters()
+            self.stats["refused"] = self.refused
 
 
 class Server(_Served):
@@ -123,8 +146,10 @@ class Server(_Served):
     """
 
     def __init__(self, name, db_address, pull_address, pub_address, pipelined=False,
-                 log_level=None, messages=sys.maxsize):
-        super().__init__(name, db_address, log_level)
+                 log_level=None, messages=sys.maxsize, *, secret_key=None, server_key=None,
+                 authorized_keys=None):
+        super().__init__(name, db_address, log_level, security=Security.for_server(
+            secret_key, server_key, authorized_keys))
         self.pull_address = pull_address
         self.pub_address = pub_address
         self.pipelined = pipelined
@@ -138,7 +163,7 @@ class Server(_Served):
 
     def start(self, cache_messages=sys.maxsize):
         """Serve until `messages` calls were made or stop() is called."""
-        with Runtime(self._stopper, self.logger) as rt:
+        with self._runtime() as rt:
             self._serve_cache(rt, cache_messages)
             pull = rt.socket(zmq.PULL, bind=self.pull_address, MAXMSGSIZE=MAX_MESSAGE_SIZE)
             pub = rt.publisher(self.pub_address, MAX_MESSAGE_SIZE)
@@ -153,8 +178,10 @@ class Pipeline(_Served):
     nothing."""
 
     def __init__(self, name, db_address, sub_address, pub_address, previous,
-                 to_client=True, log_level=None, messages=sys.maxsize):
-        super().__init__(name, db_address, log_level)
+                 to_client=True, log_level=None, messages=sys.maxsize, *, secret_key=None,
+                 server_key=None, authorized_keys=None):
+        super().__init__(name, db_address, log_level, security=Security.for_server(
+            secret_key, server_key, authorized_keys))
         self.sub_address = sub_address
         self.pub_address = pub_address
         self.previous = previous
@@ -171,13 +198,11 @@ class Pipeline(_Served):
 
     def start(self, cache_messages=sys.maxsize):
         """Serve until `messages` calls were made or stop() is called."""
-        with Runtime(self._stopper, self.logger) as rt:
+        with self._runtime() as rt:
             self._serve_cache(rt, cache_messages)
             inbound = []
             for address, topic in self._subscriptions():
-                sub = rt.socket(zmq.SUB)
-                sub.setsockopt_string(zmq.SUBSCRIBE, topic)
-                sub.connect(address)
+                sub = rt.socket(zmq.SUB, connect=address, SUBSCRIBE=topic.encode())
                 inbound.append((sub, _core.IN_TOPIC_))
             pub = rt.publisher(self.pub_address, MAX_MESSAGE_SIZE)
             self._run(rt, self._executor(rt, inbound, pub, _core.OUT_TOPIC_,
@@ -189,13 +214,13 @@ class Sink(Pipeline):
     lists, zipped pairwise."""
 
     def __init__(self, name, db_address, sub_addresses, pub_address, previous,
-                 to_client=True, log_level=None, messages=sys.maxsize):
+                 to_client=True, log_level=None, messages=sys.maxsize, **security):
         if isinstance(sub_addresses, str) or isinstance(previous, str):
             raise TypeError("Sink takes lists of sub_addresses and previous")
         if len(sub_addresses) != len(previous):
             raise ValueError("sub_addresses and previous must have the same length")
         super().__init__(name, db_address, None, pub_address, None, to_client,
-                         log_level, messages)
+                         log_level, messages, **security)
         self.sub_addresses = list(sub_addresses)
         self.previous = list(previous)
 
@@ -233,8 +258,10 @@ class Master(_Served):
     def __init__(self, name, pull_address, pub_address, worker_pull_address,
                  worker_push_address, db_address, pipelined=False, cache=None,
                  log_level=None, messages=sys.maxsize, *,
-                 worker_router_address=None, worker_timeout=3.0):
-        super().__init__(name, db_address, log_level, cache)
+                 worker_router_address=None, worker_timeout=3.0, secret_key=None,
+                 server_key=None, authorized_keys=None):
+        super().__init__(name, db_address, log_level, cache, security=Security.for_server(
+            secret_key, server_key, authorized_keys))
         self.pull_address = pull_address
         self.pub_address = pub_address
         self.worker_pull_address = worker_pull_address
@@ -272,12 +299,12 @@ class Master(_Served):
 
     def start(self, cache_messages=sys.maxsize):
         """Broker until stop() is called."""
-        with Runtime(self._stopper, self.logger) as rt:
+        with self._runtime() as rt:
             # SNDHWM explicit: the core's limit on batches in flight to one
             # worker stays under half of it whatever the context's default
             router = rt.socket(zmq.ROUTER, ROUTER_MANDATORY=1, MAXMSGSIZE=MAX_MESSAGE_SIZE,
-                               SNDHWM=_core.WORKER_HWM_)
-            router.bind(self.worker_router_address or _router_address(self.worker_push_address))
+                               SNDHWM=_core.WORKER_HWM_, bind=self.worker_router_address
+                               or _router_address(self.worker_push_address))
             self._router_bound = router.getsockopt_string(zmq.LAST_ENDPOINT)
             self._serve_cache(rt, cache_messages)
             inbound, in_kind = self._inbound(rt)
@@ -322,9 +349,7 @@ class Hub(Master):
         return config
 
     def _inbound(self, rt):
-        sub = rt.socket(zmq.SUB)
-        sub.setsockopt_string(zmq.SUBSCRIBE, self.previous)
-        sub.connect(self.sub_address)
+        sub = rt.socket(zmq.SUB, connect=self.sub_address, SUBSCRIBE=self.previous.encode())
         return sub, _core.IN_TOPIC_
 
 
@@ -338,23 +363,30 @@ class Worker(_Served):
     :param heartbeat: seconds between heartbeats to our Master, which gives
         up a worker silent for its `worker_timeout` and hands its messages
         to other workers
+    :param server_key: the Master's public key (path of its ``.key``):
+        every socket to the Master (cache, worker sockets) is CURVE
+    :param secret_key: this worker's key pair (a ``.key_secret``), for a
+        Master with `authorized_keys`; without it a pair is made at
+        construction.  Both fall back to ``PYLM_SERVER_KEY`` and
+        ``PYLM_SECRET_KEY``.
     """
 
     mux = False
 
     def __init__(self, name="", db_address="", push_address=None, pull_address=None,
                  log_level=None, messages=sys.maxsize, *, credit=1000, timeout=10.0,
-                 heartbeat=1.0):
+                 heartbeat=1.0, secret_key=None, server_key=None):
         if not db_address:
             raise ValueError("Worker needs the db_address of its Master")
-        super().__init__(name or str(uuid.uuid4()), db_address, log_level)
+        super().__init__(name or str(uuid.uuid4()), db_address, log_level,
+                         security=Security.for_client(secret_key, server_key))
         self.push_address = push_address
         self.pull_address = pull_address
         self.messages = messages
         self.credit = credit
         self.timeout = timeout
         self.heartbeat = heartbeat
-        self._cache_client = CacheClient(db_address, "worker", timeout)
+        self._cache_client = CacheClient(db_address, "worker", timeout, self._security)
         self.router_address = None
 
     # cache of the Master, pylm 0.14's Worker.set/get/delete
@@ -391,7 +423,7 @@ class Worker(_Served):
     def start(self):
         """Serve the Master until `messages` calls were made or stop()."""
         self._fetch_addresses()
-        with Runtime(self._stopper, self.logger) as rt:
+        with self._runtime() as rt:
             if self.router_address:
                 ident = ("w-%s" % uuid.uuid4().hex).encode()
                 dealer = rt.socket(zmq.DEALER, ROUTING_ID=ident, connect=self.router_address)

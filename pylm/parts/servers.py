@@ -23,6 +23,7 @@ from pylm._stream import DefaultStream
 from pylm.parts.core import Router
 from pylm.parts.services import PubService
 from pylm.persistence.kv import DictDB
+from pylm.security import Security
 
 __all__ = ["ServerTemplate", "BaseMaster"]
 
@@ -35,6 +36,11 @@ class ServerTemplate:
         added: configure logging in the application
     :param router_messages: start() returns once this many messages were
         routed (and the ones under way have arrived)
+    :param secret_key: keyword-only, as on every server (pylm.security):
+        every socket the parts bind serves CURVE
+    :param server_key: keyword-only; the public key of the server the
+        connecting parts connect to
+    :param authorized_keys: keyword-only; the directory of accepted keys
 
     Attributes, as in pylm 0.14: ``cache`` (the DictDB every part gets
     unless registered with its own), ``logger``, ``router``,
@@ -42,7 +48,8 @@ class ServerTemplate:
     (name -> part).
     """
 
-    def __init__(self, logging_level=None, router_messages=sys.maxsize):
+    def __init__(self, logging_level=None, router_messages=sys.maxsize, *, secret_key=None,
+                 server_key=None, authorized_keys=None):
         self.name = ""
         self.logging_level = logging_level
         self.cache = DictDB()
@@ -52,7 +59,9 @@ class ServerTemplate:
         self.logger = logging.getLogger("pylm.parts.%s" % type(self).__name__)
         if logging_level is not None:
             self.logger.setLevel(logging_level)
-        self.router = Router(logger=self.logger, cache=self.cache, messages=router_messages)
+        self.security = Security.for_server(secret_key, server_key, authorized_keys)
+        self.router = Router(logger=self.logger, cache=self.cache, messages=router_messages,
+                             security=self.security)
 
     def _check_name(self, name):
         if name in self.inbound_components or name in self.outbound_components or \
@@ -127,6 +136,11 @@ class ServerTemplate:
     def stop(self):
         """Make start() return; safe from any thread or signal handler."""
         self.router.stop()
+
+    @property
+    def refused(self):
+        """Handshakes refused at the parts' CURVE sockets (pylm.security)."""
+        return self.router.refused
 
     @property
     def ready(self):

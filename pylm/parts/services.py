@@ -36,30 +36,30 @@ class RepService(Inbound):
     ``block=True``)."""
 
     def __init__(self, name, listen_address, broker_address="inproc://broker", logger=None,
-                 cache=None, messages=sys.maxsize):
+                 cache=None, messages=sys.maxsize, **keys):
         super().__init__(name, listen_address, zmq.REP, reply=True,
                          broker_address=broker_address, bind=True, logger=logger,
-                         cache=cache, messages=messages)
+                         cache=cache, messages=messages, **keys)
 
 
 class PullService(Inbound):
     """Binds a PULL socket (clients PUSH to it)."""
 
     def __init__(self, name, listen_address, broker_address="inproc://broker", logger=None,
-                 cache=None, messages=sys.maxsize):
+                 cache=None, messages=sys.maxsize, **keys):
         super().__init__(name, listen_address, zmq.PULL, reply=False,
                          broker_address=broker_address, bind=True, logger=logger,
-                         cache=cache, messages=messages)
+                         cache=cache, messages=messages, **keys)
 
 
 class PushService(Outbound):
     """Binds a PUSH socket (workers PULL from it)."""
 
     def __init__(self, name, listen_address, broker_address="inproc://broker", logger=None,
-                 cache=None, messages=sys.maxsize):
+                 cache=None, messages=sys.maxsize, **keys):
         super().__init__(name, listen_address, zmq.PUSH, reply=False,
                          broker_address=broker_address, bind=True, logger=logger,
-                         cache=cache, messages=messages)
+                         cache=cache, messages=messages, **keys)
 
 
 class PubService(DefaultStream, Outbound):
@@ -77,15 +77,15 @@ class PubService(DefaultStream, Outbound):
     """
 
     def __init__(self, name, listen_address, broker_address="inproc://broker", logger=None,
-                 cache=None, messages=sys.maxsize, pipelined=False, server=None):
+                 cache=None, messages=sys.maxsize, pipelined=False, server=None, **keys):
         super().__init__(name, listen_address, zmq.PUB, reply=False,
                          broker_address=broker_address, bind=True, logger=logger,
-                         cache=cache, messages=messages)
+                         cache=cache, messages=messages, **keys)
         self.name = server      # pylm 0.14: the topic of a pipelined server
         self.pipelined = pipelined
 
     def _make_socket(self, rt):
-        return rt.publisher(self.listen_address, MAX_MESSAGE_SIZE)
+        return rt.publisher(self.listen_address, MAX_MESSAGE_SIZE, security=self._security)
 
     def _listen_events(self):
         # subscriptions arrive here; reading them keeps libzmq's queue of
@@ -135,10 +135,10 @@ class PushPullService(Outbound):
     pulled before the next; the answers are its feedback."""
 
     def __init__(self, name, push_address, pull_address, broker_address="inproc://broker",
-                 logger=None, cache=None, messages=sys.maxsize):
+                 logger=None, cache=None, messages=sys.maxsize, **keys):
         super().__init__(name, push_address, zmq.PUSH, reply=True,
                          broker_address=broker_address, bind=True, logger=logger,
-                         cache=cache, messages=messages)
+                         cache=cache, messages=messages, **keys)
         self.push_address = push_address
         self.pull_address = pull_address
         self.push = self.pull = None
@@ -149,7 +149,8 @@ class PushPullService(Outbound):
     def _open(self, rt, runner):
         super()._open(rt, runner)
         self.push = self.listen_to
-        self.pull = rt.socket(zmq.PULL, bind=self.pull_address, MAXMSGSIZE=MAX_MESSAGE_SIZE)
+        self.pull = rt.socket(zmq.PULL, bind=self.pull_address, security=self._security,
+                              MAXMSGSIZE=MAX_MESSAGE_SIZE)
         runner._watch(self.pull, self._on_pull, zmq.POLLIN)
 
     def _on_pull(self, events):
@@ -165,9 +166,10 @@ class RepBypassService(BypassInbound):
     """A REP socket served beside the Router; ``recv()`` answers each
     request (with b'' unless overridden)."""
 
-    def __init__(self, name, listen_address, logger=None, cache=None, messages=sys.maxsize):
+    def __init__(self, name, listen_address, logger=None, cache=None, messages=sys.maxsize,
+                 **keys):
         super().__init__(name, listen_address, zmq.REP, reply=True, bind=True, logger=logger,
-                         cache=cache, messages=messages)
+                         cache=cache, messages=messages, **keys)
 
 
 class CacheService(RepBypassService):
@@ -175,9 +177,11 @@ class CacheService(RepBypassService):
     clients and workers: envelopes whose function ends in ``.set``,
     ``.get`` or ``.delete``, answered with raw bytes (shared/API.md)."""
 
-    def __init__(self, name, listen_address, logger=None, cache=None, messages=sys.maxsize):
+    def __init__(self, name, listen_address, logger=None, cache=None, messages=sys.maxsize,
+                 **keys):
         super().__init__(name, listen_address, logger=logger,
-                         cache=DictDB() if cache is None else cache, messages=messages)
+                         cache=DictDB() if cache is None else cache, messages=messages,
+                         **keys)
 
     def recv(self):
         """Answer one cache request; a bad one gets b''."""
