@@ -31,7 +31,7 @@ from pylm.servers import Hub, Master, Pipeline, Server, Worker
 import legacy
 
 TIMEOUT = 10        # seconds for a call that should answer
-BAD = 1.0           # seconds a refused peer waits for its answer
+BAD = 0.5           # seconds a refused peer waits for its answer
 REFUSED_WITHIN = 15  # seconds for a refusal to show in the live count
 
 
