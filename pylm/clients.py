@@ -344,7 +344,9 @@ class Client:
         return "%s%s" % (self.session, key) if self.session else key
 
     def set(self, value, key=None):
-        """Store value (bytes) in the server's cache; returns the key."""
+        """Store value (bytes) in the server's cache; returns the key.
+        Raises PermissionError for one of the server's configuration keys,
+        pylm.CacheFull past the bound of its cache (pylm._cache)."""
         if not isinstance(value, bytes):
             raise TypeError("value must be bytes, not %s" % type(value).__name__)
         key = self._key(key) if key else ""
@@ -355,5 +357,6 @@ class Client:
         return self._cache.request("get", self._key(key).encode())
 
     def delete(self, key):
-        """Remove key from the server's cache; returns the key."""
+        """Remove key from the server's cache; returns the key.  Raises
+        PermissionError for one of the server's configuration keys."""
         return self._cache.request("delete", self._key(key).encode()).decode()

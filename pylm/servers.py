@@ -18,7 +18,8 @@ import zmq
 
 import pylm_core
 from pylm_core import _core
-from pylm._cache import CONFIG_PROTOCOL_KEY, PROTOCOL, CacheClient, batch_bytes_for, serve_cache
+from pylm._cache import (CACHE_MAX_BYTES, CACHE_MAX_ENTRIES, CONFIG_PROTOCOL_KEY, PROTOCOL,
+                         CacheClient, CacheHandler, batch_bytes_for, serve_cache)
 from pylm._dispatch import DropLog, ErrorReporter, method_table, overrides
 from pylm._runtime import Runtime, StopHandle
 from pylm._stream import DefaultStream
@@ -52,25 +53,44 @@ class _Served(DefaultStream):
     ``pylm.<Class>.<name>``; the default, None, leaves the level (and all
     logging configuration) to the application.
 
-    Security (shared/API.md, "Security"; keyword-only on every server,
-    falling back to the ``PYLM_*`` environment variables): `secret_key`
-    (path of a ``.key_secret``) makes every socket the server binds serve
-    CURVE; `authorized_keys` (a directory of public ``.key`` files) refuses
-    peers whose key is not there; `server_key` (path of a public ``.key``)
-    is the key of the server a Pipeline, Sink or Hub subscribes to.
-    Refused handshakes are counted in ``stats['refused']`` (live:
-    ``self.refused``).
+    Keyword-only options of every server class (``**options`` below):
+
+    :param send_tracebacks: when false, an error reply carries the remote
+        exception's type and message but no traceback (the server still
+        logs the full traceback).  Default True, as pylm 0.14.
+    :param cache_max_entries: the most entries remote ``set`` requests may
+        store in the server's cache (pylm._cache.CACHE_MAX_ENTRIES)
+    :param cache_max_bytes: the most bytes (keys plus values) they may
+        store (pylm._cache.CACHE_MAX_BYTES).  Past either bound a remote
+        set is refused (our Client raises pylm.CacheFull); the server's
+        own keys never count.
+    :param secret_key: path of a ``.key_secret``: every socket the server
+        binds serves CURVE (shared/API.md, "Security"; pylm.security)
+    :param authorized_keys: a directory of public ``.key`` files: peers
+        whose key is not there are refused at the handshake
+    :param server_key: path of the public ``.key`` of the server a
+        Pipeline, Sink or Hub subscribes to
+    The three fall back to the ``PYLM_*`` environment variables.  Refused
+    handshakes are counted in ``stats['refused']`` (live: ``self.refused``).
     """
 
-    def __init__(self, name, db_address, log_level, cache=None, security=None):
+    def __init__(self, name, db_address, log_level, cache=None, *, send_tracebacks=True,
+                 cache_max_entries=CACHE_MAX_ENTRIES, cache_max_bytes=CACHE_MAX_BYTES,
+                 secret_key=None, server_key=None, authorized_keys=None, security=None):
         self.name = name
         self.db_address = db_address
         self.cache = DictDB() if cache is None else cache
         self.logger = _logger(type(self).__name__, name, log_level)
         self._stopper = StopHandle()
-        self._security = security if security is not None else Security()
+        if security is None:
+            security = Security.for_server(secret_key, server_key, authorized_keys)
+        self._security = security
         self._refusals = Refusals(self.logger)
         self.stats = {}
+        self.send_tracebacks = send_tracebacks
+        self.cache_max_entries = cache_max_entries
+        self.cache_max_bytes = cache_max_bytes
+        self._cache_handler = None
 
     @property
     def refused(self):
@@ -100,8 +120,10 @@ class _Served(DefaultStream):
     def _serve_cache(self, rt, limit):
         """Preset the config keys and run the cache service at db_address
         in a thread.  An address already served by another server of the
-        same process is left to it."""
-        for key, value in self._config().items():
+        same process is left to it.  Remote requests may not set or delete
+        the config keys (pylm._cache)."""
+        config = self._config()
+        for key, value in config.items():
             if value is not None:
                 self.cache.set(value if isinstance(value, bytes) else value.encode(), key)
         try:
@@ -109,8 +131,10 @@ class _Served(DefaultStream):
         except zmq.ZMQError as exc:
             self.logger.warning("cache not served at %s: %s", self.db_address, exc)
             return
-        rt.thread(serve_cache, "%s-cache" % self.name, rep, rt.control(), self.cache,
-                  limit, DropLog(self.logger))
+        self._cache_handler = CacheHandler(self.cache, config, self.cache_max_entries,
+                                           self.cache_max_bytes, DropLog(self.logger))
+        rt.thread(serve_cache, "%s-cache" % self.name, rep, rt.control(), self._cache_handler,
+                  limit)
 
     def _executor(self, rt, inbound, out, out_kind, *, name, mux=False, limit=sys.maxsize,
                   **kwargs):
@@ -122,7 +146,8 @@ class _Served(DefaultStream):
         runner.add(_core.Executor(
             inbound, out, out_kind, name, method_table(self),
             pipelined=self.pipelined, stream_hook=stream_hook,
-            error_hook=ErrorReporter(self.logger), bad_hook=DropLog(self.logger),
+            error_hook=ErrorReporter(self.logger, self.send_tracebacks),
+            bad_hook=DropLog(self.logger),
             mux=mux, limit=min(limit, 2**62), **kwargs))
         return runner
 
@@ -134,6 +159,8 @@ class _Served(DefaultStream):
         finally:
             self.stats = runner.counters()
             self.stats["refused"] = self.refused
+            if self._cache_handler is not None:
+                self.stats["cache_refused"] = self._cache_handler.refused
 
 
 class Server(_Served):
@@ -143,13 +170,12 @@ class Server(_Served):
     :param pipelined: send results to the next stage (topic = name,
         ``stage += 1``) instead of the client
     :param messages: return from start() after this many calls
+    :param options: keyword-only options of every server (see _Served)
     """
 
     def __init__(self, name, db_address, pull_address, pub_address, pipelined=False,
-                 log_level=None, messages=sys.maxsize, *, secret_key=None, server_key=None,
-                 authorized_keys=None):
-        super().__init__(name, db_address, log_level, security=Security.for_server(
-            secret_key, server_key, authorized_keys))
+                 log_level=None, messages=sys.maxsize, **options):
+        super().__init__(name, db_address, log_level, **options)
         self.pull_address = pull_address
         self.pub_address = pub_address
         self.pipelined = pipelined
@@ -175,13 +201,11 @@ class Pipeline(_Served):
     """A stage of a stream: subscribes to topic `previous` at `sub_address`,
     runs its entry of `function`, publishes at `pub_address` to the client
     (`to_client`) or to the next stage.  A method returning None sends
-    nothing."""
+    nothing.  `options`: keyword-only options of every server (_Served)."""
 
     def __init__(self, name, db_address, sub_address, pub_address, previous,
-                 to_client=True, log_level=None, messages=sys.maxsize, *, secret_key=None,
-                 server_key=None, authorized_keys=None):
-        super().__init__(name, db_address, log_level, security=Security.for_server(
-            secret_key, server_key, authorized_keys))
+                 to_client=True, log_level=None, messages=sys.maxsize, **options):
+        super().__init__(name, db_address, log_level, **options)
         self.sub_address = sub_address
         self.pub_address = pub_address
         self.previous = previous
@@ -214,13 +238,13 @@ class Sink(Pipeline):
     lists, zipped pairwise."""
 
     def __init__(self, name, db_address, sub_addresses, pub_address, previous,
-                 to_client=True, log_level=None, messages=sys.maxsize, **security):
+                 to_client=True, log_level=None, messages=sys.maxsize, **options):
         if isinstance(sub_addresses, str) or isinstance(previous, str):
             raise TypeError("Sink takes lists of sub_addresses and previous")
         if len(sub_addresses) != len(previous):
             raise ValueError("sub_addresses and previous must have the same length")
         super().__init__(name, db_address, None, pub_address, None, to_client,
-                         log_level, messages, **security)
+                         log_level, messages, **options)
         self.sub_addresses = list(sub_addresses)
         self.previous = list(previous)
 
@@ -252,16 +276,17 @@ class Master(_Served):
 
     Overridable: ``scatter(message)`` (a generator, on the way in),
     ``gather(message)`` (a generator, on the way out), ``handle_stream``.
-    Without overrides no Python runs per message.
+    Without overrides no Python runs per message.  Errors of workers are
+    forwarded as the workers wrote them: ``send_tracebacks=False`` on a
+    Master applies to its own hooks; give it to the Workers as well.
+    `options`: keyword-only options of every server (_Served).
     """
 
     def __init__(self, name, pull_address, pub_address, worker_pull_address,
                  worker_push_address, db_address, pipelined=False, cache=None,
                  log_level=None, messages=sys.maxsize, *,
-                 worker_router_address=None, worker_timeout=3.0, secret_key=None,
-                 server_key=None, authorized_keys=None):
-        super().__init__(name, db_address, log_level, cache, security=Security.for_server(
-            secret_key, server_key, authorized_keys))
+                 worker_router_address=None, worker_timeout=3.0, **options):
+        super().__init__(name, db_address, log_level, cache, **options)
         self.pull_address = pull_address
         self.pub_address = pub_address
         self.worker_pull_address = worker_pull_address
@@ -321,7 +346,7 @@ class Master(_Served):
             runner = _core.Router()
             publisher = runner.add(_core.Publisher(
                 pub, self.name, pipelined=self.pipelined, gather=hooks["gather"],
-                stream_hook=stream, bad_hook=drops))
+                stream_hook=stream, bad_hook=drops, send_tracebacks=self.send_tracebacks))
             pool = runner.add(_core.WorkerPool(
                 router, wpush, wpull, bad_hook=drops,
                 worker_timeout_ms=int(self.worker_timeout * 1000)), target=publisher)
@@ -369,16 +394,22 @@ class Worker(_Served):
         Master with `authorized_keys`; without it a pair is made at
         construction.  Both fall back to ``PYLM_SERVER_KEY`` and
         ``PYLM_SECRET_KEY``.
+    :param send_tracebacks: when false, the errors of methods reach the
+        client with type and message but no traceback (logged here in full)
+
+    ``set`` and ``delete`` raise PermissionError for the Master's
+    configuration keys and pylm.CacheFull past its cache's bound.
     """
 
     mux = False
 
     def __init__(self, name="", db_address="", push_address=None, pull_address=None,
                  log_level=None, messages=sys.maxsize, *, credit=1000, timeout=10.0,
-                 heartbeat=1.0, secret_key=None, server_key=None):
+                 heartbeat=1.0, send_tracebacks=True, secret_key=None, server_key=None):
         if not db_address:
             raise ValueError("Worker needs the db_address of its Master")
         super().__init__(name or str(uuid.uuid4()), db_address, log_level,
+                         send_tracebacks=send_tracebacks,
                          security=Security.for_client(secret_key, server_key))
         self.push_address = push_address
         self.pull_address = pull_address

@@ -93,7 +93,7 @@ class Publisher(Part):
     bad: int
     def __init__(self, pub: Any, name: str, *, pipelined: bool = ...,
                  gather: Optional[Callable] = ..., stream_hook: Optional[Callable] = ...,
-                 bad_hook: Optional[Callable] = ...) -> None: ...
+                 bad_hook: Optional[Callable] = ..., send_tracebacks: bool = ...) -> None: ...
 
 class WorkerPool(Part):
     bad: int

@@ -117,7 +117,7 @@ cdef class Intake(Part):
             outs = [(<PalmMessage?>out).SerializeToString() for out in self.scatter(msg)]
         except Exception as exc:
             self._drop("scatter raised %s: %s" % (type(exc).__name__, exc))
-            return self.replies.reply_error(&env, error_text(exc).encode())
+            return self.replies.reply_error(&env, self.replies.error_field(exc))
         for data in outs:
             (<Part>self.target).take(<char *>data, len(data), NULL)
         return 0

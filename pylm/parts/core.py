@@ -110,9 +110,10 @@ def _to_message(data):
     return PalmMessage.FromString(data)
 
 
-def error_reply(message, exc):
+def error_reply(message, exc, with_traceback=True):
     """The envelope answering `message` with the error `exc` (b'' when there
-    is no envelope to answer): pylm clients raise it as RemoteError."""
+    is no envelope to answer): pylm clients raise it as RemoteError.  The
+    traceback is left out unless `with_traceback`."""
     if message is None or not hasattr(message, "SerializeToString"):
         return b""
     reply = PalmMessage()
@@ -120,7 +121,7 @@ def error_reply(message, exc):
         reply.CopyFrom(message)
     except TypeError:       # an envelope of another class (protobuf's)
         reply.ParseFromString(message.SerializeToString())
-    reply.error = error_text(exc)
+    reply.error = error_text(exc, with_traceback=with_traceback)
     return reply.SerializeToString()
 
 
@@ -155,7 +156,12 @@ class Router(_core.Router):
     :param security: keyword-only; the server's
         :class:`pylm.security.Security`, applied to every part's socket
         (a part with keys of its own uses those)
+
+    ``send_tracebacks`` (set by ServerTemplate): whether the error replies
+    of its parts carry tracebacks.
     """
+
+    send_tracebacks = True
 
     def __init__(self, inbound_address="inproc://inbound", outbound_address="inproc://outbound",
                  logger=None, cache=None, messages=sys.maxsize, *, security=None):
@@ -521,7 +527,8 @@ class Inbound(_Part):
         if isinstance(exc, PartFailed) and exc.__cause__ is not None:
             exc = exc.__cause__         # the peer is told what the hook raised
         if self.reply:
-            self._send_reply(exchange.prefix, error_reply(exchange.message, exc), 500)
+            self._send_reply(exchange.prefix, error_reply(
+                exchange.message, exc, getattr(self._runner, "send_tracebacks", True)), 500)
         self._done(exchange)
 
     def _done(self, exchange):

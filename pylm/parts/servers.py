@@ -18,10 +18,10 @@ calling thread (bypass parts that are HTTP servers add a thread each)::
 import logging
 import sys
 
-from pylm._cache import CONFIG_PROTOCOL_KEY, PROTOCOL_PARTS
+from pylm._cache import CACHE_MAX_BYTES, CACHE_MAX_ENTRIES, CONFIG_PROTOCOL_KEY, PROTOCOL_PARTS
 from pylm._stream import DefaultStream
 from pylm.parts.core import Router
-from pylm.parts.services import PubService
+from pylm.parts.services import CacheService, PubService
 from pylm.persistence.kv import DictDB
 from pylm.security import Security
 
@@ -36,6 +36,13 @@ class ServerTemplate:
         added: configure logging in the application
     :param router_messages: start() returns once this many messages were
         routed (and the ones under way have arrived)
+    :param send_tracebacks: keyword-only; when false, the error replies of
+        parts carry the exception's type and message but no traceback
+        (logged here in full)
+    :param cache_max_entries, cache_max_bytes: keyword-only; the bound of
+        the cache a CacheService registered here serves (see
+        pylm.servers); the keys given to preset_cache() cannot be set or
+        deleted by remote requests
     :param secret_key: keyword-only, as on every server (pylm.security):
         every socket the parts bind serves CURVE
     :param server_key: keyword-only; the public key of the server the
@@ -48,8 +55,10 @@ class ServerTemplate:
     (name -> part).
     """
 
-    def __init__(self, logging_level=None, router_messages=sys.maxsize, *, secret_key=None,
-                 server_key=None, authorized_keys=None):
+    def __init__(self, logging_level=None, router_messages=sys.maxsize, *,
+                 send_tracebacks=True, cache_max_entries=CACHE_MAX_ENTRIES,
+                 cache_max_bytes=CACHE_MAX_BYTES, secret_key=None, server_key=None,
+                 authorized_keys=None):
         self.name = ""
         self.logging_level = logging_level
         self.cache = DictDB()
@@ -62,6 +71,11 @@ class ServerTemplate:
         self.security = Security.for_server(secret_key, server_key, authorized_keys)
         self.router = Router(logger=self.logger, cache=self.cache, messages=router_messages,
                              security=self.security)
+        self.router.send_tracebacks = send_tracebacks
+        self.cache_max_entries = cache_max_entries
+        self.cache_max_bytes = cache_max_bytes
+        # what preset_cache() stored: shared with the CacheService parts
+        self._protected_keys = set()
 
     def _check_name(self, name):
         if name in self.inbound_components or name in self.outbound_components or \
@@ -106,6 +120,10 @@ class ServerTemplate:
         beside the routing (CacheService, HttpGateway...)."""
         self._check_name(name)
         kwargs.setdefault("cache", self.cache)
+        if isinstance(part, type) and issubclass(part, CacheService):
+            kwargs.setdefault("protected_keys", self._protected_keys)
+            kwargs.setdefault("cache_max_entries", self.cache_max_entries)
+            kwargs.setdefault("cache_max_bytes", self.cache_max_bytes)
         instance = part(name, listen_address, logger=self.logger, **kwargs)
         self.router.register_bypass(name, part=instance)
         self.bypass_components[name] = instance
@@ -113,7 +131,9 @@ class ServerTemplate:
 
     def preset_cache(self, **kwargs):
         """Store each keyword in the cache (str values as UTF-8), for
-        clients and workers that find their configuration there."""
+        clients and workers that find their configuration there.  Remote
+        requests cannot set or delete these keys."""
+        self._protected_keys.update(kwargs)
         for key, value in kwargs.items():
             self.cache.set(value.encode("utf-8") if isinstance(value, str) else value, key)
 
