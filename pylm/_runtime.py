@@ -24,7 +24,7 @@ import uuid
 import zmq
 
 from pylm._context import context
-from pylm.security import Refusals, is_inproc, zap_acquire, zap_release, REFUSAL_EVENTS
+from pylm.security import REFUSAL_EVENTS, Refusals, is_inproc, zap_acquire, zap_release
 from pylm_core import _core
 
 __all__ = ["Runtime", "StopHandle"]
@@ -233,7 +233,10 @@ class Runtime:
             if t.is_alive():
                 self.logger.error("thread %s did not stop in 10 s", t.name)
         for sock, monitor in self._monitors:
-            sock.disable_monitor()
+            try:
+                sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
             monitor.close(linger=0)
         self._monitors, self._monitor_socks, self._added = [], [], None
         for sock in self._sockets:

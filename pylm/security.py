@@ -53,7 +53,9 @@ RELOAD_INTERVAL = 1.0
 REFUSAL_LOG_INTERVAL = 10.0
 #: Monitor events that mean a peer was refused at the handshake: a plain
 #: peer (mechanism mismatch) or garbage (PROTOCOL), a wrong server key
-#: (crypto failure: PROTOCOL too, or NO_DETAIL), a ZAP denial (AUTH).
+#: (crypto failure: PROTOCOL too, or NO_DETAIL), a ZAP denial (AUTH), a
+#: peer gone mid-handshake (NO_DETAIL).  libzmq 4.3.5 drops a peer that
+#: looks like ZMTP 1.0 without any of them: such garbage is not counted.
 REFUSAL_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                   | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
@@ -119,12 +121,13 @@ class Security:
     :ivar domain: the ZAP domain of this server's sockets, unique to it
     """
 
-    def __init__(self, public=None, secret=None, server_key=None, authorized_keys=None):
+    def __init__(self, public=None, secret=None, server_key=None, authorized_keys=None,
+                 serving=False):
         self.public = public
         self.secret = secret
         self.server_key = server_key
         self.authorized_keys = authorized_keys
-        self.serving = secret is not None
+        self.serving = serving
         self.domain = "pylm-%s" % uuid.uuid4().hex
 
     @classmethod
@@ -148,9 +151,7 @@ class Security:
         server = _load(server_key, "server_key")[0] if server_key is not None else None
         if server is not None and secret is None:
             public, secret = zmq.curve_keypair()
-        self = cls(public, secret, server, authorized_keys)
-        self.serving = secret_key is not None
-        return self
+        return cls(public, secret, server, authorized_keys, serving=secret_key is not None)
 
     @classmethod
     def for_client(cls, secret_key=None, server_key=None):
@@ -169,9 +170,7 @@ class Security:
             public, secret = _load(secret_key, "secret_key", need_secret=True)
         else:
             public, secret = zmq.curve_keypair()
-        self = cls(public, secret, server)
-        self.serving = False
-        return self
+        return cls(public, secret, server)
 
     @property
     def enabled(self):
@@ -338,7 +337,7 @@ class Refusals:
 
     def flush(self, now):
         if self._pending:
-            self.logger.warning("refused %d handshake(s) since the last report (last: %s at %s)",
+            self.logger.warning("refused %d handshake(s) since the last report (last: %s, on %s)",
                                 self._pending, *self._last)
             self._pending = 0
             self._logged_at = now
@@ -386,5 +385,7 @@ class Refusals:
                 event = recv_monitor_message(mon, zmq.DONTWAIT)
             except zmq.Again:
                 return
+            self.logger.debug("monitor event %s (%s) on %s", event["event"], event["value"],
+                              event["endpoint"])
             if event["event"] & REFUSAL_EVENTS:
                 self.refused(event["event"], event["endpoint"], now)
