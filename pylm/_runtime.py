@@ -144,7 +144,7 @@ class Runtime:
         server's domain, and a monitor counts refused handshakes, before
         any peer can connect."""
         if security.domain not in self._domains:
-            zap_acquire(security.domain, security.provider())
+            zap_acquire(security.domain, security.provider(self.refusals.note))
             self._domains.append(security.domain)
         security.serve(sock)
         monitor = sock.get_monitor_socket(REFUSAL_EVENTS)

@@ -191,11 +191,12 @@ class Security:
         sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
         sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
 
-    def provider(self):
-        """The ZAP credentials provider of this server's domain."""
+    def provider(self, on_refused=None):
+        """The ZAP credentials provider of this server's domain;
+        `on_refused(text)` hears who was refused (key and address)."""
         if self.authorized_keys is None:
             return AnyKey()
-        return AuthorizedKeys(self.authorized_keys)
+        return AuthorizedKeys(self.authorized_keys, on_refused=on_refused)
 
 
 def is_inproc(address):
@@ -223,13 +224,13 @@ class AuthorizedKeys:
     or unreadable directory accepts nobody.
     """
 
-    def __init__(self, directory, logger=None):
+    def __init__(self, directory, logger=None, on_refused=None):
         self.directory = directory
         self.logger = logger or logging.getLogger("pylm.security")
+        self.on_refused = on_refused
         self._keys = frozenset()
         self._mtime = None
         self._read_at = -RELOAD_INTERVAL
-        self.last_refused = None
         self._reload()
 
     def _reload(self):
@@ -254,7 +255,9 @@ class AuthorizedKeys:
     def callback(self, domain, key):
         if key in self._fresh():
             return True
-        self.last_refused = key
+        if self.on_refused is not None:
+            self.on_refused("key %s from %s" % (key.decode("ascii", "replace"),
+                                                _zap.peer or "an unknown address"))
         return False
 
 
@@ -266,17 +269,33 @@ class _Zap:
         self._lock = threading.Lock()
         self._auth = None
         self._domains = set()
+        #: address of the peer the authenticator thread is checking
+        self.peer = None
 
     def acquire(self, domain, provider):
-        # imported here: it imports asyncio, which plain servers never need
-        from zmq.auth.thread import ThreadAuthenticator
         with self._lock:
             if self._auth is None:
-                auth = ThreadAuthenticator(context(), log=logging.getLogger("pylm.security.zap"))
+                auth = self._authenticator()
                 auth.start()
                 self._auth = auth
             self._auth.configure_curve_callback(domain, provider)
             self._domains.add(domain)
+
+    def _authenticator(self):
+        # imported here: it imports asyncio, which plain servers never need
+        from zmq.auth.thread import ThreadAuthenticator
+
+        zap = self
+
+        class Authenticator(ThreadAuthenticator):
+            """Records the address of the peer being checked (frame 4 of a
+            ZAP request) for the providers' refusal notes."""
+
+            async def handle_zap_message(self, msg):
+                zap.peer = msg[3].decode("utf-8", "replace") if len(msg) > 3 else None
+                await super().handle_zap_message(msg)
+
+        return Authenticator(context(), log=logging.getLogger("pylm.security.zap"))
 
     def release(self, domain):
         with self._lock:
@@ -325,12 +344,20 @@ class Refusals:
         self._pending = 0
         self._last = None
         self._logged_at = None
+        self._who = None
+
+    def note(self, who):
+        """Who the ZAP provider just refused (its key and address), told
+        in the next report (called from the authenticator's thread)."""
+        self._who = who
 
     def refused(self, event, endpoint, now):
         self.count += 1
         self._pending += 1
-        self._last = (_REASONS.get(event, "handshake failed"),
-                      endpoint.decode("utf-8", "replace") if isinstance(endpoint, bytes)
+        reason = _REASONS.get(event, "handshake failed")
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and self._who:
+            reason = "%s: %s" % (reason, self._who)
+        self._last = (reason, endpoint.decode("utf-8", "replace") if isinstance(endpoint, bytes)
                       else str(endpoint))
         if self._logged_at is None or now - self._logged_at >= REFUSAL_LOG_INTERVAL:
             self.flush(now)

@@ -156,7 +156,7 @@ def test_server_refuses_bad_peers_and_serves_good_ones(keys):
     assert server.stats["processed"] >= 3000
 
 
-def test_a_removed_key_refuses_its_next_connection(keys):
+def test_a_removed_key_refuses_its_next_connection(keys, caplog):
     db, pull, pub = tcp_addresses(3)
     server = Tagger("srv", db, pull, pub, **keys.serve)
     with running(server, client_kwargs=keys.good2):
@@ -176,6 +176,11 @@ def test_a_removed_key_refuses_its_next_connection(keys):
 
             wait_for(next_connection_refused, timeout=15, what="the removed key refused")
             assert server.refused > before
+            # the first refusal is logged at once, with the key and address
+            client_key = zmq.auth.load_certificate(keys.client_public)[0].decode()
+            wait_for(lambda: any(client_key in r.getMessage() and "127.0.0.1" in r.getMessage()
+                                 for r in caplog.records if r.levelname == "WARNING"),
+                     timeout=REFUSED_WITHIN, what="the refusal logged")
             # the others are served: the connection made before, and new ones
             assert other.eval("srv.tag", b"3", timeout=TIMEOUT) == b"3!"
             with Client("srv", db, timeout=TIMEOUT, **keys.good2) as fresh:
