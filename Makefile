@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench build clean slow sanitize stress-test dist smoke-wheel smoke-oldest
+.PHONY: test demo bench build clean slow sanitize stress-test dist smoke-wheel smoke-oldest docs
 
 # The compiler's output goes to a log under build/, shown only when the
 # command fails (`quiet CMD LOG`): a build that works says nothing.
@@ -96,8 +96,29 @@ bench: build $(BENCH_STAMP)
 	$(if $(QUICK),$(BENCH_QUICK_ENV)) $(PY) -m pytest benchmarks --benchmark-disable-gc --benchmark-columns=median,ops,rounds $(PYTEST_ARGS)
 	$(PY) -m benchmarks.compare $(if $(QUICK),--quick) $(COMPARE_ARGS)
 
+# `make docs`: the documentation site (mkdocs.yml, docs/) into site/, with
+# `mkdocs build --strict`: any warning (a broken link, a page missing from
+# the nav, a docstring that does not match its signature, an example file
+# that is gone) fails it.  The toolchain is the `docs` extra of
+# pyproject.toml, read from the installed project's metadata (so the pins are
+# written once) and installed without reinstalling the project.  The API
+# reference is read from the sources and the core's stubs, never imported:
+# the docs need no compiled core.
+DOCS_STAMP := $(VENV)/.docs-installed
+
+$(DOCS_STAMP): $(STAMP)
+	@mkdir -p build
+	$(PY) -c "import importlib.metadata as m; \
+	  print('\n'.join(r.split(';')[0] for r in m.requires('pylm') if 'extra == \"docs\"' in r))" \
+	  > build/docs-requirements.txt
+	$(PY) -m pip install -q -r build/docs-requirements.txt
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf build dist *.egg-info pylm_core/_core.c pylm_core/*.so pylm_core/*.html
+	rm -rf build dist site *.egg-info pylm_core/_core.c pylm_core/*.so pylm_core/*.html
 
 # pylm 0.14.4 from PyPI in a venv of its own, for tests/test_interop.py (which
 # builds it on first use too; CI can prebuild it). Reused while it is valid.
