@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench build clean slow sanitize stress-test dist smoke-wheel smoke-oldest docs
+.PHONY: test demo bench build clean slow sanitize stress-test dist smoke-wheel smoke-oldest docs typecheck
 
 # The compiler's output goes to a log under build/, shown only when the
 # command fails (`quiet CMD LOG`): a build that works says nothing.
@@ -96,26 +96,28 @@ bench: build $(BENCH_STAMP)
 	$(if $(QUICK),$(BENCH_QUICK_ENV)) $(PY) -m pytest benchmarks --benchmark-disable-gc --benchmark-columns=median,ops,rounds $(PYTEST_ARGS)
 	$(PY) -m benchmarks.compare $(if $(QUICK),--quick) $(COMPARE_ARGS)
 
+# An optional extra of pyproject.toml (docs, typecheck) installed into .venv
+# without reinstalling the project: its requirements are read from the
+# installed project's metadata, so they are written once, in pyproject.toml.
+$(VENV)/.extra-%: $(STAMP)
+	@mkdir -p build
+	$(PY) -c "import importlib.metadata as m; \
+	  print('\n'.join(r.split(';')[0] for r in m.requires('pylm') if 'extra == \"$*\"' in r))" \
+	  > build/extra-$*.txt
+	$(PY) -m pip install -q -r build/extra-$*.txt
+	touch $@
+
 # `make docs`: the documentation site (mkdocs.yml, docs/) into site/, with
 # `mkdocs build --strict`: any warning (a broken link, a page missing from
 # the nav, a docstring that does not match its signature, an example file
-# that is gone) fails it.  The toolchain is the `docs` extra of
-# pyproject.toml, read from the installed project's metadata (so the pins are
-# written once) and installed without reinstalling the project.  The API
-# reference is read from the sources and the core's stubs, never imported:
-# the docs need no compiled core.
-DOCS_STAMP := $(VENV)/.docs-installed
-
-$(DOCS_STAMP): $(STAMP)
-	@mkdir -p build
-	$(PY) -c "import importlib.metadata as m; \
-	  print('\n'.join(r.split(';')[0] for r in m.requires('pylm') if 'extra == \"docs\"' in r))" \
-	  > build/docs-requirements.txt
-	$(PY) -m pip install -q -r build/docs-requirements.txt
-	touch $(DOCS_STAMP)
-
-docs: $(DOCS_STAMP)
+# that is gone) fails it.  The API reference is read from the sources and
+# the core's stubs, never imported: the docs need no compiled core.
+docs: $(VENV)/.extra-docs
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
+# `make typecheck`: mypy on pylm/, with the strictness [tool.mypy] states.
+typecheck: $(VENV)/.extra-typecheck
+	$(PY) -m mypy
 
 clean:
 	rm -rf build dist site *.egg-info pylm_core/_core.c pylm_core/*.so pylm_core/*.html
