@@ -49,3 +49,13 @@ def test_a_python_block_is_an_example_file_or_short(body):
     assert not any("--8<--" in line for line in lines), "one include per block, alone"
     assert len(lines) <= SHORT, ("%d lines written into the page: make it an example "
                                  "(examples/, run by the tests) and include it" % len(lines))
+
+
+def test_every_example_is_in_the_docs():
+    """Each program of examples/ is shown (included) or at least named by a
+    page, so a new example does not go unseen."""
+    text = "\n".join(page.read_text() for page in DOCS.rglob("*.md"))
+    examples = sorted(p.name for p in (ROOT / "examples").glob("*.py")
+                      if not p.name.startswith("_"))
+    assert len(examples) >= 10
+    assert [name for name in examples if "examples/" + name not in text] == []
