@@ -43,10 +43,13 @@ def batch_bytes_for(max_message_size):
         return UNLIMITED
 
 
-def handle_cache_request(cache, frame):
-    """The reply (bytes) to one cache request frame."""
+def handle_cache_request(cache, frame, stats=None):
+    """The reply (bytes) to one cache request frame.  `stats`, when given,
+    answers the ``stats`` operation (live statistics, pylm/_stats.py)."""
     msg = PalmMessage.FromString(frame)
     op = msg.function.rpartition(".")[2]
+    if op == "stats" and stats is not None:
+        return stats()
     if op == "set":
         return cache.set(msg.payload, msg.cache or None).encode()
     if op == "get":
@@ -59,10 +62,11 @@ def handle_cache_request(cache, frame):
     raise LookupError("no cache operation %r" % msg.function)
 
 
-def serve_cache(rep, control, cache, limit, drop_log):
+def serve_cache(rep, control, cache, limit, drop_log, stats=None):
     """Answer cache requests on `rep` until `limit` were served or `control`
     is readable.  A bad request is answered with empty bytes (REP must
-    answer) and logged through drop_log."""
+    answer) and logged through drop_log.  `stats`: ``callable() -> bytes``,
+    the reply to a ``stats`` request."""
     poller = zmq.Poller()
     poller.register(rep, zmq.POLLIN)
     poller.register(control, zmq.POLLIN)
@@ -77,7 +81,7 @@ def serve_cache(rep, control, cache, limit, drop_log):
         try:
             if len(frames) != 1:
                 raise ValueError("a cache request of %d frames" % len(frames))
-            reply = handle_cache_request(cache, frames[0])
+            reply = handle_cache_request(cache, frames[0], stats)
         except Exception as exc:  # bad input never stops the service
             drop_log("cache request: %s: %s" % (type(exc).__name__, exc))
             reply = b""

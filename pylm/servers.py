@@ -11,6 +11,7 @@ and reroute).  The low-level API (pylm.parts) runs on the same Router.
 
 import logging
 import sys
+import time
 import uuid
 from urllib.parse import urlsplit
 
@@ -21,6 +22,7 @@ from pylm_core import _core
 from pylm._cache import CONFIG_PROTOCOL_KEY, PROTOCOL, CacheClient, batch_bytes_for, serve_cache
 from pylm._dispatch import DropLog, ErrorReporter, method_table, overrides
 from pylm._runtime import Runtime, StopHandle
+from pylm._stats import server_stats, stats_reply
 from pylm._stream import DefaultStream
 from pylm.persistence.kv import DictDB
 
@@ -59,6 +61,11 @@ class _Served(DefaultStream):
         self.logger = _logger(type(self).__name__, name, log_level)
         self._stopper = StopHandle()
         self.stats = {}
+        # the core Router while start() serves (read by live_stats), and
+        # what it knew when it stopped
+        self._runner = None
+        self._details = {}
+        self._started = self._stopped = None
 
     def echo(self, payload):
         """Return the payload unchanged."""
@@ -88,7 +95,21 @@ class _Served(DefaultStream):
             self.logger.warning("cache not served at %s: %s", self.db_address, exc)
             return
         rt.thread(serve_cache, "%s-cache" % self.name, rep, rt.control(), self.cache,
-                  limit, DropLog(self.logger))
+                  limit, DropLog(self.logger), self._stats_reply)
+
+    def live_stats(self):
+        """The server's statistics now (pylm/_stats.py lists the fields),
+        while it serves and after; safe from any thread.  ``Client.stats()``
+        fetches them over the cache link."""
+        runner = self._runner
+        if runner is not None:
+            return server_stats(self, runner.counters(), runner.details(),
+                                time.monotonic() - self._started)
+        uptime = self._stopped - self._started if self._started is not None else None
+        return server_stats(self, self.stats, self._details, uptime)
+
+    def _stats_reply(self):
+        return stats_reply(self.live_stats())
 
     def _executor(self, rt, inbound, out, out_kind, *, name, mux=False, limit=sys.maxsize,
                   **kwargs):
@@ -107,10 +128,15 @@ class _Served(DefaultStream):
     def _run(self, rt, runner, drain_ms=0):
         """Run a core Router until stopped, keeping the counters of its
         parts in self.stats."""
+        self._started = time.monotonic()
+        self._runner = runner
         try:
             runner.run(rt.control(), rt.wakeup_fd, drain_ms)
         finally:
             self.stats = runner.counters()
+            self._details = runner.details()
+            self._stopped = time.monotonic()
+            self._runner = None
 
 
 class Server(_Served):

@@ -21,7 +21,7 @@ cdef class Publisher(Part):
         object gather, stream_hook
         Waiter waiter
         ClientBatch cbatch          # results for clients that read batches
-    cdef public long long sent
+    cdef public long long sent, errors, pings
 
     def __init__(self, pub, name, *, bint pipelined=False, gather=None, stream_hook=None,
                  bad_hook=None):
@@ -32,11 +32,11 @@ cdef class Publisher(Part):
         self.gather = gather
         self.stream_hook = stream_hook
         self.bad_hook = bad_hook
-        self.sent = self.bad = 0
+        self.sent = self.bad = self.errors = self.pings = 0
         self.cbatch = ClientBatch()
 
     def counters(self):
-        return {"sent": self.sent, "bad": self.bad}
+        return {"sent": self.sent, "bad": self.bad, "errors": self.errors, "pings": self.pings}
 
     cdef int attach(self, Router runner) except -1:
         self.waiter = runner.waiter
@@ -198,7 +198,12 @@ cdef class Publisher(Part):
             return 1
         if env_to_msg(env, &m) != 0:
             raise MemoryError()
-        self.sent += 1
+        if is_ping(env):
+            self.pings += 1
+        else:
+            self.sent += 1
+            if env.f[PZ_F_ERROR].n:
+                self.errors += 1
         return send_topic(self.waiter, self.pub, tp, tn, &m, NULL)
 
     cdef int _publish_raw(self, const char *p, size_t n, pz_msg_t *frame,
