@@ -205,9 +205,22 @@ def _server_of(function):
     return server
 
 
+def _build(args, cls, *posargs, **kwargs):
+    """cls(*posargs, **kwargs) plus the security keywords given; a pylm
+    without them (before CURVE support) is told apart from other errors."""
+    security = _security_kwargs(args)
+    try:
+        return cls(*posargs, **kwargs, **security)
+    except TypeError as exc:
+        if security and any(name in str(exc) for name in security):
+            raise Usage("%s takes no %s here: %s" % (cls.__name__, ", ".join(
+                "--" + name.replace("_", "-") for name in security), exc)) from None
+        raise
+
+
 def _client(args, server, timeout):
     from pylm.clients import Client
-    return Client(server, args.db, timeout=timeout, **_security_kwargs(args))
+    return _build(args, Client, server, args.db, timeout=timeout)
 
 
 def _check(cls, base, spec):
@@ -221,7 +234,7 @@ def _cmd_server(args):
     from pylm.servers import Server
     cls = load_class(args.target)
     _check(cls, Server, args.target)
-    cls(args.name, args.db, args.pull, args.pub, **_security_kwargs(args)).start()
+    _build(args, cls, args.name, args.db, args.pull, args.pub).start()
     return OK
 
 
@@ -229,8 +242,8 @@ def _cmd_master(args):
     from pylm.servers import Master
     cls = load_class(args.target) if args.target else Master
     _check(cls, Master, args.target)
-    cls(args.name, args.pull, args.pub, args.worker_pull, args.worker_push, args.db,
-        worker_timeout=args.worker_timeout, **_security_kwargs(args)).start()
+    _build(args, cls, args.name, args.pull, args.pub, args.worker_pull, args.worker_push,
+           args.db, worker_timeout=args.worker_timeout).start()
     return OK
 
 
@@ -242,7 +255,7 @@ def _cmd_worker(args):
     if args.processes < 0:
         raise Usage("--processes must be 0 or more")
     if args.processes == 0:
-        cls(args.name or "", args.db, **_security_kwargs(args)).start()
+        _build(args, cls, args.name or "", args.db).start()
         return OK
     return Supervisor(_worker_command(args), args.processes).run()
 
