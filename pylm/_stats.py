@@ -19,12 +19,14 @@ not counted.
 """
 
 import json
+from typing import Any, Callable, Dict, Optional
 
 __all__ = ["server_stats", "stats_reply", "parse_stats", "StatsUnavailable"]
 
 #: Master/Hub counters given under another name (core name -> stats name).
-_POOL_FIELDS = {"workers_lost": "given_up", "requeued": "requeued", "poisoned": "poisoned",
-                "late": "late", "to_workers": "to_workers", "to_legacy": "to_legacy"}
+_POOL_FIELDS: Dict[str, str] = {
+    "workers_lost": "given_up", "requeued": "requeued", "poisoned": "poisoned",
+    "late": "late", "to_workers": "to_workers", "to_legacy": "to_legacy"}
 
 
 class StatsUnavailable(RuntimeError):
@@ -33,7 +35,7 @@ class StatsUnavailable(RuntimeError):
     answers an operation it does not know with empty bytes."""
 
 
-def kind_of(server):
+def kind_of(server: Any) -> str:
     """The pylm class a server is an instance of (the first in its MRO
     defined by pylm.servers)."""
     for cls in type(server).__mro__:
@@ -42,13 +44,14 @@ def kind_of(server):
     return type(server).__name__
 
 
-def server_stats(server, counters, details, uptime):
+def server_stats(server: Any, counters: Dict[str, int], details: Dict[str, Any],
+                 uptime: Optional[float]) -> Dict[str, Any]:
     """The statistics dict of `server` from its core Router's
     ``counters()`` and ``details()``; `uptime`: seconds it has served (so
     far, or until it stopped), None when it never started; ``running``
     when it serves now (the router is live)."""
     executes = "processed" in counters
-    stats = {
+    stats: Dict[str, Any] = {
         "name": server.name,
         "kind": kind_of(server),
         "class": "%s.%s" % (type(server).__module__, type(server).__qualname__),
@@ -69,12 +72,12 @@ def server_stats(server, counters, details, uptime):
     return stats
 
 
-def stats_reply(stats):
+def stats_reply(stats: Dict[str, Any]) -> bytes:
     """The cache reply carrying `stats`: its JSON, UTF-8."""
     return json.dumps(stats, sort_keys=True).encode()
 
 
-def parse_stats(reply, db_address):
+def parse_stats(reply: bytes, db_address: str) -> Dict[str, Any]:
     """The dict a server sent back (stats_reply), or StatsUnavailable."""
     if not reply:
         raise StatsUnavailable(

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["main", "build_parser"]
 
@@ -49,23 +50,23 @@ class Usage(Exception):
 
 # -- options shared by several commands -------------------------------------
 
-def _add_logging(parser):
+def _add_logging(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="WARNING", type=str.upper,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                         help="level of the log on stderr (default WARNING)")
 
 
-def _add_db(parser, required=True):
+def _add_db(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--db", required=required, metavar="ADDRESS",
                         help="the server's cache address (db_address), e.g. tcp://127.0.0.1:5570")
 
 
-def _add_timeout(parser, default, what):
+def _add_timeout(parser: argparse.ArgumentParser, default: Optional[float], what: str) -> None:
     parser.add_argument("--timeout", type=float, default=default, metavar="S",
                         help="seconds to wait for %s" % what)
 
 
-def _add_security(parser, serves):
+def _add_security(parser: argparse.ArgumentParser, serves: bool) -> None:
     """CURVE options: a server takes all three, a client/worker the first two."""
     parser.add_argument("--secret-key", metavar="FILE",
                         help="this process's .key_secret file (CURVE)")
@@ -76,30 +77,30 @@ def _add_security(parser, serves):
                             help="directory of the public .key files of accepted peers")
 
 
-def _security_kwargs(args):
+def _security_kwargs(args: argparse.Namespace) -> Dict[str, str]:
     """The security keywords the user gave (none: pylm 0.14's objects)."""
     return {name: getattr(args, name) for name in ("secret_key", "server_key", "authorized_keys")
             if getattr(args, name, None) is not None}
 
 
-def _class_arg(parser, what):
+def _class_arg(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("target", metavar="MODULE:CLASS",
                         help="the %s class to run, e.g. mypackage.services:Calculator" % what)
 
 
-def _function_arg(parser):
+def _function_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("function", metavar="SERVER.METHOD",
                         help="what to call; SERVER is the server's name")
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of every command."""
     parser = argparse.ArgumentParser(
         prog="pylm", description="Run and operate pylm clusters.",
         epilog="Exit codes: 0 success, 1 remote error or timeout, 2 bad usage.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name, help_text):
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         _add_logging(p)
         return p
@@ -179,7 +180,7 @@ def build_parser():
 
 # -- helpers ------------------------------------------------------------------
 
-def load_class(spec):
+def load_class(spec: str) -> type:
     """The class named by ``MODULE:CLASS``; Usage when it cannot be had."""
     module_name, sep, qualname = spec.partition(":")
     if not sep or not module_name or not qualname:
@@ -198,14 +199,14 @@ def load_class(spec):
     return obj
 
 
-def _server_of(function):
+def _server_of(function: str) -> str:
     server, dot, method = function.partition(".")
     if not dot or not server or not method:
         raise Usage("%r is not SERVER.METHOD" % function)
     return server
 
 
-def _build(args, cls, *posargs, **kwargs):
+def _build(args: argparse.Namespace, cls: Any, *posargs: Any, **kwargs: Any) -> Any:
     """cls(*posargs, **kwargs) plus the security keywords given; a pylm
     without them (before CURVE support) is told apart from other errors."""
     security = _security_kwargs(args)
@@ -218,19 +219,19 @@ def _build(args, cls, *posargs, **kwargs):
         raise
 
 
-def _client(args, server, timeout):
+def _client(args: argparse.Namespace, server: str, timeout: Optional[float]) -> Any:
     from pylm.clients import Client
     return _build(args, Client, server, args.db, timeout=timeout)
 
 
-def _check(cls, base, spec):
+def _check(cls: type, base: type, spec: str) -> None:
     if not issubclass(cls, base):
         raise Usage("%s is not a subclass of pylm.servers.%s" % (spec, base.__name__))
 
 
 # -- commands -------------------------------------------------------------------
 
-def _cmd_server(args):
+def _cmd_server(args: argparse.Namespace) -> int:
     from pylm.servers import Server
     cls = load_class(args.target)
     _check(cls, Server, args.target)
@@ -238,7 +239,7 @@ def _cmd_server(args):
     return OK
 
 
-def _cmd_master(args):
+def _cmd_master(args: argparse.Namespace) -> int:
     from pylm.servers import Master
     cls = load_class(args.target) if args.target else Master
     _check(cls, Master, args.target)
@@ -247,7 +248,7 @@ def _cmd_master(args):
     return OK
 
 
-def _cmd_worker(args):
+def _cmd_worker(args: argparse.Namespace) -> int:
     from pylm.servers import Worker
     # the class is imported before any process starts: a typo fails at once
     cls = load_class(args.target)
@@ -260,7 +261,7 @@ def _cmd_worker(args):
     return Supervisor(_worker_command(args), args.processes).run()
 
 
-def _worker_command(args):
+def _worker_command(args: argparse.Namespace) -> List[str]:
     """The command line of one supervised worker: this command, unsupervised."""
     cmd = [sys.executable, "-m", "pylm", "worker", args.target, "--db", args.db,
            "--processes", "0", "--log-level", args.log_level]
@@ -271,7 +272,7 @@ def _worker_command(args):
     return cmd
 
 
-def _cmd_call(args):
+def _cmd_call(args: argparse.Namespace) -> int:
     server = _server_of(args.function)
     with _client(args, server, args.timeout) as client:
         reply = client.eval(args.function, args.payload.encode(), timeout=args.timeout)
@@ -280,7 +281,7 @@ def _cmd_call(args):
     return OK
 
 
-def _cmd_job(args):
+def _cmd_job(args: argparse.Namespace) -> int:
     """Lines of stdin to calls, replies to lines of stdout.
 
     A thread reads stdin ahead (at most JOB_AHEAD lines); the main thread
@@ -293,7 +294,7 @@ def _cmd_job(args):
         bar = progress_bar(None, desc=args.function)
     else:
         bar = None
-    lines = queue.Queue(JOB_AHEAD)
+    lines: "queue.Queue[Optional[bytes]]" = queue.Queue(JOB_AHEAD)
     threading.Thread(target=_read_lines, args=(sys.stdin.buffer, lines), daemon=True,
                      name="pylm-job-stdin").start()
     out = sys.stdout.buffer
@@ -315,7 +316,7 @@ def _cmd_job(args):
     return OK
 
 
-def _read_lines(stream, lines):
+def _read_lines(stream: IO[bytes], lines: "queue.Queue[Optional[bytes]]") -> None:
     """Put each line of `stream` (without its newline) on `lines`, then None."""
     try:
         for line in stream:
@@ -324,10 +325,10 @@ def _read_lines(stream, lines):
         lines.put(None)
 
 
-def _take_lines(lines):
+def _take_lines(lines: "queue.Queue[Optional[bytes]]") -> Tuple[List[bytes], bool]:
     """Every line read so far (waiting for one when there is none), and
     whether stdin ended."""
-    chunk = []
+    chunk: List[bytes] = []
     item = lines.get()
     while item is not None:
         chunk.append(item)
@@ -338,7 +339,7 @@ def _take_lines(lines):
     return chunk, True
 
 
-def _cmd_stats(args):
+def _cmd_stats(args: argparse.Namespace) -> int:
     from pylm._cache import CacheClient
     server = args.server
     if server is None:
@@ -355,7 +356,7 @@ def _cmd_stats(args):
     return OK
 
 
-def _cmd_keys(args):
+def _cmd_keys(args: argparse.Namespace) -> int:
     from pylm.security import generate_keys
     for path in generate_keys(args.dir, args.name):
         print(path)
@@ -371,27 +372,26 @@ class Supervisor:
     PID and how it ended.  SIGTERM or SIGINT stops them all (SIGTERM, then
     SIGKILL after STOP_GRACE) and run() returns 0."""
 
-    def __init__(self, command, count):
+    def __init__(self, command: List[str], count: int) -> None:
         self.command = command
         self.count = count
-        self.procs = [None] * count
+        self.procs: List[Optional["subprocess.Popen[bytes]"]] = [None] * count
         self.started = [0.0] * count
         self.backoff = [BACKOFF_MIN] * count
         self.due = [0.0] * count        # when a dead one may start again
         self._stopping = False
 
-    def _on_signal(self, signum, frame):
+    def _on_signal(self, signum: int, frame: Any) -> None:
         self._stopping = True
 
-    def _start(self, i):
+    def _start(self, i: int) -> None:
         proc = subprocess.Popen(self.command)
         self.procs[i] = proc
         self.started[i] = time.monotonic()
         logger.info("worker %d started: pid %d", i, proc.pid)
 
-    def _reap(self, i, now):
-        """Worker i ended: log it and schedule its restart."""
-        proc = self.procs[i]
+    def _reap(self, i: int, proc: "subprocess.Popen[bytes]", now: float) -> None:
+        """Worker i (`proc`) ended: log it and schedule its restart."""
         code = proc.returncode
         how = ("killed by signal %d" % -code) if code < 0 else "exited with code %d" % code
         if now - self.started[i] >= BACKOFF_RESET:
@@ -402,7 +402,7 @@ class Supervisor:
         self.backoff[i] = min(self.backoff[i] * 2, BACKOFF_MAX)
         self.procs[i] = None
 
-    def run(self):
+    def run(self) -> int:
         old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             for i in range(self.count):
@@ -411,8 +411,9 @@ class Supervisor:
                 time.sleep(0.1)
                 now = time.monotonic()
                 for i in range(self.count):
-                    if self.procs[i] is not None and self.procs[i].poll() is not None:
-                        self._reap(i, now)
+                    proc = self.procs[i]
+                    if proc is not None and proc.poll() is not None:
+                        self._reap(i, proc, now)
                     if self.procs[i] is None and now >= self.due[i]:
                         self._start(i)
         finally:
@@ -421,7 +422,7 @@ class Supervisor:
                 signal.signal(sig, handler)
         return OK
 
-    def _stop_all(self):
+    def _stop_all(self) -> None:
         live = [p for p in self.procs if p is not None and p.poll() is None]
         logger.info("stopping %d worker(s)", len(live))
         for proc in live:
@@ -439,7 +440,7 @@ class Supervisor:
 
 # -- entry point ----------------------------------------------------------------------
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``pylm`` command; returns its exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)     # exits 2 on bad usage, 0 on --help
@@ -448,7 +449,8 @@ def main(argv=None):
     # the supervisor's own lines (starts, deaths, restarts) always show
     logger.setLevel(min(logging.INFO, logging.getLevelName(args.log_level)))
     try:
-        return args.run(args)
+        code: int = args.run(args)
+        return code
     except Usage as exc:
         print("pylm %s: error: %s" % (args.command, exc), file=sys.stderr)
         return USAGE

@@ -158,6 +158,16 @@ def test_server_command_and_job_progress(tmp_path):
         assert b"3msg" in job.stderr.replace(b" ", b"")     # tqdm's count
         stats = json.loads(pylm("stats", "--db", db).stdout)
         assert stats["kind"] == "Server" and stats["methods"]["upper"]["calls"] == 3
+        # a remote error: exit 1, the error on stderr, nothing on stdout
+        wrong = pylm("call", "up.nosuch", "x", "--db", db)
+        assert (wrong.returncode, wrong.stdout) == (1, b""), wrong.stderr
+        assert b"LookupError" in wrong.stderr and b"nosuch" in wrong.stderr
+        # the console script installed with the project is the same command
+        script = os.path.join(os.path.dirname(sys.executable), "pylm")
+        if os.path.exists(script):
+            done = subprocess.run([script, "call", "up.upper", "via script", "--db", db],
+                                  capture_output=True, env=_env(), timeout=LIMIT)
+            assert (done.returncode, done.stdout) == (0, b"VIA SCRIPT\n"), done.stderr
     finally:
         assert stop(server) == 0
 
