@@ -88,6 +88,19 @@ def _class_arg(parser: argparse.ArgumentParser, what: str) -> None:
                         help="the %s class to run, e.g. mypackage.services:Calculator" % what)
 
 
+def _add_metrics(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics-port", metavar="[HOST:]PORT", default=None,
+                        help="serve Prometheus metrics at http://HOST:PORT/metrics "
+                             "(needs pylm[metrics]; HOST defaults to every interface)")
+
+
+def _metrics_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+    if args.metrics_port is None:
+        return {}
+    value = args.metrics_port
+    return {"metrics_port": int(value) if value.isdigit() else value}
+
+
 def _function_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("function", metavar="SERVER.METHOD",
                         help="what to call; SERVER is the server's name")
@@ -111,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(p)
     p.add_argument("--pull", required=True, metavar="ADDRESS", help="where clients push calls")
     p.add_argument("--pub", required=True, metavar="ADDRESS", help="where results are published")
+    _add_metrics(p)
     _add_security(p, serves=True)
     p.set_defaults(run=_cmd_server)
 
@@ -128,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-timeout", type=float, default=3.0, metavar="S",
                    help="a worker silent this long is given up, its calls sent to "
                         "others (default 3)")
+    _add_metrics(p)
     _add_security(p, serves=True)
     p.set_defaults(run=_cmd_master)
 
@@ -235,7 +250,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
     from pylm.servers import Server
     cls = load_class(args.target)
     _check(cls, Server, args.target)
-    _build(args, cls, args.name, args.db, args.pull, args.pub).start()
+    _build(args, cls, args.name, args.db, args.pull, args.pub, **_metrics_kwargs(args)).start()
     return OK
 
 
@@ -244,7 +259,7 @@ def _cmd_master(args: argparse.Namespace) -> int:
     cls = load_class(args.target) if args.target else Master
     _check(cls, Master, args.target)
     _build(args, cls, args.name, args.pull, args.pub, args.worker_pull, args.worker_push,
-           args.db, worker_timeout=args.worker_timeout).start()
+           args.db, worker_timeout=args.worker_timeout, **_metrics_kwargs(args)).start()
     return OK
 
 

@@ -51,10 +51,12 @@ class _Served(DefaultStream):
 
     Every server's `log_level` is the level of its logger
     ``pylm.<Class>.<name>``; the default, None, leaves the level (and all
-    logging configuration) to the application.
+    logging configuration) to the application.  `metrics_port` (a port, or
+    ``"HOST:PORT"``) serves the live statistics to Prometheus while start()
+    runs (pylm/_metrics.py; needs ``pylm[metrics]``).
     """
 
-    def __init__(self, name, db_address, log_level, cache=None):
+    def __init__(self, name, db_address, log_level, cache=None, metrics_port=None):
         self.name = name
         self.db_address = db_address
         self.cache = DictDB() if cache is None else cache
@@ -66,6 +68,10 @@ class _Served(DefaultStream):
         self._runner = None
         self._details = {}
         self._started = self._stopped = None
+        self._metrics = None
+        if metrics_port is not None:
+            from pylm._metrics import MetricsServer   # the optional extra, only when asked
+            self._metrics = MetricsServer(self, metrics_port)
 
     def echo(self, payload):
         """Return the payload unchanged."""
@@ -130,9 +136,13 @@ class _Served(DefaultStream):
         parts in self.stats."""
         self._started = time.monotonic()
         self._runner = runner
+        if self._metrics is not None:
+            self._metrics.start()
         try:
             runner.run(rt.control(), rt.wakeup_fd, drain_ms)
         finally:
+            if self._metrics is not None:
+                self._metrics.close()
             self.stats = runner.counters()
             self._details = runner.details()
             self._stopped = time.monotonic()
@@ -149,8 +159,8 @@ class Server(_Served):
     """
 
     def __init__(self, name, db_address, pull_address, pub_address, pipelined=False,
-                 log_level=None, messages=sys.maxsize):
-        super().__init__(name, db_address, log_level)
+                 log_level=None, messages=sys.maxsize, *, metrics_port=None):
+        super().__init__(name, db_address, log_level, metrics_port=metrics_port)
         self.pull_address = pull_address
         self.pub_address = pub_address
         self.pipelined = pipelined
@@ -179,8 +189,8 @@ class Pipeline(_Served):
     nothing."""
 
     def __init__(self, name, db_address, sub_address, pub_address, previous,
-                 to_client=True, log_level=None, messages=sys.maxsize):
-        super().__init__(name, db_address, log_level)
+                 to_client=True, log_level=None, messages=sys.maxsize, *, metrics_port=None):
+        super().__init__(name, db_address, log_level, metrics_port=metrics_port)
         self.sub_address = sub_address
         self.pub_address = pub_address
         self.previous = previous
@@ -215,13 +225,13 @@ class Sink(Pipeline):
     lists, zipped pairwise."""
 
     def __init__(self, name, db_address, sub_addresses, pub_address, previous,
-                 to_client=True, log_level=None, messages=sys.maxsize):
+                 to_client=True, log_level=None, messages=sys.maxsize, *, metrics_port=None):
         if isinstance(sub_addresses, str) or isinstance(previous, str):
             raise TypeError("Sink takes lists of sub_addresses and previous")
         if len(sub_addresses) != len(previous):
             raise ValueError("sub_addresses and previous must have the same length")
         super().__init__(name, db_address, None, pub_address, None, to_client,
-                         log_level, messages)
+                         log_level, messages, metrics_port=metrics_port)
         self.sub_addresses = list(sub_addresses)
         self.previous = list(previous)
 
@@ -259,8 +269,8 @@ class Master(_Served):
     def __init__(self, name, pull_address, pub_address, worker_pull_address,
                  worker_push_address, db_address, pipelined=False, cache=None,
                  log_level=None, messages=sys.maxsize, *,
-                 worker_router_address=None, worker_timeout=3.0):
-        super().__init__(name, db_address, log_level, cache)
+                 worker_router_address=None, worker_timeout=3.0, metrics_port=None):
+        super().__init__(name, db_address, log_level, cache, metrics_port)
         self.pull_address = pull_address
         self.pub_address = pub_address
         self.worker_pull_address = worker_pull_address
