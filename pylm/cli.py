@@ -422,8 +422,10 @@ class Supervisor:
         try:
             for i in range(self.count):
                 self._start(i)
-            while not self._stopping:
+            while True:
                 time.sleep(0.1)
+                if self._stopping:  # no restart once SIGTERM/SIGINT came
+                    break
                 now = time.monotonic()
                 for i in range(self.count):
                     proc = self.procs[i]
