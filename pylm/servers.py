@@ -11,6 +11,7 @@ and reroute).  The low-level API (pylm.parts) runs on the same Router.
 
 import logging
 import sys
+import time
 import uuid
 from urllib.parse import urlsplit
 
@@ -22,6 +23,7 @@ from pylm._cache import (CACHE_MAX_BYTES, CACHE_MAX_ENTRIES, CONFIG_PROTOCOL_KEY
                          CacheClient, CacheHandler, batch_bytes_for, serve_cache)
 from pylm._dispatch import DropLog, ErrorReporter, method_table, overrides
 from pylm._runtime import Runtime, StopHandle
+from pylm._stats import server_stats, stats_reply
 from pylm._stream import DefaultStream
 from pylm.persistence.kv import DictDB
 
@@ -63,10 +65,14 @@ class _Served(DefaultStream):
         store (pylm._cache.CACHE_MAX_BYTES).  Past either bound a remote
         set is refused (our Client raises pylm.CacheFull); the server's
         own keys never count.
+    :param metrics_port: a port, or ``"HOST:PORT"``: serve the live
+        statistics to Prometheus while start() runs (pylm/_metrics.py;
+        needs ``pylm[metrics]``)
     """
 
     def __init__(self, name, db_address, log_level, cache=None, *, send_tracebacks=True,
-                 cache_max_entries=CACHE_MAX_ENTRIES, cache_max_bytes=CACHE_MAX_BYTES):
+                 cache_max_entries=CACHE_MAX_ENTRIES, cache_max_bytes=CACHE_MAX_BYTES,
+                 metrics_port=None):
         self.name = name
         self.db_address = db_address
         self.cache = DictDB() if cache is None else cache
@@ -77,6 +83,15 @@ class _Served(DefaultStream):
         self.cache_max_entries = cache_max_entries
         self.cache_max_bytes = cache_max_bytes
         self._cache_handler = None
+        # the core Router while start() serves (read by live_stats), and
+        # what it knew when it stopped
+        self._runner = None
+        self._details = {}
+        self._started = self._stopped = None
+        self._metrics = None
+        if metrics_port is not None:
+            from pylm._metrics import MetricsServer   # the optional extra, only when asked
+            self._metrics = MetricsServer(self, metrics_port)
 
     def echo(self, payload):
         """Return the payload unchanged."""
@@ -108,9 +123,28 @@ class _Served(DefaultStream):
             self.logger.warning("cache not served at %s: %s", self.db_address, exc)
             return
         self._cache_handler = CacheHandler(self.cache, config, self.cache_max_entries,
-                                           self.cache_max_bytes, DropLog(self.logger))
+                                           self.cache_max_bytes, DropLog(self.logger),
+                                           self._stats_reply)
         rt.thread(serve_cache, "%s-cache" % self.name, rep, rt.control(), self._cache_handler,
                   limit)
+
+    def live_stats(self):
+        """The server's statistics now (pylm/_stats.py lists the fields),
+        while it serves and after; safe from any thread.  ``Client.stats()``
+        fetches them over the cache link."""
+        runner = self._runner
+        if runner is not None:
+            stats = server_stats(self, runner.counters(), runner.details(),
+                                 time.monotonic() - self._started)
+        else:
+            uptime = self._stopped - self._started if self._started is not None else None
+            stats = server_stats(self, self.stats, self._details, uptime)
+        if self._cache_handler is not None:
+            stats["cache_refused"] = self._cache_handler.refused
+        return stats
+
+    def _stats_reply(self):
+        return stats_reply(self.live_stats())
 
     def _executor(self, rt, inbound, out, out_kind, *, name, mux=False, limit=sys.maxsize,
                   **kwargs):
@@ -130,12 +164,21 @@ class _Served(DefaultStream):
     def _run(self, rt, runner, drain_ms=0):
         """Run a core Router until stopped, keeping the counters of its
         parts in self.stats."""
+        self._started = time.monotonic()
+        self._runner = runner
+        if self._metrics is not None:
+            self._metrics.start()
         try:
             runner.run(rt.control(), rt.wakeup_fd, drain_ms)
         finally:
+            if self._metrics is not None:
+                self._metrics.close()
             self.stats = runner.counters()
             if self._cache_handler is not None:
                 self.stats["cache_refused"] = self._cache_handler.refused
+            self._details = runner.details()
+            self._stopped = time.monotonic()
+            self._runner = None
 
 
 class Server(_Served):
