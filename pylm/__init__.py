@@ -8,10 +8,11 @@ also in ``pylm.errors``.
 
 import logging
 
-from pylm_core.errors import DecodeError, PylmError, RemoteError, WorkerLost
+from pylm_core.errors import CacheFull, DecodeError, PylmError, RemoteError, WorkerLost
 
 __version__ = "0.15.0.dev0"
-__all__ = ["__version__", "PylmError", "DecodeError", "RemoteError", "WorkerLost"]
+__all__ = ["__version__", "PylmError", "DecodeError", "RemoteError", "WorkerLost",
+           "CacheFull"]
 
 # Library code adds no handlers of its own; applications configure logging.
 logging.getLogger("pylm").addHandler(logging.NullHandler())

@@ -3,18 +3,46 @@
 
 Requests are envelopes whose `function` ends in ``.set``, ``.get`` or
 ``.delete``; replies are raw bytes (shared/API.md, "Cache requests").
+
+What a remote request may not do (issue 12):
+
+- ``set`` or ``delete`` a configuration key: the names in
+  :data:`CONFIG_KEYS` (on every server, preset or not: a client must never
+  find an address a stranger stored) and every key the server preset
+  (``_config()`` of the server classes, ``ServerTemplate.preset_cache``,
+  ``CacheService(protected_keys=...)``).  The server's own code
+  (``self.cache.set``) is not restricted.
+- ``set`` past the cache's bound: ``cache_max_entries`` entries or
+  ``cache_max_bytes`` bytes (keys plus values) stored by remote requests.
+  Only what remote requests stored counts (the server's own keys never
+  do); overwriting a key with a value no bigger, and deleting, always work.
+
+A refused request is logged (rate-limited, through the server's DropLog)
+and counted (:attr:`CacheHandler.refused`).  How it is answered depends on
+the request's `stage`, the version of the cache protocol the client reads:
+
+- ``stage`` 0 (what pylm 0.14 clients send): one frame, empty bytes, as for
+  any request the service cannot serve; pylm 0.14 reads one frame.
+- ``stage`` :data:`ERROR_REPLIES` (our :class:`CacheClient`): two frames,
+  ``[b"", error]`` where `error` is ``RemoteError.to_wire()`` with the code
+  ``PROTECTED_KEY`` or ``CACHE_FULL`` (pylm_core.errors); a value is always
+  one frame, so the client tells an error from any value.  It raises
+  PermissionError or pylm.CacheFull.
 """
 
 import logging
+import time
 import uuid
 
 import zmq
 
 from pylm._context import context
 from pylm.parts.messages_pb2 import PalmMessage
+from pylm_core.errors import CACHE_FULL, PROTECTED_KEY, CacheFull, RemoteError
 
-__all__ = ["serve_cache", "CacheClient", "CONFIG_PROTOCOL_KEY", "PROTOCOL", "PROTOCOL_PARTS",
-           "batch_bytes_for"]
+__all__ = ["serve_cache", "CacheClient", "CacheHandler", "CONFIG_PROTOCOL_KEY", "CONFIG_KEYS",
+           "PROTOCOL", "PROTOCOL_PARTS", "CACHE_MAX_ENTRIES", "CACHE_MAX_BYTES",
+           "ERROR_REPLIES", "batch_bytes_for"]
 
 # Our servers preset this key; a client that finds it uses the subscription
 # handshake (pylm_core PING_PREFIX) instead of pylm 0.14's fixed wait.
@@ -25,6 +53,21 @@ PROTOCOL = b"1"
 #: welcomes subscribers (and pings travel like calls), but calls and
 #: replies are single envelopes, as parts (and pylm 0.14 workers) read them.
 PROTOCOL_PARTS = b"parts"
+
+#: Configuration keys no remote request may set or delete, on any server.
+CONFIG_KEYS = frozenset({
+    "name", CONFIG_PROTOCOL_KEY, "max_message_size", "db_address", "pull_address",
+    "pub_address", "sub_address", "worker_pull_address", "worker_push_address",
+    "worker_router_address"})
+#: Default bound of a server's cache (what remote requests stored): entries...
+CACHE_MAX_ENTRIES = 100_000
+#: ...and bytes (keys plus values).
+CACHE_MAX_BYTES = 256 << 20
+#: The `stage` of a cache request whose client reads two-frame error
+#: replies (our CacheClient); pylm 0.14 clients send 0.
+ERROR_REPLIES = 1
+#: Seconds between two recounts of the remote entries (see CacheHandler).
+RECOUNT_INTERVAL = 1.0
 
 logger = logging.getLogger("pylm.cache")
 
@@ -43,10 +86,13 @@ def batch_bytes_for(max_message_size):
         return UNLIMITED
 
 
-def handle_cache_request(cache, frame):
-    """The reply (bytes) to one cache request frame."""
-    msg = PalmMessage.FromString(frame)
+def handle_cache_request(cache, msg, stats=None):
+    """The reply (bytes) to one cache request (a decoded envelope).
+    `stats`, when given, answers the ``stats`` operation (live statistics,
+    pylm/_stats.py)."""
     op = msg.function.rpartition(".")[2]
+    if op == "stats" and stats is not None:
+        return stats()
     if op == "set":
         return cache.set(msg.payload, msg.cache or None).encode()
     if op == "get":
@@ -59,10 +105,146 @@ def handle_cache_request(cache, frame):
     raise LookupError("no cache operation %r" % msg.function)
 
 
-def serve_cache(rep, control, cache, limit, drop_log):
-    """Answer cache requests on `rep` until `limit` were served or `control`
-    is readable.  A bad request is answered with empty bytes (REP must
-    answer) and logged through drop_log."""
+def _size(key, value):
+    """What an entry counts against cache_max_bytes: key plus value."""
+    try:
+        n = memoryview(value).nbytes
+    except TypeError:
+        n = len(str(value).encode())
+    return len(key.encode()) + n
+
+
+class _Refused(Exception):
+    """A request the rules refuse; `code` says which rule."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+class CacheHandler:
+    """Answers the cache requests of one server under its rules: protected
+    keys and the bound (see the module docstring).  Used from one thread
+    (the cache service's).
+
+    :param cache: the server's cache (a DictDB or alike)
+    :param protected_keys: the keys the server preset; a set the owner may
+        add to later (ServerTemplate.preset_cache), or any iterable
+    :param max_entries: the most entries remote requests may store
+    :param max_bytes: the most bytes (keys plus values) they may store
+    :param drop_log: ``callable(reason)`` for bad and refused requests
+    :param stats: ``callable() -> bytes``, the reply to a ``stats``
+        request (None: the server keeps no live statistics)
+    """
+
+    def __init__(self, cache, protected_keys=(), max_entries=CACHE_MAX_ENTRIES,
+                 max_bytes=CACHE_MAX_BYTES, drop_log=None, stats=None):
+        self.cache = cache
+        self.protected_keys = protected_keys if isinstance(protected_keys, set) \
+            else set(protected_keys)
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.drop_log = drop_log
+        self.stats = stats
+        #: requests refused by the rules
+        self.refused = 0
+        self._sizes = {}            # key -> size, of what remote requests stored
+        self._bytes = 0
+        self._recounted = float("-inf")
+
+    def is_protected(self, key):
+        return key in CONFIG_KEYS or key in self.protected_keys
+
+    def answer(self, frames):
+        """The reply frames to one request: a value (one frame), b"" for a
+        bad request, and for a refused one see the module docstring."""
+        try:
+            if len(frames) != 1:
+                raise ValueError("a cache request of %d frames" % len(frames))
+            msg = PalmMessage.FromString(frames[0])
+        except Exception as exc:    # bad input never stops the service
+            self._log("cache request: %s: %s" % (type(exc).__name__, exc))
+            return [b""]
+        try:
+            return [self._serve(msg)]
+        except _Refused as exc:
+            self.refused += 1
+            self._log("cache request refused: %s" % exc)
+            if msg.stage != ERROR_REPLIES:
+                return [b""]
+            error = RemoteError(CacheFull.__name__ if exc.code == CACHE_FULL
+                                else PermissionError.__name__, str(exc), "", exc.code)
+            return [b"", error.to_wire().encode()]
+        except Exception as exc:
+            self._log("cache request: %s: %s" % (type(exc).__name__, exc))
+            return [b""]
+
+    def _log(self, reason):
+        if self.drop_log is not None:
+            self.drop_log(reason)
+
+    def _serve(self, msg):
+        op = msg.function.rpartition(".")[2]
+        if op == "set":
+            key = msg.cache
+            if key and self.is_protected(key):
+                raise _Refused(PROTECTED_KEY, "%r is a configuration key of the server: a "
+                               "remote set is refused" % key)
+            size = _size(key or "-" * 36, msg.payload)     # a new key is a UUID
+            self._make_room(key, size)
+            key = handle_cache_request(self.cache, msg).decode()
+            self._account(key, size)
+            return key.encode()
+        if op == "delete":
+            key = msg.payload.decode()
+            if self.is_protected(key):
+                raise _Refused(PROTECTED_KEY, "%r is a configuration key of the server: a "
+                               "remote delete is refused" % key)
+            reply = handle_cache_request(self.cache, msg)
+            self._account(key, None)
+            return reply
+        return handle_cache_request(self.cache, msg, self.stats)
+
+    def _fits(self, key, size):
+        old = self._sizes.get(key) if key else None
+        entries = len(self._sizes) + (old is None)
+        total = self._bytes - (old or 0) + size
+        return (old is not None or entries <= self.max_entries) and \
+            (total <= self.max_bytes or size <= (old or 0))
+
+    def _make_room(self, key, size):
+        """Return when `key` may be set to a value of `size`; _Refused when
+        the bound says no.  At the bound the remote entries are recounted
+        first (at most once a RECOUNT_INTERVAL): the server's own code may
+        have deleted or replaced some."""
+        if self._fits(key, size):
+            return
+        now = time.monotonic()
+        if now - self._recounted >= RECOUNT_INTERVAL:
+            self._recounted = now
+            self._recount()
+            if self._fits(key, size):
+                return
+        raise _Refused(CACHE_FULL, "the cache is full (at most %d entries and %d bytes from "
+                       "remote requests): the set of %d bytes is refused"
+                       % (self.max_entries, self.max_bytes, size))
+
+    def _account(self, key, size):
+        """Record that `key` now holds `size` bytes (None: deleted)."""
+        self._bytes -= self._sizes.pop(key, 0)
+        if size is not None:
+            self._sizes[key] = size
+            self._bytes += size
+
+    def _recount(self):
+        for key in list(self._sizes):
+            value = self.cache.get(key)
+            self._account(key, None if value is None else _size(key, value))
+
+
+def serve_cache(rep, control, handler, limit):
+    """Answer cache requests on `rep` with `handler` (a CacheHandler) until
+    `limit` were served or `control` is readable."""
     poller = zmq.Poller()
     poller.register(rep, zmq.POLLIN)
     poller.register(control, zmq.POLLIN)
@@ -73,16 +255,19 @@ def serve_cache(rep, control, cache, limit, drop_log):
             return
         if rep not in events:
             continue
-        frames = rep.recv_multipart(copy=True)
-        try:
-            if len(frames) != 1:
-                raise ValueError("a cache request of %d frames" % len(frames))
-            reply = handle_cache_request(cache, frames[0])
-        except Exception as exc:  # bad input never stops the service
-            drop_log("cache request: %s: %s" % (type(exc).__name__, exc))
-            reply = b""
-        rep.send(reply)
+        rep.send_multipart(handler.answer(rep.recv_multipart(copy=True)))
         served += 1
+
+
+def _refusal(text, db_address):
+    """The exception for a refused request's error frame."""
+    error = RemoteError.from_wire(text)
+    message = "the cache at %s: %s" % (db_address, error.remote_message)
+    if error.code == CACHE_FULL:
+        return CacheFull(message)
+    if error.code == PROTECTED_KEY:
+        return PermissionError(message)
+    return error
 
 
 class CacheClient:
@@ -108,17 +293,22 @@ class CacheClient:
         return self._sock
 
     def request(self, op, payload, key="", timeout=None):
-        """Send one cache request; the raw reply bytes."""
+        """Send one cache request; the raw reply bytes.  A request the
+        server refuses raises PermissionError (a configuration key) or
+        pylm.CacheFull (the bound); a pylm 0.14 server never refuses."""
         timeout = self.timeout if timeout is None else timeout
         msg = PalmMessage(pipeline=str(uuid.uuid4()), function="%s.%s" % (self.server_name, op),
-                          cache=key, payload=payload)
+                          stage=ERROR_REPLIES, cache=key, payload=payload)
         sock = self._socket()
         sock.send(msg.SerializeToString())
         if not sock.poll(None if timeout is None else int(timeout * 1000), zmq.POLLIN):
             self.close()
             raise TimeoutError("no answer from the cache at %s within %s s"
                                % (self.db_address, timeout))
-        return sock.recv()
+        frames = sock.recv_multipart()
+        if len(frames) == 2:
+            raise _refusal(frames[1].decode("utf-8", "replace"), self.db_address)
+        return frames[0]
 
     def close(self):
         if self._sock is not None:

@@ -52,15 +52,17 @@ def overrides(obj, name, base):
 
 class ErrorReporter:
     """``callable(entry, exc) -> text``: logs a failed call with its
-    traceback (once) and returns the error text for the reply."""
+    traceback (once) and returns the error text for the reply, with the
+    traceback only when `send_tracebacks` (a server's keyword)."""
 
-    def __init__(self, logger):
+    def __init__(self, logger, send_tracebacks=True):
         self.logger = logger
+        self.send_tracebacks = send_tracebacks
 
     def __call__(self, entry, exc):
         self.logger.error("%s raised %s: %s", entry or "a method", type(exc).__name__,
                           exc, exc_info=(type(exc), exc, exc.__traceback__))
-        return error_text(exc)
+        return error_text(exc, with_traceback=self.send_tracebacks)
 
 
 class DropLog:

@@ -1,5 +1,5 @@
 """Exceptions of pylm; see pylm_core.errors for the hierarchy."""
 
-from pylm_core.errors import DecodeError, PylmError, RemoteError, WorkerLost
+from pylm_core.errors import CacheFull, DecodeError, PylmError, RemoteError, WorkerLost
 
-__all__ = ["PylmError", "DecodeError", "RemoteError", "WorkerLost"]
+__all__ = ["PylmError", "DecodeError", "RemoteError", "WorkerLost", "CacheFull"]

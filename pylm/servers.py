@@ -11,6 +11,7 @@ and reroute).  The low-level API (pylm.parts) runs on the same Router.
 
 import logging
 import sys
+import time
 import uuid
 from urllib.parse import urlsplit
 
@@ -18,9 +19,11 @@ import zmq
 
 import pylm_core
 from pylm_core import _core
-from pylm._cache import CONFIG_PROTOCOL_KEY, PROTOCOL, CacheClient, batch_bytes_for, serve_cache
+from pylm._cache import (CACHE_MAX_BYTES, CACHE_MAX_ENTRIES, CONFIG_PROTOCOL_KEY, PROTOCOL,
+                         CacheClient, CacheHandler, batch_bytes_for, serve_cache)
 from pylm._dispatch import DropLog, ErrorReporter, method_table, overrides
 from pylm._runtime import Runtime, StopHandle
+from pylm._stats import server_stats, stats_reply
 from pylm._stream import DefaultStream
 from pylm.persistence.kv import DictDB
 
@@ -50,15 +53,45 @@ class _Served(DefaultStream):
     Every server's `log_level` is the level of its logger
     ``pylm.<Class>.<name>``; the default, None, leaves the level (and all
     logging configuration) to the application.
+
+    Keyword-only options of every server class (``**options`` below):
+
+    :param send_tracebacks: when false, an error reply carries the remote
+        exception's type and message but no traceback (the server still
+        logs the full traceback).  Default True, as pylm 0.14.
+    :param cache_max_entries: the most entries remote ``set`` requests may
+        store in the server's cache (pylm._cache.CACHE_MAX_ENTRIES)
+    :param cache_max_bytes: the most bytes (keys plus values) they may
+        store (pylm._cache.CACHE_MAX_BYTES).  Past either bound a remote
+        set is refused (our Client raises pylm.CacheFull); the server's
+        own keys never count.
+    :param metrics_port: a port, or ``"HOST:PORT"``: serve the live
+        statistics to Prometheus while start() runs (pylm/_metrics.py;
+        needs ``pylm[metrics]``)
     """
 
-    def __init__(self, name, db_address, log_level, cache=None):
+    def __init__(self, name, db_address, log_level, cache=None, *, send_tracebacks=True,
+                 cache_max_entries=CACHE_MAX_ENTRIES, cache_max_bytes=CACHE_MAX_BYTES,
+                 metrics_port=None):
         self.name = name
         self.db_address = db_address
         self.cache = DictDB() if cache is None else cache
         self.logger = _logger(type(self).__name__, name, log_level)
         self._stopper = StopHandle()
         self.stats = {}
+        self.send_tracebacks = send_tracebacks
+        self.cache_max_entries = cache_max_entries
+        self.cache_max_bytes = cache_max_bytes
+        self._cache_handler = None
+        # the core Router while start() serves (read by live_stats), and
+        # what it knew when it stopped
+        self._runner = None
+        self._details = {}
+        self._started = self._stopped = None
+        self._metrics = None
+        if metrics_port is not None:
+            from pylm._metrics import MetricsServer   # the optional extra, only when asked
+            self._metrics = MetricsServer(self, metrics_port)
 
     def echo(self, payload):
         """Return the payload unchanged."""
@@ -78,8 +111,10 @@ class _Served(DefaultStream):
     def _serve_cache(self, rt, limit):
         """Preset the config keys and run the cache service at db_address
         in a thread.  An address already served by another server of the
-        same process is left to it."""
-        for key, value in self._config().items():
+        same process is left to it.  Remote requests may not set or delete
+        the config keys (pylm._cache)."""
+        config = self._config()
+        for key, value in config.items():
             if value is not None:
                 self.cache.set(value if isinstance(value, bytes) else value.encode(), key)
         try:
@@ -87,8 +122,29 @@ class _Served(DefaultStream):
         except zmq.ZMQError as exc:
             self.logger.warning("cache not served at %s: %s", self.db_address, exc)
             return
-        rt.thread(serve_cache, "%s-cache" % self.name, rep, rt.control(), self.cache,
-                  limit, DropLog(self.logger))
+        self._cache_handler = CacheHandler(self.cache, config, self.cache_max_entries,
+                                           self.cache_max_bytes, DropLog(self.logger),
+                                           self._stats_reply)
+        rt.thread(serve_cache, "%s-cache" % self.name, rep, rt.control(), self._cache_handler,
+                  limit)
+
+    def live_stats(self):
+        """The server's statistics now (pylm/_stats.py lists the fields),
+        while it serves and after; safe from any thread.  ``Client.stats()``
+        fetches them over the cache link."""
+        runner = self._runner
+        if runner is not None:
+            stats = server_stats(self, runner.counters(), runner.details(),
+                                 time.monotonic() - self._started)
+        else:
+            uptime = self._stopped - self._started if self._started is not None else None
+            stats = server_stats(self, self.stats, self._details, uptime)
+        if self._cache_handler is not None:
+            stats["cache_refused"] = self._cache_handler.refused
+        return stats
+
+    def _stats_reply(self):
+        return stats_reply(self.live_stats())
 
     def _executor(self, rt, inbound, out, out_kind, *, name, mux=False, limit=sys.maxsize,
                   **kwargs):
@@ -100,17 +156,29 @@ class _Served(DefaultStream):
         runner.add(_core.Executor(
             inbound, out, out_kind, name, method_table(self),
             pipelined=self.pipelined, stream_hook=stream_hook,
-            error_hook=ErrorReporter(self.logger), bad_hook=DropLog(self.logger),
+            error_hook=ErrorReporter(self.logger, self.send_tracebacks),
+            bad_hook=DropLog(self.logger),
             mux=mux, limit=min(limit, 2**62), **kwargs))
         return runner
 
     def _run(self, rt, runner, drain_ms=0):
         """Run a core Router until stopped, keeping the counters of its
         parts in self.stats."""
+        self._started = time.monotonic()
+        self._runner = runner
+        if self._metrics is not None:
+            self._metrics.start()
         try:
             runner.run(rt.control(), rt.wakeup_fd, drain_ms)
         finally:
+            if self._metrics is not None:
+                self._metrics.close()
             self.stats = runner.counters()
+            if self._cache_handler is not None:
+                self.stats["cache_refused"] = self._cache_handler.refused
+            self._details = runner.details()
+            self._stopped = time.monotonic()
+            self._runner = None
 
 
 class Server(_Served):
@@ -120,11 +188,12 @@ class Server(_Served):
     :param pipelined: send results to the next stage (topic = name,
         ``stage += 1``) instead of the client
     :param messages: return from start() after this many calls
+    :param options: keyword-only options of every server (see _Served)
     """
 
     def __init__(self, name, db_address, pull_address, pub_address, pipelined=False,
-                 log_level=None, messages=sys.maxsize):
-        super().__init__(name, db_address, log_level)
+                 log_level=None, messages=sys.maxsize, **options):
+        super().__init__(name, db_address, log_level, **options)
         self.pull_address = pull_address
         self.pub_address = pub_address
         self.pipelined = pipelined
@@ -150,11 +219,11 @@ class Pipeline(_Served):
     """A stage of a stream: subscribes to topic `previous` at `sub_address`,
     runs its entry of `function`, publishes at `pub_address` to the client
     (`to_client`) or to the next stage.  A method returning None sends
-    nothing."""
+    nothing.  `options`: keyword-only options of every server (_Served)."""
 
     def __init__(self, name, db_address, sub_address, pub_address, previous,
-                 to_client=True, log_level=None, messages=sys.maxsize):
-        super().__init__(name, db_address, log_level)
+                 to_client=True, log_level=None, messages=sys.maxsize, **options):
+        super().__init__(name, db_address, log_level, **options)
         self.sub_address = sub_address
         self.pub_address = pub_address
         self.previous = previous
@@ -189,13 +258,13 @@ class Sink(Pipeline):
     lists, zipped pairwise."""
 
     def __init__(self, name, db_address, sub_addresses, pub_address, previous,
-                 to_client=True, log_level=None, messages=sys.maxsize):
+                 to_client=True, log_level=None, messages=sys.maxsize, **options):
         if isinstance(sub_addresses, str) or isinstance(previous, str):
             raise TypeError("Sink takes lists of sub_addresses and previous")
         if len(sub_addresses) != len(previous):
             raise ValueError("sub_addresses and previous must have the same length")
         super().__init__(name, db_address, None, pub_address, None, to_client,
-                         log_level, messages)
+                         log_level, messages, **options)
         self.sub_addresses = list(sub_addresses)
         self.previous = list(previous)
 
@@ -227,14 +296,17 @@ class Master(_Served):
 
     Overridable: ``scatter(message)`` (a generator, on the way in),
     ``gather(message)`` (a generator, on the way out), ``handle_stream``.
-    Without overrides no Python runs per message.
+    Without overrides no Python runs per message.  Errors of workers are
+    forwarded as the workers wrote them: ``send_tracebacks=False`` on a
+    Master applies to its own hooks; give it to the Workers as well.
+    `options`: keyword-only options of every server (_Served).
     """
 
     def __init__(self, name, pull_address, pub_address, worker_pull_address,
                  worker_push_address, db_address, pipelined=False, cache=None,
                  log_level=None, messages=sys.maxsize, *,
-                 worker_router_address=None, worker_timeout=3.0):
-        super().__init__(name, db_address, log_level, cache)
+                 worker_router_address=None, worker_timeout=3.0, **options):
+        super().__init__(name, db_address, log_level, cache, **options)
         self.pull_address = pull_address
         self.pub_address = pub_address
         self.worker_pull_address = worker_pull_address
@@ -294,7 +366,7 @@ class Master(_Served):
             runner = _core.Router()
             publisher = runner.add(_core.Publisher(
                 pub, self.name, pipelined=self.pipelined, gather=hooks["gather"],
-                stream_hook=stream, bad_hook=drops))
+                stream_hook=stream, bad_hook=drops, send_tracebacks=self.send_tracebacks))
             pool = runner.add(_core.WorkerPool(
                 router, wpush, wpull, bad_hook=drops,
                 worker_timeout_ms=int(self.worker_timeout * 1000)), target=publisher)
@@ -338,16 +410,22 @@ class Worker(_Served):
     :param heartbeat: seconds between heartbeats to our Master, which gives
         up a worker silent for its `worker_timeout` and hands its messages
         to other workers
+    :param send_tracebacks: when false, the errors of methods reach the
+        client with type and message but no traceback (logged here in full)
+
+    ``set`` and ``delete`` raise PermissionError for the Master's
+    configuration keys and pylm.CacheFull past its cache's bound.
     """
 
     mux = False
 
     def __init__(self, name="", db_address="", push_address=None, pull_address=None,
                  log_level=None, messages=sys.maxsize, *, credit=1000, timeout=10.0,
-                 heartbeat=1.0):
+                 heartbeat=1.0, send_tracebacks=True):
         if not db_address:
             raise ValueError("Worker needs the db_address of its Master")
-        super().__init__(name or str(uuid.uuid4()), db_address, log_level)
+        super().__init__(name or str(uuid.uuid4()), db_address, log_level,
+                         send_tracebacks=send_tracebacks)
         self.push_address = push_address
         self.pull_address = pull_address
         self.messages = messages

@@ -9,6 +9,10 @@ written for them keep working)::
       RemoteError                  a server method raised; carries the remote
                                    exception's type, message and traceback text
       WorkerLost                   a message took down too many workers
+      CacheFull [PermissionError]  a server's cache refused a remote set: its
+                                   bound (entries or bytes) is reached
+    PermissionError (builtin)      a server refused a remote set/delete of one
+                                   of its configuration keys
     TimeoutError (builtin)         a client call got no reply in time
 
 pyzmq's own exceptions (``zmq.ZMQError``) are not wrapped.
@@ -17,8 +21,8 @@ pyzmq's own exceptions (``zmq.ZMQError``) are not wrapped.
 import json
 import traceback
 
-__all__ = ["PylmError", "DecodeError", "RemoteError", "WorkerLost", "error_text",
-           "NO_METHOD", "BAD_FUNCTION", "WORKER_LOST"]
+__all__ = ["PylmError", "DecodeError", "RemoteError", "WorkerLost", "CacheFull", "error_text",
+           "NO_METHOD", "BAD_FUNCTION", "WORKER_LOST", "PROTECTED_KEY", "CACHE_FULL"]
 
 
 class PylmError(Exception):
@@ -34,6 +38,8 @@ class DecodeError(PylmError, ValueError):
 NO_METHOD = "no_method"          # this server serves no method of that name
 BAD_FUNCTION = "bad_function"    # the entry at `stage` is no "server.method" of ours
 WORKER_LOST = "worker_lost"      # the message took down too many workers
+PROTECTED_KEY = "protected_key"  # a remote set/delete of a server's configuration key
+CACHE_FULL = "cache_full"        # a remote set past the cache's bound
 
 
 class RemoteError(PylmError):
@@ -65,9 +71,13 @@ class RemoteError(PylmError):
         return "%s: %s" % (self.remote_type, self.remote_message)
 
     @classmethod
-    def from_exception(cls, exc, code=""):
-        """The RemoteError that reports `exc` (type, message, traceback)."""
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    def from_exception(cls, exc, code="", with_traceback=True):
+        """The RemoteError that reports `exc`: type, message and, unless
+        `with_traceback` is false (a server's ``send_tracebacks=False``),
+        its formatted traceback."""
+        tb = ""
+        if with_traceback:
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         return cls(type(exc).__name__, str(exc), tb, code)
 
     def to_wire(self):
@@ -91,10 +101,19 @@ class RemoteError(PylmError):
             return cls(rtype, rmsg, "")
 
 
-def error_text(exc, code=""):
-    """The error field reporting exception `exc` (RemoteError.to_wire)."""
-    return RemoteError.from_exception(exc, code).to_wire()
+def error_text(exc, code="", with_traceback=True):
+    """The error field reporting exception `exc` (RemoteError.to_wire);
+    its traceback is left empty when `with_traceback` is false."""
+    return RemoteError.from_exception(exc, code, with_traceback).to_wire()
 
 
 class WorkerLost(PylmError):
     """The message was in flight on workers that died, too many times."""
+
+
+class CacheFull(PylmError, PermissionError):
+    """A server's cache refused a remote ``set``: it holds as many entries,
+    or as many bytes, as its bound allows (``cache_max_entries``,
+    ``cache_max_bytes``).  Overwriting a key with a value no bigger, or
+    deleting keys, still works.  A PermissionError, like the refusal of a
+    configuration key, so one ``except PermissionError`` catches both."""

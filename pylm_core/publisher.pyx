@@ -12,6 +12,8 @@ cdef class Publisher(Part):
     :param pipelined: publish results to topic `name` with ``stage += 1``
     :param gather, stream_hook: the subclass's overrides, or None
     :param bad_hook: ``callable(reason)`` for results that are dropped
+    :param send_tracebacks: error replies for failing hooks (its own and
+        the Intake's) carry the traceback; false: type and message only
     """
     cdef:
         void *pub
@@ -19,12 +21,13 @@ cdef class Publisher(Part):
         bytes name
         bint pipelined
         object gather, stream_hook
+        bint send_tracebacks
         Waiter waiter
         ClientBatch cbatch          # results for clients that read batches
-    cdef public long long sent
+    cdef public long long sent, errors, pings
 
     def __init__(self, pub, name, *, bint pipelined=False, gather=None, stream_hook=None,
-                 bad_hook=None):
+                 bad_hook=None, bint send_tracebacks=True):
         self._socket = pub
         self.pub = sock_handle(pub)
         self.name = name.encode() if isinstance(name, str) else bytes(name)
@@ -32,11 +35,12 @@ cdef class Publisher(Part):
         self.gather = gather
         self.stream_hook = stream_hook
         self.bad_hook = bad_hook
-        self.sent = self.bad = 0
+        self.send_tracebacks = send_tracebacks
+        self.sent = self.bad = self.errors = self.pings = 0
         self.cbatch = ClientBatch()
 
     def counters(self):
-        return {"sent": self.sent, "bad": self.bad}
+        return {"sent": self.sent, "bad": self.bad, "errors": self.errors, "pings": self.pings}
 
     cdef int attach(self, Router runner) except -1:
         self.waiter = runner.waiter
@@ -105,7 +109,7 @@ cdef class Publisher(Part):
         except Exception as exc:
             # a failing hook is the caller's error, not the Master's end
             self._drop("gather/handle_stream raised %s: %s" % (type(exc).__name__, exc))
-            return self.reply_error(env, error_text(exc).encode())
+            return self.reply_error(env, self.error_field(exc))
         for topic, out in routed:
             if self.publish_message(topic, out):
                 return 1
@@ -173,6 +177,10 @@ cdef class Publisher(Part):
         env.lost = 0
         return self.publish_env(env, env.f[PZ_F_CLIENT].p, env.f[PZ_F_CLIENT].n)
 
+    cdef bytes error_field(self, exc):
+        """The error field (encoded) reporting a failing hook's `exc`."""
+        return error_text(exc, with_traceback=self.send_tracebacks).encode()
+
     cdef int _batch(self, pz_env *env, const char *p, size_t n) except -1:
         """Add an encoded result to the batch of its client."""
         self.sent += 1
@@ -198,7 +206,12 @@ cdef class Publisher(Part):
             return 1
         if env_to_msg(env, &m) != 0:
             raise MemoryError()
-        self.sent += 1
+        if is_ping(env):
+            self.pings += 1
+        else:
+            self.sent += 1
+            if env.f[PZ_F_ERROR].n:
+                self.errors += 1
         return send_topic(self.waiter, self.pub, tp, tn, &m, NULL)
 
     cdef int _publish_raw(self, const char *p, size_t n, pz_msg_t *frame,

@@ -198,6 +198,7 @@ NODE_SCRIPT = r'''
     node.py worker NAME DB
     node.py pipeline NAME DB SUB PUB PREVIOUS
     node.py client SERVER DB --function F [--evals N] [--job N] [--push A] [--sub A]
+    node.py cache SERVER DB OP... (OP: set:KEY:VALUE, delete:KEY, get:KEY)
     node.py encode IN.json OUT.json | decode IN.json OUT.json
 
 Methods tag what they return with who ran them: ``old-<role>:<payload>``.
@@ -322,6 +323,27 @@ def cmd_client(a):
             a.function, (b"job-%d" % i for i in range(a.job)), messages=a.job)])
     out["set"] = client.set(b"legacy-value", "legacy-key")
     out["get"] = client.get("legacy-key").decode("latin-1")
+    client.clean()
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def cmd_cache(a):
+    """pylm 0.14's Client.set/delete/get, one OP after another; prints
+    RESULT [reply of each OP, as str]."""
+    from pylm.clients import Client
+    from pylm.parts.core import zmq_context
+    zmq_context.setsockopt(zmq.RCVTIMEO, a.rcvtimeo)
+    client = Client(a.name, a.args[0])
+    out = []
+    for op in a.args[1:]:
+        verb, _, rest = op.partition(":")
+        if verb == "set":
+            key, _, value = rest.partition(":")
+            out.append(client.set(value.encode(), key))
+        elif verb == "delete":
+            out.append(client.delete(rest))
+        else:
+            out.append(client.get(rest).decode("latin-1"))
     client.clean()
     print("RESULT " + json.dumps(out), flush=True)
 

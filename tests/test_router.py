@@ -11,7 +11,7 @@ import zmq
 
 import pylm_core
 from pylm_core import _core
-from pylm._cache import CONFIG_PROTOCOL_KEY, PROTOCOL, PROTOCOL_PARTS, serve_cache
+from pylm._cache import CONFIG_PROTOCOL_KEY, PROTOCOL, PROTOCOL_PARTS, CacheHandler, serve_cache
 from pylm._context import context
 from pylm._dispatch import DropLog
 from pylm._runtime import Runtime, StopHandle
@@ -74,8 +74,8 @@ class HandMaster:
                     **{CONFIG_PROTOCOL_KEY: PROTOCOL.decode()}).items():
                 self.cache.set(value.encode(), key)
             rep = rt.socket(zmq.REP, bind=self.db_address)
-            rt.thread(serve_cache, "cache", rep, rt.control(), self.cache, sys.maxsize,
-                      DropLog(self.logger))
+            rt.thread(serve_cache, "cache", rep, rt.control(),
+                      CacheHandler(self.cache, drop_log=DropLog(self.logger)), sys.maxsize)
             pull = rt.socket(zmq.PULL, bind=self.pull_address)
             pub = rt.publisher(self.pub_address, MAX_MESSAGE_SIZE)
             wpush = rt.socket(zmq.PUSH, bind=self.worker_push_address)

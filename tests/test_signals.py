@@ -187,7 +187,7 @@ def test_sigterm_stops_a_worker_blocked_sending_to_its_master(tmp_path):
     sending the rest, inside the batch (where it looks for no stop
     request).  SIGTERM must still stop it: its sends wait for room while
     watching the stop socket."""
-    from pylm._cache import serve_cache
+    from pylm._cache import CacheHandler, serve_cache
     from pylm.parts.messages_pb2 import PalmMessage
     from pylm.persistence.kv import DictDB
 
@@ -214,7 +214,7 @@ def test_sigterm_stops_a_worker_blocked_sending_to_its_master(tmp_path):
                                    zmq.LAST_ENDPOINT)).items():
             cache.set(value.encode(), key)
         cache_thread = threading.Thread(target=serve_cache, daemon=True, args=(
-            rep, control, cache, 100, lambda reason: None))
+            rep, control, CacheHandler(cache), 100))
         cache_thread.start()
 
         ready, report = str(tmp_path / "w.ready"), str(tmp_path / "w.json")

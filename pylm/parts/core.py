@@ -109,9 +109,10 @@ def _to_message(data):
     return PalmMessage.FromString(data)
 
 
-def error_reply(message, exc):
+def error_reply(message, exc, with_traceback=True):
     """The envelope answering `message` with the error `exc` (b'' when there
-    is no envelope to answer): pylm clients raise it as RemoteError."""
+    is no envelope to answer): pylm clients raise it as RemoteError.  The
+    traceback is left out unless `with_traceback`."""
     if message is None or not hasattr(message, "SerializeToString"):
         return b""
     reply = PalmMessage()
@@ -119,7 +120,7 @@ def error_reply(message, exc):
         reply.CopyFrom(message)
     except TypeError:       # an envelope of another class (protobuf's)
         reply.ParseFromString(message.SerializeToString())
-    reply.error = error_text(exc)
+    reply.error = error_text(exc, with_traceback=with_traceback)
     return reply.SerializeToString()
 
 
@@ -151,7 +152,12 @@ class Router(_core.Router):
     :param cache: the server's cache
     :param messages: start() returns once this many messages were routed
         (and the messages under way have arrived)
+
+    ``send_tracebacks`` (set by ServerTemplate): whether the error replies
+    of its parts carry tracebacks.
     """
+
+    send_tracebacks = True
 
     def __init__(self, inbound_address="inproc://inbound", outbound_address="inproc://outbound",
                  logger=None, cache=None, messages=sys.maxsize):
@@ -495,7 +501,8 @@ class Inbound(_Part):
         if isinstance(exc, PartFailed) and exc.__cause__ is not None:
             exc = exc.__cause__         # the peer is told what the hook raised
         if self.reply:
-            self._send_reply(exchange.prefix, error_reply(exchange.message, exc), 500)
+            self._send_reply(exchange.prefix, error_reply(
+                exchange.message, exc, getattr(self._runner, "send_tracebacks", True)), 500)
         self._done(exchange)
 
     def _done(self, exchange):

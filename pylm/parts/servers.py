@@ -18,10 +18,10 @@ calling thread (bypass parts that are HTTP servers add a thread each)::
 import logging
 import sys
 
-from pylm._cache import CONFIG_PROTOCOL_KEY, PROTOCOL_PARTS
+from pylm._cache import CACHE_MAX_BYTES, CACHE_MAX_ENTRIES, CONFIG_PROTOCOL_KEY, PROTOCOL_PARTS
 from pylm._stream import DefaultStream
 from pylm.parts.core import Router
-from pylm.parts.services import PubService
+from pylm.parts.services import CacheService, PubService
 from pylm.persistence.kv import DictDB
 
 __all__ = ["ServerTemplate", "BaseMaster"]
@@ -35,6 +35,13 @@ class ServerTemplate:
         added: configure logging in the application
     :param router_messages: start() returns once this many messages were
         routed (and the ones under way have arrived)
+    :param send_tracebacks: keyword-only; when false, the error replies of
+        parts carry the exception's type and message but no traceback
+        (logged here in full)
+    :param cache_max_entries, cache_max_bytes: keyword-only; the bound of
+        the cache a CacheService registered here serves (see
+        pylm.servers); the keys given to preset_cache() cannot be set or
+        deleted by remote requests
 
     Attributes, as in pylm 0.14: ``cache`` (the DictDB every part gets
     unless registered with its own), ``logger``, ``router``,
@@ -42,7 +49,9 @@ class ServerTemplate:
     (name -> part).
     """
 
-    def __init__(self, logging_level=None, router_messages=sys.maxsize):
+    def __init__(self, logging_level=None, router_messages=sys.maxsize, *,
+                 send_tracebacks=True, cache_max_entries=CACHE_MAX_ENTRIES,
+                 cache_max_bytes=CACHE_MAX_BYTES):
         self.name = ""
         self.logging_level = logging_level
         self.cache = DictDB()
@@ -53,6 +62,11 @@ class ServerTemplate:
         if logging_level is not None:
             self.logger.setLevel(logging_level)
         self.router = Router(logger=self.logger, cache=self.cache, messages=router_messages)
+        self.router.send_tracebacks = send_tracebacks
+        self.cache_max_entries = cache_max_entries
+        self.cache_max_bytes = cache_max_bytes
+        # what preset_cache() stored: shared with the CacheService parts
+        self._protected_keys = set()
 
     def _check_name(self, name):
         if name in self.inbound_components or name in self.outbound_components or \
@@ -97,6 +111,10 @@ class ServerTemplate:
         beside the routing (CacheService, HttpGateway...)."""
         self._check_name(name)
         kwargs.setdefault("cache", self.cache)
+        if isinstance(part, type) and issubclass(part, CacheService):
+            kwargs.setdefault("protected_keys", self._protected_keys)
+            kwargs.setdefault("cache_max_entries", self.cache_max_entries)
+            kwargs.setdefault("cache_max_bytes", self.cache_max_bytes)
         instance = part(name, listen_address, logger=self.logger, **kwargs)
         self.router.register_bypass(name, part=instance)
         self.bypass_components[name] = instance
@@ -104,7 +122,9 @@ class ServerTemplate:
 
     def preset_cache(self, **kwargs):
         """Store each keyword in the cache (str values as UTF-8), for
-        clients and workers that find their configuration there."""
+        clients and workers that find their configuration there.  Remote
+        requests cannot set or delete these keys."""
+        self._protected_keys.update(kwargs)
         for key, value in kwargs.items():
             self.cache.set(value.encode("utf-8") if isinstance(value, str) else value, key)
 

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import zmq
 
-from pylm._cache import handle_cache_request
+from pylm._cache import CACHE_MAX_BYTES, CACHE_MAX_ENTRIES, CacheHandler
 from pylm._context import context
 from pylm._stream import DefaultStream
 from pylm.parts.core import (HTTP_TIMEOUT, MAX_MESSAGE_SIZE, BypassInbound, Inbound, Outbound,
@@ -173,23 +173,39 @@ class RepBypassService(BypassInbound):
 class CacheService(RepBypassService):
     """The server's cache at `listen_address` (its ``db_address``) for
     clients and workers: envelopes whose function ends in ``.set``,
-    ``.get`` or ``.delete``, answered with raw bytes (shared/API.md)."""
+    ``.get`` or ``.delete``, answered with raw bytes (shared/API.md).
 
-    def __init__(self, name, listen_address, logger=None, cache=None, messages=sys.maxsize):
+    Remote requests obey the rules of pylm._cache: no ``set``/``delete``
+    of the configuration keys (pylm._cache.CONFIG_KEYS and
+    `protected_keys`), no ``set`` past the bound.  Registered with a
+    ServerTemplate, the keywords default to the template's (its
+    ``preset_cache`` keys are protected).
+
+    :param protected_keys: keyword-only; keys a remote request may not
+        set or delete (a set may grow while the service runs)
+    :param cache_max_entries: keyword-only; the most entries remote sets
+        may store
+    :param cache_max_bytes: keyword-only; the most bytes (keys plus
+        values) they may store
+    """
+
+    def __init__(self, name, listen_address, logger=None, cache=None, messages=sys.maxsize,
+                 *, protected_keys=(), cache_max_entries=CACHE_MAX_ENTRIES,
+                 cache_max_bytes=CACHE_MAX_BYTES):
         super().__init__(name, listen_address, logger=logger,
                          cache=DictDB() if cache is None else cache, messages=messages)
+        self.handler = CacheHandler(self.cache, protected_keys, cache_max_entries,
+                                    cache_max_bytes, drop_log=self._drop)
+
+    def _drop(self, reason):
+        if self._drops is not None:
+            self._drops(reason)
 
     def recv(self):
-        """Answer one cache request; a bad one gets b''."""
+        """Answer one cache request; a bad one gets b'' (a refused one:
+        see pylm._cache)."""
         frames = self.listen_to.recv_multipart()
-        try:
-            if len(frames) != 1:
-                raise ValueError("a cache request of %d frames" % len(frames))
-            reply = handle_cache_request(self.cache, frames[0])
-        except Exception as exc:    # bad input never stops the service
-            self._drops("cache request: %s: %s" % (type(exc).__name__, exc))
-            reply = b""
-        self.listen_to.send(reply)
+        self.listen_to.send_multipart(self.handler.answer(frames))
         return frames[-1]
 
 
