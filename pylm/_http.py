@@ -75,6 +75,7 @@ class PooledServerMixIn:
         self.max_concurrent = max_concurrent
         self.request_queue_size = max(1, max_queued)     # the listen backlog
         self.read_timeout = read_timeout
+        self.keepalive_idle = KEEPALIVE_IDLE
         self.logger = logger if logger is not None else logging.getLogger("pylm.http")
         self.busy = 0
         self.most_busy = 0
@@ -199,10 +200,10 @@ class PooledServerMixIn:
 
     def next_request(self, rfile, request):
         """Wait on a kept-alive connection for the start of its next
-        request (at most KEEPALIVE_IDLE s): True once it started (its
+        request (at most `keepalive_idle` s): True once it started (its
         deadline is then `read_timeout` again), False when the connection
         closed or stayed silent."""
-        self.expect_request(request, min(KEEPALIVE_IDLE, self.read_timeout))
+        self.expect_request(request, min(self.keepalive_idle, self.read_timeout))
         try:
             started = bool(rfile.peek(1))
         except OSError:             # socket.timeout included

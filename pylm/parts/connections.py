@@ -277,18 +277,20 @@ class HttpConnection(Outbound):
             except queue.Empty:
                 conn, reused = self._connection_class(self._host, self._port,
                                                       timeout=self.timeout), False
+            response = None
             try:
                 conn.request("POST", self._path, body=body,
                              headers={"Content-Type": "application/octet-stream"})
                 response = conn.getresponse()
                 data = self._read_body(response)
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            except BaseException as exc:
+                # the response holds the socket open (its file) until closed
+                if response is not None:
+                    response.close()
                 conn.close()
-                if reused and attempt == 0:
+                if reused and attempt == 0 and isinstance(exc, (
+                        http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
                     continue
-                raise
-            except BaseException:
-                conn.close()
                 raise
             if response.will_close:
                 conn.close()
@@ -303,10 +305,11 @@ class HttpConnection(Outbound):
         raise AssertionError("unreachable")
 
     def _read_body(self, response):
-        """The body of `response`, read `_READ_CHUNK` bytes at a time:
-        HttpResponseTooLarge past `max_response_bytes` (announced or read),
-        TimeoutError when it takes longer than `timeout` s in all (each
-        read is bounded by the socket's timeout too)."""
+        """The body of `response`: HttpResponseTooLarge past
+        `max_response_bytes` (announced, or read so far), TimeoutError when
+        it takes longer than `timeout` s in all.  Read with one system call
+        at a time (``read1``), so that a worker trickling its answer is cut
+        off at the deadline; each call is bounded by the socket's timeout."""
         limit = self.max_response_bytes
         if response.length is not None and response.length > limit:
             raise HttpResponseTooLarge("the answer from %s has %d bytes; at most %d are read"
@@ -314,7 +317,7 @@ class HttpConnection(Outbound):
         deadline = time.monotonic() + self.timeout
         chunks, size = [], 0
         while True:
-            chunk = response.read(min(_READ_CHUNK, limit + 1 - size))
+            chunk = response.read1(min(_READ_CHUNK, limit + 1 - size))
             if not chunk:
                 break
             size += len(chunk)
@@ -328,6 +331,7 @@ class HttpConnection(Outbound):
         data = b"".join(chunks)
         if response.length:         # the worker closed before its Content-Length
             raise http.client.IncompleteRead(data, response.length)
+        response.read()             # b"": marks the response done, the connection reusable
         return data
 
 
