@@ -191,8 +191,15 @@ def test_debug_server_cuts_a_slow_client_and_serves_the_next():
 # -- the parts: HttpGateway, HttpService --------------------------------------------------
 
 class ShoutWorker(Worker):
+    gate = None     # a Gate that `held` waits at
+
     def shout(self, payload):
         return payload.upper()
+
+    def held(self, payload):
+        if not type(self).gate.wait():
+            raise TimeoutError("the test never opened the gate")
+        return payload
 
 
 @contextlib.contextmanager
@@ -280,6 +287,28 @@ def test_a_silent_kept_alive_connection_frees_its_thread():
             assert response.getheader("Connection") != "close"
             # the connection stays open and silent; the next client is served
             assert request(part.address, "POST", "/shout", b"second") == (200, b"SECOND")
+        finally:
+            kept.close()
+
+
+def test_a_kept_alive_connection_is_closed_after_its_answer_while_others_wait():
+    with gateway(max_concurrent=1) as part, Gate() as gate:
+        ShoutWorker.gate = gate
+        pool = part._http.server
+        kept = http.client.HTTPConnection(*part.address, timeout=SERVED_TIMEOUT)
+        try:
+            assert request(part.address, "POST", "/shout", b"warm") == (200, b"WARM")
+            kept.request("POST", "/held", b"first")
+            gate.wait_arrived(1, SERVED_TIMEOUT)
+            waiting = InBackground(request, part.address, "POST", "/shout", b"waits")
+            # the waiting connection is in the listen backlog
+            wait_for(lambda: select.select([pool.socket], [], [], 0)[0],
+                     what="a connection waiting to be accepted")
+            gate.open()
+            response = kept.getresponse()
+            assert (response.status, response.read()) == (200, b"first")
+            assert response.getheader("Connection") == "close"
+            assert waiting.get() == (200, b"WAITS")
         finally:
             kept.close()
 
