@@ -29,6 +29,7 @@ import logging
 import queue
 import select
 import socket
+import sys
 import threading
 import time
 
@@ -181,9 +182,13 @@ class PooledServerMixIn:
             self.busy = len(self._active)
 
     def handle_error(self, request, client_address):
-        """Log (instead of socketserver's print to stderr); a client that
-        went away is no error of ours."""
-        self.logger.debug("HTTP connection from %s failed", client_address, exc_info=True)
+        """Log (instead of socketserver's print to stderr): a client that
+        went away or was too slow (OSError) at DEBUG, anything else as an
+        error."""
+        if isinstance(sys.exc_info()[1], OSError):
+            self.logger.debug("HTTP connection from %s failed", client_address, exc_info=True)
+        else:
+            self.logger.error("HTTP connection from %s failed", client_address, exc_info=True)
 
     # deadlines ---------------------------------------------------------------------
     def expect_request(self, request, seconds):

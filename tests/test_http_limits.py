@@ -29,8 +29,8 @@ from pylm.parts.connections import HttpConnection
 from pylm.parts.gateways import GatewayDealer, GatewayRouter, HttpGateway
 from pylm.parts.messages_pb2 import PalmMessage
 from pylm.parts.servers import ServerTemplate
-from pylm.parts.services import (CacheService, PubService, PullService, WorkerPullService,
-                                 WorkerPushService)
+from pylm.parts.services import (CacheService, HttpService, PubService, PullService,
+                                 WorkerPullService, WorkerPushService)
 from pylm.remote.server import DebugServer, RequestHandler
 from pylm.servers import Worker
 
@@ -316,7 +316,6 @@ def test_a_kept_alive_connection_is_closed_after_its_answer_while_others_wait():
 def test_http_service_refuses_a_long_body_and_serves_on(serve):
     with serving(DebugServer("127.0.0.1", 0, HeldHandler, threaded=True)) as worker:
         server = ServerTemplate()
-        from pylm.parts.services import HttpService
         service = server.register_inbound(HttpService, "Http", "127.0.0.1", route="Worker",
                                           block=True, port=0, max_request_bytes=1000,
                                           max_concurrent=2)

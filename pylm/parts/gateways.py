@@ -9,8 +9,9 @@ with what the workers make of the request body::
 :class:`HttpGateway` (a bypass part: an HTTP server with a pool of
 threads, pylm._http) gives each request a DEALER of its own, connected to
 the :class:`GatewayRouter`'s ROUTER (an inbound part); the envelope's
-``client`` is that DEALER's identity.  Results routed to the :class:`GatewayDealer` (an outbound part)
-are sent back through the GatewayRouter's socket to that identity.
+``client`` is that DEALER's identity.  Results routed to the
+:class:`GatewayDealer` (an outbound part) are sent back through the
+GatewayRouter's socket to that identity.
 """
 
 import logging
