@@ -60,7 +60,7 @@ class PooledServerMixIn:
     Handlers call :meth:`expect_request` / :meth:`request_read` around the
     reading of a request (the first request's deadline is set when the
     connection is accepted), :meth:`next_request` before the next request
-    of a kept-alive connection, and :meth:`crowded` to decide whether to
+    of a kept-alive connection, and :meth:`keep_alive` to decide whether to
     keep a connection alive.  ``busy`` and ``most_busy`` count the
     connections being served now and at most so far.
 
@@ -216,18 +216,21 @@ class PooledServerMixIn:
         self.expect_request(request, self.read_timeout)
         return started
 
-    def crowded(self):
-        """True when every thread of the pool is busy and a connection
-        waits for one: a kept-alive connection is then closed after its
-        answer, so that the waiting one gets its thread."""
+    def keep_alive(self):
+        """Whether a connection may stay open after its answer: not within
+        handle_request() (one request, then it returns), nor while every
+        thread of the pool is busy and a connection waits for one (closing
+        this one gives the waiting one its thread)."""
+        if self._inline:
+            return False
         with self._lock:
             if len(self._active) < self.max_concurrent:
-                return False
+                return True
         try:
             readable, _, _ = select.select([self.socket], [], [], 0)
         except (OSError, ValueError):
-            return False
-        return bool(readable)
+            return True
+        return not readable
 
     def _expire(self):
         now = time.monotonic()

@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pylm._testing import Gate, running, tcp_addresses, wait_for
+from pylm._testing import Gate, free_port, running, tcp_addresses, wait_for
 from pylm.errors import RemoteError
 from pylm.parts.connections import HttpConnection
 from pylm.parts.gateways import GatewayDealer, GatewayRouter, HttpGateway
@@ -435,3 +435,20 @@ def test_http_connection_reads_at_most_max_response_bytes(serve, make_client, fa
         client.eval("web.any", b"trickle", timeout=SERVED_TIMEOUT)
     assert info.value.remote_type == "TimeoutError"
     assert client.eval("web.any", b"last", timeout=SERVED_TIMEOUT) == b"last"
+
+
+def test_gateway_debug_serves_one_request_and_returns():
+    part = HttpGateway(listen_address="inproc://limits-no-router", hostname="127.0.0.1",
+                       port=0, timeout=0.2)
+    part.port = free_port()     # debug() binds when called
+    served = InBackground(part.debug)
+
+    def answered():
+        try:
+            return request(("127.0.0.1", part.port), "GET", "/shout", timeout=TIMEOUT)
+        except ConnectionRefusedError:
+            return None
+
+    status, body = wait_for(answered, timeout=SERVED_TIMEOUT, what="debug() serving")
+    assert status == 504        # no GatewayRouter behind it
+    served.get()                # returned after the one request, kept-alive or not

@@ -262,9 +262,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def answer(self, status, body, content_type="text/plain; charset=utf-8", close=False):
         """Send the answer; `close` when the request was not read whole
-        (the connection is closed after lingering).  A kept-alive
-        connection is closed too while others wait for a thread."""
-        ending = close or self.server.crowded()
+        (the connection is closed after lingering).  A connection is not
+        kept alive either when the server says so (pylm._http: others wait
+        for a thread, or it serves one request)."""
+        ending = close or not self.server.keep_alive()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
