@@ -35,7 +35,7 @@ import time
 
 from pylm_core import _core
 
-__all__ = ["PooledServerMixIn", "linger", "MAX_REQUEST_BYTES", "MAX_CONCURRENT",
+__all__ = ["PooledServerMixIn", "body_length", "linger", "MAX_REQUEST_BYTES", "MAX_CONCURRENT",
            "MAX_QUEUED", "READ_TIMEOUT", "KEEPALIVE_IDLE"]
 
 #: Largest request body read (413 above it): a body becomes one message
@@ -267,6 +267,25 @@ class PooledServerMixIn:
                 pass
         for _ in range(threads):
             self._work.put(None)
+
+
+def body_length(value, limit, required=True):
+    """Check a request's Content-Length (`value`, None when absent) against
+    `limit`: ``(length, None)``, or ``(None, (status, text))`` for the
+    answer that refuses it without reading the body: 411 no length (when
+    `required`; else the length is 0), 400 not a decimal number, 413 more
+    than `limit` bytes."""
+    if value is None or not value.strip():
+        if required:
+            return None, (411, b"a body with a Content-Length is required")
+        return 0, None
+    value = value.strip()
+    if not (value.isascii() and value.isdigit()):
+        return None, (400, b"bad Content-Length")
+    length = int(value)
+    if length > limit:
+        return None, (413, b"body of %d bytes; at most %d accepted" % (length, limit))
+    return length, None
 
 
 def linger(connection, most=1 << 20, seconds=1.0):

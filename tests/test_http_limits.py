@@ -165,11 +165,26 @@ def test_without_threaded_one_request_at_a_time():
         assert worker.httpd.most_busy == 1
 
 
+def status_of(address, head):
+    """The status the server answers a request `head` (no body) with."""
+    with socket.create_connection(address, timeout=SERVED_TIMEOUT) as sock:
+        sock.sendall(head)
+        return int(closed_by_server(sock).split(b" ", 2)[1])
+
+
+#: Content-Length values refused (400) without reading: "²" passes
+#: str.isdigit() but not int()
+BAD_LENGTHS = (b"-1", b"1e3", b"\xb2", b"0x10", b"")
+
+
 def test_debug_server_refuses_a_long_body_with_413_and_serves_on():
     worker = DebugServer("127.0.0.1", 0, HeldHandler, max_request_bytes=1000)
     with serving(worker):
         status, body = request(worker.address, "POST", "/", envelope("w.echo", b"x" * 200_000))
         assert status == 413 and b"at most 1000" in body
+        for length in BAD_LENGTHS:
+            assert status_of(worker.address, b"POST / HTTP/1.0\r\nContent-Length: %s\r\n\r\n"
+                             % length) == (411 if not length else 400), length
         status, body = request(worker.address, "POST", "/", envelope("w.echo", b"small"))
         assert status == 200 and PalmMessage.FromString(body).payload == b"small"
 
@@ -241,6 +256,10 @@ def test_slow_clients_hold_at_most_the_pool_and_waiting_requests_get_served():
                 assert b"400" in closed_by_server(slow2).split(b"\r\n")[0]
         assert pool.most_busy == 2
         assert request(part.address, "POST", "/shout", b"still") == (200, b"STILL")
+        for length in BAD_LENGTHS:
+            assert status_of(part.address, b"POST /shout HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Length: %s\r\n\r\n" % length) == \
+                (411 if not length else 400), length
 
 
 def trickle(sock, stop, interval=0.05):

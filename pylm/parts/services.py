@@ -13,7 +13,7 @@ import zmq
 
 from pylm._cache import handle_cache_request
 from pylm._http import (MAX_CONCURRENT, MAX_QUEUED, MAX_REQUEST_BYTES, READ_TIMEOUT,
-                        PooledServerMixIn, linger)
+                        PooledServerMixIn, body_length, linger)
 from pylm._context import context
 from pylm._stream import DefaultStream
 from pylm.parts.core import (HTTP_TIMEOUT, MAX_MESSAGE_SIZE, BypassInbound, Inbound, Outbound,
@@ -223,35 +223,25 @@ class _Handler(BaseHTTPRequestHandler):
 
     def handle_expect_100(self):
         # refuse a body too long before the client sends it
-        length = (self.headers.get("Content-Length") or "").strip()
-        if length.isdigit() and int(length) > self.owner.max_request_bytes:
-            self.answer(413, b"body of %s bytes; at most %d accepted"
-                        % (length.encode(), self.owner.max_request_bytes), close=True)
+        _, refusal = body_length(self.headers.get("Content-Length"),
+                                 self.owner.max_request_bytes, required=False)
+        if refusal is not None:
+            self.answer(*refusal, close=True)
             return False
         return super().handle_expect_100()
 
     def read_body(self, required):
         """The request body, or None once the error was answered (411 no
-        length, 400 bad length or short body, 413 too long)."""
+        length or a Transfer-Encoding, 400 bad length or short body, 413
+        too long: pylm._http.body_length)."""
         if "Transfer-Encoding" in self.headers:
             self.answer(411, b"Transfer-Encoding is not supported; send Content-Length",
                         close=True)
             return None
-        length = self.headers.get("Content-Length")
-        if length is None:
-            if required:
-                self.answer(411, b"a body with a Content-Length is required", close=True)
-                return None
-            self.server.request_read(self.connection)
-            return b""
-        length = length.strip()
-        if not length.isdigit():
-            self.answer(400, b"bad Content-Length", close=True)
-            return None
-        n = int(length)
-        if n > self.owner.max_request_bytes:
-            self.answer(413, b"body of %d bytes; at most %d accepted"
-                        % (n, self.owner.max_request_bytes), close=True)
+        n, refusal = body_length(self.headers.get("Content-Length"),
+                                 self.owner.max_request_bytes, required)
+        if refusal is not None:
+            self.answer(*refusal, close=True)
             return None
         body = self.rfile.read(n)
         if len(body) < n:

@@ -34,7 +34,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from pylm._dispatch import error_text, method_table
 from pylm._http import (MAX_CONCURRENT, MAX_QUEUED, MAX_REQUEST_BYTES, READ_TIMEOUT,
-                        PooledServerMixIn, linger)
+                        PooledServerMixIn, body_length, linger)
 from pylm_core.errors import BAD_FUNCTION, NO_METHOD, RemoteError
 from pylm.errors import DecodeError
 from pylm.parts.messages_pb2 import PalmMessage
@@ -79,17 +79,8 @@ class RequestHandler:
         self.request = Request(method=method, data=data)
 
     def _read_body(self, environ):
-        length = (environ.get("CONTENT_LENGTH") or "").strip()
-        if not length:
-            self._refused = (411, b"a body with a Content-Length is required")
-            return b""
-        if not length.isdigit():
-            self._refused = (400, b"bad Content-Length")
-            return b""
-        n = int(length)
-        if n > self.max_request_bytes:
-            self._refused = (413, b"body of %d bytes; at most %d accepted"
-                             % (n, self.max_request_bytes))
+        n, self._refused = body_length(environ.get("CONTENT_LENGTH"), self.max_request_bytes)
+        if self._refused is not None:
             return b""
         data = environ["wsgi.input"].read(n)
         if len(data) < n:
@@ -189,14 +180,14 @@ class _PooledRequestHandler(WSGIRequestHandler):
     def parse_request(self):
         if not super().parse_request():
             return False
-        length = (self.headers.get("Content-Length") or "").strip()
-        if length.isdigit() and int(length) <= self.server.max_request_bytes:
-            body = self.rfile.read(int(length))
+        length = self.headers.get("Content-Length")
+        n, refusal = body_length(length, self.server.max_request_bytes, required=False)
+        if refusal is None:
+            body = self.rfile.read(n)
             self.server.request_read(self.connection)
             self._socket_rfile, self.rfile = self.rfile, io.BytesIO(body)
-        else:
-            # refused by the RequestHandler without reading (411, 400, 413)
-            self._unread = bool(length) or "Transfer-Encoding" in self.headers
+        # else refused by the RequestHandler without reading (400, 413)
+        self._unread = refusal is not None or "Transfer-Encoding" in self.headers
         return True
 
     def finish(self):
