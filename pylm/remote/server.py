@@ -175,7 +175,8 @@ class _PooledRequestHandler(WSGIRequestHandler):
     def setup(self):
         self.timeout = self.server.read_timeout     # each socket operation
         super().setup()
-        self._unread = False
+        self._unread = False        # a body was left unread: linger before closing
+        self._socket_rfile = None   # the connection's file, once the body was read
 
     def parse_request(self):
         if not super().parse_request():
@@ -192,9 +193,8 @@ class _PooledRequestHandler(WSGIRequestHandler):
 
     def finish(self):
         super().finish()
-        socket_rfile = getattr(self, "_socket_rfile", None)
-        if socket_rfile is not None:
-            socket_rfile.close()
+        if self._socket_rfile is not None:
+            self._socket_rfile.close()
         if self._unread:
             linger(self.connection)
 
