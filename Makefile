@@ -98,12 +98,14 @@ bench: build $(BENCH_STAMP)
 
 # An optional extra of pyproject.toml (docs, typecheck) installed into .venv
 # without reinstalling the project: its requirements are read from the
-# installed project's metadata, so they are written once, in pyproject.toml.
+# installed project's metadata (not a pylm.egg-info that `make dist` left in
+# the working tree), so they are written once, in pyproject.toml.
 $(VENV)/.extra-%: $(STAMP)
 	@mkdir -p build
-	$(PY) -c "import importlib.metadata as m; \
+	$(PY) -c "import sys; sys.path.remove(''); import importlib.metadata as m; \
 	  print('\n'.join(r.split(';')[0] for r in m.requires('pylm') if 'extra == \"$*\"' in r))" \
 	  > build/extra-$*.txt
+	@test -s build/extra-$*.txt || { echo "pyproject.toml has no extra '$*' (or the installed metadata is stale: rm $(STAMP))"; exit 1; }
 	$(PY) -m pip install -q -r build/extra-$*.txt
 	touch $@
 
