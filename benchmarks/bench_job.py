@@ -4,6 +4,11 @@ hand-written pyzmq baseline of the same shape in the same run.
 group "job": 100-byte payloads, MESSAGES per round, reported as msgs/s
     ours      Client.job -> Master (process) -> 2 Workers (processes) -> Master -> Client
     baseline  ventilator PUSH (thread) -> 2 workers PULL/PUSH (processes) -> sink PULL
+group "job-stats": the "job" round of ours with live statistics asked for
+    ours      the same job while a thread calls Client.stats() every 10 ms
+    baseline  the same job alone (issue 13's target: ours >= 0.95x its msgs/s)
+    The two run one after the other; on a loaded machine rounds vary more
+    than the difference, so compare several runs (or interleave the two).
 group "eval": one call per round, the median is the p50 latency
     ours      Client.eval -> Server (process) -> Client
     baseline  REQ -> REP (process) -> REQ
@@ -138,6 +143,55 @@ def test_job_baseline_pyzmq(bench, benchmark, request, pushpull):
     bench(_pushpull_round, vent, sink, MESSAGES, role="baseline",
           rounds=ROUNDS, warmup_rounds=1, iterations=1)
     record(request, benchmark, "job", "baseline", MESSAGES)
+
+
+# ---------------------------------------------------------------------------
+# group "job-stats"
+
+#: Seconds between two Client.stats() calls beside a job.
+STATS_EVERY = 0.01
+
+
+def _job_round_polled(client, poller, n):
+    """_job_round while another thread asks the Master for its statistics
+    every STATS_EVERY seconds (its own Client: clients are not shared
+    between threads)."""
+    stop = threading.Event()
+    polls = []
+
+    def poll():
+        while not stop.wait(STATS_EVERY):
+            polls.append(poller.stats(timeout=START_TIMEOUT)["received"])
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    try:
+        _job_round(client, n)
+    finally:
+        stop.set()
+        thread.join()
+    assert polls, "no statistics were read during the round"
+
+
+@pytest.fixture(scope="module")
+def stats_poller(master_client):
+    poller = Client("master", master_client.db_address, timeout=START_TIMEOUT)
+    yield poller
+    poller.close()
+
+
+@pytest.mark.benchmark(group="job-stats")
+def test_job_stats_alone(bench, benchmark, request, master_client):
+    bench(_job_round, master_client, MESSAGES, role="baseline",
+          rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    record(request, benchmark, "job-stats", "baseline", MESSAGES)
+
+
+@pytest.mark.benchmark(group="job-stats")
+def test_job_stats_polled(bench, benchmark, request, master_client, stats_poller):
+    bench(_job_round_polled, master_client, stats_poller, MESSAGES, role="ours",
+          rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    record(request, benchmark, "job-stats", "ours", MESSAGES)
 
 
 # ---------------------------------------------------------------------------

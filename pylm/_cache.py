@@ -86,9 +86,13 @@ def batch_bytes_for(max_message_size):
         return UNLIMITED
 
 
-def handle_cache_request(cache, msg):
-    """The reply (bytes) to one cache request (a decoded envelope)."""
+def handle_cache_request(cache, msg, stats=None):
+    """The reply (bytes) to one cache request (a decoded envelope).
+    `stats`, when given, answers the ``stats`` operation (live statistics,
+    pylm/_stats.py)."""
     op = msg.function.rpartition(".")[2]
+    if op == "stats" and stats is not None:
+        return stats()
     if op == "set":
         return cache.set(msg.payload, msg.cache or None).encode()
     if op == "get":
@@ -129,16 +133,19 @@ class CacheHandler:
     :param max_entries: the most entries remote requests may store
     :param max_bytes: the most bytes (keys plus values) they may store
     :param drop_log: ``callable(reason)`` for bad and refused requests
+    :param stats: ``callable() -> bytes``, the reply to a ``stats``
+        request (None: the server keeps no live statistics)
     """
 
     def __init__(self, cache, protected_keys=(), max_entries=CACHE_MAX_ENTRIES,
-                 max_bytes=CACHE_MAX_BYTES, drop_log=None):
+                 max_bytes=CACHE_MAX_BYTES, drop_log=None, stats=None):
         self.cache = cache
         self.protected_keys = protected_keys if isinstance(protected_keys, set) \
             else set(protected_keys)
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.drop_log = drop_log
+        self.stats = stats
         #: requests refused by the rules
         self.refused = 0
         self._sizes = {}            # key -> size, of what remote requests stored
@@ -196,7 +203,7 @@ class CacheHandler:
             reply = handle_cache_request(self.cache, msg)
             self._account(key, None)
             return reply
-        return handle_cache_request(self.cache, msg)
+        return handle_cache_request(self.cache, msg, self.stats)
 
     def _fits(self, key, size):
         old = self._sizes.get(key) if key else None

@@ -19,6 +19,8 @@ from pylm_core import _core
 from pylm._cache import (CONFIG_PROTOCOL_KEY, PROTOCOL, PROTOCOL_PARTS, UNLIMITED, CacheClient,
                          batch_bytes_for)
 from pylm._context import context
+from pylm._progress import job_total, progress_bar
+from pylm._stats import parse_stats
 from pylm.security import Security
 from pylm_core.errors import WORKER_LOST, RemoteError, WorkerLost
 
@@ -304,14 +306,38 @@ class Client:
         return results[0] if messages == 1 else results
 
     def job(self, function, generator, messages=sys.maxsize, cache="", *, timeout=None,
-            window=JOB_WINDOW):
+            window=JOB_WINDOW, progress=False):
         """Send every payload the generator yields and yield the replies as
         they come, until `messages` replies arrived (or, by default, one
         for each payload sent).  At most `window` calls are in flight.
         `timeout` bounds the wait for each reply.  A method that raises
         raises pylm.RemoteError here; a message that took down MAX_LOST
         workers (poison) is skipped, and pylm.WorkerLost is raised once the
-        rest of the job has been delivered."""
+        rest of the job has been delivered.
+
+        :param progress: show a tqdm progress bar of the replies on stderr
+            (its total: `messages`, or len() of the payloads when they have
+            one); needs tqdm (``pylm[progress]``), else ImportError here
+        """
+        bar = None
+        if progress:
+            bar = progress_bar(job_total(messages, generator, sys.maxsize),
+                               desc=self._function(function))
+        return self._job(function, generator, messages, cache, timeout, window, bar)
+
+    def _job(self, function, generator, messages, cache, timeout, window, bar):
+        """The generator behind job(); `bar`, when not None, counts replies."""
+        try:
+            for payload in self._job_replies(function, generator, messages, cache,
+                                             timeout, window):
+                if bar is not None:
+                    bar.update(1)
+                yield payload
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _job_replies(self, function, generator, messages, cache, timeout, window):
         function = self._function(function)
         self._connect(timeout)
         lost = []
@@ -360,3 +386,14 @@ class Client:
         """Remove key from the server's cache; returns the key.  Raises
         PermissionError for one of the server's configuration keys."""
         return self._cache.request("delete", self._key(key).encode()).decode()
+
+    # live statistics ---------------------------------------------------------
+    def stats(self, *, timeout=None):
+        """The server's live statistics (a dict; pylm/_stats.py lists the
+        fields), fetched over the cache link while the server runs.
+        TimeoutError when the cache does not answer within `timeout` (the
+        client's timeout by default); pylm._stats.StatsUnavailable when the
+        server does not serve statistics (pylm 0.14)."""
+        if self._cache is None:
+            raise ValueError("the client has no db_address")
+        return parse_stats(self._cache.request("stats", b"", timeout=timeout), self.db_address)

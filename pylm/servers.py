@@ -11,6 +11,7 @@ and reroute).  The low-level API (pylm.parts) runs on the same Router.
 
 import logging
 import sys
+import time
 import uuid
 from urllib.parse import urlsplit
 
@@ -22,6 +23,7 @@ from pylm._cache import (CACHE_MAX_BYTES, CACHE_MAX_ENTRIES, CONFIG_PROTOCOL_KEY
                          CacheClient, CacheHandler, batch_bytes_for, serve_cache)
 from pylm._dispatch import DropLog, ErrorReporter, method_table, overrides
 from pylm._runtime import Runtime, StopHandle
+from pylm._stats import server_stats, stats_reply
 from pylm._stream import DefaultStream
 from pylm.persistence.kv import DictDB
 from pylm.security import Refusals, Security
@@ -70,13 +72,19 @@ class _Served(DefaultStream):
         whose key is not there are refused at the handshake
     :param server_key: path of the public ``.key`` of the server a
         Pipeline, Sink or Hub subscribes to
-    The three fall back to the ``PYLM_*`` environment variables.  Refused
-    handshakes are counted in ``stats['refused']`` (live: ``self.refused``).
+    :param metrics_port: a port, or ``"HOST:PORT"``: serve the live
+        statistics to Prometheus while start() runs (pylm/_metrics.py;
+        needs ``pylm[metrics]``)
+
+    The three keys fall back to the ``PYLM_*`` environment variables.
+    Refused handshakes are counted in ``stats['refused']`` (live:
+    ``self.refused``).
     """
 
     def __init__(self, name, db_address, log_level, cache=None, *, send_tracebacks=True,
                  cache_max_entries=CACHE_MAX_ENTRIES, cache_max_bytes=CACHE_MAX_BYTES,
-                 secret_key=None, server_key=None, authorized_keys=None, security=None):
+                 secret_key=None, server_key=None, authorized_keys=None, security=None,
+                 metrics_port=None):
         self.name = name
         self.db_address = db_address
         self.cache = DictDB() if cache is None else cache
@@ -91,6 +99,15 @@ class _Served(DefaultStream):
         self.cache_max_entries = cache_max_entries
         self.cache_max_bytes = cache_max_bytes
         self._cache_handler = None
+        # the core Router while start() serves (read by live_stats), and
+        # what it knew when it stopped
+        self._runner = None
+        self._details = {}
+        self._started = self._stopped = None
+        self._metrics = None
+        if metrics_port is not None:
+            from pylm._metrics import MetricsServer   # the optional extra, only when asked
+            self._metrics = MetricsServer(self, metrics_port)
 
     @property
     def refused(self):
@@ -132,9 +149,29 @@ class _Served(DefaultStream):
             self.logger.warning("cache not served at %s: %s", self.db_address, exc)
             return
         self._cache_handler = CacheHandler(self.cache, config, self.cache_max_entries,
-                                           self.cache_max_bytes, DropLog(self.logger))
+                                           self.cache_max_bytes, DropLog(self.logger),
+                                           self._stats_reply)
         rt.thread(serve_cache, "%s-cache" % self.name, rep, rt.control(), self._cache_handler,
                   limit)
+
+    def live_stats(self):
+        """The server's statistics now (pylm/_stats.py lists the fields),
+        while it serves and after; safe from any thread.  ``Client.stats()``
+        fetches them over the cache link."""
+        runner = self._runner
+        if runner is not None:
+            stats = server_stats(self, runner.counters(), runner.details(),
+                                 time.monotonic() - self._started)
+        else:
+            uptime = self._stopped - self._started if self._started is not None else None
+            stats = server_stats(self, self.stats, self._details, uptime)
+        stats["refused"] = self.refused
+        if self._cache_handler is not None:
+            stats["cache_refused"] = self._cache_handler.refused
+        return stats
+
+    def _stats_reply(self):
+        return stats_reply(self.live_stats())
 
     def _executor(self, rt, inbound, out, out_kind, *, name, mux=False, limit=sys.maxsize,
                   **kwargs):
@@ -154,13 +191,22 @@ class _Served(DefaultStream):
     def _run(self, rt, runner, drain_ms=0):
         """Run a core Router until stopped, keeping the counters of its
         parts in self.stats."""
+        self._started = time.monotonic()
+        self._runner = runner
+        if self._metrics is not None:
+            self._metrics.start()
         try:
             runner.run(rt.control(), rt.wakeup_fd, drain_ms)
         finally:
+            if self._metrics is not None:
+                self._metrics.close()
             self.stats = runner.counters()
             self.stats["refused"] = self.refused
             if self._cache_handler is not None:
                 self.stats["cache_refused"] = self._cache_handler.refused
+            self._details = runner.details()
+            self._stopped = time.monotonic()
+            self._runner = None
 
 
 class Server(_Served):

@@ -56,6 +56,7 @@ class Part:
     block: bool
     def _idle(self) -> bool: ...
     def counters(self) -> dict: ...
+    def details(self) -> dict: ...
 
 class Router:
     """The one poll loop of every pylm server, and its routing table."""
@@ -65,6 +66,7 @@ class Router:
     def reset(self) -> None: ...
     def run(self, control: Any, wakeup_fd: int = ..., drain_ms: int = ...) -> None: ...
     def counters(self) -> dict: ...
+    def details(self) -> dict: ...
     def route(self, part: Part, data: Any, exchange: Any = ...) -> Optional[bytes]: ...
     def backlog(self, part: Part, over: bool) -> None: ...
     def backlogged_for(self, part: Part) -> bool: ...
@@ -81,6 +83,8 @@ class Executor(Part):
     processed: int
     bad: int
     failed: int
+    sent: int
+    pings: int
     def __init__(self, inbound: Sequence[Tuple[Any, int]], out: Any, out_kind: int,
                  name: Optional[str], methods: dict, *,
                  pipelined: bool = ..., stream_hook: Optional[Callable] = ...,
@@ -91,6 +95,8 @@ class Executor(Part):
 class Publisher(Part):
     sent: int
     bad: int
+    errors: int
+    pings: int
     def __init__(self, pub: Any, name: str, *, pipelined: bool = ...,
                  gather: Optional[Callable] = ..., stream_hook: Optional[Callable] = ...,
                  bad_hook: Optional[Callable] = ..., send_tracebacks: bool = ...) -> None: ...
@@ -111,6 +117,7 @@ class WorkerPool(Part):
 
 class Intake(Part):
     received: int
+    pings: int
     bad: int
     def __init__(self, inbound: Any, in_kind: int, replies: Publisher, *,
                  scatter: Optional[Callable] = ..., bad_hook: Optional[Callable] = ...) -> None: ...

@@ -25,7 +25,7 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.errno cimport EINTR, EAGAIN, EHOSTUNREACH
 from libc.stdint cimport int64_t, uint64_t, uintptr_t
 from libc.string cimport memcpy, memcmp, memchr, memmove, memset
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from pylm_core.libzmq cimport *

@@ -59,9 +59,14 @@ cdef class Executor(Part):
         Waiter waiter
         bytes last_entry            # the last `server.method` resolved ...
         object last_fn              # ... and its callable
+        int last_index              # ... and its number in `names`
+        list names                  # method names (bytes), in `methods` order
+        dict index_of               # method name -> its number
+        long long *calls            # per method: calls made (malloc'd) ...
+        long long *errors           # ... and calls that raised
         pz_batch wbatch             # worker mode: results for the Master
         ClientBatch cbatch          # replies to clients that read batches
-    cdef public long long limit, processed, failed
+    cdef public long long limit, processed, failed, sent, pings
 
     def __init__(self, inbound, out, int out_kind, name, dict methods,
                  *, bint pipelined=False, stream_hook=None, error_hook=None,
@@ -84,6 +89,12 @@ cdef class Executor(Part):
         self.name = None if name is None else (
             name.encode() if isinstance(name, str) else bytes(name))
         self.methods = methods
+        self.names = list(methods)
+        self.index_of = {name: i for i, name in enumerate(self.names)}
+        self.calls = <long long *>calloc(len(self.names) + 1, sizeof(long long))
+        self.errors = <long long *>calloc(len(self.names) + 1, sizeof(long long))
+        if self.calls == NULL or self.errors == NULL:
+            raise MemoryError()
         self.pipelined = pipelined
         self.stream_hook = stream_hook
         self.error_hook = error_hook
@@ -94,14 +105,24 @@ cdef class Executor(Part):
         self.credit = max(1, credit)
         self.credit_now = min(self.credit, CREDIT_START)
         self.ns_per_call = 0
-        self.processed = self.bad = self.failed = 0
+        self.processed = self.bad = self.failed = self.sent = self.pings = 0
         self.cbatch = ClientBatch()
 
     def __dealloc__(self):
         free(self.wbatch.buf)
+        free(self.calls)
+        free(self.errors)
 
     def counters(self):
-        return {"processed": self.processed, "bad": self.bad, "failed": self.failed}
+        return {"processed": self.processed, "bad": self.bad, "failed": self.failed,
+                "sent": self.sent, "pings": self.pings}
+
+    def details(self):
+        """``{"methods": {name: {"calls": n, "errors": n}}}``: calls of each
+        method, and how many of them raised."""
+        return {"methods": {self.names[i].decode(errors="replace"):
+                            {"calls": self.calls[i], "errors": self.errors[i]}
+                            for i in range(len(self.names))}}
 
     # -- the part ----------------------------------------------------------
 
@@ -271,6 +292,8 @@ cdef class Executor(Part):
         if fn is None:
             return self._fail(&env, NO_METHOD, "no method %r on this server"
                               % slice_str(entry))
+        cdef int method = self.last_index
+        self.calls[method] += 1
         payload = PyBytes_FromStringAndSize(env.f[PZ_F_PAYLOAD].p,
                                             <Py_ssize_t>env.f[PZ_F_PAYLOAD].n)
         try:
@@ -282,6 +305,7 @@ cdef class Executor(Part):
                 return self._complete()
         except Exception as exc:
             self.failed += 1
+            self.errors[method] += 1
             text = self._error_of(slice_str(entry), exc)
             rc = self._reply_error(&env, text)
             return rc or self._complete()
@@ -302,6 +326,7 @@ cdef class Executor(Part):
         if fn is not None:
             self.last_entry = key
             self.last_fn = fn
+            self.last_index = self.index_of[key]
         return fn
 
 
@@ -420,6 +445,10 @@ cdef class Executor(Part):
         cdef pz_msg_t m
         cdef const char *tp
         cdef size_t tn
+        if is_ping(o):
+            self.pings += 1
+        else:
+            self.sent += 1
         if self.out_kind == OUT_WORKER:
             if pz_batch_add_env(&self.wbatch, o) != 0:
                 raise MemoryError()

@@ -23,7 +23,7 @@ cdef class Intake(Part):
         Publisher replies
         object scatter
         Router runner               # the Router running this part
-    cdef public long long received
+    cdef public long long received, pings
 
     def __init__(self, inbound, int in_kind, Publisher replies, *, scatter=None, bad_hook=None):
         if in_kind not in (IN_PLAIN, IN_TOPIC):
@@ -34,10 +34,10 @@ cdef class Intake(Part):
         self.replies = replies
         self.scatter = scatter
         self.bad_hook = bad_hook
-        self.received = self.bad = 0
+        self.received = self.bad = self.pings = 0
 
     def counters(self):
-        return {"received": self.received, "bad": self.bad}
+        return {"received": self.received - self.pings, "bad": self.bad}
 
     cdef int attach(self, Router runner) except -1:
         if not isinstance(self.target, WorkerPool):
@@ -103,6 +103,7 @@ cdef class Intake(Part):
             take_payload(&env, payload)
         self.received += 1
         if is_ping(&env):
+            self.pings += 1
             # pings follow the default route of results (see executor.pyx)
             return self.replies.ping(&env)
         if env.f[PZ_F_ERROR].n:

@@ -24,7 +24,7 @@ cdef class Publisher(Part):
         bint send_tracebacks
         Waiter waiter
         ClientBatch cbatch          # results for clients that read batches
-    cdef public long long sent
+    cdef public long long sent, errors, pings
 
     def __init__(self, pub, name, *, bint pipelined=False, gather=None, stream_hook=None,
                  bad_hook=None, bint send_tracebacks=True):
@@ -36,11 +36,11 @@ cdef class Publisher(Part):
         self.stream_hook = stream_hook
         self.bad_hook = bad_hook
         self.send_tracebacks = send_tracebacks
-        self.sent = self.bad = 0
+        self.sent = self.bad = self.errors = self.pings = 0
         self.cbatch = ClientBatch()
 
     def counters(self):
-        return {"sent": self.sent, "bad": self.bad}
+        return {"sent": self.sent, "bad": self.bad, "errors": self.errors, "pings": self.pings}
 
     cdef int attach(self, Router runner) except -1:
         self.waiter = runner.waiter
@@ -206,7 +206,12 @@ cdef class Publisher(Part):
             return 1
         if env_to_msg(env, &m) != 0:
             raise MemoryError()
-        self.sent += 1
+        if is_ping(env):
+            self.pings += 1
+        else:
+            self.sent += 1
+            if env.f[PZ_F_ERROR].n:
+                self.errors += 1
         return send_topic(self.waiter, self.pub, tp, tn, &m, NULL)
 
     cdef int _publish_raw(self, const char *p, size_t n, pz_msg_t *frame,

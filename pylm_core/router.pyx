@@ -108,6 +108,11 @@ cdef class Part:
         """The part's counters, merged into ``server.stats``."""
         return {}
 
+    def details(self):
+        """What the part knows beyond its counters, for live statistics
+        (a dict merged by Router.details: per-method counts, workers)."""
+        return {}
+
 
 cdef class Router:
     """The poll loop and routing table of one server.
@@ -465,6 +470,15 @@ cdef class Router:
             for key, value in part.counters().items():
                 total[key] = total.get(key, 0) + value
         return total
+
+    def details(self):
+        """The details of every C part, merged (pylm/_stats.py).  Like
+        counters(), callable from another thread while run() serves: it
+        runs with the GIL, which the loop holds whenever it changes a part."""
+        merged = {}
+        for part in self.parts:
+            merged.update(part.details())
+        return merged
 
 
 #: The feedback of an inbound part that does not block: pylm 0.14's

@@ -70,7 +70,17 @@ cdef struct WorkerSlot:
     int ident_n
     int limit                   # messages it wants in flight (its credit)
     long long last_seen         # monotonic ms of its last frame
+    long long done              # messages it finished
     Fly fly                     # messages sent to it and not finished
+
+
+cdef struct WorkerView:
+    # what WorkerPool.details() copies of a WorkerSlot
+    char ident[256]
+    int ident_n
+    int limit
+    long in_flight
+    long long done, last_seen
 
 
 cdef Sent *fly_next(Fly *f) except NULL:
@@ -207,6 +217,39 @@ cdef class WorkerPool(Part):
         return {"bad": self.bad, "to_legacy": self.to_legacy, "to_workers": self.to_workers,
                 "workers_lost": self.workers_lost, "requeued": self.requeued,
                 "poisoned": self.poisoned, "late": self.late}
+
+    def details(self):
+        """``{"workers": [...], "queued": n}``: each of our workers (its
+        id, credit, in_flight, done, last_seen_s) and the messages waiting.
+
+        Called from another thread (the cache service) while the loop runs:
+        the table is copied first, with the GIL held and no Python call in
+        between, so the loop (which changes it only with the GIL held, never
+        inside its nogil calls) cannot resize it under the copy; the Python
+        objects are made from the copy afterwards."""
+        cdef int i, n = self.n_workers
+        cdef long long now = now_ms()
+        cdef long queued = self.queue.count + self.retry.count
+        cdef WorkerView *view = <WorkerView *>malloc((n + 1) * sizeof(WorkerView))
+        if view == NULL:
+            raise MemoryError()
+        try:
+            for i in range(n):
+                memcpy(view[i].ident, self.workers[i].ident, self.workers[i].ident_n)
+                view[i].ident_n = self.workers[i].ident_n
+                view[i].limit = self.workers[i].limit
+                view[i].in_flight = self.workers[i].fly.count
+                view[i].done = self.workers[i].done
+                view[i].last_seen = self.workers[i].last_seen
+            workers = [{"id": PyBytes_FromStringAndSize(view[i].ident, view[i].ident_n)
+                        .decode(errors="replace"),
+                        "credit": view[i].limit, "in_flight": view[i].in_flight,
+                        "done": view[i].done,
+                        "last_seen_s": max(0, now - view[i].last_seen) / 1000.0}
+                       for i in range(n)]
+        finally:
+            free(view)
+        return {"workers": workers, "queued": queued}
 
     # -- the part ----------------------------------------------------------
 
@@ -497,6 +540,7 @@ cdef class WorkerPool(Part):
             self.late += completed
             return self._reset_worker(ident, ident_n)
         self.workers[w].last_seen = now_ms()
+        self.workers[w].done += completed
         fly_pop(&self.workers[w].fly, completed)
         rc = self.out().forward(results)
         if rc != 2:

@@ -258,7 +258,7 @@ def test_http_service_routes_posted_envelopes(serve):
     with debug_server() as worker:
         server = ServerTemplate()
         service = server.register_inbound(HttpService, "Http", "127.0.0.1", route="Worker",
-                                          block=True, port=0, max_body=10_000)
+                                          block=True, port=0, max_request_bytes=10_000)
         server.register_outbound(HttpConnection, "Worker",
                                  "http://127.0.0.1:%d" % worker.address[1])
         serve(server, ready=is_ready)
@@ -287,13 +287,13 @@ class GatewayWorker(Worker):
         raise RuntimeError("the worker failed on " + payload.decode())
 
 
-def gateway_server(inproc, max_body=2048, timeout=TIMEOUT):
+def gateway_server(inproc, max_request_bytes=2048, timeout=TIMEOUT):
     wpull, wpush, db = tcp_addresses(3)
     server = ServerTemplate()
     server.register_inbound(GatewayRouter, "gateway_router", inproc, route="WorkerPush")
     server.register_outbound(GatewayDealer, "gateway_dealer", listen_address=inproc)
     gateway = server.register_bypass(HttpGateway, name="HttpGateway", listen_address=inproc,
-                                     hostname="127.0.0.1", port=0, max_body=max_body,
+                                     hostname="127.0.0.1", port=0, max_request_bytes=max_request_bytes,
                                      timeout=timeout)
     server.register_inbound(WorkerPullService, "WorkerPull", wpull, route="gateway_dealer")
     server.register_outbound(WorkerPushService, "WorkerPush", wpush)

@@ -9,6 +9,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
@@ -21,7 +22,11 @@ from pylm.parts.core import (HTTP_TIMEOUT, MAX_MESSAGE_SIZE, BypassInbound, Bypa
 from pylm.parts.messages_pb2 import PalmMessage
 
 __all__ = ["RepConnection", "SubConnection", "PullConnection", "PushConnection",
-           "PushBypassConnection", "PullBypassConnection", "HttpConnection", "HttpStatusError"]
+           "PushBypassConnection", "PullBypassConnection", "HttpConnection", "HttpStatusError",
+           "HttpResponseTooLarge"]
+
+#: Bytes read at a time from an HTTP worker's answer.
+_READ_CHUNK = 65536
 
 class RepConnection(Inbound):
     """Connects a REP socket to `listen_address`: each request is routed,
@@ -102,6 +107,12 @@ class HttpStatusError(PylmError):
     """An HTTP worker answered with an error status and no error envelope."""
 
 
+class HttpResponseTooLarge(PylmError):
+    """An HTTP worker's answer is longer than the connection reads
+    (``max_response_bytes``): announced so, or sent without a length
+    (chunked, or until the connection closes) and running past it."""
+
+
 class HttpConnection(Outbound):
     """An outbound part to an HTTP worker (``pylm.remote.server``): each
     message is POSTed to the URL `listen_address`, and the answer (an
@@ -109,14 +120,17 @@ class HttpConnection(Outbound):
 
     Up to `max_workers` requests run at once, in a thread pool, over a pool
     of kept-alive connections; the loop is never blocked.  A request that
-    fails (no connection, an error status, `timeout`) has as feedback the
-    envelope with its ``error`` set, so that a client waiting for it raises
-    pylm.RemoteError.
+    fails has as feedback the envelope with its ``error`` set, so that a
+    client waiting for it raises pylm.RemoteError: no connection, an error
+    status (HttpStatusError), no answer within `timeout` seconds (to
+    connect, for each read, and for the whole body), an answer longer than
+    `max_response_bytes` (HttpResponseTooLarge; never read further, the
+    connection is dropped).
     """
 
     def __init__(self, name, listen_address, reply=True, broker_address="inproc://broker",
                  logger=None, cache=None, max_workers=4, messages=sys.maxsize, *,
-                 timeout=HTTP_TIMEOUT):
+                 timeout=HTTP_TIMEOUT, max_response_bytes=MAX_MESSAGE_SIZE):
         super().__init__(name, listen_address, None, reply=reply,
                          broker_address=broker_address, logger=logger, cache=cache,
                          messages=messages)
@@ -126,6 +140,7 @@ class HttpConnection(Outbound):
         self.url = listen_address
         self.max_workers = max_workers
         self.timeout = timeout
+        self.max_response_bytes = max_response_bytes
         self._connection_class = (http.client.HTTPSConnection if url.scheme == "https"
                                   else http.client.HTTPConnection)
         self._host, self._port = url.hostname, url.port
@@ -247,10 +262,10 @@ class HttpConnection(Outbound):
         answer = _parse(data)
         if answer is not None and answer.error:
             return data     # the worker's own error envelope
-        exc = HttpStatusError("HTTP %d %s from %s: %s" % (
+        error = HttpStatusError("HTTP %d %s from %s: %s" % (
             status, reason, self.url, data[:200].decode("utf-8", "replace")))
-        self.logger.error("%s: %s", self._label, exc)
-        return error_reply(_parse(body), exc)
+        self.logger.error("%s: %s", self._label, error)
+        return error_reply(_parse(body), error)
 
     # in the pool's threads -----------------------------------------------------------
     def _post(self, body):
@@ -262,18 +277,20 @@ class HttpConnection(Outbound):
             except queue.Empty:
                 conn, reused = self._connection_class(self._host, self._port,
                                                       timeout=self.timeout), False
+            response = None
             try:
                 conn.request("POST", self._path, body=body,
                              headers={"Content-Type": "application/octet-stream"})
                 response = conn.getresponse()
-                data = response.read()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                data = self._read_body(response)
+            except BaseException as exc:
+                # the response holds the socket open (its file) until closed
+                if response is not None:
+                    response.close()
                 conn.close()
-                if reused and attempt == 0:
+                if reused and attempt == 0 and isinstance(exc, (
+                        http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
                     continue
-                raise
-            except BaseException:
-                conn.close()
                 raise
             if response.will_close:
                 conn.close()
@@ -286,6 +303,36 @@ class HttpConnection(Outbound):
                     self._connections.put(conn)
             return response.status, response.reason, data
         raise AssertionError("unreachable")
+
+    def _read_body(self, response):
+        """The body of `response`: HttpResponseTooLarge past
+        `max_response_bytes` (announced, or read so far), TimeoutError when
+        it takes longer than `timeout` s in all.  Read with one system call
+        at a time (``read1``), so that a worker trickling its answer is cut
+        off at the deadline; each call is bounded by the socket's timeout."""
+        limit = self.max_response_bytes
+        if response.length is not None and response.length > limit:
+            raise HttpResponseTooLarge("the answer from %s has %d bytes; at most %d are read"
+                                       % (self.url, response.length, limit))
+        deadline = time.monotonic() + self.timeout
+        chunks, size = [], 0
+        while True:
+            chunk = response.read1(min(_READ_CHUNK, limit + 1 - size))
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise HttpResponseTooLarge("the answer from %s runs past %d bytes"
+                                           % (self.url, limit))
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise TimeoutError("the answer from %s took more than %g s"
+                                   % (self.url, self.timeout))
+        data = b"".join(chunks)
+        if response.length:         # the worker closed before its Content-Length
+            raise http.client.IncompleteRead(data, response.length)
+        response.read()             # b"": marks the response done, the connection reusable
+        return data
 
 
 def _parse(data):

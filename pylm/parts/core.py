@@ -13,7 +13,8 @@ Router calls them directly (no internal hop, nothing lock-stepped), and a
 part waiting for a peer (a REQ outbound, an HTTP worker) never holds the
 loop up.  Master and Hub are built from C parts on the same Router.  Threads appear only
 where a blocking library needs them: the HTTP servers of HttpService and
-HttpGateway (each request reaches the loop over an inproc DEALER), and the
+HttpGateway (a bounded pool of threads each, pylm._http; each request
+reaches the loop over an inproc DEALER), and the
 request pool of HttpConnection (results come back through a queue and a
 wake-up pipe the loop polls).
 

@@ -6,11 +6,12 @@ with what the workers make of the request body::
     HTTP --> HttpGateway --inproc--> GatewayRouter --> (route) --> workers
     HTTP <-- HttpGateway <--inproc-- GatewayRouter <-- GatewayDealer <-- workers
 
-:class:`HttpGateway` (a bypass part: a threaded HTTP server) gives each
-request a DEALER of its own, connected to the :class:`GatewayRouter`'s
-ROUTER (an inbound part); the envelope's ``client`` is that DEALER's
-identity.  Results routed to the :class:`GatewayDealer` (an outbound part)
-are sent back through the GatewayRouter's socket to that identity.
+:class:`HttpGateway` (a bypass part: an HTTP server with a pool of
+threads, pylm._http) gives each request a DEALER of its own, connected to
+the :class:`GatewayRouter`'s ROUTER (an inbound part); the envelope's
+``client`` is that DEALER's identity.  Results routed to the
+:class:`GatewayDealer` (an outbound part) are sent back through the
+GatewayRouter's socket to that identity.
 """
 
 import logging
@@ -25,7 +26,8 @@ from pylm._runtime import Runtime, StopHandle
 from pylm.errors import DecodeError, RemoteError
 from pylm.parts.core import Inbound, Outbound, _to_bytes, _to_message
 from pylm.parts.messages_pb2 import PalmMessage
-from pylm.parts.services import HTTP_TIMEOUT, MAX_BODY, _ask_loop, _Handler, _HttpRunner
+from pylm._http import MAX_CONCURRENT, MAX_QUEUED, MAX_REQUEST_BYTES, READ_TIMEOUT
+from pylm.parts.services import HTTP_TIMEOUT, _ask_loop, _Handler, _HttpRunner
 from pylm_core.errors import NO_METHOD
 
 __all__ = ["GatewayRouter", "GatewayDealer", "HttpGateway"]
@@ -143,21 +145,30 @@ class HttpGateway:
     Answers: 200 the payload; 404 a path that names no method, or a method
     the workers do not have; 500 the method raised (the text says what);
     411/400/413 a POST without a length, a bad or short body, a body over
-    `max_body` bytes; 504 no answer within `timeout` seconds.  The gateway
-    keeps serving after any of them.  ``self.address`` is the bound
-    (host, port) once running (``port=0`` picks a free one).
+    `max_request_bytes` (refused before it is read); 504 no answer within
+    `timeout` seconds.  The gateway keeps serving after any of them.
+    ``self.address`` is the bound (host, port) once running (``port=0``
+    picks a free one).
+
+    At most `max_concurrent` requests are served at once, by a pool of
+    threads; more connections wait in a listen backlog of `max_queued`, and
+    a client has `read_timeout` seconds to send its request (pylm._http).
     """
 
     def __init__(self, name="", listen_address="inproc://gateway_router", hostname="",
-                 port=8888, cache=None, logger=None, *, max_body=MAX_BODY,
-                 timeout=HTTP_TIMEOUT):
+                 port=8888, cache=None, logger=None, *, max_request_bytes=MAX_REQUEST_BYTES,
+                 max_concurrent=MAX_CONCURRENT, max_queued=MAX_QUEUED,
+                 read_timeout=READ_TIMEOUT, timeout=HTTP_TIMEOUT):
         self.name = name
         self.listen_address = listen_address
         self.hostname = hostname
         self.port = port
         self.cache = cache
         self.logger = logger if logger is not None else logging.getLogger("pylm.parts.gateway")
-        self.max_body = max_body
+        self.max_request_bytes = max_request_bytes
+        self.max_concurrent = max_concurrent
+        self.max_queued = max_queued
+        self.read_timeout = read_timeout
         self.timeout = timeout
         self.handler = _GatewayHandler
         self.address = None

@@ -5,16 +5,15 @@ for the HTTP server of :class:`HttpService`, which runs in a thread of its
 own and hands each request to the loop over inproc.
 """
 
-import socket
-import socketserver
 import sys
-import time
 import uuid
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import zmq
 
 from pylm._cache import CACHE_MAX_BYTES, CACHE_MAX_ENTRIES, CacheHandler
+from pylm._http import (MAX_CONCURRENT, MAX_QUEUED, MAX_REQUEST_BYTES, READ_TIMEOUT,
+                        PooledServerMixIn, body_length, linger)
 from pylm._context import context
 from pylm._stream import DefaultStream
 from pylm.parts.core import (HTTP_TIMEOUT, MAX_MESSAGE_SIZE, BypassInbound, Inbound, Outbound,
@@ -23,11 +22,7 @@ from pylm.persistence.kv import DictDB
 
 __all__ = ["RepService", "PullService", "PushService", "PubService", "WorkerPushService",
            "WorkerPullService", "PushPullService", "RepBypassService", "HttpService",
-           "CacheService", "MAX_BODY"]
-
-#: Largest HTTP request body the HTTP parts read (413 above it): a body
-#: becomes one message.
-MAX_BODY = MAX_MESSAGE_SIZE
+           "CacheService"]
 
 
 class RepService(Inbound):
@@ -214,102 +209,97 @@ class CacheService(RepBypassService):
 
 # -- HTTP ------------------------------------------------------------------------
 
-class _ThreadingHTTPServer(socketserver.ThreadingMixIn, HTTPServer):
-    daemon_threads = True
-    block_on_close = False
+class _PooledHTTPServer(PooledServerMixIn, HTTPServer):
     allow_reuse_address = True
-    request_queue_size = 128
 
 
 class _Handler(BaseHTTPRequestHandler):
     """What the HTTP parts share: bounded bodies, answers with a length
-    (keep-alive), the part's logger.  `owner` (the part) is set on the
-    subclass each part makes."""
+    (keep-alive), the deadlines of pylm._http, the part's logger.  `owner`
+    (the part) is set on the subclass each part makes."""
 
     protocol_version = "HTTP/1.1"
     server_version = "pylm"
-    timeout = 30        # seconds a client may take to send its request
     owner = None
+
+    def setup(self):
+        self.timeout = self.server.read_timeout     # each socket operation
+        super().setup()
+
+    def handle(self):
+        """The requests of one connection, the next one only while it is
+        kept alive, starts within KEEPALIVE_IDLE s and arrives within
+        `read_timeout` s (pylm._http)."""
+        self.close_connection = True
+        self.handle_one_request()
+        while not self.close_connection:
+            if not self.server.next_request(self.rfile, self.connection):
+                return
+            self.handle_one_request()
 
     def log_message(self, format, *args):
         self.owner.logger.debug("http %s: %s", self.address_string(), format % args)
 
     def handle_expect_100(self):
         # refuse a body too long before the client sends it
-        length = (self.headers.get("Content-Length") or "").strip()
-        if length.isdigit() and int(length) > self.owner.max_body:
-            self.answer(413, b"body of %s bytes; at most %d accepted"
-                        % (length.encode(), self.owner.max_body), close=True)
+        _, refusal = body_length(self.headers.get("Content-Length"),
+                                 self.owner.max_request_bytes, required=False)
+        if refusal is not None:
+            self.answer(*refusal, close=True)
             return False
         return super().handle_expect_100()
 
     def read_body(self, required):
         """The request body, or None once the error was answered (411 no
-        length, 400 bad length or short body, 413 too long)."""
+        length or a Transfer-Encoding, 400 bad length or short body, 413
+        too long: pylm._http.body_length)."""
         if "Transfer-Encoding" in self.headers:
             self.answer(411, b"Transfer-Encoding is not supported; send Content-Length",
                         close=True)
             return None
-        length = self.headers.get("Content-Length")
-        if length is None:
-            if required:
-                self.answer(411, b"a body with a Content-Length is required", close=True)
-                return None
-            return b""
-        length = length.strip()
-        if not length.isdigit():
-            self.answer(400, b"bad Content-Length", close=True)
-            return None
-        n = int(length)
-        if n > self.owner.max_body:
-            self.answer(413, b"body of %d bytes; at most %d accepted" % (n, self.owner.max_body),
-                        close=True)
+        n, refusal = body_length(self.headers.get("Content-Length"),
+                                 self.owner.max_request_bytes, required)
+        if refusal is not None:
+            self.answer(*refusal, close=True)
             return None
         body = self.rfile.read(n)
         if len(body) < n:
             self.answer(400, b"body shorter than its Content-Length", close=True)
             return None
+        self.server.request_read(self.connection)
         return body
 
     def answer(self, status, body, content_type="text/plain; charset=utf-8", close=False):
+        """Send the answer; `close` when the request was not read whole
+        (the connection is closed after lingering).  A connection is not
+        kept alive either when the server says so (pylm._http: others wait
+        for a thread, or it serves one request)."""
+        ending = close or not self.server.keep_alive()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        if close:
+        if ending:
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
         if close:
-            self._linger()
-
-    def _linger(self, most=1 << 20, seconds=1.0):
-        """Before closing a connection whose request body was not read:
-        stop writing and read what the client still sends (up to `most`
-        bytes or `seconds`), so that closing does not reset the connection
-        before the client read the answer."""
-        try:
             self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_WR)
-            self.connection.settimeout(seconds)
-            deadline = time.monotonic() + seconds
-            while most > 0 and time.monotonic() < deadline:
-                chunk = self.connection.recv(min(most, 65536))
-                if not chunk:
-                    break
-                most -= len(chunk)
-        except OSError:
-            pass
+            linger(self.connection)
 
 
 class _HttpRunner:
     """An HTTP server (bound when made) for a part, served in a thread of
-    the server's Runtime, shut down when the loop ends."""
+    the server's Runtime by a pool of `max_concurrent` threads (pylm._http),
+    shut down when the loop ends."""
 
     def __init__(self, owner, host, port, handler_class):
         handler = type(handler_class.__name__, (handler_class,), {"owner": owner})
-        self.server = _ThreadingHTTPServer((host, port), handler)
+        self.server = _PooledHTTPServer((host, port), handler,
+                                        max_concurrent=owner.max_concurrent,
+                                        max_queued=owner.max_queued,
+                                        read_timeout=owner.read_timeout, logger=owner.logger)
         self.thread = None
 
     @property
@@ -364,21 +354,31 @@ class HttpService(Inbound):
     body of each POST is an envelope, routed as any inbound message, and
     the answer is ``reply_feedback()`` (the outbound's feedback with
     ``block=True``).  400 for a body that is no envelope, 500 when a part
-    failed on it, 504 when no answer came in `timeout` seconds.
+    failed on it, 504 when no answer came in `timeout` seconds; 411, 400
+    and 413 for a body without a length, with a bad one, or longer than
+    `max_request_bytes` (refused before it is read).
 
-    The HTTP server runs in a thread; requests reach the loop over inproc
-    and are served one at a time (the feedback hooks are per part, as in
-    pylm 0.14).  ``self.address`` is the bound (host, port) once running.
+    The HTTP server runs in a thread, with a pool of `max_concurrent`
+    threads for the connections (pylm._http: more connections wait in a
+    listen backlog of `max_queued`; a client has `read_timeout` seconds to
+    send its request); requests reach the loop over inproc and are served
+    one at a time (the feedback hooks are per part, as in pylm 0.14).
+    ``self.address`` is the bound (host, port) once running.
     """
 
     def __init__(self, name, hostname, port, broker_address="inproc://broker", logger=None,
-                 cache=None, messages=sys.maxsize, *, max_body=MAX_BODY, timeout=HTTP_TIMEOUT):
+                 cache=None, messages=sys.maxsize, *, max_request_bytes=MAX_REQUEST_BYTES,
+                 max_concurrent=MAX_CONCURRENT, max_queued=MAX_QUEUED,
+                 read_timeout=READ_TIMEOUT, timeout=HTTP_TIMEOUT):
         super().__init__(name, "inproc://pylm-http-service-%s" % uuid.uuid4().hex, zmq.ROUTER,
                          reply=True, broker_address=broker_address, bind=True, logger=logger,
                          cache=cache, messages=messages)
         self.hostname = hostname
         self.port = port
-        self.max_body = max_body
+        self.max_request_bytes = max_request_bytes
+        self.max_concurrent = max_concurrent
+        self.max_queued = max_queued
+        self.read_timeout = read_timeout
         self.timeout = timeout
         self.address = None
         self._http = None

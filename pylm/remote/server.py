@@ -18,26 +18,29 @@ the payload, and the answer is the envelope with the result as payload:
 200.  A method that raises is logged and answered 500 with the envelope
 carrying the error (a pylm client raises it as RemoteError); a method
 that does not exist, 404 likewise.  A body that is no envelope is 400, one
-without a length 411, one over ``max_body`` bytes 413, any other HTTP
-method 405.
+without a length 411, one over ``max_request_bytes`` 413 (not read), any
+other HTTP method 405.
+
+DebugServer serves with a bounded pool of threads and bounded reads
+(pylm._http): at most `max_concurrent` requests at once (one without
+``threaded=True``), the others waiting in a listen backlog of
+`max_queued`; a client has `read_timeout` seconds to send its request.
 """
 
+import io
 import logging
-import socketserver
 from collections import namedtuple
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from typing import Dict, FrozenSet
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from pylm._dispatch import error_text, method_table
+from pylm._http import (MAX_CONCURRENT, MAX_QUEUED, MAX_REQUEST_BYTES, READ_TIMEOUT,
+                        PooledServerMixIn, body_length, linger)
 from pylm_core.errors import BAD_FUNCTION, NO_METHOD, RemoteError
 from pylm.errors import DecodeError
 from pylm.parts.messages_pb2 import PalmMessage
-from pylm_core import _core
 
-__all__ = ["Request", "RequestHandler", "WSGIApplication", "DebugServer", "MAX_BODY"]
-
-#: Largest request body read (413 above it): a body becomes one message
-#: (pylm_core/consts.pxi).
-MAX_BODY = _core.MAX_MESSAGE_SIZE_
+__all__ = ["Request", "RequestHandler", "WSGIApplication", "DebugServer"]
 
 logger = logging.getLogger("pylm.remote")
 
@@ -47,7 +50,8 @@ _STATUS = {200: "200 OK", 400: "400 Bad Request", 404: "404 Not Found",
            405: "405 Method Not Allowed", 411: "411 Length Required",
            413: "413 Request Entity Too Large", 500: "500 Internal Server Error"}
 
-_methods_of = {}    # RequestHandler subclass -> names callable from the wire
+#: RequestHandler subclass -> names callable from the wire
+_methods_of: Dict[type, FrozenSet[str]] = {}
 
 
 def _not_served(code, message):
@@ -65,8 +69,8 @@ class RequestHandler:
     envelope, once ``handle()`` parsed it), ``environ``.
     """
 
-    #: Largest body read, in bytes.
-    max_body = MAX_BODY
+    #: Largest body read, in bytes (413 above it, before reading).
+    max_request_bytes = MAX_REQUEST_BYTES
 
     def __init__(self, environ):
         self.environ = environ
@@ -77,16 +81,8 @@ class RequestHandler:
         self.request = Request(method=method, data=data)
 
     def _read_body(self, environ):
-        length = (environ.get("CONTENT_LENGTH") or "").strip()
-        if not length:
-            self._refused = (411, b"a body with a Content-Length is required")
-            return b""
-        if not length.isdigit():
-            self._refused = (400, b"bad Content-Length")
-            return b""
-        n = int(length)
-        if n > self.max_body:
-            self._refused = (413, b"body of %d bytes; at most %d accepted" % (n, self.max_body))
+        n, self._refused = body_length(environ.get("CONTENT_LENGTH"), self.max_request_bytes)
+        if self._refused is not None:
             return b""
         data = environ["wsgi.input"].read(n)
         if len(data) < n:
@@ -166,34 +162,78 @@ class WSGIApplication:
         return [body]
 
 
-class _QuietRequestHandler(WSGIRequestHandler):
-    """wsgiref's handler, logging through ``pylm.remote`` (DEBUG) instead of
-    writing every request to stderr."""
+class _PooledWSGIServer(PooledServerMixIn, WSGIServer):
+    """wsgiref's server on the pool of pylm._http."""
+
+    max_request_bytes = MAX_REQUEST_BYTES   # the handler's, set by DebugServer
+
+
+class _PooledRequestHandler(WSGIRequestHandler):
+    """wsgiref's handler for DebugServer: the body (when its length is
+    within the bound) is read before the application runs, within the
+    request's deadline; logging goes to ``pylm.remote`` (DEBUG) instead of
+    every request to stderr."""
+
+    def setup(self):
+        self.timeout = self.server.read_timeout     # each socket operation
+        super().setup()
+        self._unread = False        # a body was left unread: linger before closing
+        self._socket_rfile = None   # the connection's file, once the body was read
+
+    def parse_request(self):
+        if not super().parse_request():
+            return False
+        length = self.headers.get("Content-Length")
+        n, refusal = body_length(length, self.server.max_request_bytes, required=False)
+        if refusal is None:
+            body = self.rfile.read(n)
+            self.server.request_read(self.connection)
+            self._socket_rfile, self.rfile = self.rfile, io.BytesIO(body)
+        # else refused by the RequestHandler without reading (400, 413)
+        self._unread = refusal is not None or "Transfer-Encoding" in self.headers
+        return True
+
+    def finish(self):
+        super().finish()
+        if self._socket_rfile is not None:
+            self._socket_rfile.close()
+        if self._unread:
+            linger(self.connection)
 
     def log_message(self, format, *args):
         logger.debug("%s %s", self.address_string(), format % args)
 
 
-class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    block_on_close = False
-
-
 class DebugServer:
-    """`handler` (a RequestHandler subclass) served over HTTP by wsgiref.
+    """`handler` (a RequestHandler subclass) served over HTTP by wsgiref,
+    with a bounded pool of threads (pylm._http).
 
     :param host: address to bind
     :param port: port to bind (0: a free one; see ``address``)
     :param handler: the RequestHandler subclass
-    :param threaded: keyword-only; one thread per request instead of one
-        request at a time
+    :param threaded: keyword-only; up to `max_concurrent` requests at once
+        instead of one at a time
+    :param max_concurrent: keyword-only; threads of the pool when threaded
+    :param max_queued: keyword-only; connections that wait for a thread in
+        the listen backlog
+    :param read_timeout: keyword-only; seconds a client has to send its
+        request (its connection is shut down after)
+    :param max_request_bytes: keyword-only; largest body read (413 above);
+        None: the handler's ``max_request_bytes``
     """
 
-    def __init__(self, host, port, handler, *, threaded=False):
+    def __init__(self, host, port, handler, *, threaded=False, max_concurrent=MAX_CONCURRENT,
+                 max_queued=MAX_QUEUED, read_timeout=READ_TIMEOUT, max_request_bytes=None):
+        if max_request_bytes is not None:
+            handler = type(handler.__name__, (handler,),
+                           {"max_request_bytes": max_request_bytes})
         self.application = WSGIApplication(handler)
-        self.httpd = make_server(host, port, self.application,
-                                 server_class=_ThreadingWSGIServer if threaded else WSGIServer,
-                                 handler_class=_QuietRequestHandler)
+        self.httpd = _PooledWSGIServer((host, port), _PooledRequestHandler,
+                                       max_concurrent=max_concurrent if threaded else 1,
+                                       max_queued=max_queued, read_timeout=read_timeout,
+                                       logger=logger)
+        self.httpd.max_request_bytes = handler.max_request_bytes
+        self.httpd.set_app(self.application)
 
     @property
     def address(self):

@@ -1,0 +1,255 @@
+"""The ``pylm`` command end to end, in real processes (``python -m pylm``):
+a master, a supervisor of two workers, call, job, stats, keys; a worker
+killed with SIGKILL is restarted and jobs still complete; bad usage exits
+2, an unreachable cache 1."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pylm._testing import tcp_addresses, wait_for
+from pylm.clients import Client
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+#: Seconds every CLI process gets before the test gives up on it.
+LIMIT = 60
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def pylm(*args, **kwargs):
+    """Run ``python -m pylm ARGS`` to its end: the CompletedProcess."""
+    kwargs.setdefault("timeout", LIMIT)
+    return subprocess.run([sys.executable, "-m", "pylm", *args], capture_output=True,
+                          env=_env(), **kwargs)
+
+
+def start(*args, stderr=None):
+    """Start ``python -m pylm ARGS`` in the background."""
+    return subprocess.Popen([sys.executable, "-m", "pylm", *args], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=stderr)
+
+
+def stop(proc):
+    """SIGTERM to the process by its PID, then wait (SIGKILL if it hangs):
+    its exit code."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        return proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError("pid %d did not stop within 20 s of SIGTERM" % proc.pid)
+
+
+def _stats(db, name="m"):
+    client = Client(name, db, timeout=5)
+    try:
+        return client.stats(timeout=5)
+    finally:
+        client.close()
+
+
+def _pids(log_path):
+    with open(log_path) as f:
+        return [int(pid) for pid in re.findall(r"worker \d+ started: pid (\d+)", f.read())]
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """`pylm master` and `pylm worker cli_services:Upper --processes 2`,
+    both up: (db address, supervisor, path of the supervisor's log)."""
+    db, pull, pub, wpull, wpush = tcp_addresses(5)
+    master = start("master", "--name", "m", "--db", db, "--pull", pull, "--pub", pub,
+                   "--worker-pull", wpull, "--worker-push", wpush, "--worker-timeout", "1")
+    log_path = tmp_path / "supervisor.log"
+    with open(log_path, "w") as log:
+        workers = start("worker", "cli_services:Upper", "--db", db, "--processes", "2",
+                        stderr=log)
+    try:
+        wait_for(lambda: _try_stats(db) and len(_try_stats(db)["workers"]) == 2, 30,
+                 what="two workers at the master")
+        yield db, workers, log_path
+    finally:
+        codes = stop(workers), stop(master)
+    assert codes == (0, 0), codes
+
+
+def _try_stats(db):
+    try:
+        return _stats(db)
+    except (TimeoutError, ValueError):
+        return None
+
+
+def test_cluster_call_job_stats_and_restart(cluster, tmp_path):
+    db, workers, log_path = cluster
+    done = pylm("call", "m.upper", "hello", "--db", db)
+    assert (done.returncode, done.stdout) == (0, b"HELLO\n"), done.stderr
+
+    # a supervised worker killed: the supervisor starts another, and a job
+    # of 10,000 lines completes meanwhile (the master gives the dead one up)
+    pids = wait_for(lambda: len(_pids(log_path)) >= 2 and _pids(log_path), 10,
+                    what="the supervisor's log of two workers")
+    os.kill(pids[0], signal.SIGKILL)
+    lines = b"".join(b"line-%d\n" % i for i in range(10000))
+    job = pylm("job", "m.upper", "--db", db, "--timeout", "30", input=lines)
+    assert job.returncode == 0, job.stderr
+    replies = job.stdout.splitlines()
+    assert len(replies) == 10000
+    assert sorted(replies) == sorted(b"LINE-%d" % i for i in range(10000))
+
+    wait_for(lambda: len(_pids(log_path)) >= 3, 20, what="a restart in the log")
+    log = log_path.read_text()
+    assert re.search(r"worker \d+ \(pid %d\) killed by signal 9; restarting" % pids[0], log), log
+    stats = wait_for(lambda: (lambda s: s["given_up"] >= 1 and len(s["workers"]) == 2 and s)(
+        _stats(db)), 20, what="the dead worker given up, its successor registered")
+    assert stats["received"] == stats["sent"] == 10001, stats
+
+    out = pylm("stats", "--db", db)
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    assert (shown["name"], shown["kind"], shown["running"]) == ("m", "Master", True)
+    assert len(shown["workers"]) == 2
+    assert all({"in_flight", "done", "last_seen_s"} <= set(w) for w in shown["workers"])
+    assert shown["received"] == shown["sent"] == 10001
+    assert (shown["errors"], shown["bad"], shown["queued"]) == (0, 0, 0)
+    assert pylm("stats", "--db", db, "--server", "m").returncode == 0
+    other = pylm("stats", "--db", db, "--server", "not-m")
+    assert other.returncode == 1 and b"not-m" in other.stderr
+
+    # the job command streams: lines go out before stdin ends
+    proc = subprocess.Popen([sys.executable, "-m", "pylm", "job", "m.upper", "--db", db],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_env())
+    try:
+        for word in (b"one", b"two"):
+            proc.stdin.write(word + b"\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline() == word.upper() + b"\n"
+        proc.stdin.close()
+        assert proc.wait(LIMIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+def test_server_command_and_job_progress(tmp_path):
+    db, pull, pub = tcp_addresses(3)
+    server = start("server", "cli_services:UpperServer", "--name", "up", "--db", db,
+                   "--pull", pull, "--pub", pub)
+    try:
+        wait_for(lambda: _try_stats_of(db, "up"), 30, what="the server")
+        job = pylm("job", "up.upper", "--db", db, "--progress", input=b"a\nb\nc\n")
+        assert job.returncode == 0, job.stderr
+        assert sorted(job.stdout.splitlines()) == [b"A", b"B", b"C"]
+        assert b"3msg" in job.stderr.replace(b" ", b"")     # tqdm's count
+        stats = json.loads(pylm("stats", "--db", db).stdout)
+        assert stats["kind"] == "Server" and stats["methods"]["upper"]["calls"] == 3
+        # a remote error: exit 1, the error on stderr, nothing on stdout
+        wrong = pylm("call", "up.nosuch", "x", "--db", db)
+        assert (wrong.returncode, wrong.stdout) == (1, b""), wrong.stderr
+        assert b"LookupError" in wrong.stderr and b"nosuch" in wrong.stderr
+        # the console script installed with the project is the same command
+        script = os.path.join(os.path.dirname(sys.executable), "pylm")
+        if os.path.exists(script):
+            done = subprocess.run([script, "call", "up.upper", "via script", "--db", db],
+                                  capture_output=True, env=_env(), timeout=LIMIT)
+            assert (done.returncode, done.stdout) == (0, b"VIA SCRIPT\n"), done.stderr
+    finally:
+        assert stop(server) == 0
+
+
+def _try_stats_of(db, name):
+    try:
+        return _stats(db, name)
+    except (TimeoutError, ValueError):
+        return None
+
+
+@pytest.mark.parametrize("args, says", [
+    ((), b"required"),
+    (("call",), b"required"),
+    (("call", "nodot", "x", "--db", "tcp://127.0.0.1:1"), b"SERVER.METHOD"),
+    (("job", "a.b"), b"--db"),
+    (("worker", "no_such_module_here:W", "--db", "tcp://127.0.0.1:1"), b"cannot import"),
+    (("worker", "cli_services:Nope", "--db", "tcp://127.0.0.1:1"), b"has no Nope"),
+    (("worker", "cli_services:UpperServer", "--db", "tcp://127.0.0.1:1"),
+     b"not a subclass of pylm.servers.Worker"),
+    (("server", "cli_services", "--name", "a", "--db", "x", "--pull", "y", "--pub", "z"),
+     b"MODULE:CLASS"),
+    (("stats", "--db", "tcp://127.0.0.1:1", "--timeout", "soon"), b"invalid float"),
+    (("frobnicate",), b"invalid choice"),
+])
+def test_bad_usage_exits_2(args, says):
+    done = pylm(*args)
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert says in done.stderr, done.stderr
+
+
+def test_help_of_every_command():
+    for command in ("server", "master", "worker", "call", "job", "stats", "keys"):
+        done = pylm(command, "--help")
+        assert done.returncode == 0 and b"usage: pylm " + command.encode() in done.stdout
+
+
+@pytest.mark.parametrize("command", [("call", "a.b", "x"), ("stats",), ("job", "a.b")])
+def test_unreachable_db_exits_1_within_the_timeout(command):
+    db = tcp_addresses(1)[0]            # nothing listens there
+    started = time.monotonic()
+    done = pylm(*command, "--db", db, "--timeout", "1", input=b"x\n")
+    took = time.monotonic() - started
+    assert done.returncode == 1, done.stderr
+    assert b"TimeoutError" in done.stderr and db.encode() in done.stderr
+    assert took < 1 + 5, took
+
+
+def test_keys(tmp_path):
+    done = pylm("keys", "node", "--dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(tmp_path)) == ["node.key", "node.key_secret"]
+    assert done.stdout.decode().split() == [str(tmp_path / "node.key"),
+                                            str(tmp_path / "node.key_secret")]
+    # never overwritten: a second call fails with a message
+    again = pylm("keys", "node", "--dir", str(tmp_path))
+    assert again.returncode != 0 and again.stderr
+
+
+def test_worker_supervisor_stops_on_sigint(tmp_path):
+    """SIGINT (Ctrl-C) stops the supervisor and its workers; exit 0."""
+    log_path = tmp_path / "supervisor.log"
+    db = tcp_addresses(1)[0]            # no master: workers wait for it
+    with open(log_path, "w") as log:
+        sup = start("worker", "cli_services:Upper", "--db", db, "--processes", "2",
+                    stderr=log)
+    try:
+        pids = wait_for(lambda: len(_pids(log_path)) >= 2 and _pids(log_path), 20,
+                        what="two workers started")
+        os.kill(sup.pid, signal.SIGINT)
+        assert sup.wait(30) == 0
+        for pid in pids:
+            wait_for(lambda: not _alive(pid), 10, what="worker %d gone" % pid)
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+            sup.wait()
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
