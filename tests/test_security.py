@@ -150,6 +150,8 @@ def test_server_refuses_bad_peers_and_serves_good_ones(keys):
                          what="the plain subscriber refused")
                 job_of(good, "srv.tag", 3000, b"!")
                 assert silent(spy)
+                # the live statistics carry the count (Client.stats())
+                assert good.stats()["refused"] >= 2 * len(bad_peers(keys)) + 1
             finally:
                 spy.close(linger=0)
     assert server.stats["refused"] >= 2 * len(bad_peers(keys)) + 1
