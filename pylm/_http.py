@@ -27,7 +27,6 @@ clients (or of half-open connections) makes as many threads.
 
 from __future__ import annotations
 
-import io
 import logging
 import queue
 import select
@@ -226,7 +225,7 @@ class PooledServerMixIn(_MixedInto):
         with self._lock:
             self._deadlines.pop(request, None)
 
-    def next_request(self, rfile: io.BufferedReader, request: socket.socket) -> bool:
+    def next_request(self, rfile: Any, request: socket.socket) -> bool:
         """Wait on a kept-alive connection for the start of its next
         request (at most `keepalive_idle` s): True once it started (its
         deadline is then `read_timeout` again), False when the connection
