@@ -351,7 +351,7 @@ class Master(_Served):
     `options`: keyword-only options of every server (_Served).
     """
 
-    def __init__(self, name: str, pull_address: Optional[str], pub_address: str,
+    def __init__(self, name: str, pull_address: str, pub_address: str,
                  worker_pull_address: str, worker_push_address: str, db_address: str,
                  pipelined: bool = False, cache: Optional[Store] = None,
                  log_level: Union[int, str, None] = None, messages: int = sys.maxsize, *,
@@ -435,8 +435,10 @@ class Hub(Master):
                  previous: str, pipelined: bool = False, cache: Optional[Store] = None,
                  log_level: Union[int, str, None] = None, messages: int = sys.maxsize,
                  **kwargs: Any) -> None:
-        super().__init__(name, None, pub_address, worker_pull_address, worker_push_address,
-                         db_address, pipelined, cache, log_level, messages, **kwargs)
+        # no pull_address: a Hub's inbound is its subscription
+        super().__init__(name, None, pub_address,  # type: ignore[arg-type]
+                         worker_pull_address, worker_push_address, db_address, pipelined,
+                         cache, log_level, messages, **kwargs)
         self.sub_address = sub_address
         self.previous = previous
 
