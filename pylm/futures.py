@@ -56,8 +56,8 @@ class _ChunkFuture(concurrent.futures.Future):
 
 class _MapFeed:
     """The payloads of one map() on their way to the I/O thread: groups of
-    `size`, handed on while fewer than the executor's window are ahead of
-    the consumer (`ahead` calls, in `groups`)."""
+    `size`, handed on while fewer than twice the executor's window are
+    ahead of the consumer (`ahead` calls, in `groups`)."""
     __slots__ = ("executor", "fn", "it", "size", "groups", "ahead", "exhausted")
 
     def __init__(self, executor, fn, it, size):
@@ -70,8 +70,10 @@ class _MapFeed:
         self.exhausted = False
 
     def fill(self):
-        window = self.executor._window
-        while not self.exhausted and self.ahead < window:
+        # twice the window: while the consumer reads one group, the I/O
+        # thread has the next ones at hand to send as replies free room
+        ahead_max = 2 * self.executor._window
+        while not self.exhausted and self.ahead < ahead_max:
             chunk = list(islice(self.it, self.size))
             if not chunk:
                 self.exhausted = True
