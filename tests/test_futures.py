@@ -254,3 +254,20 @@ def test_call_timeout_fails_the_future_and_the_late_reply_is_dropped(held):
 def test_a_wrong_server_name_raises_in_the_constructor(cluster):
     with pytest.raises(ValueError):
         Executor("not-master", cluster, timeout=TIMEOUT)
+
+
+def test_large_payloads_are_lent_and_every_buffer_comes_back(cluster):
+    from pylm_core import _core
+    from test_resources import balanced_again, outstanding
+
+    before = outstanding()
+    start = _core.resource_counts()
+    payloads = [b"%d:" % i + b"y" * (70_000 if i % 4 == 0 else 10) for i in range(400)]
+    with Executor("master", cluster, timeout=TIMEOUT) as ex:
+        assert list(ex.map("master.rev", payloads, timeout=TIMEOUT)) == \
+            [p[::-1] for p in payloads]
+        big = b"z" * 100_000 + b"!"
+        assert ex.submit("master.rev", big).result(TIMEOUT) == big[::-1]
+    # the large ones went lent (no copy), and came back
+    assert _core.resource_counts()["payloads_lent"] >= start["payloads_lent"] + 101
+    balanced_again(before)
