@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from itertools import islice
 
 from pylm._cache import PROTOCOL
@@ -80,7 +81,7 @@ class _MapFeed:
                 return
             _core.check_payloads(chunk)
             group = _core.CallGroup(self.fn, chunk, _ChunkFuture())
-            self.executor._hand(group)
+            self.executor._io.hand(group)
             self.groups.append(group)
             self.ahead += len(chunk)
 
@@ -93,7 +94,9 @@ class Executor(concurrent.futures.Executor):
     :param db_address: the server's cache address
     :param call_timeout: keyword-only; seconds after which a call without a
         reply fails with TimeoutError (None, the default: no limit), counted
-        from when the I/O thread takes it
+        from when the I/O thread takes it.  Without it, a call to a server
+        that never answers keeps its future (and shutdown(wait=True))
+        waiting.
     :param window: keyword-only; the most calls in flight at once (later
         ones wait in the executor, still cancellable)
     :param client_kwargs: passed to pylm.clients.Client (push_address,
@@ -101,40 +104,33 @@ class Executor(concurrent.futures.Executor):
 
     The client is made and its subscription checked here, in the caller's
     thread, so a wrong name or address raises at once; then its sockets
-    belong to the I/O thread alone.
+    belong to the I/O thread alone.  An executor garbage-collected without
+    shutdown() shuts down as shutdown(wait=False) would.
     """
 
     def __init__(self, server_name, db_address, *, call_timeout=None, window=JOB_WINDOW,
                  **client_kwargs):
         if call_timeout is not None and call_timeout < 0:
             raise ValueError("call_timeout must be >= 0 or None")
-        self._client = Client(server_name, db_address, **client_kwargs)
+        client = Client(server_name, db_address, **client_kwargs)
         try:
-            self._client._connect(None)
-            client = self._client
-            self._table = _core.CallTable(
-                client._push, client._reader, client._pipeline, client._topic,
-                window=window, batch=client._protocol == PROTOCOL,
-                batch_bytes=client._batch_bytes,
-                first_key=int.from_bytes(os.urandom(6), "little"))
-            self._wake_r, self._wake_w = os.pipe()
+            client._connect(None)
+            self._io = _IOLoop(client, call_timeout, max(1, window))
         except BaseException:
-            self._client.close()
+            client.close()
             raise
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
-        self._window = max(1, window)
+        self._client = client
+        self._window = self._io.window
         self._call_timeout = call_timeout
-        self._queue = collections.deque()       # deque append/popleft are atomic
-        self._wake_pending = False
-        self._lock = threading.Lock()           # orders submits against shutdown
-        self._shut = False
-        self._cancel_futures = False
+        self._table = self._io.table
         self._functions = {}
-        self._thread = threading.Thread(target=self._run, name="pylm-futures-io", daemon=True)
+        # the I/O thread refers to the loop, not to the executor: dropping
+        # the executor ends the thread once its calls are answered
+        self._thread = threading.Thread(target=self._io.run, name="pylm-futures-io",
+                                        daemon=True)
         self._thread.start()
+        weakref.finalize(self, self._io.shutdown, False)
 
-    # -- callers' side (any thread) -----------------------------------------------
     def _function(self, function):
         """`function` ("server.method" or a list of stages) as bytes."""
         try:
@@ -145,27 +141,6 @@ class Executor(concurrent.futures.Executor):
                 self._functions[function] = encoded
             return encoded
 
-    def _hand(self, item):
-        """Queue `item` for the I/O thread and wake it, unless a wake-up is
-        pending already (the I/O thread clears the flag before it empties
-        the queue, so an item queued before the flag was seen set is always
-        taken)."""
-        with self._lock:
-            if self._shut:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            self._queue.append(item)
-        self._wake()
-
-    def _wake(self):
-        if not self._wake_pending:
-            self._wake_pending = True
-            try:
-                os.write(self._wake_w, b"w")
-            except BlockingIOError:
-                pass                # the pipe is full: the thread is woken anyway
-            except OSError:
-                pass                # closed: the I/O thread has ended
-
     def submit(self, function, payload):
         """Call `function` ("server.method") with `payload` (bytes-like);
         returns a concurrent.futures.Future of the reply (bytes).  Raises
@@ -174,24 +149,24 @@ class Executor(concurrent.futures.Executor):
         fn = self._function(function)
         _check_payload(payload)
         future = concurrent.futures.Future()
-        self._hand(_core.CallGroup(fn, [payload], future))
+        self._io.hand(_core.CallGroup(fn, [payload], future))
         return future
 
     def map(self, function, payloads, timeout=None, chunksize=None):
         """Call `function` with each payload; return an iterator of the
         replies in the order of `payloads`.  The first calls go at once;
-        the rest as replies are consumed, at most `window` calls ahead, so
-        `payloads` may be endless.  The iterator raises the error of a call
-        when it gets to it (pylm.RemoteError, pylm.WorkerLost,
-        TimeoutError with `call_timeout`), and TimeoutError when `timeout`
-        seconds have passed since map() was called; calls of it not
-        answered by then are dropped.
+        the rest as replies are consumed, at most twice `window` calls
+        ahead, so `payloads` may be endless.  The iterator raises the
+        error of a call when it gets to it (pylm.RemoteError,
+        pylm.WorkerLost, TimeoutError with `call_timeout`), and
+        TimeoutError when `timeout` seconds have passed since map() was
+        called; calls of it not answered by then are dropped.
 
         :param chunksize: calls sent and collected as one group (default
             MAP_CHUNK)
         """
         fn = self._function(function)
-        if self._shut:
+        if self._io.shut:
             raise RuntimeError("cannot schedule new futures after shutdown")
         end = None if timeout is None else time.monotonic() + timeout
         size = max(1, min(chunksize or MAP_CHUNK, _core.GROUP_CALLS_MAX, self._window))
@@ -228,7 +203,7 @@ class Executor(concurrent.futures.Executor):
             for group in groups:
                 if not group.owner.cancel():
                     try:
-                        self._hand(_Forget(group))
+                        self._io.hand(_Forget(group))
                     except RuntimeError:
                         pass        # shut down: the I/O thread ends anyway
 
@@ -237,31 +212,78 @@ class Executor(concurrent.futures.Executor):
         `cancel_futures`, calls not sent yet are cancelled; calls sent are
         still answered.  With `wait`, return once every call is resolved
         and the sockets are closed."""
-        with self._lock:
-            if not self._shut:
-                self._shut = True
-                self._cancel_futures = cancel_futures
-                self._queue.append(_SHUTDOWN)
-            elif cancel_futures:
-                self._cancel_futures = True
-        self._wake()
+        self._io.shutdown(cancel_futures)
         if wait and threading.current_thread() is not self._thread:
             self._thread.join()
 
+
+class _IOLoop:
+    """The I/O thread's side of an Executor: owns the client (its sockets
+    are used by run() alone), and the queue and wake-up pipe through which
+    any thread hands it work (hand(), shutdown())."""
+
+    def __init__(self, client, call_timeout, window):
+        self.client = client
+        self.call_timeout = call_timeout
+        self.window = window
+        self.table = _core.CallTable(
+            client._push, client._reader, client._pipeline, client._topic,
+            window=window, batch=client._protocol == PROTOCOL,
+            batch_bytes=client._batch_bytes,
+            first_key=int.from_bytes(os.urandom(6), "little"))
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.queue = collections.deque()       # deque append/popleft are atomic
+        self.wake_pending = False
+        self.lock = threading.Lock()            # orders hand() against shutdown()
+        self.shut = False
+        self.cancel_futures = False
+
+    # -- any thread ---------------------------------------------------------------------
+    def hand(self, item):
+        """Queue `item` for the I/O thread and wake it, unless a wake-up is
+        pending already (the I/O thread clears the flag before it empties
+        the queue, so an item queued before the flag was seen set is always
+        taken).  RuntimeError after shutdown."""
+        with self.lock:
+            if self.shut:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self.queue.append(item)
+        self.wake()
+
+    def wake(self):
+        if not self.wake_pending:
+            self.wake_pending = True
+            try:
+                os.write(self.wake_w, b"w")
+            except OSError:
+                pass    # full (BlockingIOError): the thread is woken anyway
+
+    def shutdown(self, cancel_futures):
+        """No more work; with `cancel_futures`, drop what was not sent."""
+        with self.lock:
+            if not self.shut:
+                self.shut = True
+                self.queue.append(_SHUTDOWN)
+            if cancel_futures:
+                self.cancel_futures = True
+        self.wake()
+
     # -- the I/O thread -------------------------------------------------------------------
-    def _run(self):
-        """Owns the client's sockets: takes calls off the queue, sends them
-        through the CallTable, resolves futures as replies come, fails
-        calls past their time, until shutdown and every call is resolved."""
-        table = self._table
-        queue = self._queue
+    def run(self):
+        """Take calls off the queue, send them through the CallTable,
+        resolve futures as replies come, fail calls past their time, until
+        shutdown and every call is resolved; then close the client."""
+        table = self.table
+        queue = self.queue
         waiting = collections.deque()       # groups not in the table yet
         timed = collections.deque()         # groups in the table, in order of deadline
         done = []
         closing = False
         try:
             while True:
-                self._wake_pending = False
+                self.wake_pending = False
                 while queue:
                     item = queue.popleft()
                     if item is _SHUTDOWN:
@@ -270,48 +292,48 @@ class Executor(concurrent.futures.Executor):
                         table.forget(item.group)
                     else:
                         waiting.append(item)
-                if closing and self._cancel_futures:
+                if closing and self.cancel_futures:
                     for group in waiting:
                         group.owner.cancel()
                     waiting.clear()
-                blocked = False
                 while True:
-                    self._start(table, waiting, timed)
+                    self._start(waiting, timed)
                     blocked = table.pump()
                     if not table.receive(done):
                         break
                     for group in done:
                         self._resolve(group)
                     done.clear()
-                wait_ms = self._expire(table, timed)
+                wait_ms = self._expire(timed)
                 if closing and not waiting and not table.busy:
                     return
-                if table.wait(self._wake_r, wait_ms, blocked) & 4:
-                    _drain(self._wake_r)
+                if table.wait(self.wake_r, wait_ms, blocked) & 4:
+                    _drain(self.wake_r)
         except BaseException as exc:
             logger.exception("pylm.futures: the I/O thread failed")
             self._fail_all(waiting, exc)
         finally:
-            with self._lock:
-                self._shut = True
+            with self.lock:
+                self.shut = True
             # calls queued meanwhile, or by a callback, fail rather than hang
             self._fail_all(waiting, RuntimeError("the executor is shut down"))
-            self._client.close()
+            self.client.close()
 
-    def _start(self, table, waiting, timed):
+    def _start(self, waiting, timed):
         """Move waiting groups into the table while the window has room;
         a future cancelled meanwhile is dropped here, unsent."""
+        table = self.table
         while waiting and table.room() > 0:
             group = waiting.popleft()
             if not group.owner.set_running_or_notify_cancel():
                 continue
             if table.add(group):
                 self._resolve(group)        # empty
-            elif self._call_timeout is not None:
-                group.deadline = time.monotonic() + self._call_timeout
+            elif self.call_timeout is not None:
+                group.deadline = time.monotonic() + self.call_timeout
                 timed.append(group)
 
-    def _expire(self, table, timed):
+    def _expire(self, timed):
         """Fail the groups past their deadline; milliseconds until the next
         deadline (-1: none)."""
         while timed:
@@ -323,7 +345,7 @@ class Executor(concurrent.futures.Executor):
             if left > 0:
                 return int(left * 1000) + 1
             timed.popleft()
-            if table.forget(group):
+            if self.table.forget(group):
                 self._resolve(group)
         return -1
 
@@ -339,7 +361,7 @@ class Executor(concurrent.futures.Executor):
             future.set_result(result)
         elif result is None:
             future.set_exception(TimeoutError("no reply from %s within %s s"
-                                              % (group.function.decode(), self._call_timeout)))
+                                              % (group.function.decode(), self.call_timeout)))
         else:
             future.set_exception(Client._remote_error(result))
 
@@ -347,26 +369,27 @@ class Executor(concurrent.futures.Executor):
         """Every unresolved future gets `exc` (the I/O thread is ending)."""
         pending = list(waiting)
         waiting.clear()
-        while self._queue:
-            item = self._queue.popleft()
+        while self.queue:
+            item = self.queue.popleft()
             if isinstance(item, _core.CallGroup):
                 pending.append(item)
         for group in pending:
             if group.owner.set_running_or_notify_cancel():
                 group.owner.set_exception(exc)
-        for group in self._table.groups_left():
+        for group in self.table.groups_left():
             if not group.owner.done():
                 group.owner.set_exception(exc)
 
     def __del__(self):
-        # the pipe outlives the I/O thread: a late _wake() never writes to
-        # a descriptor number reused by another file
-        for fd in (getattr(self, "_wake_r", -1), getattr(self, "_wake_w", -1)):
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        # the pipe outlives the I/O thread: a late wake() never writes to a
+        # descriptor number reused by another file
+        for fd in (getattr(self, "wake_r", -1), getattr(self, "wake_w", -1)):
+            if fd < 0:
+                continue
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def _drain(fd):

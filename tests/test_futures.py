@@ -271,3 +271,16 @@ def test_large_payloads_are_lent_and_every_buffer_comes_back(cluster):
     # the large ones went lent (no copy), and came back
     assert _core.resource_counts()["payloads_lent"] >= start["payloads_lent"] + 101
     balanced_again(before)
+
+
+def test_an_executor_dropped_without_shutdown_ends_its_thread(cluster):
+    import gc
+
+    ex = Executor("master", cluster, timeout=TIMEOUT)
+    future = ex.submit("master.rev", b"dropped")
+    thread = ex._thread
+    del ex
+    gc.collect()
+    assert future.result(TIMEOUT) == b"deppord"      # answered all the same
+    thread.join(TIMEOUT)
+    assert not thread.is_alive()
