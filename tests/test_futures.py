@@ -284,3 +284,31 @@ def test_an_executor_dropped_without_shutdown_ends_its_thread(cluster):
     assert future.result(TIMEOUT) == b"deppord"      # answered all the same
     thread.join(TIMEOUT)
     assert not thread.is_alive()
+
+
+def test_an_executor_takes_the_clients_security_keywords(tmp_path):
+    import shutil
+
+    from pylm._testing import running
+    from pylm.security import generate_keys
+
+    made = {name: generate_keys(str(tmp_path / name), name)
+            for name in ("server", "client", "outsider")}
+    authorized = tmp_path / "authorized"
+    authorized.mkdir()
+    for name in ("server", "client"):
+        shutil.copy(made[name][0], authorized)
+    server_public, server_secret = made["server"]
+    good = dict(server_key=server_public, secret_key=made["client"][1])
+    db, pull, pub = tcp_addresses(3)
+    server = HeldServer("curve", db, pull, pub, secret_key=server_secret,
+                        authorized_keys=str(authorized))
+    with running(server, client_kwargs=good):
+        with Executor("curve", db, timeout=TIMEOUT, **good) as ex:
+            assert ex.submit("curve.rev", b"secret").result(TIMEOUT) == b"terces"
+            payloads = [b"%d" % i for i in range(1000)]
+            assert list(ex.map("curve.rev", payloads, timeout=TIMEOUT)) == \
+                [p[::-1] for p in payloads]
+        with pytest.raises(TimeoutError):     # refused at the handshake
+            Executor("curve", db, timeout=1.0, server_key=server_public,
+                     secret_key=made["outsider"][1])
