@@ -295,6 +295,14 @@ class ArrayServer(Server):
         return bytearray(b"raw bytes")
 
 
+class StreamArrayServer(ArrayServer):
+    """handle_stream overridden: it sees the array's payload as one buffer."""
+
+    def handle_stream(self, message):
+        self.seen = loads(message.payload)
+        return message.client, message
+
+
 class ArrayWorker(Worker):
     """Runs in a child process: pickled by reference, so module level."""
 
@@ -338,6 +346,15 @@ def test_a_method_returning_an_object_array_gets_a_type_error(server_client):
     x = np.arange(4.0)
     assert np.array_equal(loads(server_client.eval("arrays.sqrt", dumps(x), timeout=TIMEOUT)),
                           np.sqrt(x))
+
+
+def test_an_array_through_handle_stream():
+    pull, pub, db = tcp_addresses(3)
+    server = StreamArrayServer("sarrays", pull_address=pull, pub_address=pub, db_address=db)
+    with running(server), Client("sarrays", db, timeout=TIMEOUT) as client:
+        x = np.arange(10.0)
+        b = loads(client.eval("sarrays.sqrt", dumps(x), timeout=TIMEOUT))
+        assert np.array_equal(b, np.sqrt(x)) and np.array_equal(server.seen, b)
 
 
 def test_arrays_through_a_master_and_two_worker_processes():
