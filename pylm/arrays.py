@@ -136,8 +136,6 @@ def loads(buffer):
     except TypeError:
         raise TypeError("pylm.arrays.loads takes a bytes-like object, not %s"
                         % type(buffer).__name__) from None
-    if isinstance(buffer, str):
-        raise TypeError("pylm.arrays.loads takes a bytes-like object, not str")
     try:
         view = view.cast("B")
     except TypeError:

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -230,7 +230,7 @@ _dtypes = (hnp.boolean_dtypes() | hnp.integer_dtypes(endianness="=")
 _dtypes = _dtypes.flatmap(lambda d: st.sampled_from([d, d.newbyteorder()]))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(a=hnp.arrays(_dtypes, hnp.array_shapes(min_dims=0, max_dims=5, min_side=0, max_side=4)),
        layout=st.sampled_from(["C", "F", "strided"]))
 def test_hypothesis_round_trip(a, layout):
@@ -244,7 +244,7 @@ def test_hypothesis_round_trip(a, layout):
     assert not b.flags.writeable
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(a=hnp.arrays(hnp.scalar_dtypes(), hnp.array_shapes(min_dims=0, max_dims=3, max_side=3)),
        edits=st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=6),
        cut=st.one_of(st.none(), st.integers(0, 300)))
@@ -262,7 +262,7 @@ def test_hypothesis_garbled_headers_raise_decode_error_or_load(a, edits, cut):
     assert isinstance(b, np.ndarray) and not b.dtype.hasobject
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.binary(max_size=200), prefix=st.booleans())
 def test_hypothesis_random_bytes_raise_decode_error(data, prefix):
     buf = (b"PLMA\x01" + data) if prefix else data
