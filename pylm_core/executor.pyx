@@ -481,8 +481,8 @@ cdef class Executor(Part):
         """Queue or send one reply (self.head before its payload).  Worker
         mode: into the batch for the Master.  Replies to a client that
         takes batches (flags) on the default route: into that client's
-        batch.  Anything else: alone,
-        after the batch so far (order is kept).  1 when stopped."""
+        batch.  Anything else: alone, after the batch so far (order is
+        kept).  1 when stopped."""
         cdef pz_msg_t m
         cdef const char *tp
         cdef size_t tn
