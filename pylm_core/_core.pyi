@@ -89,7 +89,7 @@ class Executor(Part):
                  name: Optional[str], methods: dict, *,
                  pipelined: bool = ..., stream_hook: Optional[Callable] = ...,
                  error_hook: Optional[Callable] = ..., bad_hook: Optional[Callable] = ...,
-                 mux: bool = ..., limit: int = ...,
+                 array_parts: Optional[Callable] = ..., mux: bool = ..., limit: int = ...,
                  credit: int = ..., batch_bytes: int = ...) -> None: ...
 
 class Publisher(Part):

@@ -32,6 +32,8 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from pylm_core.libzmq cimport *
 from pylm_core.wire cimport *
 
+import sys
+
 from pylm_core.errors import (DecodeError, RemoteError, error_text, NO_METHOD,
                               BAD_FUNCTION, WORKER_LOST)
 
