@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Set
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, NoReturn, Optional, Set
 
 import zmq
 
@@ -325,15 +325,33 @@ class CacheClient:
         msg = PalmMessage(pipeline=str(uuid.uuid4()), function="%s.%s" % (self.server_name, op),
                           stage=ERROR_REPLIES, cache=key, payload=payload)
         sock = self._socket()
-        sock.send(msg.SerializeToString())
-        if not sock.poll(None if timeout is None else int(timeout * 1000), zmq.POLLIN):
-            self.close()
-            raise TimeoutError("no answer from the cache at %s within %s s"
-                               % (self.db_address, timeout))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # A REQ blocks in send while it has no peer (a CURVE server that
+        # refused our handshake tears the connection down): the send is
+        # bounded by the same timeout as the answer.
+        if not self._wait(sock, zmq.POLLOUT, deadline):
+            self._timed_out(timeout)
+        sock.send(msg.SerializeToString(), zmq.DONTWAIT)
+        if not self._wait(sock, zmq.POLLIN, deadline):
+            self._timed_out(timeout)
         frames = sock.recv_multipart()
         if len(frames) == 2:
             raise _refusal(frames[1].decode("utf-8", "replace"), self.db_address)
         return frames[0]
+
+    @staticmethod
+    def _wait(sock: Socket, event: int, deadline: Optional[float]) -> bool:
+        """True when `sock` is ready for `event` before `deadline`
+        (monotonic seconds; None: no limit)."""
+        if deadline is None:
+            return bool(sock.poll(None, event))
+        return bool(sock.poll(max(0, int((deadline - time.monotonic()) * 1000)), event))
+
+    def _timed_out(self, timeout: Optional[float]) -> NoReturn:
+        """Drop the REQ (its state is stuck mid-request) and raise."""
+        self.close()
+        raise TimeoutError("no answer from the cache at %s within %s s"
+                           % (self.db_address, timeout))
 
     def close(self) -> None:
         if self._sock is not None:
