@@ -572,7 +572,10 @@ def test_garbage_at_every_curve_socket_of_a_master(keys, zctx):
                 # by libzmq; counted when they fail a ZMTP 3 handshake: bytes
                 # that look like ZMTP 1.0 are dropped without an event), and
                 # plain peers (refused: counted)
-                for kind, address, _ in targets:
+                # the worker push socket (a PUSH: nobody sends to it) is
+                # sprayed with raw bytes and met by a plain PULL only
+                wpush = (zmq.PULL, addresses["worker_push_address"], None)
+                for kind, address, _ in targets + [wpush]:
                     host, port = address[len("tcp://"):].rsplit(":", 1)
                     for garbage in (rnd.randbytes(300), b"\xff" + rnd.randbytes(300)):
                         with socket.create_connection((host, int(port)),
@@ -584,9 +587,9 @@ def test_garbage_at_every_curve_socket_of_a_master(keys, zctx):
                             except ConnectionResetError:
                                 pass
                 before = master.refused
-                for kind, address, _ in targets:
+                for kind, address, _ in targets + [wpush]:
                     sprays.append((Spray(ctx, kind, address, n=1), None))
-                wait_for(lambda: master.refused >= before + len(targets),
+                wait_for(lambda: master.refused >= before + len(targets) + 1,
                          timeout=REFUSED_WITHIN, what="plain peers refused")
                 check()
                 job_of_master = list(client.job("m.tag", (b"%d" % i for i in range(1000)),
@@ -596,7 +599,7 @@ def test_garbage_at_every_curve_socket_of_a_master(keys, zctx):
                 for sock, _ in sprays:
                     sock.close()
     assert master.stats["bad"] > 0
-    assert master.stats["refused"] >= len(targets)
+    assert master.stats["refused"] >= len(targets) + 1
 
 
 # -- pylm 0.14 against a CURVE server ------------------------------------------------
@@ -687,15 +690,87 @@ def test_settings_are_checked_at_construction(keys, monkeypatch, tmp_path):
     assert Security.for_client(server_key=keys.server_public).public != made.public
 
 
+def test_a_server_hosts_environment_leaves_its_clients_plain(keys, monkeypatch):
+    """The environment is the process's: on a server's host with only the
+    server's PYLM_SECRET_KEY and PYLM_AUTHORIZED_KEYS, a Client or Worker
+    of a plain server elsewhere is plain (it used to raise ValueError);
+    the keyword without a server key still raises."""
+    monkeypatch.delenv(ENV_SERVER_KEY, raising=False)
+    monkeypatch.setenv(ENV_SECRET_KEY, keys.server_secret)
+    monkeypatch.setenv(ENV_AUTHORIZED_KEYS, keys.authorized)
+    assert not Security.for_client().enabled
+    db, pull, pub = tcp_addresses(3)
+    monkeypatch.delenv(ENV_SECRET_KEY)
+    monkeypatch.delenv(ENV_AUTHORIZED_KEYS)
+    plain = Tagger("plain", db, pull, pub)
+    monkeypatch.setenv(ENV_SECRET_KEY, keys.server_secret)
+    monkeypatch.setenv(ENV_AUTHORIZED_KEYS, keys.authorized)
+    with running(plain):
+        with Client("plain", db, timeout=TIMEOUT) as client:
+            assert client.eval("plain.tag", b"p", timeout=TIMEOUT) == b"p!"
+        TagWorker("w", db)      # constructible
+    with pytest.raises(ValueError, match="without a server_key"):
+        Client("plain", db, secret_key=keys.client_secret, this_config=True)
+
+
 # -- examples with keys from the environment --------------------------------------
 
+#: Where each example's db port is among the ports it takes.
+EXAMPLE_DB = {"parallel": 4, "pipeline": 0}
+
+
+def cache_probes(ctx, db, keys):
+    """A plain REQ and an authorized CURVE REQ connected to `db` (before
+    the server binds: they connect when it does), each with a request
+    queued; the server's cache answers any request."""
+    probes = {}
+    for label, options in (("plain", {}),
+                           ("curve", curve_options(keys.server_public, keys.client_secret))):
+        sock = ctx.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RECONNECT_IVL, 5)   # the example may serve briefly
+        for name, value in options.items():
+            sock.setsockopt(getattr(zmq, name), value)
+        sock.connect(db)
+        sock.send(b"probe")
+        probes[label] = sock
+    return probes
+
+
 @pytest.mark.parametrize("example", ["parallel", "pipeline"])
-def test_examples_run_with_curve_from_the_environment(keys, monkeypatch, example):
-    from test_examples import EXPECTED, run as run_example
+def test_examples_run_with_curve_from_the_environment(keys, monkeypatch, example, zctx):
+    """The example's processes take the keys from the environment: its
+    output is right, and while it ran a plain peer at its cache got nothing
+    though an authorized one was answered (were the environment ignored,
+    the plain probe would be answered and the CURVE one not)."""
+    from test_examples import EXPECTED, finish, start
 
     monkeypatch.setenv(ENV_SECRET_KEY, keys.server_secret)
     monkeypatch.setenv(ENV_SERVER_KEY, keys.server_public)
     monkeypatch.setenv(ENV_AUTHORIZED_KEYS, keys.authorized)
-    out = run_example(example)
+    ports = tcp_ports(5)
+    probes = cache_probes(zctx, "tcp://127.0.0.1:%d" % ports[EXAMPLE_DB[example]], keys)
+    answered = dict.fromkeys(probes, False)
+    poller = zmq.Poller()
+    for sock in probes.values():
+        poller.register(sock, zmq.POLLIN)
+    try:
+        proc = start(example, *ports)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            ready = dict(poller.poll(50))
+            for label, sock in probes.items():
+                if sock in ready:
+                    sock.recv_multipart()
+                    answered[label] = True
+                    poller.unregister(sock)
+        code, out, err = finish(proc)
+        answered.update({label: True for label, sock in probes.items() if sock.poll(0)})
+    finally:
+        for sock in probes.values():
+            sock.close(linger=0)
+    assert code == 0 and "Traceback" not in err, err
+    out = out.splitlines()
     last = {name: last for name, _, last in EXPECTED}[example]
     assert out and out[-1] == last, out
+    assert answered == {"plain": False, "curve": True}, answered
