@@ -480,6 +480,26 @@ def test_a_curve_socket_without_an_authenticator_refuses(keys, zctx):
     assert answered == {1: False, 0: True}
 
 
+def test_an_authenticator_of_ones_own_stops_a_curve_server_plainly(keys, caplog):
+    """libzmq has one ZAP endpoint per context: with the process's taken by
+    a socket of the user's own, a CURVE server's start() raises (after the
+    bounded retry) instead of serving without its cache."""
+    own = zmq.Context.instance().socket(zmq.REP)
+    own.bind("inproc://zeromq.zap.01")
+    db, pull, pub = tcp_addresses(3)
+    server = Tagger("srv", db, pull, pub, **keys.serve)
+    try:
+        with pytest.raises(zmq.ZMQError, match="zeromq.zap.01"):
+            server.start()
+    finally:
+        own.close(linger=0)
+    assert "cache not served" not in caplog.text
+    assert not zap_running()
+    with running(server, client_kwargs=keys.good):     # once it is free
+        with Client("srv", db, timeout=TIMEOUT, **keys.good) as client:
+            assert client.eval("srv.tag", b"x", timeout=TIMEOUT) == b"x!"
+
+
 def _serve_in_forked_child(keys, queue):
     """In a forked child: a CURVE server with authorized_keys; reports
     what an outsider and an authorized client got."""
