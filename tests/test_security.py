@@ -8,13 +8,11 @@ server must keep serving an authorized client, and count the refusal in
 ``stats['refused']`` (polled live through ``server.refused``).
 """
 
-import logging
 import multiprocessing
 import os
 import random
 import shutil
 import socket
-import stat
 import threading
 import time
 from collections import Counter
