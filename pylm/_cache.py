@@ -311,8 +311,8 @@ class CacheClient:
         if self._sock is None:
             self._sock = context().socket(zmq.REQ)
             self._sock.setsockopt(zmq.LINGER, 0)
-            if self.security is not None and self.security.server_key is not None:
-                self.security.connect(self._sock)
+            if self.security is not None:
+                self.security.apply(self._sock, connect=self.db_address)
             self._sock.connect(self.db_address)
         return self._sock
 
@@ -350,8 +350,16 @@ class CacheClient:
     def _timed_out(self, timeout: Optional[float]) -> NoReturn:
         """Drop the REQ (its state is stuck mid-request) and raise."""
         self.close()
-        raise TimeoutError("no answer from the cache at %s within %s s"
-                           % (self.db_address, timeout))
+        raise TimeoutError("no answer from the cache at %s within %s s%s"
+                           % (self.db_address, timeout, self._hint()))
+
+    def _hint(self) -> str:
+        """Why a server that runs may not answer: CURVE refuses silently."""
+        if self.security is not None and self.security.server_key is not None:
+            return ("; a CURVE server refuses wrong server keys and keys it does not "
+                    "authorize: check server_key/secret_key")
+        return ("; a CURVE server refuses plain peers: give server_key (and secret_key) "
+                "if it uses keys")
 
     def close(self) -> None:
         if self._sock is not None:

@@ -21,8 +21,9 @@ clients (or of half-open connections) makes as many threads.
   that just got its answer while connections wait for a thread.  A client
   slower than that has its connection shut down for reading, which frees
   its thread.  Writes to a client time out after `read_timeout` too.
-- Bodies are bounded (:data:`MAX_REQUEST_BYTES` by default, 413 above); the
-  handlers check the length before they read.
+- Bodies are bounded (:data:`MAX_REQUEST_BYTES` by default on the parts,
+  :data:`MAX_MESSAGE_BYTES` on HTTP workers; 413 above); the handlers check
+  the length before they read.
 """
 
 from __future__ import annotations
@@ -39,12 +40,18 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Set, Tuple
 
 from pylm_core import _core
 
-__all__ = ["PooledServerMixIn", "body_length", "linger", "MAX_REQUEST_BYTES", "MAX_CONCURRENT",
-           "MAX_QUEUED", "READ_TIMEOUT", "KEEPALIVE_IDLE"]
+__all__ = ["PooledServerMixIn", "body_length", "linger", "MAX_REQUEST_BYTES", "MAX_MESSAGE_BYTES",
+           "MAX_CONCURRENT", "MAX_QUEUED", "READ_TIMEOUT", "KEEPALIVE_IDLE"]
 
-#: Largest request body read (413 above it): a body becomes one message
-#: (pylm_core/consts.pxi).
-MAX_REQUEST_BYTES = _core.MAX_MESSAGE_SIZE_
+#: Largest request body the HTTP parts (HttpService, HttpGateway) read (413
+#: above it).  Their peers are not authenticated: with MAX_CONCURRENT
+#: requests at once, a bound as large as a message (pylm_core/consts.pxi,
+#: 256 MiB) would let strangers make a server hold 4 GiB; 16 MiB times 16
+#: is 256 MiB.  Larger bodies need the keyword.
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+#: Largest request body an HTTP worker (pylm.remote) reads: the messages
+#: HttpConnection sends it, up to the core's message bound.
+MAX_MESSAGE_BYTES = _core.MAX_MESSAGE_SIZE_
 #: Requests served at once by one HTTP server (threads of its pool).
 MAX_CONCURRENT = 16
 #: Connections waiting in the listen backlog for a thread of the pool.

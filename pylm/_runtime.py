@@ -30,8 +30,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Literal, Optional,
 import zmq
 
 from pylm._context import context
-from pylm.security import (REFUSAL_EVENTS, Refusals, Security, is_inproc, zap_acquire,
-                           zap_release)
+from pylm.security import REFUSAL_EVENTS, SERVE, Refusals, Security, zap_acquire, zap_release
 from pylm_core import _core
 
 if TYPE_CHECKING:
@@ -134,32 +133,40 @@ class Runtime:
         """A new socket with `options` (names of zmq constants), bound to
         `bind` or connected to `connect`, with the server's security (or
         `security`, a part's own) applied first; closed at exit."""
-        sock = context().socket(kind)
-        self._sockets.append(sock)
-        sock.setsockopt(zmq.LINGER, 0)
-        for name, value in options.items():
-            sock.setsockopt(getattr(zmq, name), value)
-        security = security if security is not None else self.security
-        if security is not None:
-            if bind is not None and security.serving and not is_inproc(bind):
-                self._serve_curve(sock, security)
-            if connect is not None and security.server_key is not None \
-                    and not is_inproc(connect):
-                security.connect(sock)
+        sock = self.prepare(kind, bind, connect, security, **options)
         if bind is not None:
             sock.bind(bind)
         if connect is not None:
             sock.connect(connect)
         return sock
 
-    def _serve_curve(self, sock: Socket, security: Security) -> None:
-        """Make sock a CURVE server: the ZAP authenticator answers for the
-        server's domain, and a monitor counts refused handshakes, before
-        any peer can connect."""
+    def prepare(self, kind: int, bind: Optional[str] = None, connect: Optional[str] = None,
+                security: Optional[Security] = None, **options: Union[int, bytes]) -> Socket:
+        """:meth:`socket` without the bind or connect, for a caller that
+        handles their failure apart from the set-up's."""
+        sock: Socket = context().socket(kind)
+        self._sockets.append(sock)
+        sock.setsockopt(zmq.LINGER, 0)
+        for name, value in options.items():
+            sock.setsockopt(getattr(zmq, name), value)
+        security = security if security is not None else self.security
+        if security is not None:
+            if security.role(bind, connect) == SERVE:
+                self._take_zap(security)
+            if security.apply(sock, bind, connect) == SERVE:
+                self._monitor(sock)
+        return sock
+
+    def _take_zap(self, security: Security) -> None:
+        """The ZAP authenticator answers for the server's domain before any
+        peer can connect (released at exit)."""
         if security.domain not in self._domains:
             zap_acquire(security.domain, security.provider(self.refusals.note))
             self._domains.append(security.domain)
-        security.serve(sock)
+
+    def _monitor(self, sock: Socket) -> None:
+        """A monitor on CURVE server `sock` counts its refused handshakes
+        (read by one thread for all the server's sockets)."""
         monitor = sock.get_monitor_socket(REFUSAL_EVENTS)
         self._monitors.append((sock, monitor))
         self._monitor_socks.append(monitor)

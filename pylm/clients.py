@@ -206,9 +206,8 @@ class Client:
             self._sub.setsockopt(zmq.RCVHWM, 0)
             self._sub.setsockopt_string(zmq.SUBSCRIBE, self.uuid)
             self._sub.setsockopt(zmq.SUBSCRIBE, WELCOME)
-            if self._security.server_key is not None:
-                for sock in (self._push, self._sub):
-                    self._security.connect(sock)
+            self._security.apply(self._push, connect=self.push_address)
+            self._security.apply(self._sub, connect=self.sub_address)
             self._push.connect(self.push_address)
             self._sub.connect(self.sub_address)
             self._reader = _core.ReplyReader(self._sub)

@@ -27,8 +27,11 @@ What is here, each written once:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -61,6 +64,13 @@ ENV_AUTHORIZED_KEYS = "PYLM_AUTHORIZED_KEYS"
 #: Seconds after which an authorized-keys directory is read again even if
 #: its modification time did not change (a key file rewritten in place).
 RELOAD_INTERVAL = 1.0
+#: Seconds the process's authenticator may take to bind the ZAP endpoint
+#: again: libzmq frees ``inproc://zeromq.zap.01`` asynchronously after the
+#: previous authenticator closed its socket, so a CURVE server started just
+#: after the last one stopped may find it taken for a moment.
+ZAP_BIND_TIMEOUT = 2.0
+#: Seconds a stopping authenticator thread is given to finish.
+ZAP_STOP_TIMEOUT = 5.0
 #: At most one refusal warning per this many seconds (per server).
 REFUSAL_LOG_INTERVAL = 10.0
 #: Monitor events that mean a peer was refused at the handshake: a plain
@@ -76,6 +86,10 @@ def generate_keys(directory: Union[str, os.PathLike[str]], name: str) -> Tuple[s
     """Write a new key pair, ``name.key`` (public) and ``name.key_secret``
     (secret, readable by its owner only) in `directory` (made if missing).
 
+    The pair is written in a private temporary directory (mode 0700) and
+    linked into place, so that the secret is never readable by others,
+    not even for a moment, and an existing key is never replaced.
+
     :returns: ``(public_path, secret_path)``
     :raises ValueError: `name` is empty or holds a path separator
     :raises FileExistsError: a key of that name is already there (keys are
@@ -86,27 +100,48 @@ def generate_keys(directory: Union[str, os.PathLike[str]], name: str) -> Tuple[s
     os.makedirs(directory, exist_ok=True)
     public = os.path.join(directory, name + ".key")
     secret = os.path.join(directory, name + ".key_secret")
-    for path in (public, secret):
-        if os.path.exists(path):
-            raise FileExistsError("%s exists; remove it first to make a new key" % path)
-    public, secret = zmq.auth.create_certificates(directory, name)
-    os.chmod(secret, 0o600)
+    private = tempfile.mkdtemp(dir=directory, prefix=".pylm-keys-")
+    try:
+        made_public, made_secret = zmq.auth.create_certificates(private, name)
+        os.chmod(made_secret, 0o600)
+        linked = []
+        try:
+            for made, path in ((made_secret, secret), (made_public, public)):
+                try:
+                    os.link(made, path)
+                except FileExistsError:
+                    raise FileExistsError("%s exists; remove it first to make a new key"
+                                          % path) from None
+                linked.append(path)
+        except BaseException:
+            for path in linked:
+                os.unlink(path)
+            raise
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
     return public, secret
 
 
 # -- settings -----------------------------------------------------------------
 
+_logger = logging.getLogger("pylm.security")
+
+
 def _setting(value: KeyPath, variable: str) -> Optional[str]:
     """The keyword's value, else the environment variable's (None when
-    neither is set or the variable is empty)."""
+    neither is set or the variable is empty), as a str path (a bytes or
+    path-like keyword is decoded here, not at start)."""
     if value is None:
         value = os.environ.get(variable) or None
-    return None if value is None else os.fspath(value)
+    return None if value is None else os.fsdecode(os.fspath(value))
 
 
 def _load(path: str, what: str, need_secret: bool = False) -> Tuple[bytes, Optional[bytes]]:
     """``(public, secret)`` from the certificate at `path`; errors name the
-    file and the keyword it came from."""
+    file and the keyword it came from.  A secret key file that group or
+    others may read is used, with a WARNING (as ssh does)."""
+    if os.path.isdir(path):
+        raise IsADirectoryError("%s: %s is a directory; give the key file" % (what, path))
     if not os.path.isfile(path):
         raise FileNotFoundError("%s: no key file %s" % (what, path))
     try:
@@ -116,7 +151,23 @@ def _load(path: str, what: str, need_secret: bool = False) -> Tuple[bytes, Optio
     if need_secret and secret is None:
         raise ValueError("%s: %s holds no secret key (give the .key_secret file)"
                          % (what, path))
+    if secret is not None and os.name == "posix":
+        mode = os.stat(path).st_mode
+        if mode & 0o077:
+            _logger.warning("%s: %s holds a secret key and is readable by others "
+                            "(mode %04o); chmod 600 it", what, path, mode & 0o777)
     return public, secret
+
+
+def _load_server_key(path: str) -> bytes:
+    """The public key of the server at `path`; a file that holds the
+    server's secret too is used, with a WARNING: clients need only the
+    public ``.key``, and a secret handed to every client is no secret."""
+    public, secret = _load(path, "server_key")
+    if secret is not None:
+        _logger.warning("server_key: %s holds the server's secret key; give clients the "
+                        "public .key file instead", path)
+    return public
 
 
 class Security:
@@ -135,21 +186,36 @@ class Security:
 
     def __init__(self, public: Optional[bytes] = None, secret: Optional[bytes] = None,
                  server_key: Optional[bytes] = None, authorized_keys: Optional[str] = None,
-                 serving: bool = False) -> None:
+                 serving: bool = False,
+                 settings: Tuple[Optional[str], ...] = (None, None, None)) -> None:
         self.public = public
         self.secret = secret
         self.server_key = server_key
         self.authorized_keys = authorized_keys
         self.serving = serving
+        #: the paths it was made from: (secret_key, server_key, authorized_keys)
+        self.settings = settings
         self.domain = "pylm-%s" % uuid.uuid4().hex
 
     @classmethod
     def for_server(cls, secret_key: KeyPath = None, server_key: KeyPath = None,
-                   authorized_keys: KeyPath = None) -> Security:
+                   authorized_keys: KeyPath = None, *,
+                   defaults: Optional[Security] = None) -> Security:
         """Settings of a server: it serves CURVE with `secret_key`, accepts
         the keys in `authorized_keys`, and connects (a Pipeline's, Sink's
         or Hub's subscription, a part's connection) to a server whose
-        public key is `server_key`."""
+        public key is `server_key`.
+
+        :param defaults: a Security whose settings stand in for those not
+            given (a part's keys inside a ServerTemplate: what the part
+            does not give is the template's, so that a part with its own
+            secret key still checks the template's authorized keys)
+        """
+        if defaults is not None:
+            given = (secret_key, server_key, authorized_keys)
+            secret_key, server_key, authorized_keys = (
+                mine if mine is not None else theirs
+                for mine, theirs in zip(given, defaults.settings))
         secret_key = _setting(secret_key, ENV_SECRET_KEY)
         server_key = _setting(server_key, ENV_SERVER_KEY)
         authorized_keys = _setting(authorized_keys, ENV_AUTHORIZED_KEYS)
@@ -162,42 +228,78 @@ class Security:
                                  "checks its peers' keys" % authorized_keys)
             if not os.path.isdir(authorized_keys):
                 raise FileNotFoundError("authorized_keys: no directory %s" % authorized_keys)
-        server = _load(server_key, "server_key")[0] if server_key is not None else None
+        server = _load_server_key(server_key) if server_key is not None else None
         if server is not None and secret is None:
             public, secret = zmq.curve_keypair()
-        return cls(public, secret, server, authorized_keys, serving=secret_key is not None)
+        return cls(public, secret, server, authorized_keys, serving=secret_key is not None,
+                   settings=(secret_key, server_key, authorized_keys))
 
     @classmethod
     def for_client(cls, secret_key: KeyPath = None, server_key: KeyPath = None) -> Security:
         """Settings of a client or worker: it connects to the server whose
         public key is `server_key`, as `secret_key` (without it: a key pair
-        made now, for servers that accept any key)."""
-        secret_key = _setting(secret_key, ENV_SECRET_KEY)
+        made now, for servers that accept any key).
+
+        The environment is the process's: on a server's host it may hold
+        only ``PYLM_SECRET_KEY`` (the server's).  Without a server key that
+        secret is not the client's business and is ignored (plain); a
+        `secret_key` keyword without a server key is an error.
+        """
         server_key = _setting(server_key, ENV_SERVER_KEY)
         if server_key is None:
             if secret_key is not None:
                 raise ValueError("secret_key=%s without a server_key: give the public key "
-                                 "of the server to connect to" % secret_key)
+                                 "of the server to connect to" % (secret_key,))
             return cls()
-        server = _load(server_key, "server_key")[0]
+        secret_key = _setting(secret_key, ENV_SECRET_KEY)
+        server = _load_server_key(server_key)
         if secret_key is not None:
             public, secret = _load(secret_key, "secret_key", need_secret=True)
         else:
             public, secret = zmq.curve_keypair()
-        return cls(public, secret, server)
+        return cls(public, secret, server, settings=(secret_key, server_key, None))
 
     @property
     def enabled(self) -> bool:
+        """True when some socket is CURVE: bound ones serve it (a secret
+        key), or connected ones use it (a server key)."""
         return self.serving or self.server_key is not None
+
+    def role(self, bind: Optional[str] = None, connect: Optional[str] = None) -> Optional[str]:
+        """What a socket bound to `bind` or connected to `connect` is:
+        ``SERVE`` (bound, not inproc, and this side has a secret key),
+        ``CONNECT`` (connected, not inproc, and a server key is known) or
+        None (plain).  The one place this is decided."""
+        if bind is not None and self.serving and not is_inproc(bind):
+            return SERVE
+        if connect is not None and self.server_key is not None and not is_inproc(connect):
+            return CONNECT
+        return None
+
+    def apply(self, sock: Socket, bind: Optional[str] = None,
+              connect: Optional[str] = None) -> Optional[str]:
+        """Set `sock`'s CURVE options for its :meth:`role` (before it binds
+        or connects); returns the role.  A serving socket needs the
+        process's authenticator to hold this domain (:func:`zap_acquire`)
+        before peers come."""
+        role = self.role(bind, connect)
+        if role == SERVE:
+            self.serve(sock)
+        elif role == CONNECT:
+            self.connect(sock)
+        return role
 
     def serve(self, sock: Socket) -> None:
         """Make `sock` (not yet bound) a CURVE server in this server's ZAP
-        domain."""
+        domain.  ZAP is enforced: should no authenticator answer (none
+        bound in this context, as in a forked child), libzmq refuses the
+        handshake instead of letting any key through."""
         assert self.public is not None and self.secret is not None, "not a CURVE server"
         sock.setsockopt(zmq.CURVE_SERVER, 1)
         sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
         sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
         sock.setsockopt_string(zmq.ZAP_DOMAIN, self.domain)
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
 
     def connect(self, sock: Socket) -> None:
         """Make `sock` (not yet connected) a CURVE client of the server
@@ -217,7 +319,14 @@ class Security:
         return AuthorizedKeys(self.authorized_keys, on_refused=on_refused)
 
 
+#: :meth:`Security.role` of a socket that serves CURVE, and of one that connects with it.
+SERVE = "serve"
+CONNECT = "connect"
+
+
 def is_inproc(address: str) -> bool:
+    """True for an inproc endpoint: those stay plain (they never leave the
+    process, and libzmq's ZAP handler is itself an inproc socket)."""
     return address.startswith("inproc://")
 
 
@@ -229,6 +338,8 @@ class AnyKey:
     is accepted (encryption only)."""
 
     def callback(self, domain: str, key: bytes) -> bool:
+        """pyzmq's credentials-provider hook: may the peer with public key
+        `key` (z85 bytes) connect in ZAP `domain`?  Always."""
         return True
 
 
@@ -274,6 +385,9 @@ class AuthorizedKeys:
         return self._keys
 
     def callback(self, domain: str, key: bytes) -> bool:
+        """pyzmq's credentials-provider hook (run in the authenticator's
+        thread): may the peer with public key `key` (z85 bytes) connect in
+        ZAP `domain`?  Only if its key file is in the directory now."""
         if key in self._fresh():
             return True
         if self.on_refused is not None:
@@ -284,23 +398,61 @@ class AuthorizedKeys:
 
 class _Zap:
     """The process's one ThreadAuthenticator, started by the first CURVE
-    server and stopped (its thread joined) when the last one stops."""
+    server and stopped (its thread joined) when the last one stops.
+
+    A forked child inherits this object but not the thread: the state is
+    dropped in the child (os.register_at_fork), whose first CURVE server
+    starts an authenticator of its own; until then ZAP_ENFORCE_DOMAIN
+    (Security.serve) refuses CURVE handshakes rather than accept any key.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._auth: Optional[ThreadAuthenticator] = None
         self._domains: Set[str] = set()
+        #: authenticators never to be touched again (inherited across a
+        #: fork, or whose thread did not stop): kept so that pyzmq's
+        #: ``__del__`` does not run their stop() on sockets they may not use
+        self._abandoned: List[ThreadAuthenticator] = []
         #: address of the peer the authenticator thread is checking
         self.peer: Optional[str] = None
 
+    def _forget_in_child(self) -> None:
+        """After fork(), in the child: the authenticator's thread does not
+        exist here and its sockets belong to the parent's context."""
+        self._lock = threading.Lock()
+        if self._auth is not None:
+            self._abandoned.append(self._auth)
+        self._auth = None
+        self._domains = set()
+        self.peer = None
+
     def acquire(self, domain: str, provider: Union[AnyKey, AuthorizedKeys]) -> None:
+        """Answer ZAP requests of `domain` with `provider`, starting the
+        authenticator if none runs.  libzmq frees the ZAP endpoint of the
+        previous authenticator asynchronously: a bind that finds it still
+        taken is tried again for up to ZAP_BIND_TIMEOUT seconds."""
         with self._lock:
             if self._auth is None:
-                auth = self._authenticator()
-                auth.start()
-                self._auth = auth
+                self._auth = self._start()
             self._auth.configure_curve_callback(domain, provider)
             self._domains.add(domain)
+
+    def _start(self) -> ThreadAuthenticator:
+        deadline = time.monotonic() + ZAP_BIND_TIMEOUT
+        wait = 0.005
+        while True:
+            auth = self._authenticator()
+            try:
+                auth.start()
+                return auth
+            except zmq.ZMQError as exc:
+                # pyzmq leaves the REP socket of a failed start open
+                auth.stop()
+                if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                    raise
+            time.sleep(wait)
+            wait = min(wait * 2, 0.1)
 
     def _authenticator(self) -> ThreadAuthenticator:
         # imported here: it imports asyncio, which plain servers never need
@@ -319,6 +471,8 @@ class _Zap:
         return Authenticator(context(), log=logging.getLogger("pylm.security.zap"))
 
     def release(self, domain: str) -> None:
+        """Stop answering for `domain`; the last domain stops the
+        authenticator (outside the lock, its thread joined with a bound)."""
         with self._lock:
             if domain not in self._domains:
                 return
@@ -326,9 +480,30 @@ class _Zap:
             auth = self._auth
             assert auth is not None     # a domain is held only while it runs
             auth.credentials_providers.pop(domain, None)
-            if not self._domains:
-                self._auth = None
-                auth.stop()
+            if self._domains:
+                return
+            self._auth = None
+        self._stop(auth)
+
+    def _stop(self, auth: ThreadAuthenticator) -> None:
+        """pyzmq's ThreadAuthenticator.stop() without its unbounded join."""
+        thread = auth.thread
+        if thread is not None:
+            try:
+                auth.pipe.send(b"TERMINATE", zmq.DONTWAIT)
+            except zmq.ZMQError:
+                pass
+            thread.join(ZAP_STOP_TIMEOUT)
+            if thread.is_alive():
+                _logger.error("the ZAP authenticator thread did not stop in %s s; "
+                              "left behind", ZAP_STOP_TIMEOUT)
+                self._abandoned.append(auth)
+                return
+        if auth.pipe is not None:
+            auth.pipe.close()
+            auth.pipe = None  # type: ignore[assignment]
+        auth.thread = None  # type: ignore[assignment]
+        auth.stop()     # closes the ZAP socket
 
     @property
     def running(self) -> bool:
@@ -337,6 +512,8 @@ class _Zap:
 
 
 _zap = _Zap()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_zap._forget_in_child)
 zap_acquire = _zap.acquire
 zap_release = _zap.release
 

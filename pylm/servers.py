@@ -166,8 +166,11 @@ class _Served(DefaultStream):
         for key, value in config.items():
             if value is not None:
                 self.cache.set(value if isinstance(value, bytes) else value.encode(), key)
+        # only the bind may fail here for a shared address; a failure of the
+        # security set-up (the ZAP authenticator) stops the server
+        rep = rt.prepare(zmq.REP, bind=self.db_address, MAXMSGSIZE=MAX_MESSAGE_SIZE)
         try:
-            rep = rt.socket(zmq.REP, bind=self.db_address, MAXMSGSIZE=MAX_MESSAGE_SIZE)
+            rep.bind(self.db_address)
         except zmq.ZMQError as exc:
             self.logger.warning("cache not served at %s: %s", self.db_address, exc)
             return

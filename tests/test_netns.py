@@ -36,6 +36,33 @@ MESSAGES = 2000
 CLIENT_TIMEOUT = 30
 
 
+#: Run in the client's namespace: whether the cache at argv[1] answers a
+#: plain REQ and (when PYLM_SERVER_KEY is set) a CURVE REQ with the
+#: environment's keys, each given 2 s.
+PROBE = """
+import json, os, sys
+import zmq, zmq.auth
+ctx = zmq.Context()
+answered = {}
+kinds = {"plain": {}}
+if os.environ.get("PYLM_SERVER_KEY"):
+    public, secret = zmq.auth.load_certificate(os.environ["PYLM_SECRET_KEY"])
+    kinds["curve"] = {zmq.CURVE_SERVERKEY: zmq.auth.load_certificate(
+        os.environ["PYLM_SERVER_KEY"])[0], zmq.CURVE_PUBLICKEY: public, zmq.CURVE_SECRETKEY: secret}
+for label, options in kinds.items():
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    for option, value in options.items():
+        sock.setsockopt(option, value)
+    sock.connect(sys.argv[1])
+    sock.send(b"probe")
+    answered[label] = sock.poll(2000) != 0
+    sock.close()
+ctx.term()
+print(json.dumps(answered))
+"""
+
+
 def _unavailable(reason):
     if os.environ.get("PYLM_NETNS_REQUIRED"):
         pytest.fail("network namespaces required but unavailable: %s" % reason)
@@ -119,3 +146,11 @@ def test_master_and_workers_on_three_hosts(net, tmp_path, security):
     # nobody died on the way
     assert master.poll() is None, context
     assert all(w.poll() is None for w in workers.values()), context
+    # from the client's host, a plain peer at the Master's cache is answered
+    # only without keys, and one with the cluster's keys only with them
+    probe = net.run("client", [sys.executable, "-c", PROBE, db],
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = probe.communicate(timeout=CLIENT_TIMEOUT)
+    assert probe.returncode == 0, err
+    expected = {"plain": True} if security == "plain" else {"plain": False, "curve": True}
+    assert json.loads(out) == expected, context

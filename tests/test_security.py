@@ -8,10 +8,13 @@ server must keep serving an authorized client, and count the refusal in
 ``stats['refused']`` (polled live through ``server.refused``).
 """
 
+import multiprocessing
 import os
 import random
 import shutil
 import socket
+import threading
+import time
 from collections import Counter
 from types import SimpleNamespace
 
@@ -19,7 +22,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from pylm._testing import in_child, running, stop_all, tcp_addresses, wait_for
+from pylm._testing import in_child, running, stop_all, tcp_addresses, tcp_ports, wait_for
 from pylm.clients import Client
 from pylm.parts.servers import ServerTemplate
 from pylm.parts.services import (CacheService, PubService, PullService, WorkerPullService,
@@ -67,13 +70,14 @@ def curve_options(server_public, secret):
 
 
 def bad_peers(keys):
-    """The refused clients: (label, Client keywords)."""
-    return [("plain", {}),
+    """The refused clients: (label, Client keywords, the public key the
+    ZAP refusal names or None)."""
+    return [("plain", {}, None),
             ("wrong server key", dict(server_key=keys.outsider_public,
-                                      secret_key=keys.client_secret)),
+                                      secret_key=keys.client_secret), None),
             ("key not authorized", dict(server_key=keys.server_public,
-                                        secret_key=keys.outsider_secret)),
-            ("made-up key", dict(server_key=keys.server_public))]
+                                        secret_key=keys.outsider_secret), keys.outsider_public),
+            ("made-up key", dict(server_key=keys.server_public), None)]
 
 
 # -- servers and workers (workers run in spawned children: module level) ---------
@@ -93,32 +97,65 @@ class TagWorker(Worker):
         return self.name.encode() + b":" + payload
 
 
-def refuses(server, what, call):
-    """`call()` (a bad peer's) raises TimeoutError and the server counts
-    one more refused handshake."""
+def settle(server, quiet=0.5):
+    """Wait until `server.refused` stayed unchanged for `quiet` seconds: a
+    refused peer retries its handshake about 10 times a second while its
+    sockets live (a PUSH lingers after close), and its late refusals must
+    not count for the next peer."""
+    last = [server.refused, time.monotonic()]
+
+    def still():
+        now = server.refused
+        if now != last[0]:
+            last[:] = [now, time.monotonic()]
+            return False
+        return time.monotonic() - last[1] >= quiet
+    wait_for(still, timeout=REFUSED_WITHIN, interval=0.05, what="refusals settled")
+
+
+def refuses(server, what, call, key=None):
+    """`call()` (a bad peer's, whose sockets are closed when it returns)
+    raises TimeoutError and the server counts one more refused handshake;
+    with `key` (a public key file), the ZAP refusal named that key."""
+    settle(server)
     before = server.refused
     with pytest.raises(TimeoutError):
         call()
     wait_for(lambda: server.refused > before, timeout=REFUSED_WITHIN,
              what="%s counted as refused" % what)
+    if key is not None:
+        z85 = zmq.auth.load_certificate(key)[0].decode()
+        refusals = server.router._refusals if hasattr(server, "router") else server._refusals
+        wait_for(lambda: z85 in (refusals._who or ""), timeout=REFUSED_WITHIN,
+                 what="%s refused for its key" % what)
 
 
-def bad_client_calls(server, name, db, push, sub, function, kwargs):
-    """Every way a bad client is refused: the cache, and a call through
-    push/sub addresses given without asking the cache."""
-    refuses(server, "cache", lambda: Client(name, db, timeout=BAD, **kwargs))
-
+def bad_call(name, push, sub, function, kwargs):
+    """A call by a bad client through push/sub addresses given without
+    asking the cache; its sockets are closed at once (linger 0) when the
+    call timed out, so that it stops retrying its handshake."""
     def call():
         with Client(name, None, push_address=push, sub_address=sub, this_config=True,
                     timeout=BAD, **kwargs) as client:
-            client.eval(function, b"bad", timeout=BAD)
-    refuses(server, "call", call)
+            try:
+                client.eval(function, b"bad", timeout=BAD)
+            finally:
+                if client._push is not None:
+                    client._push.setsockopt(zmq.LINGER, 0)
+    return call
 
 
-def job_of(client, function, n, suffix):
+def bad_client_calls(server, name, db, push, sub, function, kwargs, key=None):
+    """Every way a bad client is refused: the cache, and a call through
+    push/sub addresses given without asking the cache."""
+    refuses(server, "cache", lambda: Client(name, db, timeout=BAD, **kwargs), key)
+    refuses(server, "call", bad_call(name, push, sub, function, kwargs), key)
+
+
+def job_of(client, function, n, suffix, prefix=b""):
     payloads = [b"%d" % i for i in range(n)]
     replies = list(client.job(function, iter(payloads), timeout=TIMEOUT))
-    assert Counter(replies) == Counter(p + suffix for p in payloads)
+    assert Counter(replies) == Counter(prefix + p + suffix for p in payloads)
 
 
 def silent(sock, ms=300):
@@ -134,8 +171,10 @@ def test_server_refuses_bad_peers_and_serves_good_ones(keys):
     with running(server, client_kwargs=keys.good):
         with Client("srv", db, timeout=TIMEOUT, **keys.good) as good:
             assert good.eval("srv.tag", b"x", timeout=TIMEOUT) == b"x!"
-            for label, kwargs in bad_peers(keys):
-                bad_client_calls(server, "srv", db, pull, pub, "srv.tag", kwargs)
+            with pytest.raises(TimeoutError, match="server_key"):
+                Client("srv", db, timeout=BAD)      # the message hints at the keys
+            for label, kwargs, key in bad_peers(keys):
+                bad_client_calls(server, "srv", db, pull, pub, "srv.tag", kwargs, key)
                 assert good.eval("srv.tag", label.encode(), timeout=TIMEOUT) \
                     == label.encode() + b"!"
             # a subscriber without a key on the XPUB gets nothing
@@ -144,6 +183,7 @@ def test_server_refuses_bad_peers_and_serves_good_ones(keys):
             try:
                 spy.setsockopt(zmq.LINGER, 0)
                 spy.setsockopt(zmq.SUBSCRIBE, b"")
+                settle(server)
                 before = server.refused
                 spy.connect(pub)
                 wait_for(lambda: server.refused > before, timeout=REFUSED_WITHIN,
@@ -208,9 +248,9 @@ def test_master_refuses_bad_peers_and_fake_workers(keys):
             with Client("m", db, timeout=TIMEOUT, **keys.good) as client:
                 wait_for(lambda: client.eval("m.tag", b"up", timeout=TIMEOUT) == b"good:up",
                          timeout=30, what="the worker answering")
-                for label, kwargs in bad_peers(keys):
+                for label, kwargs, key in bad_peers(keys):
                     bad_client_calls(master, "m", db, addresses["pull_address"],
-                                     addresses["pub_address"], "m.tag", kwargs)
+                                     addresses["pub_address"], "m.tag", kwargs, key)
                 # fake workers with a key not authorized: a Worker (its
                 # cache request is refused), a DEALER at the worker ROUTER
                 # asking for work, a pylm 0.14-style PULL at worker_push
@@ -226,16 +266,22 @@ def test_master_refuses_bad_peers_and_fake_workers(keys):
                     sock.setsockopt(zmq.LINGER, 0)
                     for name, value in outsider.items():
                         sock.setsockopt(getattr(zmq, name), value)
+                    settle(master)
                     before = master.refused
                     sock.connect(address)
                     if kind == zmq.DEALER:
                         sock.send_multipart([b"R", b"1000"])
                     wait_for(lambda: master.refused > before, timeout=REFUSED_WITHIN,
                              what="fake worker refused")
+                    z85 = zmq.auth.load_certificate(keys.outsider_public)[0].decode()
+                    assert z85 in master._refusals._who
+                    # while it retries, the real worker gets every call
+                    job_of(client, "m.tag", 500, b"", prefix=b"good:")
+                    assert silent(sock)
+                    sock.close(linger=0)    # it stops retrying before the next one
                 replies = list(client.job("m.tag", (b"%d" % i for i in range(3000)),
                                           timeout=TIMEOUT))
                 assert Counter(replies) == Counter(b"good:%d" % i for i in range(3000))
-                assert all(silent(sock) for sock in fakes)
         finally:
             for sock in fakes:
                 sock.close(linger=0)
@@ -256,12 +302,8 @@ def test_pipeline_refuses_bad_peers_and_outsiders_read_nothing(keys):
                 function = ["srv.tag", "pipe.tag"]
                 wait_for(lambda: client.eval(function, b"up", timeout=TIMEOUT)
                          == b"up!|piped", timeout=30, what="the pipeline answering")
-                for label, kwargs in bad_peers(keys):
-                    def call():
-                        with Client("srv", None, push_address=pull, sub_address=ppub,
-                                    this_config=True, timeout=BAD, **kwargs) as bad:
-                            bad.eval(function, b"bad", timeout=BAD)
-                    refuses(pipe, label, call)
+                for label, kwargs, key in bad_peers(keys):
+                    refuses(pipe, label, bad_call("srv", pull, ppub, function, kwargs), key)
                 # outsiders subscribed to everything: a plain SUB at the
                 # pipeline, a SUB with a key not authorized at the server
                 # (a rogue next stage)
@@ -275,6 +317,7 @@ def test_pipeline_refuses_bad_peers_and_outsiders_read_nothing(keys):
                     spy.setsockopt(zmq.SUBSCRIBE, b"")
                     for name, value in options.items():
                         spy.setsockopt(getattr(zmq, name), value)
+                    settle(target)
                     before = target.refused
                     spy.connect(address)
                     wait_for(lambda: target.refused > before, timeout=REFUSED_WITHIN,
@@ -355,6 +398,152 @@ def test_plain_servers_beside_curve_servers_are_untouched(keys):
     assert plain.stats["refused"] == 0
 
 
+def test_a_part_with_its_own_key_checks_the_templates_authorized_keys(keys):
+    """A part given only its own secret key inside a template with
+    authorized_keys checks the template's keys (it used to accept any)."""
+    db, pull, pub = tcp_addresses(3)
+    server = ServerTemplate(**keys.serve)
+    cache = server.register_bypass(CacheService, "Cache", db, secret_key=keys.worker_secret)
+    assert cache._security.authorized_keys == keys.authorized
+    assert cache._security.public == zmq.auth.load_certificate(keys.worker_public)[0]
+    server.preset_cache(name="parts", db_address=db, pull_address=pull, pub_address=pub)
+    as_part = dict(server_key=keys.worker_public)
+    with running(server, ready=lambda s: s.ready.is_set()):
+        with Client("parts", db, timeout=TIMEOUT, secret_key=keys.client_secret,
+                    **as_part) as client:
+            assert client.get("name") == b"parts"
+        refuses(server, "outsider at the part", lambda: Client(
+            "parts", db, timeout=BAD, secret_key=keys.outsider_secret, **as_part),
+            keys.outsider_public)
+
+
+# -- the process's authenticator: restarts, threads, forks ----------------------
+
+def test_a_curve_server_restarts_at_once(keys):
+    """libzmq frees the ZAP endpoint after the last authenticator stopped
+    asynchronously: starting again at once must wait for it, not fail."""
+    db, pull, pub = tcp_addresses(3)
+    server = Tagger("srv", db, pull, pub, **keys.serve)
+    for cycle in range(15):
+        with running(server, client_kwargs=keys.good):
+            with Client("srv", db, timeout=TIMEOUT, **keys.good) as client:
+                payload = b"%d" % cycle
+                assert client.eval("srv.tag", payload, timeout=TIMEOUT) == payload + b"!"
+    assert not zap_running()
+
+
+def test_no_thread_is_left_after_a_curve_server_stops(keys):
+    before = set(threading.enumerate())
+    db, pull, pub = tcp_addresses(3)
+    server = Tagger("srv", db, pull, pub, **keys.serve)
+    with running(server, client_kwargs=keys.good):
+        assert zap_running()
+        with Client("srv", db, timeout=TIMEOUT, **keys.good) as client:
+            assert client.eval("srv.tag", b"t", timeout=TIMEOUT) == b"t!"
+    wait_for(lambda: set(threading.enumerate()) <= before, timeout=TIMEOUT,
+             what="every thread of the server gone: %s" % (set(threading.enumerate()) - before))
+    assert not zap_running()
+
+
+def test_a_curve_socket_without_an_authenticator_refuses(keys, zctx):
+    """ZAP is enforced on every CURVE server socket: in a context where no
+    authenticator is bound (zctx: a context of its own; a forked child
+    before its first CURVE server), a handshake is refused, not let
+    through with any key."""
+    security = Security.for_server(keys.server_secret, authorized_keys=keys.authorized)
+    answered = {}
+    for enforced in (1, 0):
+        rep = zctx.socket(zmq.REP)
+        req = zctx.socket(zmq.REQ)
+        try:
+            rep.setsockopt(zmq.LINGER, 0)
+            security.serve(rep)
+            assert rep.getsockopt(zmq.ZAP_ENFORCE_DOMAIN) == 1
+            rep.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, enforced)
+            port = rep.bind_to_random_port("tcp://127.0.0.1")
+            req.setsockopt(zmq.LINGER, 0)
+            for name, value in curve_options(keys.server_public, keys.outsider_secret).items():
+                req.setsockopt(getattr(zmq, name), value)
+            req.connect("tcp://127.0.0.1:%d" % port)
+            req.send(b"anyone?")
+            # the control (libzmq's default) lets the stranger through
+            if rep.poll(TIMEOUT * 1000 if not enforced else 1000):
+                rep.send(rep.recv())
+                answered[enforced] = req.poll(TIMEOUT * 1000) != 0
+            else:
+                answered[enforced] = False
+        finally:
+            rep.close(linger=0)
+            req.close(linger=0)
+    assert answered == {1: False, 0: True}
+
+
+def test_an_authenticator_of_ones_own_stops_a_curve_server_plainly(keys, caplog):
+    """libzmq has one ZAP endpoint per context: with the process's taken by
+    a socket of the user's own, a CURVE server's start() raises (after the
+    bounded retry) instead of serving without its cache."""
+    own = zmq.Context.instance().socket(zmq.REP)
+    own.bind("inproc://zeromq.zap.01")
+    db, pull, pub = tcp_addresses(3)
+    server = Tagger("srv", db, pull, pub, **keys.serve)
+    try:
+        with pytest.raises(zmq.ZMQError, match="zeromq.zap.01"):
+            server.start()
+    finally:
+        own.close(linger=0)
+    assert "cache not served" not in caplog.text
+    assert not zap_running()
+    with running(server, client_kwargs=keys.good):     # once it is free
+        with Client("srv", db, timeout=TIMEOUT, **keys.good) as client:
+            assert client.eval("srv.tag", b"x", timeout=TIMEOUT) == b"x!"
+
+
+def _serve_in_forked_child(keys, queue):
+    """In a forked child: a CURVE server with authorized_keys; reports
+    what an outsider and an authorized client got."""
+    result = {}
+    try:
+        db, pull, pub = tcp_addresses(3)
+        server = Tagger("child", db, pull, pub, **keys.serve)
+        with running(server, client_kwargs=keys.good):
+            try:
+                with Client("child", db, timeout=BAD, server_key=keys.server_public,
+                            secret_key=keys.outsider_secret) as outsider:
+                    result["outsider"] = outsider.eval("child.tag", b"o", timeout=BAD)
+            except TimeoutError:
+                result["outsider"] = None
+            with Client("child", db, timeout=TIMEOUT, **keys.good) as client:
+                result["good"] = client.eval("child.tag", b"g", timeout=TIMEOUT)
+    except BaseException as exc:
+        result["error"] = repr(exc)
+    queue.put(result)
+
+
+def test_a_forked_child_checks_keys_with_an_authenticator_of_its_own(keys):
+    """A child forked while the parent's authenticator runs inherits its
+    state but not its thread; its own CURVE server must still refuse a key
+    not authorized (it used to accept any)."""
+    db, pull, pub = tcp_addresses(3)
+    parent = Tagger("parent", db, pull, pub, **keys.serve)
+    fork = multiprocessing.get_context("fork")
+    with running(parent, client_kwargs=keys.good):
+        assert zap_running()
+        queue = fork.Queue()
+        child = fork.Process(target=_serve_in_forked_child, args=(keys, queue))
+        child.start()
+        try:
+            result = queue.get(timeout=60)
+            child.join(30)
+        finally:
+            if child.is_alive():
+                child.kill()
+                child.join(10)
+        with Client("parent", db, timeout=TIMEOUT, **keys.good) as client:
+            assert client.eval("parent.tag", b"p", timeout=TIMEOUT) == b"p!"
+    assert result == {"outsider": None, "good": b"g!"}, result
+    assert child.exitcode == 0
+
+
 # -- garbage at every CURVE socket ----------------------------------------------
 
 @pytest.fixture
@@ -401,7 +590,10 @@ def test_garbage_at_every_curve_socket_of_a_master(keys, zctx):
                 # by libzmq; counted when they fail a ZMTP 3 handshake: bytes
                 # that look like ZMTP 1.0 are dropped without an event), and
                 # plain peers (refused: counted)
-                for kind, address, _ in targets:
+                # the worker push socket (a PUSH: nobody sends to it) is
+                # sprayed with raw bytes and met by a plain PULL only
+                wpush = (zmq.PULL, addresses["worker_push_address"], None)
+                for kind, address, _ in targets + [wpush]:
                     host, port = address[len("tcp://"):].rsplit(":", 1)
                     for garbage in (rnd.randbytes(300), b"\xff" + rnd.randbytes(300)):
                         with socket.create_connection((host, int(port)),
@@ -413,9 +605,9 @@ def test_garbage_at_every_curve_socket_of_a_master(keys, zctx):
                             except ConnectionResetError:
                                 pass
                 before = master.refused
-                for kind, address, _ in targets:
+                for kind, address, _ in targets + [wpush]:
                     sprays.append((Spray(ctx, kind, address, n=1), None))
-                wait_for(lambda: master.refused >= before + len(targets),
+                wait_for(lambda: master.refused >= before + len(targets) + 1,
                          timeout=REFUSED_WITHIN, what="plain peers refused")
                 check()
                 job_of_master = list(client.job("m.tag", (b"%d" % i for i in range(1000)),
@@ -425,7 +617,7 @@ def test_garbage_at_every_curve_socket_of_a_master(keys, zctx):
                 for sock, _ in sprays:
                     sock.close()
     assert master.stats["bad"] > 0
-    assert master.stats["refused"] >= len(targets)
+    assert master.stats["refused"] >= len(targets) + 1
 
 
 # -- pylm 0.14 against a CURVE server ------------------------------------------------
@@ -516,15 +708,87 @@ def test_settings_are_checked_at_construction(keys, monkeypatch, tmp_path):
     assert Security.for_client(server_key=keys.server_public).public != made.public
 
 
+def test_a_server_hosts_environment_leaves_its_clients_plain(keys, monkeypatch):
+    """The environment is the process's: on a server's host with only the
+    server's PYLM_SECRET_KEY and PYLM_AUTHORIZED_KEYS, a Client or Worker
+    of a plain server elsewhere is plain (it used to raise ValueError);
+    the keyword without a server key still raises."""
+    monkeypatch.delenv(ENV_SERVER_KEY, raising=False)
+    monkeypatch.setenv(ENV_SECRET_KEY, keys.server_secret)
+    monkeypatch.setenv(ENV_AUTHORIZED_KEYS, keys.authorized)
+    assert not Security.for_client().enabled
+    db, pull, pub = tcp_addresses(3)
+    monkeypatch.delenv(ENV_SECRET_KEY)
+    monkeypatch.delenv(ENV_AUTHORIZED_KEYS)
+    plain = Tagger("plain", db, pull, pub)
+    monkeypatch.setenv(ENV_SECRET_KEY, keys.server_secret)
+    monkeypatch.setenv(ENV_AUTHORIZED_KEYS, keys.authorized)
+    with running(plain):
+        with Client("plain", db, timeout=TIMEOUT) as client:
+            assert client.eval("plain.tag", b"p", timeout=TIMEOUT) == b"p!"
+        TagWorker("w", db)      # constructible
+    with pytest.raises(ValueError, match="without a server_key"):
+        Client("plain", db, secret_key=keys.client_secret, this_config=True)
+
+
 # -- examples with keys from the environment --------------------------------------
 
+#: Where each example's db port is among the ports it takes.
+EXAMPLE_DB = {"parallel": 4, "pipeline": 0}
+
+
+def cache_probes(ctx, db, keys):
+    """A plain REQ and an authorized CURVE REQ connected to `db` (before
+    the server binds: they connect when it does), each with a request
+    queued; the server's cache answers any request."""
+    probes = {}
+    for label, options in (("plain", {}),
+                           ("curve", curve_options(keys.server_public, keys.client_secret))):
+        sock = ctx.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RECONNECT_IVL, 5)   # the example may serve briefly
+        for name, value in options.items():
+            sock.setsockopt(getattr(zmq, name), value)
+        sock.connect(db)
+        sock.send(b"probe")
+        probes[label] = sock
+    return probes
+
+
 @pytest.mark.parametrize("example", ["parallel", "pipeline"])
-def test_examples_run_with_curve_from_the_environment(keys, monkeypatch, example):
-    from test_examples import EXPECTED, run as run_example
+def test_examples_run_with_curve_from_the_environment(keys, monkeypatch, example, zctx):
+    """The example's processes take the keys from the environment: its
+    output is right, and while it ran a plain peer at its cache got nothing
+    though an authorized one was answered (were the environment ignored,
+    the plain probe would be answered and the CURVE one not)."""
+    from test_examples import EXPECTED, finish, start
 
     monkeypatch.setenv(ENV_SECRET_KEY, keys.server_secret)
     monkeypatch.setenv(ENV_SERVER_KEY, keys.server_public)
     monkeypatch.setenv(ENV_AUTHORIZED_KEYS, keys.authorized)
-    out = run_example(example)
+    ports = tcp_ports(5)
+    probes = cache_probes(zctx, "tcp://127.0.0.1:%d" % ports[EXAMPLE_DB[example]], keys)
+    answered = dict.fromkeys(probes, False)
+    poller = zmq.Poller()
+    for sock in probes.values():
+        poller.register(sock, zmq.POLLIN)
+    try:
+        proc = start(example, *ports)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            ready = dict(poller.poll(50))
+            for label, sock in probes.items():
+                if sock in ready:
+                    sock.recv_multipart()
+                    answered[label] = True
+                    poller.unregister(sock)
+        code, out, err = finish(proc)
+        answered.update({label: True for label, sock in probes.items() if sock.poll(0)})
+    finally:
+        for sock in probes.values():
+            sock.close(linger=0)
+    assert code == 0 and "Traceback" not in err, err
+    out = out.splitlines()
     last = {name: last for name, _, last in EXPECTED}[example]
     assert out and out[-1] == last, out
+    assert answered == {"plain": False, "curve": True}, answered

@@ -64,7 +64,7 @@ from pylm._dispatch import DropLog, error_text
 from pylm._runtime import Runtime, StopHandle
 from pylm.errors import DecodeError, PylmError
 from pylm.parts.messages_pb2 import PalmMessage
-from pylm.security import KeyPath, Refusals, Security, is_inproc, zap_acquire, zap_release
+from pylm.security import SERVE, KeyPath, Refusals, Security, zap_acquire, zap_release
 
 if TYPE_CHECKING:
     from pylm._cache import Store
@@ -203,6 +203,7 @@ class Router(_core.Router):
         self.inbound_components[name.encode()] = {"route": route.encode(), "block": block,
                                                   "log": log}
         if part is not None:
+            self._adopt(part)
             self._inbound[name] = _Route(part, route, block, log)
 
     def register_outbound(self, name: str, route: str = "", log: str = "", *,
@@ -210,11 +211,21 @@ class Router(_core.Router):
         """Register outbound part `name`; its feedback goes on to `route`."""
         self.outbound_components[name.encode()] = {"route": route.encode(), "log": log}
         if part is not None:
+            self._adopt(part)
             self._outbound[name] = _Route(part, route, False, log)
 
     def register_bypass(self, name: str, *, part: _Part) -> None:
         """A part served beside the routing."""
+        self._adopt(part)
         self._bypass[name] = part
+
+    def _adopt(self, part: _Part) -> None:
+        """A registered part with keys of its own takes the server's for
+        those it does not give (parts that make no ZeroMQ socket, such as
+        HttpGateway, have none)."""
+        join = getattr(part, "_join_server", None)
+        if join is not None:
+            join(self.security)
 
     # lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -300,8 +311,9 @@ class _Part(_core.Part):
     Security keywords (keyword-only, on every part class): `secret_key`,
     `server_key`, `authorized_keys`, as on servers (pylm.security).  A part
     in a ServerTemplate gets the template's; keys given to the part itself
-    are for its socket alone, and for a part run alone (``start()``,
-    ``send()``), which otherwise takes them from the ``PYLM_*`` environment.
+    are for its socket alone (those it does not give are still the
+    template's), and for a part run alone (``start()``, ``send()``), which
+    otherwise takes them from the ``PYLM_*`` environment.
     """
 
     _key: Optional[str] = None          # the name the part was registered under
@@ -327,8 +339,19 @@ class _Part(_core.Part):
         self._runner: Any = None        # the Router serving it
         self._drops: Any = None         # its DropLog
         self._security: Optional[Security] = None
+        # the part's own key settings (secret, server, authorized), if any
+        self._keys: Optional[Tuple[KeyPath, KeyPath, KeyPath]] = None
         if secret_key is not None or server_key is not None or authorized_keys is not None:
-            self._security = Security.for_server(secret_key, server_key, authorized_keys)
+            self._keys = (secret_key, server_key, authorized_keys)
+            self._security = Security.for_server(*self._keys)
+
+    def _join_server(self, security: Optional[Security]) -> None:
+        """Registered in a server whose security is `security`: keys the
+        part does not give are the server's (a part with its own secret
+        key still checks the server's authorized keys), not the
+        environment's."""
+        if self._keys is not None and security is not None:
+            self._security = Security.for_server(*self._keys, defaults=security)
 
     def _alone_security(self) -> Security:
         """The part's security when it runs alone: its own keys, else the
@@ -901,13 +924,11 @@ class BypassOutbound(_Part):
         sock = context().socket(self.socket_type)
         sock.setsockopt(zmq.LINGER, 0)
         security = self._alone_security()
-        if not is_inproc(self.listen_address):
-            if self.bind and security.serving:
-                zap_acquire(security.domain, security.provider())
-                self._zap_domain = security.domain
-                security.serve(sock)
-            elif not self.bind and security.server_key is not None:
-                security.connect(sock)
+        where = {"bind" if self.bind else "connect": self.listen_address}
+        if security.role(**where) == SERVE:
+            zap_acquire(security.domain, security.provider())
+            self._zap_domain = security.domain
+        security.apply(sock, **where)
         if self.bind:
             sock.bind(self.listen_address)
         else:

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 from pylm._dispatch import error_text, method_table
-from pylm._http import (MAX_CONCURRENT, MAX_QUEUED, MAX_REQUEST_BYTES, READ_TIMEOUT,
+from pylm._http import (MAX_CONCURRENT, MAX_MESSAGE_BYTES, MAX_QUEUED, READ_TIMEOUT,
                         PooledServerMixIn, body_length, linger)
 from pylm_core.errors import BAD_FUNCTION, NO_METHOD, RemoteError
 from pylm.errors import DecodeError
@@ -76,7 +76,7 @@ class RequestHandler:
     """
 
     #: Largest body read, in bytes (413 above it, before reading).
-    max_request_bytes = MAX_REQUEST_BYTES
+    max_request_bytes = MAX_MESSAGE_BYTES
 
     def __init__(self, environ: WSGIEnvironment) -> None:
         self.environ = environ
@@ -174,7 +174,7 @@ class WSGIApplication:
 class _PooledWSGIServer(PooledServerMixIn, WSGIServer):
     """wsgiref's server on the pool of pylm._http."""
 
-    max_request_bytes = MAX_REQUEST_BYTES   # the handler's, set by DebugServer
+    max_request_bytes = MAX_MESSAGE_BYTES   # the handler's, set by DebugServer
 
 
 class _PooledRequestHandler(WSGIRequestHandler):
