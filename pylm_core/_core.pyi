@@ -1,5 +1,5 @@
 # Type stubs of the pylm_core._core extension (the public part).
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 PING_PREFIX: bytes
 WELCOME: bytes
@@ -9,6 +9,7 @@ HB_SUFFIX: bytes
 W_RESET: bytes
 W_BEAT_: bytes
 MAX_LOST_: int
+LEND_MIN_: int
 MAX_MESSAGE_SIZE_: int
 PUB_HWM_: int
 WORKER_HWM_: int
@@ -130,6 +131,7 @@ class ReplyReader:
     def __init__(self, sub: Any) -> None: ...
     def recv(self, timeout: Optional[float] = ...) -> Tuple[bytes, Optional[str]]: ...
     def recv_message(self, timeout: Optional[float] = ...) -> PalmMessage: ...
+    def drain(self, most: int) -> List[Tuple[int, bytes, Optional[str]]]: ...
 
 class JobStream(Iterator[Any]):
     def __init__(self, push: Any, reader: ReplyReader, generator: Iterable[Any],
@@ -138,6 +140,13 @@ class JobStream(Iterator[Any]):
                  timeout: Optional[float] = ..., on_error: Optional[Callable] = ...,
                  call: int = ..., until_answered: bool = ...) -> None: ...
     def __next__(self) -> Any: ...
+
+class CallBatch:
+    count: int
+    def __init__(self, push: Any, pipeline: bytes, client: bytes,
+                 batch_bytes: int = ...) -> None: ...
+    def add(self, function: bytes, cache: bytes, payload: Any, call: int) -> bool: ...
+    def send(self) -> bool: ...
 
 def release_sent() -> None: ...
 def resource_counts() -> dict: ...

@@ -12,6 +12,10 @@ cdef extern from "hold.h" nogil:
 cdef enum:
     LEND_MIN = 65536        # payloads this big are lent to libzmq, not copied
 
+#: Payloads this big are lent to libzmq and travel in a frame of their own,
+#: never in a batch (send_call; pylm.aio sends them alone too).
+LEND_MIN_ = LEND_MIN
+
 
 def release_sent():
     """Release the payload buffers libzmq has finished sending."""
@@ -317,6 +321,19 @@ cdef class ReplyReader:
         msg.from_env(&env, None)
         return msg
 
+    def drain(self, Py_ssize_t most):
+        """Up to `most` replies that are already there, without waiting,
+        as a list of (call id, payload, error) (see recv).  Fewer than
+        `most` means the socket had no more (EAGAIN): an event loop that
+        watches the socket's ZMQ_FD may sleep until it fires again.  With
+        `call` 0 every call id passes: the caller sorts replies by call."""
+        cdef pz_env env
+        cdef list out = []
+        while len(out) < most and self.try_next(&env):
+            payload, error = self._result(&env)
+            out.append((env.call, payload, error))
+        return out
+
 
 cdef class JobStream:
     """The iterator behind Client.job: sends payloads from a generator and
@@ -486,3 +503,60 @@ cdef class JobStream:
         if error is not None and self.on_error is not None:
             return self.on_error(error)
         return payload
+
+
+cdef class CallBatch:
+    """Calls for a pylm server queued on one PUSH socket and sent together
+    in one frame, [BATCH_MARK, batch].  Each envelope carries its own
+    function and call id, so calls of many callers share a frame: the
+    asyncio client queues what one turn of its event loop asks for and
+    sends it at the end of that turn.  Never blocks: send() says when the
+    socket had no room."""
+    cdef:
+        void *push
+        object _push
+        bytes pipeline, client
+        pz_batch out
+        size_t batch_bytes
+
+    def __init__(self, push, bytes pipeline, bytes client, size_t batch_bytes=BATCH_BYTES):
+        self._push = push
+        self.push = sock_handle(push)
+        self.pipeline = pipeline
+        self.client = client
+        self.batch_bytes = max(<size_t>1, min(batch_bytes, <size_t>BATCH_BYTES))
+
+    def __dealloc__(self):
+        free(self.out.buf)
+
+    @property
+    def count(self):
+        """Calls queued and not sent yet."""
+        return self.out.count
+
+    def add(self, bytes function, bytes cache, payload, uint64_t call):
+        """Queue one call (its payload copied into the batch); True when
+        the batch is full (MAX_SEND calls or `batch_bytes`): send it before
+        adding more."""
+        cdef pz_env env
+        cdef Py_buffer buf
+        check_payload(payload)
+        PyObject_GetBuffer(payload, &buf, PyBUF_SIMPLE)
+        try:
+            _fill_call(&env, self.pipeline, self.client, function, cache,
+                       <const char *>buf.buf, <size_t>buf.len, PZ_FLAG_BATCH, call)
+            if pz_batch_add_env(&self.out, &env) != 0:
+                raise MemoryError()
+        finally:
+            PyBuffer_Release(&buf)
+        return self.out.count >= MAX_SEND or self.out.len >= self.batch_bytes
+
+    def send(self):
+        """Send the queued calls: True when they went (or none was queued),
+        False when the socket has no room now (they stay queued)."""
+        cdef OutFrame out[2]
+        if self.out.count == 0:
+            return True
+        out[0] = copy_frame(<char *>_BATCH_MARK, MARK_LEN)
+        out[1] = batch_frame(&self.out)
+        return not send_frames(self.push, out, 2, PZ_DONTWAIT, None, NULL)
