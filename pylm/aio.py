@@ -62,19 +62,19 @@ def _expire(waiter, message):
         waiter.set_exception(TimeoutError(message))
 
 
-class _Stream:
+class _Stream(collections.deque):
     """The receiver of a call that takes several replies (a job, or an
-    eval with ``messages > 1``): replies queue here, and the task reading
-    them sleeps on `waiter` when none is queued."""
+    eval with ``messages > 1``): the core's ReplyReader.dispatch appends
+    each reply, a payload (bytes) or, for an error, a tuple (payload,
+    error); the task reading them sleeps on `waiter` when none is queued."""
 
-    __slots__ = ("replies", "waiter")
+    __slots__ = ("waiter",)
 
     def __init__(self):
-        self.replies = collections.deque()
+        super().__init__()
         self.waiter = None
 
-    def deliver(self, reply):
-        self.replies.append(reply)
+    def wake(self):
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -113,8 +113,6 @@ class Client:
         self._flush_soon = False
         self._watching_room = False
         self._closed = False
-        #: replies dropped because their call had ended (timed out, cancelled)
-        self.stale = 0
 
     # what the sync client knows ---------------------------------------------
     server_name = property(lambda self: self._sync.server_name)
@@ -124,6 +122,13 @@ class Client:
     session = property(lambda self: self._sync.session)
     uuid = property(lambda self: self._sync.uuid)
     timeout = property(lambda self: self._sync.timeout)
+
+    @property
+    def stale(self):
+        """Replies dropped because their call had ended (timed out or
+        cancelled), or came from an earlier client of the session."""
+        reader = self._sync._reader
+        return 0 if reader is None else reader.stale
 
     @property
     def pending(self):
@@ -156,7 +161,8 @@ class Client:
         for receiver in pending.values():
             error = ConnectionError("the client was closed")
             if isinstance(receiver, _Stream):
-                receiver.deliver((None, error))
+                receiver.append((None, error))
+                receiver.wake()
             elif not receiver.done():
                 receiver.set_exception(error)
         self._backlog.clear()
@@ -206,20 +212,14 @@ class Client:
         sync = self._sync
         if self._closed or sync._reader is None:
             return
-        replies = sync._reader.drain(DRAIN)
-        pending = self._pending
-        for call, payload, error in replies:
-            receiver = pending.get(call)
-            if receiver is None:
-                self.stale += 1
-            elif type(receiver) is _Stream:
-                receiver.deliver((payload, error))
-            else:
-                del pending[call]
-                if not receiver.done():
-                    receiver.set_result((payload, error))
+        read, streams, answered = sync._reader.dispatch(self._pending, _Stream, DRAIN)
+        for future, payload, error in answered:
+            if not future.done():
+                future.set_result((payload, error))
+        for stream in streams:
+            stream.wake()
         # ZMQ_FD is edge-triggered: after EAGAIN, ask ZMQ_EVENTS once more
-        if len(replies) == DRAIN or sync._sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if read == DRAIN or sync._sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             self._loop.call_soon(self._on_replies)
 
     def _send(self, function, cache, payload, call):
@@ -234,6 +234,55 @@ class Client:
         else:
             self._backlog.append((function, cache, payload, call))
         if not self._flush_soon:
+            self._flush_soon = True
+            self._loop.call_soon(self._flush)
+
+    def _send_from(self, function, cache, source, call, most):
+        """Queue calls for up to `most` payloads of the iterator `source`
+        (in the core while they go in batches); (calls queued, whether
+        `source` is exhausted)."""
+        batch = self._batch
+        queued = 0
+        exhausted = False
+        while queued < most:
+            if batch and not self._watching_room:
+                n, why = batch.add_from(function, cache, source, call, most - queued)
+                queued += n
+                if type(why) is int:
+                    if why == _core.STOP_FULL:
+                        self._watch_room(True)
+                        continue
+                    exhausted = why == _core.STOP_END
+                    break
+                payload = why               # a large payload: it goes alone
+            else:
+                try:
+                    payload = next(source)
+                except StopIteration:
+                    exhausted = True
+                    break
+                clients._check_payload(payload)
+            self._send(function, cache, payload, call)
+            queued += 1
+        self._flush_later()
+        return queued, exhausted
+
+    async def _send_from_async(self, function, cache, next_async, call, most):
+        """_send_from for an async iterator (its __anext__)."""
+        queued = 0
+        while queued < most:
+            try:
+                payload = await next_async()
+            except StopAsyncIteration:
+                return queued, True
+            clients._check_payload(payload)
+            self._send(function, cache, payload, call)
+            queued += 1
+        return queued, False
+
+    def _flush_later(self):
+        """Send what is queued at the end of this turn of the loop."""
+        if not self._flush_soon and (self._batch and self._batch.count or self._backlog):
             self._flush_soon = True
             self._loop.call_soon(self._flush)
 
@@ -327,14 +376,14 @@ class Client:
             results = []
             deadline = None if timeout is None else loop.time() + timeout
             while len(results) < messages:
-                if not receiver.replies:
+                if not receiver:
                     left = None if deadline is None else max(0.0, deadline - loop.time())
                     await receiver.wait(loop, left, what)
                     continue
-                payload, error = receiver.replies.popleft()
-                if error is not None:
-                    self._raise(error)
-                results.append(payload)
+                reply = receiver.popleft()
+                if type(reply) is tuple:
+                    self._raise(reply[1])
+                results.append(reply)
             return results
         finally:
             self._pending.pop(call, None)
@@ -360,10 +409,9 @@ class Client:
             source, next_async = None, payloads.__aiter__().__anext__
         else:
             source, next_async = iter(payloads), None
-        check, send = clients._check_payload, self._send
         call = self._call_id()
         stream = _Stream()
-        replies = stream.replies
+        popleft = stream.popleft
         self._pending[call] = stream
         sent = received = 0
         done = False
@@ -372,27 +420,26 @@ class Client:
         what = "no reply for %s s (%%d of the job's replies received)" % timeout
         try:
             while received < messages:
-                if not done and (window - (sent - received) >= refill or sent == received):
-                    while sent - received < window:
-                        try:
-                            payload = next(source) if next_async is None else await next_async()
-                        except (StopIteration, StopAsyncIteration):
-                            done = True
-                            break
-                        check(payload)
-                        send(function, cache, payload, call)
-                        sent += 1
-                if replies:
-                    payload, error = replies.popleft()
+                if not done and window - sent + received >= refill:
+                    if next_async is None:
+                        queued, done = self._send_from(function, cache, source, call,
+                                                       window - sent + received)
+                    else:
+                        queued, done = await self._send_from_async(
+                            function, cache, next_async, call, window - sent + received)
+                    sent += queued
+                if stream:
+                    reply = popleft()
                     received += 1
-                    if error is not None:
-                        exc = error if isinstance(error, BaseException) else \
-                            self._sync._remote_error(error)
-                        if not isinstance(exc, WorkerLost):
-                            raise exc
-                        lost.append(exc)
+                    if type(reply) is bytes:
+                        yield reply
                         continue
-                    yield payload
+                    error = reply[1]
+                    exc = error if isinstance(error, BaseException) else \
+                        self._sync._remote_error(error)
+                    if not isinstance(exc, WorkerLost):
+                        raise exc
+                    lost.append(exc)
                     continue
                 if until_answered and done and sent == received:
                     break

@@ -334,6 +334,36 @@ cdef class ReplyReader:
             out.append((env.call, payload, error))
         return out
 
+    def dispatch(self, dict pending, type stream, Py_ssize_t most):
+        """Read up to `most` replies that are already there (no wait; see
+        drain) and hand each to the receiver of its call id in `pending`:
+        a receiver of type `stream` (a deque) gets the payload appended,
+        or (payload, error) for an error reply; any other receiver (an
+        asyncio Future) is removed from `pending` and returned.  A reply
+        whose call id is not in `pending` is dropped (counted in `stale`).
+        Returns (replies read, [streams that got one], [(receiver,
+        payload, error)])."""
+        cdef pz_env env
+        cdef Py_ssize_t n = 0
+        cdef list touched = [], answered = []
+        cdef object last = None
+        while n < most and self.try_next(&env):
+            n += 1
+            receiver = pending.get(env.call)
+            if receiver is None:
+                self.stale += 1
+                continue
+            payload, error = self._result(&env)
+            if type(receiver) is stream:
+                receiver.append(payload if error is None else (payload, error))
+                if receiver is not last:
+                    touched.append(receiver)
+                    last = receiver
+            else:
+                del pending[env.call]
+                answered.append((receiver, payload, error))
+        return n, touched, answered
+
 
 cdef class JobStream:
     """The iterator behind Client.job: sends payloads from a generator and
@@ -505,6 +535,12 @@ cdef class JobStream:
         return payload
 
 
+#: Why CallBatch.add_from stopped (or the large payload it stopped at).
+STOP_MOST = 0
+STOP_END = 1
+STOP_FULL = 2
+
+
 cdef class CallBatch:
     """Calls for a pylm server queued on one PUSH socket and sent together
     in one frame, [BATCH_MARK, batch].  Each envelope carries its own
@@ -550,6 +586,42 @@ cdef class CallBatch:
         finally:
             PyBuffer_Release(&buf)
         return self.out.count >= MAX_SEND or self.out.len >= self.batch_bytes
+
+    def add_from(self, bytes function, bytes cache, it, uint64_t call, long long most):
+        """Queue calls for payloads taken from the iterator `it`, at most
+        `most` of them, sending each batch that fills.  Returns (calls
+        queued, why it stopped): STOP_MOST (`most` queued), STOP_END (`it`
+        is exhausted), STOP_FULL (the socket had no room for a full batch:
+        send() it before adding more) or a payload of LEND_MIN_ bytes or
+        more, taken from `it` and not queued (for the caller to send
+        alone)."""
+        cdef pz_env env
+        cdef Py_buffer buf
+        cdef long long n = 0
+        cdef OutFrame out[2]
+        while n < most:
+            try:
+                payload = next(it)
+            except StopIteration:
+                return n, STOP_END
+            check_payload(payload)
+            PyObject_GetBuffer(payload, &buf, PyBUF_SIMPLE)
+            try:
+                if buf.len >= LEND_MIN:
+                    return n, payload
+                _fill_call(&env, self.pipeline, self.client, function, cache,
+                           <const char *>buf.buf, <size_t>buf.len, PZ_FLAG_BATCH, call)
+                if pz_batch_add_env(&self.out, &env) != 0:
+                    raise MemoryError()
+            finally:
+                PyBuffer_Release(&buf)
+            n += 1
+            if self.out.count >= MAX_SEND or self.out.len >= self.batch_bytes:
+                out[0] = copy_frame(<char *>_BATCH_MARK, MARK_LEN)
+                out[1] = batch_frame(&self.out)
+                if send_frames(self.push, out, 2, PZ_DONTWAIT, None, NULL):
+                    return n, STOP_FULL
+        return n, STOP_MOST
 
     def send(self):
         """Send the queued calls: True when they went (or none was queued),
