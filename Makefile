@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench build clean slow sanitize stress-test dist smoke-wheel smoke-oldest
+.PHONY: test demo bench build clean slow sanitize stress-test dist smoke-wheel smoke-oldest docs typecheck
 
 # The compiler's output goes to a log under build/, shown only when the
 # command fails (`quiet CMD LOG`): a build that works says nothing.
@@ -96,8 +96,33 @@ bench: build $(BENCH_STAMP)
 	$(if $(QUICK),$(BENCH_QUICK_ENV)) $(PY) -m pytest benchmarks --benchmark-disable-gc --benchmark-columns=median,ops,rounds $(PYTEST_ARGS)
 	$(PY) -m benchmarks.compare $(if $(QUICK),--quick) $(COMPARE_ARGS)
 
+# An optional extra of pyproject.toml (docs, typecheck) installed into .venv
+# without reinstalling the project: its requirements are read from the
+# installed project's metadata (not a pylm.egg-info that `make dist` left in
+# the working tree), so they are written once, in pyproject.toml.
+$(VENV)/.extra-%: $(STAMP)
+	@mkdir -p build
+	$(PY) -c "import sys; sys.path.remove(''); import importlib.metadata as m; \
+	  print('\n'.join(r.split(';')[0] for r in m.requires('pylm') if 'extra == \"$*\"' in r))" \
+	  > build/extra-$*.txt
+	@test -s build/extra-$*.txt || { echo "pyproject.toml has no extra '$*' (or the installed metadata is stale: rm $(STAMP))"; exit 1; }
+	$(PY) -m pip install -q -r build/extra-$*.txt
+	touch $@
+
+# `make docs`: the documentation site (mkdocs.yml, docs/) into site/, with
+# `mkdocs build --strict`: any warning (a broken link, a page missing from
+# the nav, a docstring that does not match its signature, an example file
+# that is gone) fails it.  The API reference is read from the sources and
+# the core's stubs, never imported: the docs need no compiled core.
+docs: $(VENV)/.extra-docs
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
+# `make typecheck`: mypy on pylm/, with the strictness [tool.mypy] states.
+typecheck: $(VENV)/.extra-typecheck
+	$(PY) -m mypy
+
 clean:
-	rm -rf build dist *.egg-info pylm_core/_core.c pylm_core/*.so pylm_core/*.html
+	rm -rf build dist site *.egg-info pylm_core/_core.c pylm_core/*.so pylm_core/*.html
 
 # pylm 0.14.4 from PyPI in a venv of its own, for tests/test_interop.py (which
 # builds it on first use too; CI can prebuild it). Reused while it is valid.

@@ -7,7 +7,9 @@ envelope, and the server keeps serving.
 """
 
 import inspect
+import logging
 import time
+from typing import Any, Callable, Dict, Iterable, Optional
 
 # the one encoder of the envelope's error field, re-exported for the parts
 from pylm_core.errors import error_text
@@ -22,15 +24,16 @@ NOT_CALLABLE = frozenset({
 })
 
 
-def _is_library_class(cls):
+def _is_library_class(cls: type) -> bool:
     return cls is object or cls.__module__.split(".")[0] in ("pylm", "pylm_core")
 
 
-def method_table(server, always=("echo",)):
+def method_table(server: object,
+                 always: Iterable[str] = ("echo",)) -> Dict[bytes, Callable[[Any], Any]]:
     """``{b"method": bound method}`` of what the wire may call on server:
     public callables defined by user classes in its MRO (never by pylm's
     own classes, never names starting with ``_``), plus `always`."""
-    table = {}
+    table: Dict[bytes, Callable[[Any], Any]] = {}
     for cls in type(server).__mro__:
         if _is_library_class(cls):
             continue
@@ -45,7 +48,7 @@ def method_table(server, always=("echo",)):
     return table
 
 
-def overrides(obj, name, base):
+def overrides(obj: object, name: str, base: type) -> bool:
     """True when type(obj) defines `name` differently from `base`."""
     return getattr(type(obj), name, None) is not getattr(base, name, None)
 
@@ -55,11 +58,11 @@ class ErrorReporter:
     traceback (once) and returns the error text for the reply, with the
     traceback only when `send_tracebacks` (a server's keyword)."""
 
-    def __init__(self, logger, send_tracebacks=True):
+    def __init__(self, logger: logging.Logger, send_tracebacks: bool = True) -> None:
         self.logger = logger
         self.send_tracebacks = send_tracebacks
 
-    def __call__(self, entry, exc):
+    def __call__(self, entry: Optional[str], exc: BaseException) -> str:
         self.logger.error("%s raised %s: %s", entry or "a method", type(exc).__name__,
                           exc, exc_info=(type(exc), exc, exc.__traceback__))
         return error_text(exc, with_traceback=self.send_tracebacks)
@@ -69,7 +72,7 @@ class DropLog:
     """``callable(reason)`` for dropped input, logged at WARNING at most
     `burst` times per `interval` seconds, then as a count."""
 
-    def __init__(self, logger, burst=10, interval=10.0):
+    def __init__(self, logger: logging.Logger, burst: int = 10, interval: float = 10.0) -> None:
         self.logger = logger
         self.burst = burst
         self.interval = interval
@@ -78,7 +81,7 @@ class DropLog:
         self._in_window = 0
         self._suppressed = 0
 
-    def __call__(self, reason):
+    def __call__(self, reason: str) -> None:
         self.count += 1
         now = time.monotonic()
         if now - self._window_start > self.interval:

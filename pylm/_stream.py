@@ -6,6 +6,10 @@ The core serves the same route in C when a server does not override
 method users see, call and override.
 """
 
+from typing import Optional, Tuple
+
+from pylm_core import PalmMessage
+
 __all__ = ["DefaultStream"]
 
 
@@ -14,9 +18,11 @@ class DefaultStream:
     (topic ``message.client``), or, when ``self.pipelined``, to the next
     stage (topic ``self.name``, ``stage += 1``)."""
 
+    #: the server's name: the topic of its results when pipelined
+    name: str
     pipelined = False
 
-    def handle_stream(self, message):
+    def handle_stream(self, message: PalmMessage) -> Optional[Tuple[str, PalmMessage]]:
         """``(topic, message)`` to send the result on; a subclass may
         return None to send nothing."""
         if self.pipelined:

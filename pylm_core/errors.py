@@ -20,6 +20,7 @@ pyzmq's own exceptions (``zmq.ZMQError``) are not wrapped.
 
 import json
 import traceback
+from typing import Dict
 
 __all__ = ["PylmError", "DecodeError", "RemoteError", "WorkerLost", "CacheFull", "error_text",
            "NO_METHOD", "BAD_FUNCTION", "WORKER_LOST", "PROTECTED_KEY", "CACHE_FULL"]
@@ -60,18 +61,20 @@ class RemoteError(PylmError):
     :param code: one of the codes above, or ``""``
     """
 
-    def __init__(self, remote_type, remote_message, remote_traceback="", code=""):
+    def __init__(self, remote_type: str, remote_message: str, remote_traceback: str = "",
+                 code: str = "") -> None:
         super().__init__(remote_type, remote_message, remote_traceback, code)
         self.remote_type = remote_type
         self.remote_message = remote_message
         self.remote_traceback = remote_traceback
         self.code = code
 
-    def __str__(self):
+    def __str__(self) -> str:
         return "%s: %s" % (self.remote_type, self.remote_message)
 
     @classmethod
-    def from_exception(cls, exc, code="", with_traceback=True):
+    def from_exception(cls, exc: BaseException, code: str = "",
+                       with_traceback: bool = True) -> "RemoteError":
         """The RemoteError that reports `exc`: type, message and, unless
         `with_traceback` is false (a server's ``send_tracebacks=False``),
         its formatted traceback."""
@@ -80,16 +83,16 @@ class RemoteError(PylmError):
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         return cls(type(exc).__name__, str(exc), tb, code)
 
-    def to_wire(self):
+    def to_wire(self) -> str:
         """The text of the envelope's error field."""
-        fields = {"type": self.remote_type, "message": self.remote_message,
+        fields: Dict[str, str] = {"type": self.remote_type, "message": self.remote_message,
                   "traceback": self.remote_traceback}
         if self.code:
             fields["code"] = self.code
         return json.dumps(fields)
 
     @classmethod
-    def from_wire(cls, text):
+    def from_wire(cls, text: str) -> "RemoteError":
         """Rebuild from the envelope's error field (:meth:`to_wire`), or,
         from a server that writes plain text, ``"Type: message"``."""
         try:
@@ -101,7 +104,7 @@ class RemoteError(PylmError):
             return cls(rtype, rmsg, "")
 
 
-def error_text(exc, code="", with_traceback=True):
+def error_text(exc: BaseException, code: str = "", with_traceback: bool = True) -> str:
     """The error field reporting exception `exc` (RemoteError.to_wire);
     its traceback is left empty when `with_traceback` is false."""
     return RemoteError.from_exception(exc, code, with_traceback).to_wire()

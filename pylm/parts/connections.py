@@ -262,10 +262,10 @@ class HttpConnection(Outbound):
         answer = _parse(data)
         if answer is not None and answer.error:
             return data     # the worker's own error envelope
-        exc = HttpStatusError("HTTP %d %s from %s: %s" % (
+        error = HttpStatusError("HTTP %d %s from %s: %s" % (
             status, reason, self.url, data[:200].decode("utf-8", "replace")))
-        self.logger.error("%s: %s", self._label, exc)
-        return error_reply(_parse(body), exc)
+        self.logger.error("%s: %s", self._label, error)
+        return error_reply(_parse(body), error)
 
     # in the pool's threads -----------------------------------------------------------
     def _post(self, body):

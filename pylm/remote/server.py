@@ -30,6 +30,7 @@ DebugServer serves with a bounded pool of threads and bounded reads
 import io
 import logging
 from collections import namedtuple
+from typing import Dict, FrozenSet
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from pylm._dispatch import error_text, method_table
@@ -49,7 +50,8 @@ _STATUS = {200: "200 OK", 400: "400 Bad Request", 404: "404 Not Found",
            405: "405 Method Not Allowed", 411: "411 Length Required",
            413: "413 Request Entity Too Large", 500: "500 Internal Server Error"}
 
-_methods_of = {}    # RequestHandler subclass -> names callable from the wire
+#: RequestHandler subclass -> names callable from the wire
+_methods_of: Dict[type, FrozenSet[str]] = {}
 
 
 def _not_served(code, message):
