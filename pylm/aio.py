@@ -146,6 +146,10 @@ class Client:
     async def close(self):
         """Stop watching the sockets and close them (idempotent).  Calls
         still waiting fail with ConnectionError."""
+        joining = self._joining
+        if joining is not None and not joining.done():
+            # the handshake runs in a thread on these sockets: let it end
+            await asyncio.wait([joining])
         self._close()
 
     def _close(self):
@@ -404,7 +408,7 @@ class Client:
         loop = self._loop
         window = max(1, window)
         # refill in whole batches, as the sync job loop does
-        refill = min(256, window // 2) if self._batch else 1
+        refill = max(1, min(256, window // 2)) if self._batch else 1
         if hasattr(payloads, "__aiter__"):
             source, next_async = None, payloads.__aiter__().__anext__
         else:
@@ -446,6 +450,9 @@ class Client:
                 await stream.wait(loop, timeout, what % received)
         finally:
             self._pending.pop(call, None)
+            if self._backlog:           # calls of the job still waiting for room
+                self._backlog = collections.deque(
+                    entry for entry in self._backlog if entry[3] != call)
         if lost:
             raise WorkerLost("%d message(s) of the job took down %d workers each and "
                              "were not run; the other replies were delivered"

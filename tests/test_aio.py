@@ -309,3 +309,52 @@ def test_the_constructor_is_the_sync_clients():
     assert client.push_address == "tcp://127.0.0.1:1"
     assert client.sub_address == "tcp://127.0.0.1:2"
     asyncio.run(client.close())
+
+
+def test_calls_wait_for_room_on_the_push_socket():
+    """No peer at the push address: the PUSH queue fills (its high-water
+    mark), the rest of the calls wait in the client, and all of them leave
+    once a peer binds there; a call cancelled before it left is not sent."""
+    import zmq
+    from pylm._context import context
+    from pylm_core import _core
+
+    push, sub = tcp_addresses(2)
+    calls = 2500
+
+    async def main():
+        # nothing publishes at `sub`: after a second of silence the client
+        # takes it for pylm 0.14's and sends calls one envelope each
+        client = aio.Client("srv", None, push, sub, this_config=True, timeout=TIMEOUT)
+        pull = context().socket(zmq.PULL)
+        try:
+            tasks = [asyncio.ensure_future(client.eval("srv.tag", b"%d" % i))
+                     for i in range(calls)]
+            await until(lambda: client._watching_room, "the PUSH queue full")
+            tasks[-1].cancel()
+            await asyncio.sleep(0)
+            pull.bind(push)
+            got = set()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + TIMEOUT
+            while len(got) < calls - 1 and loop.time() < deadline:
+                if await loop.run_in_executor(None, pull.poll, 100):
+                    while True:
+                        try:
+                            frame = pull.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        message = _core.PalmMessage()
+                        message.ParseFromString(frame)
+                        got.add(message.payload)
+            assert got == {b"%d" % i for i in range(calls - 1)}
+            assert client.pending == calls - 1
+            await client.close()
+            for task in tasks[:-1]:
+                with pytest.raises(ConnectionError):
+                    await task
+            assert client.pending == 0
+        finally:
+            pull.close(linger=0)
+            await client.close()
+    run(main())
