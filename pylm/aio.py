@@ -57,9 +57,11 @@ def _nbytes(payload):
     return len(payload) if type(payload) is bytes else memoryview(payload).nbytes
 
 
-def _expire(waiter, message):
+def _expire(waiter, message, *args):
+    """A timer's end: waiter fails with TimeoutError(message % args) (the
+    text is made only when a call does time out)."""
     if not waiter.done():
-        waiter.set_exception(TimeoutError(message))
+        waiter.set_exception(TimeoutError(message % args if args else message))
 
 
 class _Stream(collections.deque):
@@ -352,13 +354,14 @@ class Client:
         `messages` replies.  Raises TimeoutError when they do not come
         within `timeout` seconds, pylm.RemoteError when the method raised.
         Cancelling the awaiting task ends the call: its reply is dropped."""
-        function = self._sync._function(function).encode()
+        name = self._sync._function(function)
+        function = name.encode()
         clients._check_payload(payload)
         if self._batch is None:
             await self._connect(timeout)
         loop = self._loop
         call = self._call_id()
-        what = "no reply from %s within %s s" % (function.decode(), timeout)
+        what = "no reply from %s within %s s"
         if messages == 1:
             receiver = loop.create_future()
         else:
@@ -368,7 +371,7 @@ class Client:
             self._send(function, cache.encode(), payload, call)
             if messages == 1:
                 timer = None if timeout is None else loop.call_later(
-                    timeout, _expire, receiver, what)
+                    timeout, _expire, receiver, what, name, timeout)
                 try:
                     payload, error = await receiver
                 finally:
@@ -382,7 +385,7 @@ class Client:
             while len(results) < messages:
                 if not receiver:
                     left = None if deadline is None else max(0.0, deadline - loop.time())
-                    await receiver.wait(loop, left, what)
+                    await receiver.wait(loop, left, what % (name, timeout))
                     continue
                 reply = receiver.popleft()
                 if type(reply) is tuple:

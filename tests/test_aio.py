@@ -11,7 +11,7 @@ from pylm import aio
 from pylm._testing import Gate, in_child, running, stop_all, tcp_addresses, wait_for
 from pylm.clients import Client
 from pylm.errors import RemoteError
-from pylm.servers import Master, Server, Worker
+from pylm.servers import Master, MuxWorker, Server, Worker
 
 TIMEOUT = 20  # seconds for anything that should answer
 
@@ -358,3 +358,26 @@ def test_calls_wait_for_room_on_the_push_socket():
             pull.close(linger=0)
             await client.close()
     run(main())
+
+
+class Triple(MuxWorker):
+    def three(self, payload):
+        for i in range(3):
+            yield payload + b"-%d" % i
+
+
+def test_evals_of_several_replies_each():
+    pull, pub, wpull, wpush, db = tcp_addresses(5)
+    master = Master("mux", pull_address=pull, pub_address=pub, worker_pull_address=wpull,
+                    worker_push_address=wpush, db_address=db)
+
+    async def main():
+        async with aio.Client("mux", db, timeout=TIMEOUT) as client:
+            replies = await asyncio.gather(*[client.eval("mux.three", b"%d" % i, messages=3,
+                                                         timeout=TIMEOUT) for i in range(300)])
+            assert replies == [[b"%d-%d" % (i, k) for k in range(3)] for i in range(300)]
+            with pytest.raises(TimeoutError):       # a fourth reply never comes
+                await client.eval("mux.three", b"x", messages=4, timeout=0.5)
+            assert client.pending == 0
+    with running(master), running(Triple("triple", db)):
+        run(main())
