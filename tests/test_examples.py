@@ -152,6 +152,9 @@ EXPECTED = [
     ("master_pipeline", ["b'pipelined A MESSAGE'"]
      + ["b'pipelined MESSAGE %d'" % i for i in range(10)],
      "done: master_pipeline, 10 replies"),
+    ("aio_client", ["b'HELLO'", "concurrent: 1000 b'CALL 0' b'CALL 999'", "job: 5000 replies",
+                    "timed out", "cancelled: True calls pending: 0"],
+     "done: aio_client, 5000 job replies"),
 ]
 
 
