@@ -13,6 +13,8 @@ from pylm.clients import Client
 from pylm.errors import RemoteError
 from pylm.servers import Master, MuxWorker, Server, Worker
 
+from test_interop import legacy_python, node  # noqa: F401 (fixtures: pylm 0.14 programs)
+
 TIMEOUT = 20  # seconds for anything that should answer
 
 try:
@@ -381,3 +383,25 @@ def test_evals_of_several_replies_each():
             assert client.pending == 0
     with running(master), running(Triple("triple", db)):
         run(main())
+
+
+def test_against_a_pylm_014_server(node):
+    """A pylm 0.14 server: no batches, no greeting (the client waits once,
+    as the sync client does); the call ids still sort the replies."""
+    from legacy import tcp_addresses as legacy_addresses
+    from test_interop import start_old
+
+    db, pull, pub = legacy_addresses(3)
+    start_old(node, "old-server", "server", "server", db, pull, pub, db=db, name="server")
+
+    async def main():
+        async with aio.Client("server", db, timeout=TIMEOUT) as client:
+            payloads = [b"eval-%d" % i for i in range(200)]
+            replies = await asyncio.gather(*[client.eval("server.foo", p, timeout=TIMEOUT)
+                                             for p in payloads])
+            assert replies == [b"old-server:" + p for p in payloads]
+            payloads = [b"job-%d" % i for i in range(1000)]
+            replies = [r async for r in client.job("server.foo", payloads, timeout=TIMEOUT)]
+            assert Counter(replies) == Counter(b"old-server:" + p for p in payloads)
+            assert client.pending == 0
+    run(main())
