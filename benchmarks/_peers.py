@@ -191,27 +191,29 @@ class IdentityPipeline(Pipeline):
         return payload
 
 
-def run_master(report, name, pull, pub, wpull, wpush, db):
-    """A pylm Master.  Reports before start(); readiness is checked over
-    the wire by the parent (its cache answers, workers answer `who`)."""
+def run_master(report, name, pull, pub, wpull, wpush, db, keys=None):
+    """A pylm Master (`keys`: its security keywords, for the CURVE
+    benchmarks).  Reports before start(); readiness is checked over the
+    wire by the parent (its cache answers, workers answer `who`)."""
     _quiet_logging()
-    server = Master(name, pull, pub, wpull, wpush, db, log_level=LOG_LEVEL)
+    server = Master(name, pull, pub, wpull, wpush, db, log_level=LOG_LEVEL, **(keys or {}))
     report()
     server.start()
 
 
-def run_worker(report, name, db):
+def run_worker(report, name, db, keys=None):
     """A pylm Worker with the identity method ``foo``."""
     _quiet_logging()
-    worker = IdentityWorker(name, db, log_level=LOG_LEVEL)
+    worker = IdentityWorker(name, db, log_level=LOG_LEVEL, **(keys or {}))
     report()
     worker.start()
 
 
-def run_server(report, name, db, pull, pub, pipelined):
+def run_server(report, name, db, pull, pub, pipelined, keys=None):
     """A pylm Server with the identity methods ``foo`` and ``f``."""
     _quiet_logging()
-    server = IdentityServer(name, db, pull, pub, pipelined=pipelined, log_level=LOG_LEVEL)
+    server = IdentityServer(name, db, pull, pub, pipelined=pipelined, log_level=LOG_LEVEL,
+                            **(keys or {}))
     report()
     server.start()
 

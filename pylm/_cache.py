@@ -277,18 +277,23 @@ class CacheClient:
     :param server_name: used as the `function` prefix
     :param timeout: seconds to wait for each reply (None: forever);
         after a timeout the REQ socket is remade, so the client stays usable
+    :param security: the caller's :class:`pylm.security.Security`: with a
+        server key the REQ is a CURVE client
     """
 
-    def __init__(self, db_address, server_name, timeout=10.0):
+    def __init__(self, db_address, server_name, timeout=10.0, security=None):
         self.db_address = db_address
         self.server_name = server_name
         self.timeout = timeout
+        self.security = security
         self._sock = None
 
     def _socket(self):
         if self._sock is None:
             self._sock = context().socket(zmq.REQ)
             self._sock.setsockopt(zmq.LINGER, 0)
+            if self.security is not None and self.security.server_key is not None:
+                self.security.connect(self._sock)
             self._sock.connect(self.db_address)
         return self._sock
 

@@ -28,6 +28,7 @@ COUNTERS = {
     "sent": ("pylm_messages_sent", "Replies and results the server sent."),
     "bad": ("pylm_messages_bad", "Input dropped as malformed."),
     "errors": ("pylm_errors", "Error replies (a method or hook raised, no such method)."),
+    "refused": ("pylm_handshakes_refused", "Handshakes refused at CURVE sockets (pylm.security)."),
 }
 #: The same for a Master or Hub.
 POOL_COUNTERS = {

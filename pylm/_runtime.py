@@ -7,6 +7,13 @@ threads, closes every socket (``linger=0``, but for publishers: see
 :data:`PUBLISH_LINGER_MS`) and re-raises the first
 failure of any part.  ``stop()`` may be called from any thread or from a
 SIGTERM/SIGINT handler.
+
+Security is applied here, for every socket a server makes
+(:meth:`Runtime.socket`): with the server's :class:`pylm.security.Security`
+a bound socket serves CURVE (after the process's ZAP authenticator took the
+server's domain, and with a monitor that counts refused handshakes), a
+connected one is a CURVE client when a server key is known; inproc
+endpoints stay plain.
 """
 
 import signal
@@ -17,6 +24,7 @@ import uuid
 import zmq
 
 from pylm._context import context
+from pylm.security import REFUSAL_EVENTS, Refusals, is_inproc, zap_acquire, zap_release
 from pylm_core import _core
 
 __all__ = ["Runtime", "StopHandle"]
@@ -84,11 +92,23 @@ class StopHandle:
 
 
 class Runtime:
-    """The sockets, threads and signal handlers of one ``start()``."""
+    """The sockets, threads and signal handlers of one ``start()``.
 
-    def __init__(self, stopper, logger):
+    :param security: the server's :class:`pylm.security.Security` (None:
+        plain sockets)
+    :param refusals: the server's :class:`pylm.security.Refusals`, counting
+        refused handshakes on its CURVE sockets (None: a new one)
+    """
+
+    def __init__(self, stopper, logger, security=None, refusals=None):
         self.stopper = stopper
         self.logger = logger
+        self.security = security
+        self.refusals = refusals if refusals is not None else Refusals(logger)
+        self._domains = []          # ZAP domains taken (released at exit)
+        self._monitors = []         # (socket, monitor socket)
+        self._monitor_socks = []    # the monitor sockets, read by one thread
+        self._added = None          # PUSH: a monitor socket was added
         self._sockets = []
         self._threads = []
         self._failure = None
@@ -97,19 +117,49 @@ class Runtime:
         self._old_wakeup = -1
 
     # sockets -------------------------------------------------------------
-    def socket(self, kind, bind=None, connect=None, **options):
+    def socket(self, kind, bind=None, connect=None, security=None, **options):
+        """A new socket with `options` (names of zmq constants), bound to
+        `bind` or connected to `connect`, with the server's security (or
+        `security`, a part's own) applied first; closed at exit."""
         sock = context().socket(kind)
         self._sockets.append(sock)
         sock.setsockopt(zmq.LINGER, 0)
         for name, value in options.items():
             sock.setsockopt(getattr(zmq, name), value)
+        security = security if security is not None else self.security
+        if security is not None:
+            if bind is not None and security.serving and not is_inproc(bind):
+                self._serve_curve(sock, security)
+            if connect is not None and security.server_key is not None \
+                    and not is_inproc(connect):
+                security.connect(sock)
         if bind is not None:
             sock.bind(bind)
         if connect is not None:
             sock.connect(connect)
         return sock
 
-    def publisher(self, address, max_message_size):
+    def _serve_curve(self, sock, security):
+        """Make sock a CURVE server: the ZAP authenticator answers for the
+        server's domain, and a monitor counts refused handshakes, before
+        any peer can connect."""
+        if security.domain not in self._domains:
+            zap_acquire(security.domain, security.provider(self.refusals.note))
+            self._domains.append(security.domain)
+        security.serve(sock)
+        monitor = sock.get_monitor_socket(REFUSAL_EVENTS)
+        self._monitors.append((sock, monitor))
+        self._monitor_socks.append(monitor)
+        if self._added is None:
+            added = self.socket(zmq.PULL, bind="inproc://pylm-monitors-%s" % uuid.uuid4().hex)
+            self._added = self.socket(zmq.PUSH, connect=added.getsockopt_string(
+                zmq.LAST_ENDPOINT))
+            self.thread(self.refusals.watch, "%s-refusals" % self.logger.name,
+                        self._monitor_socks, added, self.control())
+        else:
+            self._added.send(b"", zmq.DONTWAIT)
+
+    def publisher(self, address, max_message_size, security=None):
         """Bind the XPUB every publishing server and PubService uses.
 
         It greets each new subscriber (pylm_core WELCOME), so that our
@@ -120,8 +170,9 @@ class Runtime:
         subscribers send (subscriptions), as on every bound socket: a peer
         past it is disconnected.
         """
-        return self.socket(zmq.XPUB, bind=address, SNDHWM=PUB_HWM, XPUB_NODROP=1,
-                           XPUB_WELCOME_MSG=_core.WELCOME, MAXMSGSIZE=max_message_size)
+        return self.socket(zmq.XPUB, bind=address, security=security, SNDHWM=PUB_HWM,
+                           XPUB_NODROP=1, XPUB_WELCOME_MSG=_core.WELCOME,
+                           MAXMSGSIZE=max_message_size)
 
     def control(self):
         sock = self.stopper.control_socket()
@@ -181,9 +232,19 @@ class Runtime:
             t.join(10)
             if t.is_alive():
                 self.logger.error("thread %s did not stop in 10 s", t.name)
+        for sock, monitor in self._monitors:
+            try:
+                sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            monitor.close(linger=0)
+        self._monitors, self._monitor_socks, self._added = [], [], None
         for sock in self._sockets:
             sock.close(linger=PUBLISH_LINGER_MS if sock.type in _PUBLISHERS else 0)
         self._sockets = []
+        for domain in self._domains:
+            zap_release(domain)
+        self._domains = []
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)
         if self._wake:

@@ -10,7 +10,8 @@ of a message but plain integer increments.
 Fields: ``name``, ``kind`` (the pylm class: Server, Pipeline, Sink,
 Master, Hub), ``class``, ``running``, ``uptime_s``, ``received`` (calls
 taken in), ``sent`` (replies and results sent), ``bad`` (input dropped),
-``errors`` (error replies); for servers that run methods, ``methods``
+``errors`` (error replies), ``refused`` (handshakes refused at its CURVE
+sockets, pylm.security); for servers that run methods, ``methods``
 (``{name: {"calls", "errors"}}``); for a Master or Hub, ``workers`` (one
 entry per connected worker: ``id``, ``credit``, ``in_flight``, ``done``,
 ``last_seen_s``), ``given_up``, ``requeued``, ``poisoned``, ``queued``,

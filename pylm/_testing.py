@@ -115,7 +115,7 @@ def wait_for(predicate, timeout=10.0, interval=0.01, what="condition"):
         interval = min(interval * 2, 0.2)
 
 
-def _answers(server, deadline, returned):
+def _answers(server, deadline, returned, client_kwargs=None):
     """Wait until a Client of `server` can be made and its subscription
     handshake succeeds (Server, Master: they answer pings without running
     any method).  False when the deadline passed or start() returned."""
@@ -126,7 +126,8 @@ def _answers(server, deadline, returned):
         if left <= 0 or returned.is_set():
             return False
         try:
-            client = Client(server.name, server.db_address, timeout=min(left, 1.0))
+            client = Client(server.name, server.db_address, timeout=min(left, 1.0),
+                            **(client_kwargs or {}))
         except TimeoutError:
             continue
         try:
@@ -184,7 +185,7 @@ class Running:
 
 @contextlib.contextmanager
 def running(server, ready=None, start_timeout=START_TIMEOUT, stop_timeout=STOP_TIMEOUT,
-            **start_kwargs):
+            client_kwargs=None, **start_kwargs):
     """Run ``server.start(**start_kwargs)`` in a thread for the duration of
     the block; yields a :class:`Running`.
 
@@ -192,6 +193,8 @@ def running(server, ready=None, start_timeout=START_TIMEOUT, stop_timeout=STOP_T
         a Server or Master is ready when a Client can be made and its
         subscription handshake is answered, anything else (a Worker) when
         its thread runs
+    :param client_kwargs: keywords of that Client (``server_key=`` and
+        ``secret_key=`` for a CURVE server)
     :raises ServerFailed: start() raised, the server never got ready, or it
         did not stop within `stop_timeout` seconds after stop()
     """
@@ -201,7 +204,7 @@ def running(server, ready=None, start_timeout=START_TIMEOUT, stop_timeout=STOP_T
         deadline = time.monotonic() + start_timeout
         if ready is None and getattr(server, "pull_address", None) and \
                 getattr(server, "pub_address", None):
-            ok = _answers(server, deadline, run.returned)
+            ok = _answers(server, deadline, run.returned, client_kwargs)
         elif ready is None:
             ok = True
         else:

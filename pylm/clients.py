@@ -21,6 +21,7 @@ from pylm._cache import (CONFIG_PROTOCOL_KEY, PROTOCOL, PROTOCOL_PARTS, UNLIMITE
 from pylm._context import context
 from pylm._progress import job_total, progress_bar
 from pylm._stats import parse_stats
+from pylm.security import Security
 from pylm_core.errors import WORKER_LOST, RemoteError, WorkerLost
 
 __all__ = ["Client"]
@@ -67,11 +68,18 @@ class Client:
     :param this_config: do not ask the cache for addresses
     :param timeout: keyword-only; seconds for the configuration fetch and
         the subscription handshake (default 10)
+    :param server_key: keyword-only; path of the server's public ``.key``:
+        every socket to it (cache, push, sub) is CURVE.  For a stream, its
+        stages share the key pair.
+    :param secret_key: keyword-only; this client's key pair (a
+        ``.key_secret``), for servers with `authorized_keys`; without it a
+        pair is made at construction.  Both fall back to
+        ``PYLM_SERVER_KEY`` and ``PYLM_SECRET_KEY``.
     """
 
     def __init__(self, server_name, db_address, push_address=None, sub_address=None,
                  session=None, logging_level=None, this_config=False, *,
-                 timeout=10.0):
+                 timeout=10.0, secret_key=None, server_key=None):
         self.server_name = server_name
         self.db_address = db_address
         self.session = session
@@ -84,7 +92,9 @@ class Client:
         self.logger = logging.getLogger("pylm.client")
         if logging_level is not None:
             self.logger.setLevel(logging_level)
-        self._cache = CacheClient(db_address, server_name, timeout) if db_address else None
+        self._security = Security.for_client(secret_key, server_key)
+        self._cache = (CacheClient(db_address, server_name, timeout, self._security)
+                       if db_address else None)
         self._push = self._sub = self._reader = None
         self._joined = False
         self._calls = int.from_bytes(os.urandom(4), "little") << 16
@@ -151,12 +161,15 @@ class Client:
             ctx = context()
             self._push = ctx.socket(zmq.PUSH)
             self._push.setsockopt(zmq.LINGER, 1000)
-            self._push.connect(self.push_address)
             self._sub = ctx.socket(zmq.SUB)
             self._sub.setsockopt(zmq.LINGER, 0)
             self._sub.setsockopt(zmq.RCVHWM, 0)
             self._sub.setsockopt_string(zmq.SUBSCRIBE, self.uuid)
             self._sub.setsockopt(zmq.SUBSCRIBE, WELCOME)
+            if self._security.server_key is not None:
+                for sock in (self._push, self._sub):
+                    self._security.connect(sock)
+            self._push.connect(self.push_address)
             self._sub.connect(self.sub_address)
             self._reader = _core.ReplyReader(self._sub)
         if not self._joined:

@@ -26,6 +26,7 @@ from pylm._runtime import Runtime, StopHandle
 from pylm._stats import server_stats, stats_reply
 from pylm._stream import DefaultStream
 from pylm.persistence.kv import DictDB
+from pylm.security import Refusals, Security
 
 __all__ = ["Server", "Pipeline", "Sink", "Master", "Hub", "Worker", "MuxWorker"]
 
@@ -65,19 +66,34 @@ class _Served(DefaultStream):
         store (pylm._cache.CACHE_MAX_BYTES).  Past either bound a remote
         set is refused (our Client raises pylm.CacheFull); the server's
         own keys never count.
+    :param secret_key: path of a ``.key_secret``: every socket the server
+        binds serves CURVE (shared/API.md, "Security"; pylm.security)
+    :param authorized_keys: a directory of public ``.key`` files: peers
+        whose key is not there are refused at the handshake
+    :param server_key: path of the public ``.key`` of the server a
+        Pipeline, Sink or Hub subscribes to
     :param metrics_port: a port, or ``"HOST:PORT"``: serve the live
         statistics to Prometheus while start() runs (pylm/_metrics.py;
         needs ``pylm[metrics]``)
+
+    The three keys fall back to the ``PYLM_*`` environment variables.
+    Refused handshakes are counted in ``stats['refused']`` (live:
+    ``self.refused``).
     """
 
     def __init__(self, name, db_address, log_level, cache=None, *, send_tracebacks=True,
                  cache_max_entries=CACHE_MAX_ENTRIES, cache_max_bytes=CACHE_MAX_BYTES,
+                 secret_key=None, server_key=None, authorized_keys=None, security=None,
                  metrics_port=None):
         self.name = name
         self.db_address = db_address
         self.cache = DictDB() if cache is None else cache
         self.logger = _logger(type(self).__name__, name, log_level)
         self._stopper = StopHandle()
+        if security is None:
+            security = Security.for_server(secret_key, server_key, authorized_keys)
+        self._security = security
+        self._refusals = Refusals(self.logger)
         self.stats = {}
         self.send_tracebacks = send_tracebacks
         self.cache_max_entries = cache_max_entries
@@ -92,6 +108,16 @@ class _Served(DefaultStream):
         if metrics_port is not None:
             from pylm._metrics import MetricsServer   # the optional extra, only when asked
             self._metrics = MetricsServer(self, metrics_port)
+
+    @property
+    def refused(self):
+        """Handshakes refused so far (a plain peer at a CURVE socket, a
+        wrong server key, a key not authorized), across starts."""
+        return self._refusals.count
+
+    def _runtime(self):
+        """The Runtime of one start(), with this server's security."""
+        return Runtime(self._stopper, self.logger, self._security, self._refusals)
 
     def echo(self, payload):
         """Return the payload unchanged."""
@@ -139,6 +165,7 @@ class _Served(DefaultStream):
         else:
             uptime = self._stopped - self._started if self._started is not None else None
             stats = server_stats(self, self.stats, self._details, uptime)
+        stats["refused"] = self.refused
         if self._cache_handler is not None:
             stats["cache_refused"] = self._cache_handler.refused
         return stats
@@ -174,6 +201,7 @@ class _Served(DefaultStream):
             if self._metrics is not None:
                 self._metrics.close()
             self.stats = runner.counters()
+            self.stats["refused"] = self.refused
             if self._cache_handler is not None:
                 self.stats["cache_refused"] = self._cache_handler.refused
             self._details = runner.details()
@@ -207,7 +235,7 @@ class Server(_Served):
 
     def start(self, cache_messages=sys.maxsize):
         """Serve until `messages` calls were made or stop() is called."""
-        with Runtime(self._stopper, self.logger) as rt:
+        with self._runtime() as rt:
             self._serve_cache(rt, cache_messages)
             pull = rt.socket(zmq.PULL, bind=self.pull_address, MAXMSGSIZE=MAX_MESSAGE_SIZE)
             pub = rt.publisher(self.pub_address, MAX_MESSAGE_SIZE)
@@ -240,13 +268,11 @@ class Pipeline(_Served):
 
     def start(self, cache_messages=sys.maxsize):
         """Serve until `messages` calls were made or stop() is called."""
-        with Runtime(self._stopper, self.logger) as rt:
+        with self._runtime() as rt:
             self._serve_cache(rt, cache_messages)
             inbound = []
             for address, topic in self._subscriptions():
-                sub = rt.socket(zmq.SUB)
-                sub.setsockopt_string(zmq.SUBSCRIBE, topic)
-                sub.connect(address)
+                sub = rt.socket(zmq.SUB, connect=address, SUBSCRIBE=topic.encode())
                 inbound.append((sub, _core.IN_TOPIC_))
             pub = rt.publisher(self.pub_address, MAX_MESSAGE_SIZE)
             self._run(rt, self._executor(rt, inbound, pub, _core.OUT_TOPIC_,
@@ -344,12 +370,12 @@ class Master(_Served):
 
     def start(self, cache_messages=sys.maxsize):
         """Broker until stop() is called."""
-        with Runtime(self._stopper, self.logger) as rt:
+        with self._runtime() as rt:
             # SNDHWM explicit: the core's limit on batches in flight to one
             # worker stays under half of it whatever the context's default
             router = rt.socket(zmq.ROUTER, ROUTER_MANDATORY=1, MAXMSGSIZE=MAX_MESSAGE_SIZE,
-                               SNDHWM=_core.WORKER_HWM_)
-            router.bind(self.worker_router_address or _router_address(self.worker_push_address))
+                               SNDHWM=_core.WORKER_HWM_, bind=self.worker_router_address
+                               or _router_address(self.worker_push_address))
             self._router_bound = router.getsockopt_string(zmq.LAST_ENDPOINT)
             self._serve_cache(rt, cache_messages)
             inbound, in_kind = self._inbound(rt)
@@ -394,9 +420,7 @@ class Hub(Master):
         return config
 
     def _inbound(self, rt):
-        sub = rt.socket(zmq.SUB)
-        sub.setsockopt_string(zmq.SUBSCRIBE, self.previous)
-        sub.connect(self.sub_address)
+        sub = rt.socket(zmq.SUB, connect=self.sub_address, SUBSCRIBE=self.previous.encode())
         return sub, _core.IN_TOPIC_
 
 
@@ -410,6 +434,12 @@ class Worker(_Served):
     :param heartbeat: seconds between heartbeats to our Master, which gives
         up a worker silent for its `worker_timeout` and hands its messages
         to other workers
+    :param server_key: the Master's public key (path of its ``.key``):
+        every socket to the Master (cache, worker sockets) is CURVE
+    :param secret_key: this worker's key pair (a ``.key_secret``), for a
+        Master with `authorized_keys`; without it a pair is made at
+        construction.  Both fall back to ``PYLM_SERVER_KEY`` and
+        ``PYLM_SECRET_KEY``.
     :param send_tracebacks: when false, the errors of methods reach the
         client with type and message but no traceback (logged here in full)
 
@@ -421,18 +451,19 @@ class Worker(_Served):
 
     def __init__(self, name="", db_address="", push_address=None, pull_address=None,
                  log_level=None, messages=sys.maxsize, *, credit=1000, timeout=10.0,
-                 heartbeat=1.0, send_tracebacks=True):
+                 heartbeat=1.0, send_tracebacks=True, secret_key=None, server_key=None):
         if not db_address:
             raise ValueError("Worker needs the db_address of its Master")
         super().__init__(name or str(uuid.uuid4()), db_address, log_level,
-                         send_tracebacks=send_tracebacks)
+                         send_tracebacks=send_tracebacks,
+                         security=Security.for_client(secret_key, server_key))
         self.push_address = push_address
         self.pull_address = pull_address
         self.messages = messages
         self.credit = credit
         self.timeout = timeout
         self.heartbeat = heartbeat
-        self._cache_client = CacheClient(db_address, "worker", timeout)
+        self._cache_client = CacheClient(db_address, "worker", timeout, self._security)
         self.router_address = None
 
     # cache of the Master, pylm 0.14's Worker.set/get/delete
@@ -469,7 +500,7 @@ class Worker(_Served):
     def start(self):
         """Serve the Master until `messages` calls were made or stop()."""
         self._fetch_addresses()
-        with Runtime(self._stopper, self.logger) as rt:
+        with self._runtime() as rt:
             if self.router_address:
                 ident = ("w-%s" % uuid.uuid4().hex).encode()
                 dealer = rt.socket(zmq.DEALER, ROUTING_ID=ident, connect=self.router_address)

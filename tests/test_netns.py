@@ -11,7 +11,8 @@ namespaces deleted, and the test checks that none is left.
 
 Needs root and iproute2 (`ip`); skipped otherwise, or when namespaces
 cannot be made here (a container without CAP_SYS_ADMIN), unless
-PYLM_NETNS_REQUIRED=1.  Takes about 3 s.
+PYLM_NETNS_REQUIRED=1.  Runs twice, plain and with CURVE on every process
+(keys from the PYLM_* environment variables); about 3 s each.
 """
 
 import importlib.util
@@ -65,7 +66,24 @@ def _logs(tmp_path):
                      for p in sorted(tmp_path.glob("*.log")))
 
 
-def test_master_and_workers_on_three_hosts(net, tmp_path):
+@pytest.fixture(params=["plain", "curve"])
+def security(request, tmp_path, monkeypatch):
+    """Plain, or CURVE for every process through the environment (one
+    cluster key pair, authorized; the processes inherit the variables)."""
+    if request.param == "curve":
+        from pylm.security import generate_keys
+
+        public, secret = generate_keys(str(tmp_path / "keys"), "cluster")
+        authorized = tmp_path / "authorized"
+        authorized.mkdir()
+        os.link(public, authorized / "cluster.key")
+        monkeypatch.setenv("PYLM_SECRET_KEY", secret)
+        monkeypatch.setenv("PYLM_SERVER_KEY", public)
+        monkeypatch.setenv("PYLM_AUTHORIZED_KEYS", str(authorized))
+    return request.param
+
+
+def test_master_and_workers_on_three_hosts(net, tmp_path, security):
     me = [sys.executable, "-u", str(EXAMPLE)]
     host = net.address("master")
     db = "tcp://%s:%d" % (host, netns.PORTS[-1])

@@ -33,65 +33,65 @@ class RepConnection(Inbound):
     and answered with ``reply_feedback()``."""
 
     def __init__(self, name, listen_address, broker_address="inproc://broker", logger=None,
-                 cache=None, messages=sys.maxsize):
+                 cache=None, messages=sys.maxsize, **keys):
         super().__init__(name, listen_address, zmq.REP, reply=True,
                          broker_address=broker_address, logger=logger, cache=cache,
-                         messages=messages)
+                         messages=messages, **keys)
 
 
 class SubConnection(Inbound):
     """Subscribes to topic `previous` of the PUB at `listen_address`."""
 
     def __init__(self, name, listen_address, previous, broker_address="inproc://broker",
-                 logger=None, cache=None, messages=sys.maxsize):
+                 logger=None, cache=None, messages=sys.maxsize, **keys):
         super().__init__(name, listen_address, zmq.SUB, reply=False,
                          broker_address=broker_address, logger=logger, cache=cache,
-                         messages=messages)
+                         messages=messages, **keys)
         self.previous = previous
 
     def _make_socket(self, rt):
-        sock = rt.socket(zmq.SUB, MAXMSGSIZE=MAX_MESSAGE_SIZE)
-        sock.setsockopt_string(zmq.SUBSCRIBE, self.previous)
-        sock.connect(self.listen_address)
-        return sock
+        return rt.socket(zmq.SUB, connect=self.listen_address, security=self._security,
+                         MAXMSGSIZE=MAX_MESSAGE_SIZE, SUBSCRIBE=self.previous.encode())
 
 
 class PullConnection(Inbound):
     """Connects a PULL socket to `listen_address`."""
 
     def __init__(self, name, listen_address, broker_address="inproc://broker", logger=None,
-                 cache=None, messages=sys.maxsize):
+                 cache=None, messages=sys.maxsize, **keys):
         super().__init__(name, listen_address, zmq.PULL, reply=False,
                          broker_address=broker_address, logger=logger, cache=cache,
-                         messages=messages)
+                         messages=messages, **keys)
 
 
 class PushConnection(Outbound):
     """Connects a PUSH socket to `listen_address`."""
 
     def __init__(self, name, listen_address, broker_address="inproc://broker", logger=None,
-                 cache=None, messages=sys.maxsize):
+                 cache=None, messages=sys.maxsize, **keys):
         super().__init__(name, listen_address, zmq.PUSH, reply=False,
                          broker_address=broker_address, logger=logger, cache=cache,
-                         messages=messages)
+                         messages=messages, **keys)
 
 
 class PushBypassConnection(BypassOutbound):
     """A PUSH connected to `listen_address` that user code sends on
     (``send()``), beside the Router: logs, metrics."""
 
-    def __init__(self, name, listen_address, logger=None, messages=sys.maxsize, cache=None):
+    def __init__(self, name, listen_address, logger=None, messages=sys.maxsize, cache=None,
+                 **keys):
         super().__init__(name, listen_address, zmq.PUSH, reply=False, bind=False,
-                         logger=logger, cache=cache, messages=messages)
+                         logger=logger, cache=cache, messages=messages, **keys)
 
 
 class PullBypassConnection(BypassInbound):
     """A PULL connected to `listen_address`, read beside the Router: each
     message goes to ``recv()`` (which drops it unless overridden)."""
 
-    def __init__(self, name, listen_address, logger=None, messages=sys.maxsize, cache=None):
+    def __init__(self, name, listen_address, logger=None, messages=sys.maxsize, cache=None,
+                 **keys):
         super().__init__(name, listen_address, zmq.PULL, reply=False, bind=False,
-                         logger=logger, cache=cache, messages=messages)
+                         logger=logger, cache=cache, messages=messages, **keys)
 
 
 def _drain_fd(fd):

@@ -60,6 +60,7 @@ from pylm._dispatch import DropLog, error_text
 from pylm._runtime import Runtime, StopHandle
 from pylm.errors import DecodeError, PylmError
 from pylm.parts.messages_pb2 import PalmMessage
+from pylm.security import Refusals, Security, is_inproc, zap_acquire, zap_release
 
 __all__ = ["Router", "Inbound", "Outbound", "BypassInbound", "BypassOutbound",
            "zmq_context", "ACK"]
@@ -153,6 +154,9 @@ class Router(_core.Router):
     :param cache: the server's cache
     :param messages: start() returns once this many messages were routed
         (and the messages under way have arrived)
+    :param security: keyword-only; the server's
+        :class:`pylm.security.Security`, applied to every part's socket
+        (a part with keys of its own uses those)
 
     ``send_tracebacks`` (set by ServerTemplate): whether the error replies
     of its parts carry tracebacks.
@@ -161,7 +165,7 @@ class Router(_core.Router):
     send_tracebacks = True
 
     def __init__(self, inbound_address="inproc://inbound", outbound_address="inproc://outbound",
-                 logger=None, cache=None, messages=sys.maxsize):
+                 logger=None, cache=None, messages=sys.maxsize, *, security=None):
         self.inbound_address = inbound_address
         self.outbound_address = outbound_address
         self.logger = logger if logger is not None else logging.getLogger("pylm.parts.router")
@@ -174,6 +178,8 @@ class Router(_core.Router):
         self._outbound = {}         # name -> _Route
         self._bypass = {}           # name -> part
         self._stopper = StopHandle()
+        self.security = security
+        self._refusals = Refusals(self.logger)
         self.routed = 0
         #: set while start() serves: every part is open (sockets bound)
         self.ready = threading.Event()
@@ -203,8 +209,13 @@ class Router(_core.Router):
         or stop() is called.  A part failing (not a user hook: those are
         logged) stops the server and is raised here."""
         self._link()
-        with Runtime(self._stopper, self.logger) as rt:
+        with Runtime(self._stopper, self.logger, self.security, self._refusals) as rt:
             self._serve(rt)
+
+    @property
+    def refused(self):
+        """Handshakes the CURVE sockets of the parts refused (pylm.security)."""
+        return self._refusals.count
 
     def stop(self):
         """Make start() return; safe from any thread."""
@@ -271,13 +282,21 @@ class Router(_core.Router):
 
 class _Part(_core.Part):
     """What every part has: pylm 0.14's attributes and the socket.  The
-    core Part holds its routing entry: ``target`` and ``block``."""
+    core Part holds its routing entry: ``target`` and ``block``.
+
+    Security keywords (keyword-only, on every part class): `secret_key`,
+    `server_key`, `authorized_keys`, as on servers (pylm.security).  A part
+    in a ServerTemplate gets the template's; keys given to the part itself
+    are for its socket alone, and for a part run alone (``start()``,
+    ``send()``), which otherwise takes them from the ``PYLM_*`` environment.
+    """
 
     _key = None         # the name the part was registered under
     _entry = None       # its routing entry
 
     def __init__(self, name, listen_address, socket_type, reply=True, bind=False,
-                 logger=None, cache=None, messages=sys.maxsize):
+                 logger=None, cache=None, messages=sys.maxsize, *, secret_key=None,
+                 server_key=None, authorized_keys=None):
         self.name = name.encode("utf-8") if isinstance(name, str) else name
         self.listen_address = listen_address
         self.socket_type = socket_type
@@ -290,6 +309,16 @@ class _Part(_core.Part):
         self.listen_to = None
         self._runner = None
         self._drops = None
+        self._security = None
+        if secret_key is not None or server_key is not None or authorized_keys is not None:
+            self._security = Security.for_server(secret_key, server_key, authorized_keys)
+
+    def _alone_security(self):
+        """The part's security when it runs alone: its own keys, else the
+        environment's."""
+        if self._security is None:
+            self._security = Security.for_server()
+        return self._security
 
     @property
     def _label(self):
@@ -299,12 +328,9 @@ class _Part(_core.Part):
 
     def _make_socket(self, rt):
         """The part's socket, bound or connected to listen_address."""
-        sock = rt.socket(self.socket_type, MAXMSGSIZE=MAX_MESSAGE_SIZE)
-        if self.bind:
-            sock.bind(self.listen_address)
-        else:
-            sock.connect(self.listen_address)
-        return sock
+        where = {"bind" if self.bind else "connect": self.listen_address}
+        return rt.socket(self.socket_type, security=self._security,
+                         MAXMSGSIZE=MAX_MESSAGE_SIZE, **where)
 
     def _open(self, rt, runner):
         self._runner = runner
@@ -362,9 +388,9 @@ class Inbound(_Part):
 
     def __init__(self, name, listen_address, socket_type, reply=True,
                  broker_address="inproc://broker", bind=False, logger=None, cache=None,
-                 messages=sys.maxsize):
+                 messages=sys.maxsize, **keys):
         super().__init__(name, listen_address, socket_type, reply, bind, logger, cache,
-                         messages)
+                         messages, **keys)
         self.broker_address = broker_address
         self._read = 0
         self._exchanges = 0
@@ -543,9 +569,9 @@ class Outbound(_Part):
 
     def __init__(self, name, listen_address, socket_type, reply=True,
                  broker_address="inproc://broker", bind=False, logger=None, cache=None,
-                 messages=sys.maxsize):
+                 messages=sys.maxsize, **keys):
         super().__init__(name, listen_address, socket_type, reply, bind, logger, cache,
-                         messages)
+                         messages, **keys)
         self.broker_address = broker_address
         self._queue = collections.deque()    # exchanges waiting for the busy one
         self._outq = collections.deque()     # frames waiting for the socket
@@ -750,9 +776,9 @@ class BypassInbound(_Part):
     """
 
     def __init__(self, name, listen_address, socket_type, reply=True, bind=False,
-                 logger=None, cache=None, messages=sys.maxsize):
+                 logger=None, cache=None, messages=sys.maxsize, **keys):
         super().__init__(name, listen_address, socket_type, reply, bind, logger, cache,
-                         messages)
+                         messages, **keys)
         self._stopper = StopHandle()
         self._read = 0
         self._alone = False     # served by start(), not by a server
@@ -792,7 +818,7 @@ class BypassInbound(_Part):
         its own, until `messages` were read or stop() is called."""
         if self.messages <= 0:
             return self.name
-        with Runtime(self._stopper, self.logger) as rt:
+        with Runtime(self._stopper, self.logger, self._alone_security()) as rt:
             runner = _core.Router()
             self._open(rt, runner)
             self._alone = True
@@ -816,10 +842,11 @@ class BypassOutbound(_Part):
     """
 
     def __init__(self, name, listen_address, socket_type, reply=True, bind=False,
-                 logger=None, cache=None, messages=sys.maxsize):
+                 logger=None, cache=None, messages=sys.maxsize, **keys):
         super().__init__(name, listen_address, socket_type, reply, bind, logger, cache,
-                         messages)
+                         messages, **keys)
         self._own = False
+        self._zap_domain = None
 
     def _open(self, rt, runner):
         if self.listen_to is not None and self._own:
@@ -832,17 +859,32 @@ class BypassOutbound(_Part):
     def send(self, message_data):
         """Send message_data; with `reply`, wait for and return the answer."""
         if self.listen_to is None:
-            sock = context().socket(self.socket_type)
-            sock.setsockopt(zmq.LINGER, 0)
-            if self.bind:
-                sock.bind(self.listen_address)
-            else:
-                sock.connect(self.listen_address)
-            self.listen_to, self._own = sock, True
+            self.listen_to, self._own = self._own_socket(), True
         self.listen_to.send(_to_bytes(message_data))
         if self.reply:
             return self.listen_to.recv()
         return None
+
+    def _own_socket(self):
+        """The socket send() makes outside a running server: plain, or
+        CURVE with the part's keys (or the environment's); a bound CURVE
+        socket takes the process's ZAP authenticator until cleanup()
+        (its refusals are not counted: no server runs)."""
+        sock = context().socket(self.socket_type)
+        sock.setsockopt(zmq.LINGER, 0)
+        security = self._alone_security()
+        if not is_inproc(self.listen_address):
+            if self.bind and security.serving:
+                zap_acquire(security.domain, security.provider())
+                self._zap_domain = security.domain
+                security.serve(sock)
+            elif not self.bind and security.server_key is not None:
+                security.connect(sock)
+        if self.bind:
+            sock.bind(self.listen_address)
+        else:
+            sock.connect(self.listen_address)
+        return sock
 
     def cleanup(self):
         """Close a socket made by send() outside a running server."""
@@ -850,3 +892,6 @@ class BypassOutbound(_Part):
             self.listen_to.close(linger=0)
             self.listen_to = None
             self._own = False
+        if self._zap_domain is not None:
+            zap_release(self._zap_domain)
+            self._zap_domain = None

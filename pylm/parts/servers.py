@@ -23,6 +23,7 @@ from pylm._stream import DefaultStream
 from pylm.parts.core import Router
 from pylm.parts.services import CacheService, PubService
 from pylm.persistence.kv import DictDB
+from pylm.security import Security
 
 __all__ = ["ServerTemplate", "BaseMaster"]
 
@@ -42,6 +43,11 @@ class ServerTemplate:
         the cache a CacheService registered here serves (see
         pylm.servers); the keys given to preset_cache() cannot be set or
         deleted by remote requests
+    :param secret_key: keyword-only, as on every server (pylm.security):
+        every socket the parts bind serves CURVE
+    :param server_key: keyword-only; the public key of the server the
+        connecting parts connect to
+    :param authorized_keys: keyword-only; the directory of accepted keys
 
     Attributes, as in pylm 0.14: ``cache`` (the DictDB every part gets
     unless registered with its own), ``logger``, ``router``,
@@ -51,7 +57,8 @@ class ServerTemplate:
 
     def __init__(self, logging_level=None, router_messages=sys.maxsize, *,
                  send_tracebacks=True, cache_max_entries=CACHE_MAX_ENTRIES,
-                 cache_max_bytes=CACHE_MAX_BYTES):
+                 cache_max_bytes=CACHE_MAX_BYTES, secret_key=None, server_key=None,
+                 authorized_keys=None):
         self.name = ""
         self.logging_level = logging_level
         self.cache = DictDB()
@@ -61,7 +68,9 @@ class ServerTemplate:
         self.logger = logging.getLogger("pylm.parts.%s" % type(self).__name__)
         if logging_level is not None:
             self.logger.setLevel(logging_level)
-        self.router = Router(logger=self.logger, cache=self.cache, messages=router_messages)
+        self.security = Security.for_server(secret_key, server_key, authorized_keys)
+        self.router = Router(logger=self.logger, cache=self.cache, messages=router_messages,
+                             security=self.security)
         self.router.send_tracebacks = send_tracebacks
         self.cache_max_entries = cache_max_entries
         self.cache_max_bytes = cache_max_bytes
@@ -147,6 +156,11 @@ class ServerTemplate:
     def stop(self):
         """Make start() return; safe from any thread or signal handler."""
         self.router.stop()
+
+    @property
+    def refused(self):
+        """Handshakes refused at the parts' CURVE sockets (pylm.security)."""
+        return self.router.refused
 
     @property
     def ready(self):

@@ -31,30 +31,30 @@ class RepService(Inbound):
     ``block=True``)."""
 
     def __init__(self, name, listen_address, broker_address="inproc://broker", logger=None,
-                 cache=None, messages=sys.maxsize):
+                 cache=None, messages=sys.maxsize, **keys):
         super().__init__(name, listen_address, zmq.REP, reply=True,
                          broker_address=broker_address, bind=True, logger=logger,
-                         cache=cache, messages=messages)
+                         cache=cache, messages=messages, **keys)
 
 
 class PullService(Inbound):
     """Binds a PULL socket (clients PUSH to it)."""
 
     def __init__(self, name, listen_address, broker_address="inproc://broker", logger=None,
-                 cache=None, messages=sys.maxsize):
+                 cache=None, messages=sys.maxsize, **keys):
         super().__init__(name, listen_address, zmq.PULL, reply=False,
                          broker_address=broker_address, bind=True, logger=logger,
-                         cache=cache, messages=messages)
+                         cache=cache, messages=messages, **keys)
 
 
 class PushService(Outbound):
     """Binds a PUSH socket (workers PULL from it)."""
 
     def __init__(self, name, listen_address, broker_address="inproc://broker", logger=None,
-                 cache=None, messages=sys.maxsize):
+                 cache=None, messages=sys.maxsize, **keys):
         super().__init__(name, listen_address, zmq.PUSH, reply=False,
                          broker_address=broker_address, bind=True, logger=logger,
-                         cache=cache, messages=messages)
+                         cache=cache, messages=messages, **keys)
 
 
 class PubService(DefaultStream, Outbound):
@@ -72,15 +72,15 @@ class PubService(DefaultStream, Outbound):
     """
 
     def __init__(self, name, listen_address, broker_address="inproc://broker", logger=None,
-                 cache=None, messages=sys.maxsize, pipelined=False, server=None):
+                 cache=None, messages=sys.maxsize, pipelined=False, server=None, **keys):
         super().__init__(name, listen_address, zmq.PUB, reply=False,
                          broker_address=broker_address, bind=True, logger=logger,
-                         cache=cache, messages=messages)
+                         cache=cache, messages=messages, **keys)
         self.name = server      # pylm 0.14: the topic of a pipelined server
         self.pipelined = pipelined
 
     def _make_socket(self, rt):
-        return rt.publisher(self.listen_address, MAX_MESSAGE_SIZE)
+        return rt.publisher(self.listen_address, MAX_MESSAGE_SIZE, security=self._security)
 
     def _listen_events(self):
         # subscriptions arrive here; reading them keeps libzmq's queue of
@@ -130,10 +130,10 @@ class PushPullService(Outbound):
     pulled before the next; the answers are its feedback."""
 
     def __init__(self, name, push_address, pull_address, broker_address="inproc://broker",
-                 logger=None, cache=None, messages=sys.maxsize):
+                 logger=None, cache=None, messages=sys.maxsize, **keys):
         super().__init__(name, push_address, zmq.PUSH, reply=True,
                          broker_address=broker_address, bind=True, logger=logger,
-                         cache=cache, messages=messages)
+                         cache=cache, messages=messages, **keys)
         self.push_address = push_address
         self.pull_address = pull_address
         self.push = self.pull = None
@@ -144,7 +144,8 @@ class PushPullService(Outbound):
     def _open(self, rt, runner):
         super()._open(rt, runner)
         self.push = self.listen_to
-        self.pull = rt.socket(zmq.PULL, bind=self.pull_address, MAXMSGSIZE=MAX_MESSAGE_SIZE)
+        self.pull = rt.socket(zmq.PULL, bind=self.pull_address, security=self._security,
+                              MAXMSGSIZE=MAX_MESSAGE_SIZE)
         runner._watch(self.pull, self._on_pull, zmq.POLLIN)
 
     def _on_pull(self, events):
@@ -160,9 +161,10 @@ class RepBypassService(BypassInbound):
     """A REP socket served beside the Router; ``recv()`` answers each
     request (with b'' unless overridden)."""
 
-    def __init__(self, name, listen_address, logger=None, cache=None, messages=sys.maxsize):
+    def __init__(self, name, listen_address, logger=None, cache=None, messages=sys.maxsize,
+                 **keys):
         super().__init__(name, listen_address, zmq.REP, reply=True, bind=True, logger=logger,
-                         cache=cache, messages=messages)
+                         cache=cache, messages=messages, **keys)
 
 
 class CacheService(RepBypassService):
@@ -186,9 +188,10 @@ class CacheService(RepBypassService):
 
     def __init__(self, name, listen_address, logger=None, cache=None, messages=sys.maxsize,
                  *, protected_keys=(), cache_max_entries=CACHE_MAX_ENTRIES,
-                 cache_max_bytes=CACHE_MAX_BYTES):
+                 cache_max_bytes=CACHE_MAX_BYTES, **keys):
         super().__init__(name, listen_address, logger=logger,
-                         cache=DictDB() if cache is None else cache, messages=messages)
+                         cache=DictDB() if cache is None else cache, messages=messages,
+                         **keys)
         self.handler = CacheHandler(self.cache, protected_keys, cache_max_entries,
                                     cache_max_bytes, drop_log=self._drop)
 
