@@ -96,10 +96,11 @@ class _Stream(collections.deque):
 class Client:
     """An asyncio client of the server (or Master) named `server_name`.
 
-    The arguments are those of :class:`pylm.clients.Client` (keyword-only
-    ones included: ``timeout`` for the configuration fetch and the
-    handshake, and the security keywords), passed to the sync client that
-    configures this one.  Use it from one event loop; close it with
+    The arguments are those of :class:`pylm.clients.Client`, keyword-only
+    ones included (``timeout`` for the configuration fetch and the
+    handshake; ``secret_key`` and ``server_key`` for CURVE, or the
+    ``PYLM_SECRET_KEY``/``PYLM_SERVER_KEY`` environment), passed to the
+    sync client that configures this one.  Use it from one event loop; close it with
     ``await client.close()`` or ``async with``.
     """
 

@@ -405,3 +405,35 @@ def test_against_a_pylm_014_server(node):
             assert Counter(replies) == Counter(b"old-server:" + p for p in payloads)
             assert client.pending == 0
     run(main())
+
+
+def test_curve_keys_as_with_the_sync_client(tmp_path):
+    """secret_key=/server_key= reach the sockets through the sync client's
+    code: an authorized key is served, an outsider's times out."""
+    import shutil
+
+    from pylm.security import generate_keys
+
+    made = {name: generate_keys(str(tmp_path / name), name)
+            for name in ("server", "client", "outsider")}
+    authorized = tmp_path / "authorized"
+    authorized.mkdir()
+    for name in ("server", "client"):
+        shutil.copy(made[name][0], authorized)
+    db, pull, pub = tcp_addresses(3)
+    server = TagServer("srv", db, pull, pub, secret_key=made["server"][1],
+                       authorized_keys=str(authorized))
+    good = dict(server_key=made["server"][0], secret_key=made["client"][1])
+
+    async def main():
+        async with aio.Client("srv", db, timeout=TIMEOUT, **good) as client:
+            replies = await asyncio.gather(*[client.eval("srv.tag", b"%d" % i, timeout=TIMEOUT)
+                                             for i in range(1000)])
+            assert replies == [b"%d" % i for i in range(1000)]
+            assert [r async for r in client.job("srv.tag", [b"j"] * 100,
+                                                timeout=TIMEOUT)] == [b"j"] * 100
+        with pytest.raises(TimeoutError):       # the cache refuses the outsider
+            aio.Client("srv", db, timeout=0.5, server_key=made["server"][0],
+                       secret_key=made["outsider"][1])
+    with running(server, client_kwargs=good):
+        run(main())
