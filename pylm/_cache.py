@@ -302,18 +302,36 @@ class CacheClient:
         server refuses raises PermissionError (a configuration key) or
         pylm.CacheFull (the bound); a pylm 0.14 server never refuses."""
         timeout = self.timeout if timeout is None else timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         msg = PalmMessage(pipeline=str(uuid.uuid4()), function="%s.%s" % (self.server_name, op),
                           stage=ERROR_REPLIES, cache=key, payload=payload)
         sock = self._socket()
-        sock.send(msg.SerializeToString())
-        if not sock.poll(None if timeout is None else int(timeout * 1000), zmq.POLLIN):
-            self.close()
-            raise TimeoutError("no answer from the cache at %s within %s s"
-                               % (self.db_address, timeout))
+        # the send is bounded too: a REQ has nowhere to send while its peer
+        # is gone, e.g. after a refused CURVE handshake took its pipe away
+        if not self._ready(sock, zmq.POLLOUT, deadline):
+            self._timed_out(timeout)
+        try:
+            sock.send(msg.SerializeToString(), zmq.NOBLOCK)
+        except zmq.Again:
+            self._timed_out(timeout)
+        if not self._ready(sock, zmq.POLLIN, deadline):
+            self._timed_out(timeout)
         frames = sock.recv_multipart()
         if len(frames) == 2:
             raise _refusal(frames[1].decode("utf-8", "replace"), self.db_address)
         return frames[0]
+
+    @staticmethod
+    def _ready(sock, event, deadline):
+        """Wait until sock has `event` (zmq.POLLIN/POLLOUT) or the deadline
+        (None: forever) passed."""
+        left = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+        return sock.poll(left, event)
+
+    def _timed_out(self, timeout):
+        self.close()                # the REQ is remade for the next request
+        raise TimeoutError("no answer from the cache at %s within %s s"
+                           % (self.db_address, timeout))
 
     def close(self):
         if self._sock is not None:

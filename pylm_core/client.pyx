@@ -321,28 +321,18 @@ cdef class ReplyReader:
         msg.from_env(&env, None)
         return msg
 
-    def drain(self, Py_ssize_t most):
-        """Up to `most` replies that are already there, without waiting,
-        as a list of (call id, payload, error) (see recv).  Fewer than
-        `most` means the socket had no more (EAGAIN): an event loop that
-        watches the socket's ZMQ_FD may sleep until it fires again.  With
-        `call` 0 every call id passes: the caller sorts replies by call."""
-        cdef pz_env env
-        cdef list out = []
-        while len(out) < most and self.try_next(&env):
-            payload, error = self._result(&env)
-            out.append((env.call, payload, error))
-        return out
-
     def dispatch(self, dict pending, type stream, Py_ssize_t most):
-        """Read up to `most` replies that are already there (no wait; see
-        drain) and hand each to the receiver of its call id in `pending`:
+        """Read up to `most` replies that are already there, without
+        waiting, and hand each to the receiver of its call id in `pending`:
         a receiver of type `stream` (a deque) gets the payload appended,
         or (payload, error) for an error reply; any other receiver (an
         asyncio Future) is removed from `pending` and returned.  A reply
         whose call id is not in `pending` is dropped (counted in `stale`).
         Returns (replies read, [streams that got one], [(receiver,
-        payload, error)])."""
+        payload, error)]).  Fewer than `most` read means the socket had no
+        more (EAGAIN): an event loop watching its ZMQ_FD may then sleep
+        until the descriptor fires again.  Set `call` to 0 (every call id
+        passes) and `pipeline` to the client's before using it."""
         cdef pz_env env
         cdef Py_ssize_t n = 0
         cdef list touched = [], answered = []
