@@ -145,6 +145,12 @@ def test_a_job_of_100000_from_sync_and_async_iterables(cluster, loop):
             rest = [r async for r in job]
             assert len(rest) == 499 and first.startswith(b"j")
             assert client.pending == 0
+            # a job left early is forgotten once its generator is finalized
+            async for _ in client.job("master.tag", (b"%d" % i for i in range(10_000)),
+                                      timeout=TIMEOUT):
+                break
+            await until(lambda: client.pending == 0, "the abandoned job forgotten")
+            assert await client.eval("master.tag", b"after", timeout=TIMEOUT) == b"after"
     run(main(), loop)
 
 
