@@ -86,14 +86,9 @@ class AioRunner:
         self.loop.close()
 
 
-def _runner(db, make_loop):
-    runner = AioRunner(db, make_loop())
-    return runner
-
-
 @pytest.fixture(scope="module")
 def aio_runner(cluster):
-    runner = _runner(cluster, asyncio.new_event_loop)
+    runner = AioRunner(cluster, asyncio.new_event_loop())
     yield runner
     runner.close()
 
@@ -102,7 +97,7 @@ def aio_runner(cluster):
 def uvloop_runner(cluster):
     if uvloop is None:
         pytest.skip("uvloop is not installed (pip install uvloop)")
-    runner = _runner(cluster, uvloop.new_event_loop)
+    runner = AioRunner(cluster, uvloop.new_event_loop())
     yield runner
     runner.close()
 

@@ -100,8 +100,8 @@ class Client:
     ones included (``timeout`` for the configuration fetch and the
     handshake; ``secret_key`` and ``server_key`` for CURVE, or the
     ``PYLM_SECRET_KEY``/``PYLM_SERVER_KEY`` environment), passed to the
-    sync client that configures this one.  Use it from one event loop; close it with
-    ``await client.close()`` or ``async with``.
+    sync client that configures this one.  Use it from one event loop;
+    close it with ``await client.close()`` or ``async with``.
     """
 
     def __init__(self, server_name, db_address, push_address=None, sub_address=None,
