@@ -45,8 +45,11 @@ from pylm_core.errors import WorkerLost
 
 __all__ = ["Client"]
 
-#: Replies read from the socket in one go before other tasks get to run.
-DRAIN = 4096
+#: Replies read from the socket in one go before other tasks get to run
+#: (more replies than calls in flight never wait there, so this bounds
+#: only a flood; reading in chunks of 4,096 made 10,000 concurrent evals
+#: ~15% slower).
+DRAIN = 65536
 #: Payloads of this size or more are sent alone and lent, not batched.
 ALONE_MIN = _core.LEND_MIN_
 #: Calls a job keeps in flight (as the sync client's job).
