@@ -61,7 +61,7 @@ SAN_DIR := build/sanitize
 SAN_TESTS := tests/test_envelope.py tests/test_fuzz.py tests/test_router.py \
 	tests/test_resources.py tests/test_master.py tests/test_streams.py \
 	tests/test_client.py tests/test_server.py tests/test_signals.py \
-	tests/test_worker_credit.py tests/test_worker_hwm.py
+	tests/test_worker_credit.py tests/test_worker_hwm.py tests/test_futures.py
 sanitize: $(STAMP)
 	rm -rf $(SAN_DIR) && mkdir -p $(SAN_DIR)
 	cp -r pylm pylm_core tests setup.py pyproject.toml $(SAN_DIR)/

@@ -5,11 +5,17 @@ SUB on the last stage's pub address), on first use.  Before the first call
 the client makes sure its subscription is live: with our servers by a ping
 handshake, with pylm 0.14 servers by one wait (they cannot answer pings).
 Every blocking call takes ``timeout=`` (seconds; None waits forever).
+
+A Client is not thread-safe (ZeroMQ sockets are not): it belongs to the
+thread that first calls it, and a call from any other thread raises
+RuntimeError (close() excepted).  Threads use one Client each, or share a
+pylm.futures.Executor.
 """
 
 import logging
 import os
 import sys
+import threading
 import time
 import uuid
 
@@ -39,6 +45,8 @@ MAX_LOST = _core.MAX_LOST_
 _LOST = object()
 #: Calls a job keeps in flight; bounds every queue between client and workers.
 JOB_WINDOW = 2000
+#: Taken only when a Client is bound to its thread (its first call).
+_BIND_LOCK = threading.Lock()
 
 
 def _check_payload(payload):
@@ -51,6 +59,14 @@ def _check_payload(payload):
         if isinstance(payload, str):
             raise TypeError("payload must be bytes, not str")
     return payload
+
+
+def _thread_name(ident):
+    """A thread's name and ident, for error messages."""
+    for thread in threading.enumerate():
+        if thread.ident == ident:
+            return "thread %r (ident %d)" % (thread.name, ident)
+    return "thread ident %d (ended)" % ident
 
 
 class Client:
@@ -75,6 +91,11 @@ class Client:
         ``.key_secret``), for servers with `authorized_keys`; without it a
         pair is made at construction.  Both fall back to
         ``PYLM_SERVER_KEY`` and ``PYLM_SECRET_KEY``.
+
+    Not thread-safe: the first thread that calls the client (eval, job,
+    set, get, delete, stats) owns it, and any other thread's call raises
+    RuntimeError; close() works from any thread.  The constructor binds
+    nothing, so a client may be made in one thread and handed to another.
     """
 
     def __init__(self, server_name, db_address, push_address=None, sub_address=None,
@@ -104,6 +125,8 @@ class Client:
         self._joined_by = None
         self._batch_bytes = UNLIMITED
         self._closed = False
+        #: the thread this client belongs to (_check_thread): the first to call it
+        self._owner = None
         # A sub_address given by the caller may be the pub of a later stage
         # (a pylm 0.14 Pipeline, say): whether it welcomes is then unknown.
         self._sub_is_server = sub_address is None
@@ -154,6 +177,23 @@ class Client:
             pass
 
     # plumbing --------------------------------------------------------------
+    def _check_thread(self):
+        """Bind the client to the calling thread on its first call; raise
+        RuntimeError when another thread calls it afterwards (its sockets
+        would be used by two threads at once, mixing their messages)."""
+        me = threading.get_ident()
+        if self._owner == me:
+            return
+        with _BIND_LOCK:
+            if self._owner is None:
+                self._owner = me
+                return
+        raise RuntimeError(
+            "this pylm Client belongs to the thread that first called it (%s), not to %s: "
+            "a Client is not thread-safe; use one Client per thread, or a "
+            "pylm.futures.Executor, which is safe to call from many threads"
+            % (_thread_name(self._owner), _thread_name(me)))
+
     def _connect(self, timeout):
         if self._push is None:
             if not self.push_address or not self.sub_address:
@@ -282,6 +322,7 @@ class Client:
         """Send one message; return the reply payload, or a list of
         `messages` replies.  Raises TimeoutError when no reply comes within
         `timeout` seconds, pylm.RemoteError when the method raised."""
+        self._check_thread()
         function = self._function(function)
         _check_payload(payload)
         self._connect(timeout)
@@ -319,6 +360,7 @@ class Client:
             (its total: `messages`, or len() of the payloads when they have
             one); needs tqdm (``pylm[progress]``), else ImportError here
         """
+        self._check_thread()
         bar = None
         if progress:
             bar = progress_bar(job_total(messages, generator, sys.maxsize),
@@ -338,6 +380,7 @@ class Client:
                 bar.close()
 
     def _job_replies(self, function, generator, messages, cache, timeout, window):
+        self._check_thread()        # the generator may be iterated elsewhere
         function = self._function(function)
         self._connect(timeout)
         lost = []
@@ -373,6 +416,7 @@ class Client:
         """Store value (bytes) in the server's cache; returns the key.
         Raises PermissionError for one of the server's configuration keys,
         pylm.CacheFull past the bound of its cache (pylm._cache)."""
+        self._check_thread()
         if not isinstance(value, bytes):
             raise TypeError("value must be bytes, not %s" % type(value).__name__)
         key = self._key(key) if key else ""
@@ -380,11 +424,13 @@ class Client:
 
     def get(self, key):
         """The value stored under key (b'' when absent)."""
+        self._check_thread()
         return self._cache.request("get", self._key(key).encode())
 
     def delete(self, key):
         """Remove key from the server's cache; returns the key.  Raises
         PermissionError for one of the server's configuration keys."""
+        self._check_thread()
         return self._cache.request("delete", self._key(key).encode()).decode()
 
     # live statistics ---------------------------------------------------------
@@ -394,6 +440,7 @@ class Client:
         TimeoutError when the cache does not answer within `timeout` (the
         client's timeout by default); pylm._stats.StatsUnavailable when the
         server does not serve statistics (pylm 0.14)."""
+        self._check_thread()
         if self._cache is None:
             raise ValueError("the client has no db_address")
         return parse_stats(self._cache.request("stats", b"", timeout=timeout), self.db_address)

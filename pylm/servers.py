@@ -47,6 +47,15 @@ def _logger(kind, name, level=None):
     return logger
 
 
+def _array_parts(array):
+    """A numpy array a method returned, as the header and data of
+    pylm.arrays.dumps (the core sends them without joining them).  The
+    core calls this only for an array, so numpy is imported only by a
+    process that has arrays already."""
+    from pylm.arrays import _parts
+    return _parts(array)
+
+
 class _Served(DefaultStream):
     """What every server has: name, logger, cache, stop(), echo, and the
     default handle_stream (pylm._stream).
@@ -184,7 +193,7 @@ class _Served(DefaultStream):
             inbound, out, out_kind, name, method_table(self),
             pipelined=self.pipelined, stream_hook=stream_hook,
             error_hook=ErrorReporter(self.logger, self.send_tracebacks),
-            bad_hook=DropLog(self.logger),
+            bad_hook=DropLog(self.logger), array_parts=_array_parts,
             mux=mux, limit=min(limit, 2**62), **kwargs))
         return runner
 

@@ -90,7 +90,7 @@ class Executor(Part):
                  name: Optional[str], methods: dict, *,
                  pipelined: bool = ..., stream_hook: Optional[Callable] = ...,
                  error_hook: Optional[Callable] = ..., bad_hook: Optional[Callable] = ...,
-                 mux: bool = ..., limit: int = ...,
+                 array_parts: Optional[Callable] = ..., mux: bool = ..., limit: int = ...,
                  credit: int = ..., batch_bytes: int = ...) -> None: ...
 
 class Publisher(Part):
@@ -159,3 +159,35 @@ def resource_counts() -> dict: ...
 def send_call(push: Any, pipeline: bytes, client: bytes, function: bytes, cache: bytes,
               payload: Any, timeout: Optional[float] = ..., batch_replies: bool = ...,
               call: int = ...) -> None: ...
+
+GROUP_CALLS_MAX: int
+
+def check_payloads(payloads: list) -> None: ...
+
+class CallGroup:
+    function: bytes
+    cache: bytes
+    payloads: list
+    results: list
+    owner: Any
+    deadline: float
+    key: int
+    remaining: int
+    failed: int
+    def __init__(self, function: bytes, payloads: list, owner: Any = ...,
+                 cache: bytes = ...) -> None: ...
+
+class CallTable:
+    inflight: int
+    stale: int
+    busy: int
+    def __init__(self, push: Any, reader: ReplyReader, pipeline: bytes, client: bytes, *,
+                 window: int = ..., batch: bool = ..., batch_bytes: int = ...,
+                 first_key: int = ...) -> None: ...
+    def groups_left(self) -> list: ...
+    def room(self) -> int: ...
+    def add(self, group: CallGroup) -> bool: ...
+    def forget(self, group: CallGroup) -> bool: ...
+    def pump(self) -> bool: ...
+    def receive(self, done: list) -> int: ...
+    def wait(self, fd: int, timeout_ms: int, writable: bool) -> int: ...

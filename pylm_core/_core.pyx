@@ -7,7 +7,8 @@ io.pyx (frame-level helpers shared by the loops), router.pyx (the one poll
 loop of every server and its routing table), executor.pyx (the execution part of
 Server, Pipeline and Worker), publisher.pyx, worker_pool.pyx and intake.pyx (the
 Master's three parts: publisher, worker pool, intake), client.pyx (the
-client's send, receive and job loops).  C declarations: zmqapi.h/libzmq.pxd (libzmq,
+client's send, receive and job loops), call_table.pyx (many calls of one
+client in flight, told apart by call id: pylm.futures).  C declarations: zmqapi.h/libzmq.pxd (libzmq,
 resolved at run time), wire.h/wire.pxd (the wire format), hold.h (buffers
 lent to libzmq); constants: consts.pxi.  Everything the included files
 cimport is cimported here, once.
@@ -30,6 +31,8 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from pylm_core.libzmq cimport *
 from pylm_core.wire cimport *
+
+import sys
 
 from pylm_core.errors import (DecodeError, RemoteError, error_text, NO_METHOD,
                               BAD_FUNCTION, WORKER_LOST)
@@ -68,3 +71,4 @@ include "publisher.pyx"
 include "worker_pool.pyx"
 include "intake.pyx"
 include "client.pyx"
+include "call_table.pyx"

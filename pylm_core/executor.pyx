@@ -16,6 +16,21 @@ cdef inline str slice_str(pz_slice s):
     return PyUnicode_DecodeUTF8(s.p, <Py_ssize_t>s.n, "replace")
 
 
+cdef object _ndarray = None         # numpy.ndarray, once numpy is imported
+
+cdef bint is_ndarray(object value) except -1:
+    """Is value a numpy array?  Asked of results that are not bytes only,
+    and without importing numpy: a process that never imported it has
+    no arrays."""
+    global _ndarray
+    if _ndarray is None:
+        numpy = sys.modules.get("numpy")
+        if numpy is None:
+            return False
+        _ndarray = numpy.ndarray
+    return isinstance(value, _ndarray)
+
+
 cdef class Executor(Part):
     """The execution part, configured by the server classes.
 
@@ -32,6 +47,11 @@ cdef class Executor(Part):
     :param error_hook: ``callable(entry, exc) -> str`` logs a failed call and
         returns the text for the envelope's error field
     :param bad_hook: ``callable(reason)`` for input that is dropped
+    :param array_parts: ``callable(array) -> (header bytes, data)`` for a
+        numpy array a method returns: the reply's payload is the header
+        then the data, written into the message one after the other, so
+        the array is not copied to join them (pylm/arrays.py); None: an
+        array is sent as any buffer, its raw bytes
     :param mux: methods are generators; each yielded value is one reply
     :param limit: return after this many calls (``messages=N``)
     :param batch_bytes: in worker mode, the most bytes of results sent in
@@ -52,6 +72,9 @@ cdef class Executor(Part):
         dict methods
         bint pipelined, mux
         object stream_hook, error_hook
+        object array_parts
+        pz_slice head               # written before the payload of the reply
+                                    # being sent (an array's header), else empty
         size_t batch_bytes          # a batch is sent once it holds this much
         int credit                  # most messages the Master may send ahead
         int credit_now              # what we last asked the Master for
@@ -70,7 +93,7 @@ cdef class Executor(Part):
 
     def __init__(self, inbound, out, int out_kind, name, dict methods,
                  *, bint pipelined=False, stream_hook=None, error_hook=None,
-                 bad_hook=None, bint mux=False, long long limit=2**62,
+                 bad_hook=None, array_parts=None, bint mux=False, long long limit=2**62,
                  int credit=64,
                  size_t batch_bytes=BATCH_BYTES):
         if not 0 < len(inbound) <= MAX_IN:
@@ -99,6 +122,8 @@ cdef class Executor(Part):
         self.stream_hook = stream_hook
         self.error_hook = error_hook
         self.bad_hook = bad_hook
+        self.array_parts = array_parts
+        self.head.n = 0
         self.mux = mux
         self.limit = limit
         self.batch_bytes = max(<size_t>1, min(batch_bytes, <size_t>BATCH_BYTES))
@@ -359,6 +384,7 @@ cdef class Executor(Part):
         cdef pz_env o
         cdef Py_buffer buf
         cdef bint held = False
+        cdef bytes head = None
         if result is None:
             return 0
         o = env[0]
@@ -366,6 +392,16 @@ cdef class Executor(Part):
             o.f[PZ_F_PAYLOAD].p = PyBytes_AS_STRING(result)
             o.f[PZ_F_PAYLOAD].n = <size_t>PyBytes_GET_SIZE(result)
         else:
+            if self.array_parts is not None and is_ndarray(result):
+                try:
+                    head, result = self.array_parts(result)
+                    if self.stream_hook is not None:
+                        # handle_stream gets the payload as one buffer
+                        result = b"".join((head, result))
+                        head = None
+                except Exception as exc:
+                    self.failed += 1
+                    return self._reply_error(env, self._error_of("", exc))
             try:
                 check_payload(result)
             except TypeError as exc:
@@ -376,6 +412,9 @@ cdef class Executor(Part):
             o.f[PZ_F_PAYLOAD].p = <const char *>buf.buf
             o.f[PZ_F_PAYLOAD].n = <size_t>buf.len
         o.f[PZ_F_ERROR].n = 0
+        if head is not None:
+            self.head.p = PyBytes_AS_STRING(head)
+            self.head.n = <size_t>PyBytes_GET_SIZE(head)
         try:
             if self.stream_hook is not None:
                 return self._through_stream_hook(env, &o, result, &buf, &held)
@@ -383,6 +422,7 @@ cdef class Executor(Part):
                 o.stage += 1
             return self._out(&o, not self.pipelined, None)
         finally:
+            self.head.n = 0
             if held:
                 PyBuffer_Release(&buf)
 
@@ -438,10 +478,11 @@ cdef class Executor(Part):
         return self._out(env, not self.pipelined, None)
 
     cdef int _out(self, pz_env *o, bint to_client, object topic) except -1:
-        """Queue or send one reply.  Worker mode: into the batch for the
-        Master.  Replies to a client that takes batches (flags) on the
-        default route: into that client's batch.  Anything else: alone,
-        after the batch so far (order is kept).  1 when stopped."""
+        """Queue or send one reply (self.head before its payload).  Worker
+        mode: into the batch for the Master.  Replies to a client that
+        takes batches (flags) on the default route: into that client's
+        batch.  Anything else: alone, after the batch so far (order is
+        kept).  1 when stopped."""
         cdef pz_msg_t m
         cdef const char *tp
         cdef size_t tn
@@ -450,14 +491,14 @@ cdef class Executor(Part):
         else:
             self.sent += 1
         if self.out_kind == OUT_WORKER:
-            if pz_batch_add_env(&self.wbatch, o) != 0:
+            if pz_batch_add_env_h(&self.wbatch, o, &self.head) != 0:
                 raise MemoryError()
             if self.wbatch.len >= self.batch_bytes:
                 return self._flush()
             return 0
         if self.out_kind == OUT_TOPIC:
             if topic is None and to_client and o.flags & PZ_FLAG_BATCH:
-                return self.cbatch.add(o, NULL, 0)
+                return self.cbatch.add(o, NULL, 0, &self.head)
             if self.cbatch.flush():
                 return 1
             if topic is not None:
@@ -469,10 +510,10 @@ cdef class Executor(Part):
             else:
                 tp = <char *>self.name
                 tn = len(self.name)
-            if env_to_msg(o, &m) != 0:
+            if env_head_to_msg(o, &self.head, &m) != 0:
                 raise MemoryError()
             return send_topic(self.waiter, self.out, tp, tn, &m, NULL)
-        if env_to_msg(o, &m) != 0:
+        if env_head_to_msg(o, &self.head, &m) != 0:
             raise MemoryError()
         return send_alone(self.out, &m, 0, self.waiter)
 

@@ -336,10 +336,16 @@ cdef inline int poll_item(pz_pollitem_t *items, int n, void *sock, int fd,
 
 cdef int env_to_msg(pz_env *env, pz_msg_t *out) noexcept nogil:
     """Encode env into a new zmq message (one copy of each field)."""
-    cdef size_t n = pz_encoded_size(env)
+    return env_head_to_msg(env, NULL, out)
+
+
+cdef int env_head_to_msg(pz_env *env, const pz_slice *head, pz_msg_t *out) noexcept nogil:
+    """env_to_msg, `head` (NULL: nothing) written before the payload
+    (wire.h pz_encode_h)."""
+    cdef size_t n = pz_encoded_size_h(env, head)
     if pz_msg_init_size(out, n) != 0:
         return -1
-    pz_encode(env, <char *>pz_msg_data(out))
+    pz_encode_h(env, head, <char *>pz_msg_data(out))
     return 0
 
 
@@ -431,9 +437,11 @@ cdef class ClientBatch:
         self.sock = sock
         self.waiter = waiter
 
-    cdef int add(self, pz_env *env, const char *p, size_t n) except -1:
+    cdef int add(self, pz_env *env, const char *p, size_t n,
+                 const pz_slice *head) except -1:
         """Add the reply env for its client: p[0:n], its encoding, or
-        env encoded when p is NULL.  1 when stopped."""
+        env encoded (`head` before its payload, see pz_encode_h) when p is
+        NULL.  1 when stopped."""
         cdef const char *tp = env.f[PZ_F_CLIENT].p
         cdef size_t tn = env.f[PZ_F_CLIENT].n
         if self.b.count != 0 and (tn != <size_t>PyBytes_GET_SIZE(self.topic)
@@ -443,7 +451,7 @@ cdef class ClientBatch:
         if self.b.count == 0:
             self.topic = PyBytes_FromStringAndSize(tp, <Py_ssize_t>tn)
         if (pz_batch_add_raw(&self.b, p, n) if p != NULL
-                else pz_batch_add_env(&self.b, env)) != 0:
+                else pz_batch_add_env_h(&self.b, env, head)) != 0:
             raise MemoryError()
         if self.b.len >= BATCH_BYTES:
             return self.flush()

@@ -184,7 +184,7 @@ cdef class Publisher(Part):
     cdef int _batch(self, pz_env *env, const char *p, size_t n) except -1:
         """Add an encoded result to the batch of its client."""
         self.sent += 1
-        return self.cbatch.add(env, p, n)
+        return self.cbatch.add(env, p, n, NULL)
 
     cdef int flush(self) except -1:
         return self.cbatch.flush()

@@ -249,21 +249,31 @@ static inline char *pz_put_varint(char *p, uint64_t v)
     return p;
 }
 
-/* Bytes needed for e in canonical protobuf order (defaults omitted). */
-static inline size_t pz_encoded_size(const pz_env *e)
+/* Bytes needed for e in canonical protobuf order (defaults omitted), its
+ * payload field holding `head` (NULL: nothing) before e's payload: a
+ * reply's header written ahead of data that is not copied to join them
+ * (a numpy array a method returned, pylm/arrays.py). */
+static inline size_t pz_encoded_size_h(const pz_env *e, const pz_slice *head)
 {
-    size_t total = 0;
+    size_t total = 0, n;
     int i;
     for (i = 0; i < PZ_NSLICE; i++) {
-        if (e->f[i].n)
+        n = e->f[i].n;
+        if (i == PZ_F_PAYLOAD && head) n += head->n;
+        if (n)
             total += pz_varint_len((uint64_t)pz_field_numbers[i] << 3)
-                     + pz_varint_len(e->f[i].n) + e->f[i].n;
+                     + pz_varint_len(n) + n;
     }
     if (e->stage) total += 1 + pz_varint_len((uint64_t)e->stage);
     if (e->flags) total += 2 + pz_varint_len(e->flags);
     if (e->call) total += 2 + pz_varint_len(e->call);
     if (e->lost) total += 2 + pz_varint_len(e->lost);
     return total;
+}
+
+static inline size_t pz_encoded_size(const pz_env *e)
+{
+    return pz_encoded_size_h(e, NULL);
 }
 
 static inline char *pz_put_field(char *p, int field, const pz_slice *s)
@@ -274,21 +284,37 @@ static inline char *pz_put_field(char *p, int field, const pz_slice *s)
     return p + s->n;
 }
 
-/* Write e into out (pz_encoded_size bytes); returns the end pointer. */
-static inline char *pz_encode(const pz_env *e, char *out)
+/* Write e into out (pz_encoded_size_h bytes), `head` (NULL: nothing)
+ * before its payload; returns the end pointer. */
+static inline char *pz_encode_h(const pz_env *e, const pz_slice *head, char *out)
 {
     char *p = out;
+    size_t hn = head ? head->n : 0;
     if (e->f[PZ_F_PIPELINE].n) p = pz_put_field(p, 1, &e->f[PZ_F_PIPELINE]);
     if (e->f[PZ_F_CLIENT].n) p = pz_put_field(p, 2, &e->f[PZ_F_CLIENT]);
     if (e->stage) { *p++ = (char)(3 << 3); p = pz_put_varint(p, (uint64_t)e->stage); }
     if (e->f[PZ_F_FUNCTION].n) p = pz_put_field(p, 4, &e->f[PZ_F_FUNCTION]);
     if (e->f[PZ_F_CACHE].n) p = pz_put_field(p, 5, &e->f[PZ_F_CACHE]);
-    if (e->f[PZ_F_PAYLOAD].n) p = pz_put_field(p, 6, &e->f[PZ_F_PAYLOAD]);
+    if (hn) {
+        p = pz_put_varint(p, (6 << 3) | 2);
+        p = pz_put_varint(p, hn + e->f[PZ_F_PAYLOAD].n);
+        memcpy(p, head->p, hn);
+        p += hn;
+        if (e->f[PZ_F_PAYLOAD].n) memcpy(p, e->f[PZ_F_PAYLOAD].p, e->f[PZ_F_PAYLOAD].n);
+        p += e->f[PZ_F_PAYLOAD].n;
+    } else if (e->f[PZ_F_PAYLOAD].n) {
+        p = pz_put_field(p, 6, &e->f[PZ_F_PAYLOAD]);
+    }
     if (e->f[PZ_F_ERROR].n) p = pz_put_field(p, 15, &e->f[PZ_F_ERROR]);
     if (e->flags) { *p++ = (char)0x80; *p++ = (char)0x01; p = pz_put_varint(p, e->flags); }
     if (e->call) { *p++ = (char)0x88; *p++ = (char)0x01; p = pz_put_varint(p, e->call); }
     if (e->lost) { *p++ = (char)0x90; *p++ = (char)0x01; p = pz_put_varint(p, e->lost); }
     return p;
+}
+
+static inline char *pz_encode(const pz_env *e, char *out)
+{
+    return pz_encode_h(e, NULL, out);
 }
 
 /* The entry of a space-separated `function` at index `stage`, as a slice.
@@ -344,16 +370,21 @@ static inline int pz_batch_reserve(pz_batch *b, size_t extra)
     return 0;
 }
 
-/* Append one encoded envelope to the batch. */
-static inline int pz_batch_add_env(pz_batch *b, const pz_env *e)
+/* Append one encoded envelope to the batch (`head` as in pz_encode_h). */
+static inline int pz_batch_add_env_h(pz_batch *b, const pz_env *e, const pz_slice *head)
 {
-    size_t n = pz_encoded_size(e);
+    size_t n = pz_encoded_size_h(e, head);
     if (pz_batch_reserve(b, n + 10) < 0) return -1;
     char *p = pz_put_varint(b->buf + b->len, n);
-    p = pz_encode(e, p);
+    p = pz_encode_h(e, head, p);
     b->len = (size_t)(p - b->buf);
     b->count++;
     return 0;
+}
+
+static inline int pz_batch_add_env(pz_batch *b, const pz_env *e)
+{
+    return pz_batch_add_env_h(b, e, NULL);
 }
 
 /* Append an already encoded envelope. */

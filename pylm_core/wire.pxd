@@ -32,6 +32,7 @@ cdef extern from "wire.h" nogil:
     int pz_batch_next(const char **pp, const char *end, pz_slice *out)
     int pz_batch_reserve(pz_batch *b, size_t extra)
     int pz_batch_add_env(pz_batch *b, const pz_env *e)
+    int pz_batch_add_env_h(pz_batch *b, const pz_env *e, const pz_slice *head)
     int pz_batch_add_raw(pz_batch *b, const char *data, size_t n)
     void pz_batch_free_cb(void *data, void *hint) noexcept
     int pz_batch_taking_back            # thread-local (see wire.h)
@@ -40,6 +41,8 @@ cdef extern from "wire.h" nogil:
 
     int pz_parse(const char *buf, size_t n, pz_env *e)
     size_t pz_encoded_size(const pz_env *e)
+    size_t pz_encoded_size_h(const pz_env *e, const pz_slice *head)
     char *pz_encode(const pz_env *e, char *out)
+    char *pz_encode_h(const pz_env *e, const pz_slice *head, char *out)
     int pz_function_at(const pz_slice *fn, int64_t stage, pz_slice *out)
     bint pz_utf8_ok(const char *s, size_t n)

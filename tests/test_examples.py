@@ -122,6 +122,8 @@ def run(name, *args, timeout=RUN_TIMEOUT):
 EXPECTED = [
     ("single", ["b'you sent me a message'", "job: [b'ALPHA', b'BETA', b'GAMMA']"],
      "done: single, 3 job replies"),
+    ("arrays", ["one reply: float64 (65537,), 524296 bytes"],
+     "done: arrays, 32 arrays of 1 MiB checked"),
     ("parallel", [re.compile(r"b'worker[12] processed a single message'"),
                   re.compile(r"replies per worker: \{'worker1': \d+(, 'worker2': \d+)?\}"
                              r"|replies per worker: \{'worker2': \d+\}")],

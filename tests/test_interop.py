@@ -204,6 +204,26 @@ def test_new_client_old_master_old_workers(node):
         run_new_client(client, "master.foo", "old-worker:")
 
 
+def test_executor_old_master_old_workers(node):
+    """pylm.futures.Executor on pylm 0.14's Master and workers: each call's
+    id (field 17) comes back through pylm 0.14's protobuf unchanged, so map
+    is in order and each future gets its own reply."""
+    from pylm.futures import Executor
+
+    db, pull, pub, wpull, wpush = tcp_addresses(5)
+    start_old(node, "old-master", "master", "master", db, pull, pub, wpull, wpush,
+              db=db, name="master")
+    for i in range(2):
+        node("old-worker-%d" % i, "worker", "w%d" % i, db).wait_line("READY")
+    with Executor("master", db, call_timeout=REPLY_TIMEOUT) as ex:
+        futures = [ex.submit("master.foo", b"eval-%d" % i) for i in range(EVALS)]
+        assert [f.result(REPLY_TIMEOUT).decode() for f in futures] == \
+            expected("old-worker:", "eval", EVALS)
+        replies = ex.map("master.foo", (b"job-%d" % i for i in range(JOB)),
+                         timeout=CLIENT_RUN_TIMEOUT)
+        assert [r.decode() for r in replies] == expected("old-worker:", "job", JOB)
+
+
 # ---------------------------------------------------------------------------
 # workers
 

@@ -50,22 +50,25 @@ class Pass(Server):
         return payload
 
 
-def _job_in_thread(client, function, payloads):
-    """Run client.job in a thread: (thread, list its replies go to)."""
+def _job_in_thread(make_client, function, payloads):
+    """Run a job in a thread, on a Client of its own made by make_client()
+    (a Client belongs to one thread): (thread, list its replies go to)."""
     replies = []
 
     def run():
-        replies.extend(client.job(function, payloads, timeout=30))
+        with make_client() as client:
+            replies.extend(client.job(function, payloads, timeout=30))
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, replies
 
 
-def _held_then_done(stats_of, client, function, gate):
-    """Start a job of N payloads, read the stats while payload HOLD waits at
-    the gate, open it, let the job end: (stats while held, stats at the end)."""
-    thread, replies = _job_in_thread(client, function, [b"%d" % i for i in range(N)])
+def _held_then_done(stats_of, make_client, function, gate):
+    """Start a job of N payloads (on a Client made by make_client()), read
+    the stats while payload HOLD waits at the gate, open it, let the job
+    end: (stats while held, stats at the end)."""
+    thread, replies = _job_in_thread(make_client, function, [b"%d" % i for i in range(N)])
     gate.wait_arrived(1)
     during = stats_of()
     gate.open()
@@ -83,7 +86,8 @@ def test_server_stats_during_and_after_a_job():
         client = Client("held", db)
         try:
             before = client.stats()
-            during, after = _held_then_done(client.stats, client, "held.work", gate)
+            during, after = _held_then_done(client.stats, lambda: Client("held", db),
+                                            "held.work", gate)
             with pytest.raises(RemoteError):
                 client.eval("held.work", b"x!", timeout=10)
             final = client.stats()
@@ -116,7 +120,8 @@ def test_master_stats_during_and_after_a_job():
             client = Client("m", db)
             try:
                 wait_for(lambda: len(client.stats()["workers"]) == 2, 20, what="2 workers")
-                during, after = _held_then_done(client.stats, client, "m.work", gate)
+                during, after = _held_then_done(client.stats, lambda: Client("m", db),
+                                                "m.work", gate)
             finally:
                 client.close()
     assert (during["kind"], during["running"]) == ("Master", True)
@@ -139,8 +144,9 @@ def test_pipeline_stats_during_and_after_a_job():
         client = Client("first", db, sub_address=ppub)
         stats = Client("second", pdb)
         try:
-            during, after = _held_then_done(stats.stats, client, ["first.pass_on", "second.work"],
-                                            gate)
+            during, after = _held_then_done(
+                stats.stats, lambda: Client("first", db, sub_address=ppub),
+                ["first.pass_on", "second.work"], gate)
             first = client.stats()
         finally:
             client.close()
