@@ -336,6 +336,7 @@ cdef class ReplyReader:
         cdef pz_env env
         cdef Py_ssize_t n = 0
         cdef list touched = [], answered = []
+        cdef list queued = None         # replies for `last`, handed over in one extend()
         cdef object last = None
         while n < most and self.try_next(&env):
             n += 1
@@ -345,13 +346,18 @@ cdef class ReplyReader:
                 continue
             payload, error = self._result(&env)
             if type(receiver) is stream:
-                receiver.append(payload if error is None else (payload, error))
                 if receiver is not last:
+                    if last is not None:
+                        last.extend(queued)
+                    queued = []
                     touched.append(receiver)
                     last = receiver
+                queued.append(payload if error is None else (payload, error))
             else:
                 del pending[env.call]
                 answered.append((receiver, payload, error))
+        if last is not None:
+            last.extend(queued)
         return n, touched, answered
 
 
