@@ -429,9 +429,10 @@ class Client:
         until_answered = messages == sys.maxsize
         lost = []
         what = "no reply for %s s (%%d of the job's replies received)" % timeout
+        next_fill = 0       # refill once `received` reaches it (`messages`: never)
         try:
             while received < messages:
-                if not done and window - sent + received >= refill:
+                if received >= next_fill:
                     if next_async is None:
                         queued, done = self._send_from(function, cache, source, call,
                                                        window - sent + received)
@@ -439,6 +440,7 @@ class Client:
                         queued, done = await self._send_from_async(
                             function, cache, next_async, call, window - sent + received)
                     sent += queued
+                    next_fill = messages if done else sent - window + refill
                 if stream:
                     reply = popleft()
                     received += 1
