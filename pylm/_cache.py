@@ -30,11 +30,26 @@ the request's `stage`, the version of the cache protocol the client reads:
   PermissionError or pylm.CacheFull.
 """
 
+from __future__ import annotations
+
 import logging
 import time
 import uuid
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, NoReturn, Optional, Set
 
 import zmq
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from pylm.security import Security, Socket
+
+    class Store(Protocol):
+        """What a server's cache is (pylm.persistence.kv.DictDB or alike)."""
+
+        def get(self, key: str) -> Optional[bytes]: ...
+        def set(self, value: bytes, key: Optional[str] = None) -> str: ...
+        def delete(self, key: str) -> str: ...
 
 from pylm._context import context
 from pylm.parts.messages_pb2 import PalmMessage
@@ -76,7 +91,7 @@ logger = logging.getLogger("pylm.cache")
 UNLIMITED = 1 << 30
 
 
-def batch_bytes_for(max_message_size):
+def batch_bytes_for(max_message_size: Any) -> int:
     """The most bytes a batch frame to a server may hold: half the maximum
     message size its cache announces (``max_message_size``), so that a batch
     plus one more call stays under it."""
@@ -86,7 +101,8 @@ def batch_bytes_for(max_message_size):
         return UNLIMITED
 
 
-def handle_cache_request(cache, msg, stats=None):
+def handle_cache_request(cache: Store, msg: PalmMessage,
+                         stats: Optional[Callable[[], bytes]] = None) -> bytes:
     """The reply (bytes) to one cache request (a decoded envelope).
     `stats`, when given, answers the ``stats`` operation (live statistics,
     pylm/_stats.py)."""
@@ -105,7 +121,7 @@ def handle_cache_request(cache, msg, stats=None):
     raise LookupError("no cache operation %r" % msg.function)
 
 
-def _size(key, value):
+def _size(key: str, value: Any) -> int:
     """What an entry counts against cache_max_bytes: key plus value."""
     try:
         n = memoryview(value).nbytes
@@ -117,7 +133,7 @@ def _size(key, value):
 class _Refused(Exception):
     """A request the rules refuse; `code` says which rule."""
 
-    def __init__(self, code, message):
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
 
@@ -137,10 +153,12 @@ class CacheHandler:
         request (None: the server keeps no live statistics)
     """
 
-    def __init__(self, cache, protected_keys=(), max_entries=CACHE_MAX_ENTRIES,
-                 max_bytes=CACHE_MAX_BYTES, drop_log=None, stats=None):
+    def __init__(self, cache: Store, protected_keys: Iterable[str] = (),
+                 max_entries: int = CACHE_MAX_ENTRIES, max_bytes: int = CACHE_MAX_BYTES,
+                 drop_log: Optional[Callable[[str], None]] = None,
+                 stats: Optional[Callable[[], bytes]] = None) -> None:
         self.cache = cache
-        self.protected_keys = protected_keys if isinstance(protected_keys, set) \
+        self.protected_keys: Set[str] = protected_keys if isinstance(protected_keys, set) \
             else set(protected_keys)
         self.max_entries = max_entries
         self.max_bytes = max_bytes
@@ -148,14 +166,14 @@ class CacheHandler:
         self.stats = stats
         #: requests refused by the rules
         self.refused = 0
-        self._sizes = {}            # key -> size, of what remote requests stored
+        self._sizes: Dict[str, int] = {}    # key -> size, of what remote requests stored
         self._bytes = 0
         self._recounted = float("-inf")
 
-    def is_protected(self, key):
+    def is_protected(self, key: str) -> bool:
         return key in CONFIG_KEYS or key in self.protected_keys
 
-    def answer(self, frames):
+    def answer(self, frames: List[bytes]) -> List[bytes]:
         """The reply frames to one request: a value (one frame), b"" for a
         bad request, and for a refused one see the module docstring."""
         try:
@@ -179,11 +197,11 @@ class CacheHandler:
             self._log("cache request: %s: %s" % (type(exc).__name__, exc))
             return [b""]
 
-    def _log(self, reason):
+    def _log(self, reason: str) -> None:
         if self.drop_log is not None:
             self.drop_log(reason)
 
-    def _serve(self, msg):
+    def _serve(self, msg: PalmMessage) -> bytes:
         op = msg.function.rpartition(".")[2]
         if op == "set":
             key = msg.cache
@@ -205,14 +223,14 @@ class CacheHandler:
             return reply
         return handle_cache_request(self.cache, msg, self.stats)
 
-    def _fits(self, key, size):
+    def _fits(self, key: Optional[str], size: int) -> bool:
         old = self._sizes.get(key) if key else None
         entries = len(self._sizes) + (old is None)
         total = self._bytes - (old or 0) + size
         return (old is not None or entries <= self.max_entries) and \
             (total <= self.max_bytes or size <= (old or 0))
 
-    def _make_room(self, key, size):
+    def _make_room(self, key: Optional[str], size: int) -> None:
         """Return when `key` may be set to a value of `size`; _Refused when
         the bound says no.  At the bound the remote entries are recounted
         first (at most once a RECOUNT_INTERVAL): the server's own code may
@@ -229,20 +247,20 @@ class CacheHandler:
                        "remote requests): the set of %d bytes is refused"
                        % (self.max_entries, self.max_bytes, size))
 
-    def _account(self, key, size):
+    def _account(self, key: str, size: Optional[int]) -> None:
         """Record that `key` now holds `size` bytes (None: deleted)."""
         self._bytes -= self._sizes.pop(key, 0)
         if size is not None:
             self._sizes[key] = size
             self._bytes += size
 
-    def _recount(self):
+    def _recount(self) -> None:
         for key in list(self._sizes):
             value = self.cache.get(key)
             self._account(key, None if value is None else _size(key, value))
 
 
-def serve_cache(rep, control, handler, limit):
+def serve_cache(rep: Socket, control: Socket, handler: CacheHandler, limit: int) -> None:
     """Answer cache requests on `rep` with `handler` (a CacheHandler) until
     `limit` were served or `control` is readable."""
     poller = zmq.Poller()
@@ -259,7 +277,7 @@ def serve_cache(rep, control, handler, limit):
         served += 1
 
 
-def _refusal(text, db_address):
+def _refusal(text: str, db_address: str) -> Exception:
     """The exception for a refused request's error frame."""
     error = RemoteError.from_wire(text)
     message = "the cache at %s: %s" % (db_address, error.remote_message)
@@ -281,14 +299,15 @@ class CacheClient:
         server key the REQ is a CURVE client
     """
 
-    def __init__(self, db_address, server_name, timeout=10.0, security=None):
+    def __init__(self, db_address: str, server_name: str, timeout: Optional[float] = 10.0,
+                 security: Optional[Security] = None) -> None:
         self.db_address = db_address
         self.server_name = server_name
         self.timeout = timeout
         self.security = security
-        self._sock = None
+        self._sock: Optional[Socket] = None
 
-    def _socket(self):
+    def _socket(self) -> Socket:
         if self._sock is None:
             self._sock = context().socket(zmq.REQ)
             self._sock.setsockopt(zmq.LINGER, 0)
@@ -297,24 +316,23 @@ class CacheClient:
             self._sock.connect(self.db_address)
         return self._sock
 
-    def request(self, op, payload, key="", timeout=None):
+    def request(self, op: str, payload: Any, key: str = "",
+                timeout: Optional[float] = None) -> bytes:
         """Send one cache request; the raw reply bytes.  A request the
         server refuses raises PermissionError (a configuration key) or
         pylm.CacheFull (the bound); a pylm 0.14 server never refuses."""
         timeout = self.timeout if timeout is None else timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
         msg = PalmMessage(pipeline=str(uuid.uuid4()), function="%s.%s" % (self.server_name, op),
                           stage=ERROR_REPLIES, cache=key, payload=payload)
         sock = self._socket()
-        # the send is bounded too: a REQ has nowhere to send while its peer
-        # is gone, e.g. after a refused CURVE handshake took its pipe away
-        if not self._ready(sock, zmq.POLLOUT, deadline):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # A REQ blocks in send while it has no peer (a CURVE server that
+        # refused our handshake tears the connection down): the send is
+        # bounded by the same timeout as the answer.
+        if not self._wait(sock, zmq.POLLOUT, deadline):
             self._timed_out(timeout)
-        try:
-            sock.send(msg.SerializeToString(), zmq.NOBLOCK)
-        except zmq.Again:
-            self._timed_out(timeout)
-        if not self._ready(sock, zmq.POLLIN, deadline):
+        sock.send(msg.SerializeToString(), zmq.DONTWAIT)
+        if not self._wait(sock, zmq.POLLIN, deadline):
             self._timed_out(timeout)
         frames = sock.recv_multipart()
         if len(frames) == 2:
@@ -322,18 +340,20 @@ class CacheClient:
         return frames[0]
 
     @staticmethod
-    def _ready(sock, event, deadline):
-        """Wait until sock has `event` (zmq.POLLIN/POLLOUT) or the deadline
-        (None: forever) passed."""
-        left = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-        return sock.poll(left, event)
+    def _wait(sock: Socket, event: int, deadline: Optional[float]) -> bool:
+        """True when `sock` is ready for `event` before `deadline`
+        (monotonic seconds; None: no limit)."""
+        if deadline is None:
+            return bool(sock.poll(None, event))
+        return bool(sock.poll(max(0, int((deadline - time.monotonic()) * 1000)), event))
 
-    def _timed_out(self, timeout):
-        self.close()                # the REQ is remade for the next request
+    def _timed_out(self, timeout: Optional[float]) -> NoReturn:
+        """Drop the REQ (its state is stuck mid-request) and raise."""
+        self.close()
         raise TimeoutError("no answer from the cache at %s within %s s"
                            % (self.db_address, timeout))
 
-    def close(self):
+    def close(self) -> None:
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None

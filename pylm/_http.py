@@ -25,13 +25,17 @@ clients (or of half-open connections) makes as many threads.
   handlers check the length before they read.
 """
 
+from __future__ import annotations
+
 import logging
 import queue
 import select
 import socket
+import socketserver
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING, Any, Dict, Optional, Set, Tuple
 
 from pylm_core import _core
 
@@ -50,8 +54,18 @@ READ_TIMEOUT = 30.0
 #: Seconds a kept-alive connection may stay silent before its next request.
 KEEPALIVE_IDLE = 5.0
 
+#: ``(status, text)`` of an answer that refuses a request.
+Refusal = Tuple[int, bytes]
 
-class PooledServerMixIn:
+if TYPE_CHECKING:
+    # what the mixin is mixed into, for the type checker (at run time the
+    # mixin's base is object: it must come before the server class)
+    _MixedInto = socketserver.TCPServer
+else:
+    _MixedInto = object
+
+
+class PooledServerMixIn(_MixedInto):
     """Mix in before a socketserver.TCPServer subclass (HTTPServer,
     WSGIServer): connections are served by a pool of at most
     `max_concurrent` daemon threads, accepted only when one is free (see
@@ -69,8 +83,11 @@ class PooledServerMixIn:
     hold the exit up.
     """
 
-    def __init__(self, server_address, handler_class, *, max_concurrent=MAX_CONCURRENT,
-                 max_queued=MAX_QUEUED, read_timeout=READ_TIMEOUT, logger=None):
+    def __init__(self, server_address: Tuple[str, int],
+                 handler_class: Any, *,
+                 max_concurrent: int = MAX_CONCURRENT, max_queued: int = MAX_QUEUED,
+                 read_timeout: float = READ_TIMEOUT,
+                 logger: Optional[logging.Logger] = None) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1, not %r" % (max_concurrent,))
         self.max_concurrent = max_concurrent
@@ -82,25 +99,28 @@ class PooledServerMixIn:
         self.most_busy = 0
         self._slots = threading.Semaphore(max_concurrent)
         self._lock = threading.Lock()
-        self._work = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[Optional[Tuple[socket.socket, Any]]] = \
+            queue.SimpleQueue()
         self._threads = 0
         self._idle = 0
-        self._active = set()        # connections accepted and not yet closed
-        self._deadlines = {}        # connection -> time its request must be in by
+        # connections accepted and not yet closed; connection -> time its
+        # request must be in by
+        self._active: Set[socket.socket] = set()
+        self._deadlines: Dict[socket.socket, float] = {}
         self._closing = False
         self._inline = False
         self._poll_interval = 0.5
         super().__init__(server_address, handler_class)
 
     # accepting ---------------------------------------------------------------------
-    def serve_forever(self, poll_interval=0.5):
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
         self._poll_interval = poll_interval
         super().serve_forever(poll_interval)
 
-    def service_actions(self):
+    def service_actions(self) -> None:
         self._expire()
 
-    def get_request(self):
+    def get_request(self) -> Tuple[socket.socket, Any]:
         """Accept a connection once a thread of the pool is free."""
         while not self._slots.acquire(timeout=self._poll_interval):
             self._expire()
@@ -118,7 +138,8 @@ class PooledServerMixIn:
         self.expect_request(request, self.read_timeout)
         return request, client_address
 
-    def process_request(self, request, client_address):
+    def process_request(self, request: socket.socket,  # type: ignore[override]
+                        client_address: Any) -> None:
         """Hand the connection to a thread of the pool (in this thread
         within handle_request())."""
         if self._inline:
@@ -141,7 +162,7 @@ class PooledServerMixIn:
                 raise
         self._work.put((request, client_address))
 
-    def handle_request(self):
+    def handle_request(self) -> None:
         """Serve one connection, in this thread."""
         self._inline = True
         try:
@@ -149,7 +170,7 @@ class PooledServerMixIn:
         finally:
             self._inline = False
 
-    def _pool_thread(self):
+    def _pool_thread(self) -> None:
         while True:
             item = self._work.get()
             if item is None:
@@ -159,7 +180,7 @@ class PooledServerMixIn:
                 self._idle += 1     # before the slot frees: the next one reuses this thread
             self._slots.release()
 
-    def _serve(self, request, client_address):
+    def _serve(self, request: socket.socket, client_address: Any) -> None:
         try:
             self.finish_request(request, client_address)
         except Exception:
@@ -168,20 +189,21 @@ class PooledServerMixIn:
             self._forget(request)
             super().shutdown_request(request)
 
-    def shutdown_request(self, request):
+    def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
         # socketserver calls this only for a connection it did not hand to
         # process_request (refused by verify_request, or process_request failed)
         self._forget(request)
         super().shutdown_request(request)
         self._slots.release()
 
-    def _forget(self, request):
+    def _forget(self, request: socket.socket) -> None:
         with self._lock:
             self._active.discard(request)
             self._deadlines.pop(request, None)
             self.busy = len(self._active)
 
-    def handle_error(self, request, client_address):
+    def handle_error(self, request: socket.socket,  # type: ignore[override]
+                     client_address: Any) -> None:
         """Log (instead of socketserver's print to stderr): a client that
         went away or was too slow (OSError) at DEBUG, anything else as an
         error."""
@@ -191,19 +213,19 @@ class PooledServerMixIn:
             self.logger.error("HTTP connection from %s failed", client_address, exc_info=True)
 
     # deadlines ---------------------------------------------------------------------
-    def expect_request(self, request, seconds):
+    def expect_request(self, request: socket.socket, seconds: float) -> None:
         """Shut `request` (a connection) down for reading unless
         :meth:`request_read` is called within `seconds`."""
         with self._lock:
             if request in self._active:
                 self._deadlines[request] = time.monotonic() + seconds
 
-    def request_read(self, request):
+    def request_read(self, request: socket.socket) -> None:
         """The request on `request` was read whole: no deadline any more."""
         with self._lock:
             self._deadlines.pop(request, None)
 
-    def next_request(self, rfile, request):
+    def next_request(self, rfile: Any, request: socket.socket) -> bool:
         """Wait on a kept-alive connection for the start of its next
         request (at most `keepalive_idle` s): True once it started (its
         deadline is then `read_timeout` again), False when the connection
@@ -216,7 +238,7 @@ class PooledServerMixIn:
         self.expect_request(request, self.read_timeout)
         return started
 
-    def keep_alive(self):
+    def keep_alive(self) -> bool:
         """Whether a connection may stay open after its answer: not within
         handle_request() (one request, then it returns), nor while every
         thread of the pool is busy and a connection waits for one (closing
@@ -232,7 +254,7 @@ class PooledServerMixIn:
             return True
         return not readable
 
-    def _expire(self):
+    def _expire(self) -> None:
         now = time.monotonic()
         with self._lock:
             late = [request for request, deadline in self._deadlines.items() if deadline <= now]
@@ -248,11 +270,11 @@ class PooledServerMixIn:
                              "within the time allowed", peer[0])
 
     # closing -----------------------------------------------------------------------
-    def shutdown(self):
+    def shutdown(self) -> None:
         self._closing = True
         super().shutdown()
 
-    def server_close(self):
+    def server_close(self) -> None:
         """Stop accepting, and end the connections still served (their
         blocked reads return), so that the pool's threads end."""
         self._closing = True
@@ -269,7 +291,8 @@ class PooledServerMixIn:
             self._work.put(None)
 
 
-def body_length(value, limit, required=True):
+def body_length(value: Optional[str], limit: int, required: bool = True
+                ) -> Tuple[Optional[int], Optional[Refusal]]:
     """Check a request's Content-Length (`value`, None when absent) against
     `limit`: ``(length, None)``, or ``(None, (status, text))`` for the
     answer that refuses it without reading the body: 411 no length (when
@@ -288,7 +311,7 @@ def body_length(value, limit, required=True):
     return length, None
 
 
-def linger(connection, most=1 << 20, seconds=1.0):
+def linger(connection: socket.socket, most: int = 1 << 20, seconds: float = 1.0) -> None:
     """Before closing a connection whose request body was not read: stop
     writing and read what the client still sends (up to `most` bytes or
     `seconds`), so that closing does not reset the connection before the

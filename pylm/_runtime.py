@@ -16,16 +16,26 @@ connected one is a CURVE client when a server key is known; inproc
 endpoints stay plain.
 """
 
+from __future__ import annotations
+
+import logging
 import signal
 import socket
 import threading
 import uuid
+from types import FrameType, TracebackType
+from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Literal, Optional, Tuple, Type,
+                    Union)
 
 import zmq
 
 from pylm._context import context
-from pylm.security import REFUSAL_EVENTS, Refusals, is_inproc, zap_acquire, zap_release
+from pylm.security import (REFUSAL_EVENTS, Refusals, Security, is_inproc, zap_acquire,
+                           zap_release)
 from pylm_core import _core
+
+if TYPE_CHECKING:
+    from pylm.security import Socket
 
 __all__ = ["Runtime", "StopHandle"]
 
@@ -45,12 +55,12 @@ class StopHandle:
     pushes one message to each and sets a flag read before a loop starts.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._endpoints = []
+        self._endpoints: List[str] = []
         self.stopping = False
 
-    def control_socket(self):
+    def control_socket(self) -> Socket:
         sock = context().socket(zmq.PULL)
         endpoint = "inproc://pylm-control-%s" % uuid.uuid4().hex
         sock.bind(endpoint)
@@ -61,19 +71,19 @@ class StopHandle:
             self._poke(endpoint)
         return sock
 
-    def reset(self):
+    def reset(self) -> None:
         with self._lock:
             self._endpoints = []
             self.stopping = False
 
-    def forget(self, sock):
+    def forget(self, sock: Socket) -> None:
         endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         with self._lock:
             if endpoint in self._endpoints:
                 self._endpoints.remove(endpoint)
 
     @staticmethod
-    def _poke(endpoint):
+    def _poke(endpoint: str) -> None:
         push = context().socket(zmq.PUSH)
         try:
             push.connect(endpoint)
@@ -83,7 +93,7 @@ class StopHandle:
         finally:
             push.close(linger=100)
 
-    def stop(self):
+    def stop(self) -> None:
         with self._lock:
             self.stopping = True
             endpoints = list(self._endpoints)
@@ -100,24 +110,27 @@ class Runtime:
         refused handshakes on its CURVE sockets (None: a new one)
     """
 
-    def __init__(self, stopper, logger, security=None, refusals=None):
+    def __init__(self, stopper: StopHandle, logger: logging.Logger,
+                 security: Optional[Security] = None,
+                 refusals: Optional[Refusals] = None) -> None:
         self.stopper = stopper
         self.logger = logger
         self.security = security
         self.refusals = refusals if refusals is not None else Refusals(logger)
-        self._domains = []          # ZAP domains taken (released at exit)
-        self._monitors = []         # (socket, monitor socket)
-        self._monitor_socks = []    # the monitor sockets, read by one thread
-        self._added = None          # PUSH: a monitor socket was added
-        self._sockets = []
-        self._threads = []
-        self._failure = None
-        self._old_handlers = {}
-        self._wake = None
+        self._domains: List[str] = []       # ZAP domains taken (released at exit)
+        self._monitors: List[Tuple[Socket, Socket]] = []    # (socket, monitor socket)
+        self._monitor_socks: List[Socket] = []  # the monitor sockets, read by one thread
+        self._added: Optional[Socket] = None    # PUSH: a monitor socket was added
+        self._sockets: List[Socket] = []
+        self._threads: List[threading.Thread] = []
+        self._failure: Optional[BaseException] = None
+        self._old_handlers: Dict[int, Any] = {}
+        self._wake: Optional[Tuple[socket.socket, socket.socket]] = None
         self._old_wakeup = -1
 
     # sockets -------------------------------------------------------------
-    def socket(self, kind, bind=None, connect=None, security=None, **options):
+    def socket(self, kind: int, bind: Optional[str] = None, connect: Optional[str] = None,
+               security: Optional[Security] = None, **options: Union[int, bytes]) -> Socket:
         """A new socket with `options` (names of zmq constants), bound to
         `bind` or connected to `connect`, with the server's security (or
         `security`, a part's own) applied first; closed at exit."""
@@ -139,7 +152,7 @@ class Runtime:
             sock.connect(connect)
         return sock
 
-    def _serve_curve(self, sock, security):
+    def _serve_curve(self, sock: Socket, security: Security) -> None:
         """Make sock a CURVE server: the ZAP authenticator answers for the
         server's domain, and a monitor counts refused handshakes, before
         any peer can connect."""
@@ -159,7 +172,8 @@ class Runtime:
         else:
             self._added.send(b"", zmq.DONTWAIT)
 
-    def publisher(self, address, max_message_size, security=None):
+    def publisher(self, address: str, max_message_size: int,
+                  security: Optional[Security] = None) -> Socket:
         """Bind the XPUB every publishing server and PubService uses.
 
         It greets each new subscriber (pylm_core WELCOME), so that our
@@ -174,17 +188,17 @@ class Runtime:
                            XPUB_NODROP=1, XPUB_WELCOME_MSG=_core.WELCOME,
                            MAXMSGSIZE=max_message_size)
 
-    def control(self):
+    def control(self) -> Socket:
         sock = self.stopper.control_socket()
         self._sockets.append(sock)
         return sock
 
     # threads -------------------------------------------------------------
-    def thread(self, target, name, *args):
+    def thread(self, target: Callable[..., object], name: str, *args: Any) -> threading.Thread:
         """Run target(*args) in a thread; if it raises, the whole server
         stops and start() re-raises that exception."""
 
-        def run():
+        def run() -> None:
             try:
                 target(*args)
             except BaseException as exc:
@@ -199,7 +213,7 @@ class Runtime:
         return t
 
     # lifecycle -----------------------------------------------------------
-    def __enter__(self):
+    def __enter__(self) -> Runtime:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 try:
@@ -217,16 +231,17 @@ class Runtime:
         return self
 
     @property
-    def wakeup_fd(self):
+    def wakeup_fd(self) -> int:
         """An fd readable when a signal arrived, for the main loop; -1 when
         start() does not run in the main thread (no signals there)."""
         return self._wake[0].fileno() if self._wake else -1
 
-    def _on_signal(self, signum, frame):
+    def _on_signal(self, signum: int, frame: Optional[FrameType]) -> None:
         self.logger.info("signal %d: stopping", signum)
         self.stopper.stop()
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> Literal[False]:
         self.stopper.stop()
         for t in self._threads:
             t.join(10)

@@ -18,6 +18,8 @@ processes (shipped in the package, like uvloop's ``_testbase``).
 Nothing here mocks: every helper drives the library as user code does.
 """
 
+from __future__ import annotations
+
 import contextlib
 import logging
 import multiprocessing
@@ -28,6 +30,10 @@ import socket
 import sys
 import threading
 import time
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Type,
+                    TypeVar)
+
+_T = TypeVar("_T")
 
 __all__ = ["free_port", "tcp_addresses", "running", "Running", "ServerFailed",
            "ChildProcess", "in_child", "wait_for", "Gate"]
@@ -46,12 +52,12 @@ class ServerFailed(AssertionError):
     """A server did not start, did not stop, or its start() raised."""
 
 
-def free_port(host="127.0.0.1"):
+def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port on `host` that was free a moment ago (see tcp_ports)."""
     return tcp_ports(1, host)[0]
 
 
-def _ephemeral_low():
+def _ephemeral_low() -> int:
     """Lowest port of the range the kernel numbers sockets from itself."""
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
@@ -60,7 +66,7 @@ def _ephemeral_low():
         return 32768
 
 
-def tcp_ports(n, host="127.0.0.1"):
+def tcp_ports(n: int, host: str = "127.0.0.1") -> List[int]:
     """`n` distinct TCP ports on `host`, free a moment ago.
 
     They are picked at random below the kernel's ephemeral range and held
@@ -74,7 +80,7 @@ def tcp_ports(n, host="127.0.0.1"):
     if high - low < 10 * n:
         low, high = 1024, 65536
     rng = random.SystemRandom()
-    held = []
+    held: List[socket.socket] = []
     try:
         for _ in range(1000 * n):
             if len(held) == n:
@@ -96,12 +102,13 @@ def tcp_ports(n, host="127.0.0.1"):
             sock.close()
 
 
-def tcp_addresses(n, host="127.0.0.1"):
+def tcp_addresses(n: int, host: str = "127.0.0.1") -> List[str]:
     """`n` distinct ``tcp://host:port`` addresses on free ports."""
     return ["tcp://%s:%d" % (host, port) for port in tcp_ports(n, host)]
 
 
-def wait_for(predicate, timeout=10.0, interval=0.01, what="condition"):
+def wait_for(predicate: Callable[[], _T], timeout: float = 10.0, interval: float = 0.01,
+             what: str = "condition") -> _T:
     """Poll `predicate` until it returns a true value (returned), or raise
     AssertionError after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -115,7 +122,8 @@ def wait_for(predicate, timeout=10.0, interval=0.01, what="condition"):
         interval = min(interval * 2, 0.2)
 
 
-def _answers(server, deadline, returned, client_kwargs=None):
+def _answers(server: Any, deadline: float, returned: threading.Event,
+             client_kwargs: Optional[Dict[str, Any]] = None) -> bool:
     """Wait until a Client of `server` can be made and its subscription
     handshake succeeds (Server, Master: they answer pings without running
     any method).  False when the deadline passed or start() returned."""
@@ -146,15 +154,15 @@ def _answers(server, deadline, returned, client_kwargs=None):
 class Running:
     """A server running in a thread; made by :func:`running`."""
 
-    def __init__(self, server, start_kwargs):
+    def __init__(self, server: Any, start_kwargs: Dict[str, Any]) -> None:
         self.server = server
-        self.error = None
+        self.error: Optional[BaseException] = None
         self.returned = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(start_kwargs,),
                                        name="pylm-test-%s" % getattr(server, "name", "server"),
                                        daemon=True)
 
-    def _run(self, start_kwargs):
+    def _run(self, start_kwargs: Dict[str, Any]) -> None:
         try:
             self.server.start(**start_kwargs)
         except BaseException as exc:  # reported in the test thread
@@ -162,13 +170,13 @@ class Running:
         finally:
             self.returned.set()
 
-    def check(self):
+    def check(self) -> None:
         """Raise ServerFailed if start() raised."""
         if self.error is not None:
             raise ServerFailed("%s.start() raised %r" % (type(self.server).__name__,
                                                         self.error)) from self.error
 
-    def join(self, timeout=STOP_TIMEOUT):
+    def join(self, timeout: float = STOP_TIMEOUT) -> None:
         """Wait for start() to return by itself (``messages=N``); raise
         ServerFailed if it does not within `timeout` or if it raised."""
         self.thread.join(timeout)
@@ -177,15 +185,17 @@ class Running:
                                % (type(self.server).__name__, timeout))
         self.check()
 
-    def stop(self, timeout=STOP_TIMEOUT):
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """stop() the server and join its thread (bounded)."""
         self.server.stop()
         self.join(timeout)
 
 
 @contextlib.contextmanager
-def running(server, ready=None, start_timeout=START_TIMEOUT, stop_timeout=STOP_TIMEOUT,
-            client_kwargs=None, **start_kwargs):
+def running(server: Any, ready: Optional[Callable[[Any], bool]] = None,
+            start_timeout: float = START_TIMEOUT, stop_timeout: float = STOP_TIMEOUT,
+            client_kwargs: Optional[Dict[str, Any]] = None,
+            **start_kwargs: Any) -> Iterator[Running]:
     """Run ``server.start(**start_kwargs)`` in a thread for the duration of
     the block; yields a :class:`Running`.
 
@@ -230,7 +240,8 @@ def running(server, ready=None, start_timeout=START_TIMEOUT, stop_timeout=STOP_T
 
 # -- child processes -----------------------------------------------------------
 
-def _child_main(cls, args, kwargs, start_kwargs, log_level):
+def _child_main(cls: Type[Any], args: Tuple[Any, ...], kwargs: Dict[str, Any],
+                start_kwargs: Dict[str, Any], log_level: int) -> None:
     logging.basicConfig(level=log_level, stream=sys.stderr,
                         format="%(processName)s %(name)s %(levelname)s %(message)s")
     server = cls(*args, **kwargs)
@@ -246,32 +257,33 @@ class ChildProcess:
     Usable as a context manager.
     """
 
-    def __init__(self, cls, *args, start_kwargs=None, method="spawn",
-                 log_level=logging.WARNING, **kwargs):
-        ctx = multiprocessing.get_context(method)
+    def __init__(self, cls: Type[Any], *args: Any, start_kwargs: Optional[Dict[str, Any]] = None,
+                 method: str = "spawn", log_level: int = logging.WARNING,
+                 **kwargs: Any) -> None:
+        ctx: Any = multiprocessing.get_context(method)
         self.cls = cls
-        self.process = ctx.Process(
+        self.process: multiprocessing.process.BaseProcess = ctx.Process(
             target=_child_main, args=(cls, args, kwargs, start_kwargs or {}, log_level),
             name="pylm-child-%s" % cls.__name__, daemon=True)
         self._signalled = False
         self._reported = False  # stop() raised once: later calls are no-ops
 
     @property
-    def pid(self):
+    def pid(self) -> Optional[int]:
         return self.process.pid
 
     @property
-    def exitcode(self):
+    def exitcode(self) -> Optional[int]:
         return self.process.exitcode
 
-    def start(self):
+    def start(self) -> ChildProcess:
         self.process.start()
         return self
 
-    def is_alive(self):
+    def is_alive(self) -> bool:
         return self.process.is_alive()
 
-    def join(self, timeout=STOP_TIMEOUT):
+    def join(self, timeout: float = STOP_TIMEOUT) -> None:
         """Wait for the child to exit by itself (``messages=N``); raise
         ServerFailed if it does not or exits with an error."""
         self.process.join(timeout)
@@ -282,14 +294,15 @@ class ChildProcess:
                                % (self.cls.__name__, self.pid, timeout))
         self._check_exit()
 
-    def _kill(self):
+    def _kill(self) -> None:
+        assert self.pid is not None     # started
         try:
             os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.process.join(5)
 
-    def _check_exit(self):
+    def _check_exit(self) -> None:
         code = self.process.exitcode
         # -SIGTERM: the signal came before start() installed its handler
         ok = (0, -signal.SIGTERM) if self._signalled else (0,)
@@ -298,7 +311,7 @@ class ChildProcess:
             raise ServerFailed("child %s (pid %s) exited with code %s"
                                % (self.cls.__name__, self.pid, code))
 
-    def stop(self, timeout=STOP_TIMEOUT, repeat=1.0):
+    def stop(self, timeout: float = STOP_TIMEOUT, repeat: Optional[float] = 1.0) -> None:
         """SIGTERM the child by PID and wait for it; raise ServerFailed when
         it does not exit within `timeout` (it is then killed) or when it
         exited with an error.
@@ -314,7 +327,7 @@ class ChildProcess:
         while self.process.is_alive():
             self._signalled = True
             try:
-                os.kill(self.pid, signal.SIGTERM)
+                os.kill(self.process.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
             left = deadline - time.monotonic()
@@ -328,22 +341,22 @@ class ChildProcess:
                                % (self.cls.__name__, self.pid, timeout))
         self._check_exit()
 
-    def __enter__(self):
+    def __enter__(self) -> ChildProcess:
         if self.process.pid is None:
             self.start()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-def in_child(cls, *args, **kwargs):
+def in_child(cls: Type[Any], *args: Any, **kwargs: Any) -> ChildProcess:
     """Start ``cls(*args, **kwargs)`` in a child process; returns the
     started :class:`ChildProcess` (see there for the keywords)."""
     return ChildProcess(cls, *args, **kwargs).start()
 
 
-def stop_all(procs):
+def stop_all(procs: Iterable[ChildProcess]) -> None:
     """Stop every ChildProcess in procs (each by its PID), then raise the
     first failure: one child that will not stop does not leave the others
     running."""
@@ -377,28 +390,28 @@ class Gate:
     process only; :meth:`wait` works anywhere.
     """
 
-    def __init__(self):
-        self._listener = socket.create_server(("127.0.0.1", 0))
+    def __init__(self) -> None:
+        self._listener: Optional[socket.socket] = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.05)
-        self.address = self._listener.getsockname()
+        self.address: Tuple[str, int] = self._listener.getsockname()
         self._cond = threading.Condition()
-        self._waiting = []          # accepted connections of callers still held
-        self._who = []
+        self._waiting: List[socket.socket] = []  # accepted connections of callers still held
+        self._who: List[str] = []
         self._opened = False
         self._closed = False
         self._thread = threading.Thread(target=self._accept, name="pylm-test-gate",
                                         daemon=True)
         self._thread.start()
 
-    def __getstate__(self):
+    def __getstate__(self) -> Dict[str, Any]:
         return {"address": self.address}
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: Dict[str, Any]) -> None:
         self.address = state["address"]
         self._listener = None
 
     # -- the code under test --------------------------------------------------
-    def wait(self, timeout=GATE_TIMEOUT, who=""):
+    def wait(self, timeout: float = GATE_TIMEOUT, who: str = "") -> bool:
         """Arrive at the gate (as `who`, a line of text the test sees) and
         block until it opens: True, or False when it did not open within
         `timeout` seconds or the test's gate is gone (closed, or its
@@ -412,7 +425,8 @@ class Gate:
             return False
 
     # -- the test -------------------------------------------------------------
-    def _accept(self):
+    def _accept(self) -> None:
+        assert self._listener is not None   # in the test's process
         while not self._closed:
             try:
                 conn, _ = self._listener.accept()
@@ -430,7 +444,7 @@ class Gate:
                 self._cond.notify_all()
 
     @staticmethod
-    def _read_who(conn):
+    def _read_who(conn: socket.socket) -> str:
         """The line a caller sends when it arrives."""
         conn.settimeout(STOP_TIMEOUT)
         data = b""
@@ -445,7 +459,7 @@ class Gate:
         return data.rstrip(b"\n").decode(errors="replace")
 
     @staticmethod
-    def _release(conn):
+    def _release(conn: socket.socket) -> None:
         try:
             conn.sendall(b"o")
         except OSError:
@@ -453,25 +467,25 @@ class Gate:
         conn.close()
 
     @property
-    def arrived(self):
+    def arrived(self) -> int:
         """How many calls arrived at the gate so far (held or passed)."""
         with self._cond:
             return len(self._who)
 
     @property
-    def who(self):
+    def who(self) -> List[str]:
         """The `who` of each call that arrived, in order of arrival."""
         with self._cond:
             return list(self._who)
 
-    def wait_arrived(self, n, timeout=20.0):
+    def wait_arrived(self, n: int, timeout: float = 20.0) -> None:
         """Block until `n` calls arrived; AssertionError after `timeout` s."""
         with self._cond:
             if not self._cond.wait_for(lambda: len(self._who) >= n, timeout):
                 raise AssertionError("%d call(s) at the gate within %s s, not %d"
                                      % (len(self._who), timeout, n))
 
-    def open(self):
+    def open(self) -> None:
         """Let every held call pass, and every later one straight through."""
         with self._cond:
             self._opened = True
@@ -479,15 +493,16 @@ class Gate:
         for conn in waiting:
             self._release(conn)
 
-    def close(self):
+    def close(self) -> None:
         """Open the gate, stop accepting and release the socket."""
         self.open()
         self._closed = True
         self._thread.join(STOP_TIMEOUT)
+        assert self._listener is not None   # made and closed in the test's process
         self._listener.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Gate:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()

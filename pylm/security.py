@@ -25,11 +25,14 @@ What is here, each written once:
   (``stats['refused']``) and logged at a limited rate.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import threading
 import time
 import uuid
+from typing import TYPE_CHECKING, Callable, Dict, FrozenSet, List, Optional, Set, Tuple, Union
 
 import zmq
 import zmq.auth
@@ -37,9 +40,18 @@ from zmq.utils.monitor import recv_monitor_message
 
 from pylm._context import context
 
+if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
+
+    #: ZeroMQ sockets as pyzmq makes them (annotations only).
+    Socket = zmq.Socket[bytes]
+
 __all__ = ["generate_keys", "Security", "AuthorizedKeys", "AnyKey", "Refusals",
            "ENV_SECRET_KEY", "ENV_SERVER_KEY", "ENV_AUTHORIZED_KEYS"]
 
+#: A key file or directory as the keywords take it: a path (str or
+#: os.PathLike); None falls back to the environment variable.
+KeyPath = Optional[Union[str, "os.PathLike[str]"]]
 #: Environment variables that stand in for the keywords (an explicit
 #: keyword wins), as ipyparallel's ``IPP_CURVE_*``.
 ENV_SECRET_KEY = "PYLM_SECRET_KEY"
@@ -60,7 +72,7 @@ REFUSAL_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAI
                   | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
 
-def generate_keys(directory, name):
+def generate_keys(directory: Union[str, os.PathLike[str]], name: str) -> Tuple[str, str]:
     """Write a new key pair, ``name.key`` (public) and ``name.key_secret``
     (secret, readable by its owner only) in `directory` (made if missing).
 
@@ -84,7 +96,7 @@ def generate_keys(directory, name):
 
 # -- settings -----------------------------------------------------------------
 
-def _setting(value, variable):
+def _setting(value: KeyPath, variable: str) -> Optional[str]:
     """The keyword's value, else the environment variable's (None when
     neither is set or the variable is empty)."""
     if value is None:
@@ -92,7 +104,7 @@ def _setting(value, variable):
     return None if value is None else os.fspath(value)
 
 
-def _load(path, what, need_secret=False):
+def _load(path: str, what: str, need_secret: bool = False) -> Tuple[bytes, Optional[bytes]]:
     """``(public, secret)`` from the certificate at `path`; errors name the
     file and the keyword it came from."""
     if not os.path.isfile(path):
@@ -121,8 +133,9 @@ class Security:
     :ivar domain: the ZAP domain of this server's sockets, unique to it
     """
 
-    def __init__(self, public=None, secret=None, server_key=None, authorized_keys=None,
-                 serving=False):
+    def __init__(self, public: Optional[bytes] = None, secret: Optional[bytes] = None,
+                 server_key: Optional[bytes] = None, authorized_keys: Optional[str] = None,
+                 serving: bool = False) -> None:
         self.public = public
         self.secret = secret
         self.server_key = server_key
@@ -131,7 +144,8 @@ class Security:
         self.domain = "pylm-%s" % uuid.uuid4().hex
 
     @classmethod
-    def for_server(cls, secret_key=None, server_key=None, authorized_keys=None):
+    def for_server(cls, secret_key: KeyPath = None, server_key: KeyPath = None,
+                   authorized_keys: KeyPath = None) -> Security:
         """Settings of a server: it serves CURVE with `secret_key`, accepts
         the keys in `authorized_keys`, and connects (a Pipeline's, Sink's
         or Hub's subscription, a part's connection) to a server whose
@@ -154,7 +168,7 @@ class Security:
         return cls(public, secret, server, authorized_keys, serving=secret_key is not None)
 
     @classmethod
-    def for_client(cls, secret_key=None, server_key=None):
+    def for_client(cls, secret_key: KeyPath = None, server_key: KeyPath = None) -> Security:
         """Settings of a client or worker: it connects to the server whose
         public key is `server_key`, as `secret_key` (without it: a key pair
         made now, for servers that accept any key)."""
@@ -173,25 +187,29 @@ class Security:
         return cls(public, secret, server)
 
     @property
-    def enabled(self):
+    def enabled(self) -> bool:
         return self.serving or self.server_key is not None
 
-    def serve(self, sock):
+    def serve(self, sock: Socket) -> None:
         """Make `sock` (not yet bound) a CURVE server in this server's ZAP
         domain."""
+        assert self.public is not None and self.secret is not None, "not a CURVE server"
         sock.setsockopt(zmq.CURVE_SERVER, 1)
         sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
         sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
         sock.setsockopt_string(zmq.ZAP_DOMAIN, self.domain)
 
-    def connect(self, sock):
+    def connect(self, sock: Socket) -> None:
         """Make `sock` (not yet connected) a CURVE client of the server
         whose public key is `server_key`."""
+        assert self.server_key is not None and self.public is not None \
+            and self.secret is not None, "no server key to connect with"
         sock.setsockopt(zmq.CURVE_SERVERKEY, self.server_key)
         sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
         sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
 
-    def provider(self, on_refused=None):
+    def provider(self, on_refused: Optional[Callable[[str], None]] = None
+                 ) -> Union[AnyKey, AuthorizedKeys]:
         """The ZAP credentials provider of this server's domain;
         `on_refused(text)` hears who was refused (key and address)."""
         if self.authorized_keys is None:
@@ -199,7 +217,7 @@ class Security:
         return AuthorizedKeys(self.authorized_keys, on_refused=on_refused)
 
 
-def is_inproc(address):
+def is_inproc(address: str) -> bool:
     return address.startswith("inproc://")
 
 
@@ -210,7 +228,7 @@ class AnyKey:
     the process's ZAP handler about every CURVE handshake, and every key
     is accepted (encryption only)."""
 
-    def callback(self, domain, key):
+    def callback(self, domain: str, key: bytes) -> bool:
         return True
 
 
@@ -224,16 +242,18 @@ class AuthorizedKeys:
     or unreadable directory accepts nobody.
     """
 
-    def __init__(self, directory, logger=None, on_refused=None):
+    def __init__(self, directory: str, logger: Optional[logging.Logger] = None,
+                 on_refused: Optional[Callable[[str], None]] = None) -> None:
         self.directory = directory
         self.logger = logger or logging.getLogger("pylm.security")
         self.on_refused = on_refused
-        self._keys = frozenset()
-        self._mtime = None
+        self._keys: FrozenSet[bytes] = frozenset()
+        self._mtime: Optional[int] = None
         self._read_at = -RELOAD_INTERVAL
         self._reload()
 
-    def _reload(self):
+    def _reload(self) -> None:
+        mtime: Optional[int]
         try:
             mtime = os.stat(self.directory).st_mtime_ns
             keys = frozenset(zmq.auth.load_certificates(self.directory))
@@ -243,7 +263,8 @@ class AuthorizedKeys:
             mtime, keys = None, frozenset()
         self._keys, self._mtime, self._read_at = keys, mtime, time.monotonic()
 
-    def _fresh(self):
+    def _fresh(self) -> FrozenSet[bytes]:
+        mtime: Optional[int]
         try:
             mtime = os.stat(self.directory).st_mtime_ns
         except OSError:
@@ -252,7 +273,7 @@ class AuthorizedKeys:
             self._reload()
         return self._keys
 
-    def callback(self, domain, key):
+    def callback(self, domain: str, key: bytes) -> bool:
         if key in self._fresh():
             return True
         if self.on_refused is not None:
@@ -265,14 +286,14 @@ class _Zap:
     """The process's one ThreadAuthenticator, started by the first CURVE
     server and stopped (its thread joined) when the last one stops."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._auth = None
-        self._domains = set()
+        self._auth: Optional[ThreadAuthenticator] = None
+        self._domains: Set[str] = set()
         #: address of the peer the authenticator thread is checking
-        self.peer = None
+        self.peer: Optional[str] = None
 
-    def acquire(self, domain, provider):
+    def acquire(self, domain: str, provider: Union[AnyKey, AuthorizedKeys]) -> None:
         with self._lock:
             if self._auth is None:
                 auth = self._authenticator()
@@ -281,7 +302,7 @@ class _Zap:
             self._auth.configure_curve_callback(domain, provider)
             self._domains.add(domain)
 
-    def _authenticator(self):
+    def _authenticator(self) -> ThreadAuthenticator:
         # imported here: it imports asyncio, which plain servers never need
         from zmq.auth.thread import ThreadAuthenticator
 
@@ -291,24 +312,26 @@ class _Zap:
             """Records the address of the peer being checked (frame 4 of a
             ZAP request) for the providers' refusal notes."""
 
-            async def handle_zap_message(self, msg):
+            async def handle_zap_message(self, msg: List[bytes]) -> None:
                 zap.peer = msg[3].decode("utf-8", "replace") if len(msg) > 3 else None
                 await super().handle_zap_message(msg)
 
         return Authenticator(context(), log=logging.getLogger("pylm.security.zap"))
 
-    def release(self, domain):
+    def release(self, domain: str) -> None:
         with self._lock:
             if domain not in self._domains:
                 return
             self._domains.discard(domain)
-            self._auth.credentials_providers.pop(domain, None)
+            auth = self._auth
+            assert auth is not None     # a domain is held only while it runs
+            auth.credentials_providers.pop(domain, None)
             if not self._domains:
-                auth, self._auth = self._auth, None
+                self._auth = None
                 auth.stop()
 
     @property
-    def running(self):
+    def running(self) -> bool:
         with self._lock:
             return self._auth is not None and self._auth.is_alive()
 
@@ -318,14 +341,14 @@ zap_acquire = _zap.acquire
 zap_release = _zap.release
 
 
-def zap_running():
+def zap_running() -> bool:
     """True while the process's authenticator thread runs (for tests)."""
     return _zap.running
 
 
 # -- refused handshakes ------------------------------------------------------
 
-_REASONS = {
+_REASONS: Dict[int, str] = {
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake failed",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol error (a plain peer, a wrong server "
                                          "key or garbage)",
@@ -338,20 +361,20 @@ class Refusals:
     ``stats['refused']``) and a WARNING at most every
     REFUSAL_LOG_INTERVAL seconds saying how many since the last one."""
 
-    def __init__(self, logger):
+    def __init__(self, logger: logging.Logger) -> None:
         self.logger = logger
         self.count = 0
         self._pending = 0
-        self._last = None
-        self._logged_at = None
-        self._who = None
+        self._last: Tuple[str, str] = ("", "")
+        self._logged_at: Optional[float] = None
+        self._who: Optional[str] = None
 
-    def note(self, who):
+    def note(self, who: str) -> None:
         """Who the ZAP provider just refused (its key and address), told
         in the next report (called from the authenticator's thread)."""
         self._who = who
 
-    def refused(self, event, endpoint, now):
+    def refused(self, event: int, endpoint: Union[bytes, str], now: float) -> None:
         self.count += 1
         self._pending += 1
         reason = _REASONS.get(event, "handshake failed")
@@ -362,20 +385,21 @@ class Refusals:
         if self._logged_at is None or now - self._logged_at >= REFUSAL_LOG_INTERVAL:
             self.flush(now)
 
-    def flush(self, now):
+    def flush(self, now: float) -> None:
         if self._pending:
             self.logger.warning("refused %d handshake(s) since the last report (last: %s, on %s)",
                                 self._pending, *self._last)
             self._pending = 0
             self._logged_at = now
 
-    def due(self, now):
+    def due(self, now: float) -> Optional[float]:
         """Seconds until pending refusals may be logged (None: nothing pending)."""
         if not self._pending:
             return None
+        assert self._logged_at is not None    # the first refusal is logged at once
         return max(0.0, self._logged_at + REFUSAL_LOG_INTERVAL - now)
 
-    def watch(self, monitors, added, control):
+    def watch(self, monitors: List[Socket], added: Socket, control: Socket) -> None:
         """Read the monitor sockets (list `monitors`; `added`, a PULL, is
         readable when one was appended) until `control` is readable."""
         poller = zmq.Poller()
@@ -406,7 +430,7 @@ class Refusals:
         finally:
             self.flush(time.monotonic())
 
-    def _drain(self, mon, now):
+    def _drain(self, mon: Socket, now: float) -> None:
         while True:
             try:
                 event = recv_monitor_message(mon, zmq.DONTWAIT)

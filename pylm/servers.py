@@ -9,10 +9,14 @@ and Hub (routed intake -> pool -> publisher, pylm 0.14's inbound, outbound
 and reroute).  The low-level API (pylm.parts) runs on the same Router.
 """
 
+from __future__ import annotations
+
 import logging
 import sys
 import time
 import uuid
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence,
+                    Tuple, Union)
 from urllib.parse import urlsplit
 
 import zmq
@@ -26,7 +30,13 @@ from pylm._runtime import Runtime, StopHandle
 from pylm._stats import server_stats, stats_reply
 from pylm._stream import DefaultStream
 from pylm.persistence.kv import DictDB
-from pylm.security import Refusals, Security
+from pylm.security import KeyPath, Refusals, Security
+
+if TYPE_CHECKING:
+    from pylm._cache import Store
+    from pylm._metrics import MetricsServer
+    from pylm.security import Socket
+    from pylm_core import PalmMessage
 
 __all__ = ["Server", "Pipeline", "Sink", "Master", "Hub", "Worker", "MuxWorker"]
 
@@ -37,7 +47,7 @@ __all__ = ["Server", "Pipeline", "Sink", "Master", "Hub", "Worker", "MuxWorker"]
 MAX_MESSAGE_SIZE = _core.MAX_MESSAGE_SIZE_
 
 
-def _logger(kind, name, level=None):
+def _logger(kind: str, name: str, level: Union[int, str, None] = None) -> logging.Logger:
     """The logger ``pylm.<kind>.<name>``.  Its level is set only when the
     caller gave one: by default the application's logging configuration
     decides (a library configures no logging of its own)."""
@@ -47,7 +57,7 @@ def _logger(kind, name, level=None):
     return logger
 
 
-def _array_parts(array):
+def _array_parts(array: Any) -> Any:
     """A numpy array a method returned, as the header and data of
     pylm.arrays.dumps (the core sends them without joining them).  The
     core calls this only for an array, so numpy is imported only by a
@@ -90,60 +100,64 @@ class _Served(DefaultStream):
     ``self.refused``).
     """
 
-    def __init__(self, name, db_address, log_level, cache=None, *, send_tracebacks=True,
-                 cache_max_entries=CACHE_MAX_ENTRIES, cache_max_bytes=CACHE_MAX_BYTES,
-                 secret_key=None, server_key=None, authorized_keys=None, security=None,
-                 metrics_port=None):
+    def __init__(self, name: str, db_address: str, log_level: Union[int, str, None],
+                 cache: Optional[Store] = None, *, send_tracebacks: bool = True,
+                 cache_max_entries: int = CACHE_MAX_ENTRIES,
+                 cache_max_bytes: int = CACHE_MAX_BYTES, secret_key: KeyPath = None,
+                 server_key: KeyPath = None, authorized_keys: KeyPath = None,
+                 security: Optional[Security] = None,
+                 metrics_port: Union[int, str, None] = None) -> None:
         self.name = name
         self.db_address = db_address
-        self.cache = DictDB() if cache is None else cache
+        self.cache: Store = DictDB() if cache is None else cache
         self.logger = _logger(type(self).__name__, name, log_level)
         self._stopper = StopHandle()
         if security is None:
             security = Security.for_server(secret_key, server_key, authorized_keys)
         self._security = security
         self._refusals = Refusals(self.logger)
-        self.stats = {}
+        self.stats: Dict[str, Any] = {}
         self.send_tracebacks = send_tracebacks
         self.cache_max_entries = cache_max_entries
         self.cache_max_bytes = cache_max_bytes
-        self._cache_handler = None
+        self._cache_handler: Optional[CacheHandler] = None
         # the core Router while start() serves (read by live_stats), and
         # what it knew when it stopped
-        self._runner = None
-        self._details = {}
-        self._started = self._stopped = None
-        self._metrics = None
+        self._runner: Optional[_core.Router] = None
+        self._details: Dict[str, Any] = {}
+        self._started: Optional[float] = None
+        self._stopped: Optional[float] = None
+        self._metrics: Optional[MetricsServer] = None
         if metrics_port is not None:
             from pylm._metrics import MetricsServer   # the optional extra, only when asked
             self._metrics = MetricsServer(self, metrics_port)
 
     @property
-    def refused(self):
+    def refused(self) -> int:
         """Handshakes refused so far (a plain peer at a CURVE socket, a
         wrong server key, a key not authorized), across starts."""
         return self._refusals.count
 
-    def _runtime(self):
+    def _runtime(self) -> Runtime:
         """The Runtime of one start(), with this server's security."""
         return Runtime(self._stopper, self.logger, self._security, self._refusals)
 
-    def echo(self, payload):
+    def echo(self, payload: Any) -> Any:
         """Return the payload unchanged."""
         return payload
 
-    def stop(self):
+    def stop(self) -> None:
         """Make start() return: stop taking messages, close sockets.  Safe
         from any thread and from signal handlers."""
         self._stopper.stop()
 
-    def _config(self):
+    def _config(self) -> Dict[str, Any]:
         # max_message_size: our clients and workers keep their batch frames
         # under half of it (the limit of the sockets this server binds)
         return {"name": self.name, CONFIG_PROTOCOL_KEY: PROTOCOL,
                 "max_message_size": str(MAX_MESSAGE_SIZE)}
 
-    def _serve_cache(self, rt, limit):
+    def _serve_cache(self, rt: Runtime, limit: int) -> None:
         """Preset the config keys and run the cache service at db_address
         in a thread.  An address already served by another server of the
         same process is left to it.  Remote requests may not set or delete
@@ -163,27 +177,30 @@ class _Served(DefaultStream):
         rt.thread(serve_cache, "%s-cache" % self.name, rep, rt.control(), self._cache_handler,
                   limit)
 
-    def live_stats(self):
+    def live_stats(self) -> Dict[str, Any]:
         """The server's statistics now (pylm/_stats.py lists the fields),
         while it serves and after; safe from any thread.  ``Client.stats()``
         fetches them over the cache link."""
-        runner = self._runner
-        if runner is not None:
+        # read once: start() and its end may run meanwhile in another thread
+        runner, started, stopped = self._runner, self._started, self._stopped
+        if runner is not None and started is not None:
             stats = server_stats(self, runner.counters(), runner.details(),
-                                 time.monotonic() - self._started)
+                                 time.monotonic() - started)
         else:
-            uptime = self._stopped - self._started if self._started is not None else None
+            # not started, stopped, or just starting (started set, not yet stopped)
+            uptime = stopped - started if started is not None and stopped is not None else None
             stats = server_stats(self, self.stats, self._details, uptime)
         stats["refused"] = self.refused
         if self._cache_handler is not None:
             stats["cache_refused"] = self._cache_handler.refused
         return stats
 
-    def _stats_reply(self):
+    def _stats_reply(self) -> bytes:
         return stats_reply(self.live_stats())
 
-    def _executor(self, rt, inbound, out, out_kind, *, name, mux=False, limit=sys.maxsize,
-                  **kwargs):
+    def _executor(self, rt: Runtime, inbound: Sequence[Tuple[Socket, int]], out: Socket,
+                  out_kind: int, *, name: Optional[str], mux: bool = False,
+                  limit: int = sys.maxsize, **kwargs: int) -> _core.Router:
         """A Router serving one Executor part."""
         stream_hook = None
         if overrides(self, "handle_stream", _Served):
@@ -197,7 +214,7 @@ class _Served(DefaultStream):
             mux=mux, limit=min(limit, 2**62), **kwargs))
         return runner
 
-    def _run(self, rt, runner, drain_ms=0):
+    def _run(self, rt: Runtime, runner: _core.Router, drain_ms: int = 0) -> None:
         """Run a core Router until stopped, keeping the counters of its
         parts in self.stats."""
         self._started = time.monotonic()
@@ -228,21 +245,22 @@ class Server(_Served):
     :param options: keyword-only options of every server (see _Served)
     """
 
-    def __init__(self, name, db_address, pull_address, pub_address, pipelined=False,
-                 log_level=None, messages=sys.maxsize, **options):
+    def __init__(self, name: str, db_address: str, pull_address: str, pub_address: str,
+                 pipelined: bool = False, log_level: Union[int, str, None] = None,
+                 messages: int = sys.maxsize, **options: Any) -> None:
         super().__init__(name, db_address, log_level, **options)
         self.pull_address = pull_address
         self.pub_address = pub_address
         self.pipelined = pipelined
         self.messages = messages
 
-    def _config(self):
+    def _config(self) -> Dict[str, Any]:
         config = super()._config()
         config.update(pull_address=self.pull_address, pub_address=self.pub_address,
                       db_address=self.db_address)
         return config
 
-    def start(self, cache_messages=sys.maxsize):
+    def start(self, cache_messages: int = sys.maxsize) -> None:
         """Serve until `messages` calls were made or stop() is called."""
         with self._runtime() as rt:
             self._serve_cache(rt, cache_messages)
@@ -258,8 +276,10 @@ class Pipeline(_Served):
     (`to_client`) or to the next stage.  A method returning None sends
     nothing.  `options`: keyword-only options of every server (_Served)."""
 
-    def __init__(self, name, db_address, sub_address, pub_address, previous,
-                 to_client=True, log_level=None, messages=sys.maxsize, **options):
+    def __init__(self, name: str, db_address: str, sub_address: str,
+                 pub_address: str, previous: str, to_client: bool = True,
+                 log_level: Union[int, str, None] = None, messages: int = sys.maxsize,
+                 **options: Any) -> None:
         super().__init__(name, db_address, log_level, **options)
         self.sub_address = sub_address
         self.pub_address = pub_address
@@ -267,15 +287,15 @@ class Pipeline(_Served):
         self.pipelined = not to_client
         self.messages = messages
 
-    def _config(self):
+    def _config(self) -> Dict[str, Any]:
         config = super()._config()
         config.update(sub_address=self.sub_address, pub_address=self.pub_address)
         return config
 
-    def _subscriptions(self):
+    def _subscriptions(self) -> List[Tuple[str, str]]:
         return [(self.sub_address, self.previous)]
 
-    def start(self, cache_messages=sys.maxsize):
+    def start(self, cache_messages: int = sys.maxsize) -> None:
         """Serve until `messages` calls were made or stop() is called."""
         with self._runtime() as rt:
             self._serve_cache(rt, cache_messages)
@@ -292,27 +312,30 @@ class Sink(Pipeline):
     """A Pipeline over several upstreams: `sub_addresses` and `previous` are
     lists, zipped pairwise."""
 
-    def __init__(self, name, db_address, sub_addresses, pub_address, previous,
-                 to_client=True, log_level=None, messages=sys.maxsize, **options):
+    def __init__(self, name: str, db_address: str, sub_addresses: Sequence[str],
+                 pub_address: str, previous: Sequence[str], to_client: bool = True,
+                 log_level: Union[int, str, None] = None, messages: int = sys.maxsize,
+                 **options: Any) -> None:
         if isinstance(sub_addresses, str) or isinstance(previous, str):
             raise TypeError("Sink takes lists of sub_addresses and previous")
         if len(sub_addresses) != len(previous):
             raise ValueError("sub_addresses and previous must have the same length")
-        super().__init__(name, db_address, None, pub_address, None, to_client,
-                         log_level, messages, **options)
+        # no single subscription: Sink's are the lists below
+        super().__init__(name, db_address, None, pub_address, None,  # type: ignore[arg-type]
+                         to_client, log_level, messages, **options)
         self.sub_addresses = list(sub_addresses)
-        self.previous = list(previous)
+        self.previous = list(previous)  # type: ignore[assignment]
 
-    def _config(self):
+    def _config(self) -> Dict[str, Any]:
         config = super()._config()
         config.update(sub_address=" ".join(self.sub_addresses))
         return config
 
-    def _subscriptions(self):
+    def _subscriptions(self) -> List[Tuple[str, str]]:
         return list(zip(self.sub_addresses, self.previous))
 
 
-def _router_address(worker_push_address):
+def _router_address(worker_push_address: str) -> str:
     """Where a Master binds the ROUTER for our workers, beside the address
     pylm 0.14 workers use: tcp on an ephemeral port of the same host,
     ipc/inproc with a suffix."""
@@ -337,35 +360,37 @@ class Master(_Served):
     `options`: keyword-only options of every server (_Served).
     """
 
-    def __init__(self, name, pull_address, pub_address, worker_pull_address,
-                 worker_push_address, db_address, pipelined=False, cache=None,
-                 log_level=None, messages=sys.maxsize, *,
-                 worker_router_address=None, worker_timeout=3.0, **options):
+    def __init__(self, name: str, pull_address: str, pub_address: str,
+                 worker_pull_address: str, worker_push_address: str, db_address: str,
+                 pipelined: bool = False, cache: Optional[Store] = None,
+                 log_level: Union[int, str, None] = None, messages: int = sys.maxsize, *,
+                 worker_router_address: Optional[str] = None, worker_timeout: float = 3.0,
+                 **options: Any) -> None:
         super().__init__(name, db_address, log_level, cache, **options)
         self.pull_address = pull_address
         self.pub_address = pub_address
         self.worker_pull_address = worker_pull_address
         self.worker_push_address = worker_push_address
         self.worker_router_address = worker_router_address
-        self._router_bound = None
+        self._router_bound: Optional[str] = None
         self.worker_timeout = worker_timeout
         self.pipelined = pipelined
         self.messages = messages
 
-    def scatter(self, message):
+    def scatter(self, message: PalmMessage) -> Iterator[PalmMessage]:
         """Messages to send to workers for one inbound message."""
         yield message
 
-    def gather(self, message):
+    def gather(self, message: PalmMessage) -> Iterator[PalmMessage]:
         """Messages to publish for one worker result."""
         yield message
 
-    def change_payload(self, message, payload):
+    def change_payload(self, message: PalmMessage, payload: bytes) -> PalmMessage:
         """Set message.payload; returns the message."""
         message.payload = payload
         return message
 
-    def _config(self):
+    def _config(self) -> Dict[str, Any]:
         config = super()._config()
         config.update(pull_address=self.pull_address, pub_address=self.pub_address,
                       worker_pull_address=self.worker_pull_address,
@@ -374,10 +399,10 @@ class Master(_Served):
                       db_address=self.db_address)
         return config
 
-    def _inbound(self, rt):
+    def _inbound(self, rt: Runtime) -> Tuple[Socket, int]:
         return rt.socket(zmq.PULL, bind=self.pull_address, MAXMSGSIZE=MAX_MESSAGE_SIZE), _core.IN_PLAIN_
 
-    def start(self, cache_messages=sys.maxsize):
+    def start(self, cache_messages: int = sys.maxsize) -> None:
         """Broker until stop() is called."""
         with self._runtime() as rt:
             # SNDHWM explicit: the core's limit on batches in flight to one
@@ -414,21 +439,25 @@ class Hub(Master):
     """A Master whose inbound is a subscription to topic `previous` at
     `sub_address`."""
 
-    def __init__(self, name, sub_address, pub_address, worker_pull_address,
-                 worker_push_address, db_address, previous, pipelined=False,
-                 cache=None, log_level=None, messages=sys.maxsize, **kwargs):
-        super().__init__(name, None, pub_address, worker_pull_address, worker_push_address,
-                         db_address, pipelined, cache, log_level, messages, **kwargs)
+    def __init__(self, name: str, sub_address: str, pub_address: str,
+                 worker_pull_address: str, worker_push_address: str, db_address: str,
+                 previous: str, pipelined: bool = False, cache: Optional[Store] = None,
+                 log_level: Union[int, str, None] = None, messages: int = sys.maxsize,
+                 **kwargs: Any) -> None:
+        # no pull_address: a Hub's inbound is its subscription
+        super().__init__(name, None, pub_address,  # type: ignore[arg-type]
+                         worker_pull_address, worker_push_address, db_address, pipelined,
+                         cache, log_level, messages, **kwargs)
         self.sub_address = sub_address
         self.previous = previous
 
-    def _config(self):
+    def _config(self) -> Dict[str, Any]:
         config = super()._config()
         config.pop("pull_address", None)
         config.update(sub_address=self.sub_address)
         return config
 
-    def _inbound(self, rt):
+    def _inbound(self, rt: Runtime) -> Tuple[Socket, int]:
         sub = rt.socket(zmq.SUB, connect=self.sub_address, SUBSCRIBE=self.previous.encode())
         return sub, _core.IN_TOPIC_
 
@@ -458,9 +487,11 @@ class Worker(_Served):
 
     mux = False
 
-    def __init__(self, name="", db_address="", push_address=None, pull_address=None,
-                 log_level=None, messages=sys.maxsize, *, credit=1000, timeout=10.0,
-                 heartbeat=1.0, send_tracebacks=True, secret_key=None, server_key=None):
+    def __init__(self, name: str = "", db_address: str = "", push_address: Optional[str] = None,
+                 pull_address: Optional[str] = None, log_level: Union[int, str, None] = None,
+                 messages: int = sys.maxsize, *, credit: int = 1000, timeout: float = 10.0,
+                 heartbeat: float = 1.0, send_tracebacks: bool = True,
+                 secret_key: KeyPath = None, server_key: KeyPath = None) -> None:
         if not db_address:
             raise ValueError("Worker needs the db_address of its Master")
         super().__init__(name or str(uuid.uuid4()), db_address, log_level,
@@ -473,25 +504,25 @@ class Worker(_Served):
         self.timeout = timeout
         self.heartbeat = heartbeat
         self._cache_client = CacheClient(db_address, "worker", timeout, self._security)
-        self.router_address = None
+        self.router_address: Optional[str] = None
 
     # cache of the Master, pylm 0.14's Worker.set/get/delete
-    def set(self, value, key=None):
+    def set(self, value: bytes, key: Optional[str] = None) -> str:
         """Store value in the Master's cache; returns the key."""
         if not isinstance(value, bytes):
             raise TypeError("value must be bytes")
         return self._cache_client.request("set", value, key or "").decode()
 
-    def get(self, key):
+    def get(self, key: str) -> bytes:
         """The value under key in the Master's cache (b'' when absent)."""
         return self._cache_client.request("get", key.encode())
 
-    def delete(self, key):
+    def delete(self, key: str) -> str:
         """Remove key from the Master's cache."""
         return self._cache_client.request("delete", key.encode()).decode()
 
-    def _fetch_addresses(self):
-        def fetch(key):
+    def _fetch_addresses(self) -> None:
+        def fetch(key: str) -> str:
             return self._cache_client.request("get", key.encode()).decode()
 
         if self.push_address is None:
@@ -506,7 +537,7 @@ class Worker(_Served):
                 address = address.replace("0.0.0.0", host, 1)
             self.router_address = address
 
-    def start(self):
+    def start(self) -> None:
         """Serve the Master until `messages` calls were made or stop()."""
         self._fetch_addresses()
         with self._runtime() as rt:
@@ -534,7 +565,7 @@ class Worker(_Served):
                 self._cache_client.close()
 
 
-def _heartbeat(sock, control, interval):
+def _heartbeat(sock: Socket, control: Socket, interval: float) -> None:
     """Send [H] every `interval` seconds until control is readable: a
     worker's only heartbeats (the worker protocol: pylm_core/consts.pxi)."""
     while not control.poll(int(interval * 1000)):

@@ -2,11 +2,14 @@
 and the Client's set/get/delete over real ZeroMQ sockets."""
 
 import threading
+import time
 
 import pytest
 
+from pylm._cache import CacheClient
 from pylm._testing import running
 from pylm.persistence.kv import DictDB
+from pylm.security import generate_keys
 from pylm.servers import Master, Server
 
 TIMEOUT = 10
@@ -170,3 +173,27 @@ def test_dictdb_is_thread_safe():
         t.join(30)
     assert len(db) == 4 * 1000
     assert all("t%d-%d" % (t, i) in db for t in range(4) for i in range(1, 2000, 2))
+
+
+def test_a_refused_cache_request_times_out_every_time(tmp_path, addresses):
+    """A plain REQ against a CURVE server is refused at each handshake; the
+    send as well as the answer is bounded by `timeout` (a REQ without a
+    peer blocks in send), so every request raises TimeoutError in time and
+    the client stays usable."""
+    _, secret = generate_keys(str(tmp_path), "server")
+    db, pull, pub = addresses(3)
+    server = Server("s", db, pull, pub, secret_key=secret)
+    thread = threading.Thread(target=server.start, daemon=True)
+    thread.start()
+    cache = CacheClient(db, "s", timeout=0.2)
+    try:
+        for _ in range(20):
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                cache.request("get", b"name")
+            assert time.monotonic() - started < 0.2 + 5
+    finally:
+        cache.close()
+        server.stop()
+        thread.join(10)
+    assert not thread.is_alive()

@@ -2,6 +2,8 @@
 :class:`HttpConnection`, the outbound part to HTTP workers
 (``pylm.remote.server``)."""
 
+from __future__ import annotations
+
 import collections
 import functools
 import http.client
@@ -10,7 +12,8 @@ import queue
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Deque, List, Optional, Tuple, Type, Union
 from urllib.parse import urlsplit
 
 import zmq
@@ -19,7 +22,19 @@ from pylm.errors import DecodeError, PylmError
 from pylm.parts.core import (HTTP_TIMEOUT, MAX_MESSAGE_SIZE, BypassInbound, BypassOutbound,
                              Inbound, Outbound, PartFailed, _to_bytes,
                              error_reply)
+from pylm.parts.core import _OutboundExchange
 from pylm.parts.messages_pb2 import PalmMessage
+from pylm.security import KeyPath
+
+if TYPE_CHECKING:
+    import logging
+
+    from pylm._cache import Store
+    from pylm._runtime import Runtime
+    from pylm.security import Socket
+
+#: What a POST to an HTTP worker gave: status, reason, body.
+_Answer = Tuple[int, str, bytes]
 
 __all__ = ["RepConnection", "SubConnection", "PullConnection", "PushConnection",
            "PushBypassConnection", "PullBypassConnection", "HttpConnection", "HttpStatusError",
@@ -32,8 +47,10 @@ class RepConnection(Inbound):
     """Connects a REP socket to `listen_address`: each request is routed,
     and answered with ``reply_feedback()``."""
 
-    def __init__(self, name, listen_address, broker_address="inproc://broker", logger=None,
-                 cache=None, messages=sys.maxsize, **keys):
+    def __init__(self, name: Union[str, bytes], listen_address: str,
+                 broker_address: str = "inproc://broker", logger: Optional[logging.Logger] = None,
+                 cache: Optional[Store] = None, messages: int = sys.maxsize,
+                 **keys: Any) -> None:
         super().__init__(name, listen_address, zmq.REP, reply=True,
                          broker_address=broker_address, logger=logger, cache=cache,
                          messages=messages, **keys)
@@ -42,14 +59,16 @@ class RepConnection(Inbound):
 class SubConnection(Inbound):
     """Subscribes to topic `previous` of the PUB at `listen_address`."""
 
-    def __init__(self, name, listen_address, previous, broker_address="inproc://broker",
-                 logger=None, cache=None, messages=sys.maxsize, **keys):
+    def __init__(self, name: Union[str, bytes], listen_address: str, previous: str,
+                 broker_address: str = "inproc://broker", logger: Optional[logging.Logger] = None,
+                 cache: Optional[Store] = None, messages: int = sys.maxsize,
+                 **keys: Any) -> None:
         super().__init__(name, listen_address, zmq.SUB, reply=False,
                          broker_address=broker_address, logger=logger, cache=cache,
                          messages=messages, **keys)
         self.previous = previous
 
-    def _make_socket(self, rt):
+    def _make_socket(self, rt: Runtime) -> Socket:
         return rt.socket(zmq.SUB, connect=self.listen_address, security=self._security,
                          MAXMSGSIZE=MAX_MESSAGE_SIZE, SUBSCRIBE=self.previous.encode())
 
@@ -57,8 +76,10 @@ class SubConnection(Inbound):
 class PullConnection(Inbound):
     """Connects a PULL socket to `listen_address`."""
 
-    def __init__(self, name, listen_address, broker_address="inproc://broker", logger=None,
-                 cache=None, messages=sys.maxsize, **keys):
+    def __init__(self, name: Union[str, bytes], listen_address: str,
+                 broker_address: str = "inproc://broker", logger: Optional[logging.Logger] = None,
+                 cache: Optional[Store] = None, messages: int = sys.maxsize,
+                 **keys: Any) -> None:
         super().__init__(name, listen_address, zmq.PULL, reply=False,
                          broker_address=broker_address, logger=logger, cache=cache,
                          messages=messages, **keys)
@@ -67,8 +88,10 @@ class PullConnection(Inbound):
 class PushConnection(Outbound):
     """Connects a PUSH socket to `listen_address`."""
 
-    def __init__(self, name, listen_address, broker_address="inproc://broker", logger=None,
-                 cache=None, messages=sys.maxsize, **keys):
+    def __init__(self, name: Union[str, bytes], listen_address: str,
+                 broker_address: str = "inproc://broker", logger: Optional[logging.Logger] = None,
+                 cache: Optional[Store] = None, messages: int = sys.maxsize,
+                 **keys: Any) -> None:
         super().__init__(name, listen_address, zmq.PUSH, reply=False,
                          broker_address=broker_address, logger=logger, cache=cache,
                          messages=messages, **keys)
@@ -78,8 +101,9 @@ class PushBypassConnection(BypassOutbound):
     """A PUSH connected to `listen_address` that user code sends on
     (``send()``), beside the Router: logs, metrics."""
 
-    def __init__(self, name, listen_address, logger=None, messages=sys.maxsize, cache=None,
-                 **keys):
+    def __init__(self, name: Union[str, bytes], listen_address: str,
+                 logger: Optional[logging.Logger] = None, messages: int = sys.maxsize,
+                 cache: Optional[Store] = None, **keys: KeyPath) -> None:
         super().__init__(name, listen_address, zmq.PUSH, reply=False, bind=False,
                          logger=logger, cache=cache, messages=messages, **keys)
 
@@ -88,13 +112,14 @@ class PullBypassConnection(BypassInbound):
     """A PULL connected to `listen_address`, read beside the Router: each
     message goes to ``recv()`` (which drops it unless overridden)."""
 
-    def __init__(self, name, listen_address, logger=None, messages=sys.maxsize, cache=None,
-                 **keys):
+    def __init__(self, name: Union[str, bytes], listen_address: str,
+                 logger: Optional[logging.Logger] = None, messages: int = sys.maxsize,
+                 cache: Optional[Store] = None, **keys: KeyPath) -> None:
         super().__init__(name, listen_address, zmq.PULL, reply=False, bind=False,
                          logger=logger, cache=cache, messages=messages, **keys)
 
 
-def _drain_fd(fd):
+def _drain_fd(fd: int) -> None:
     """Empty a non-blocking wake-up pipe."""
     try:
         while os.read(fd, 4096):
@@ -128,10 +153,12 @@ class HttpConnection(Outbound):
     connection is dropped).
     """
 
-    def __init__(self, name, listen_address, reply=True, broker_address="inproc://broker",
-                 logger=None, cache=None, max_workers=4, messages=sys.maxsize, *,
-                 timeout=HTTP_TIMEOUT, max_response_bytes=MAX_MESSAGE_SIZE):
-        super().__init__(name, listen_address, None, reply=reply,
+    def __init__(self, name: Union[str, bytes], listen_address: str, reply: bool = True,
+                 broker_address: str = "inproc://broker", logger: Optional[logging.Logger] = None,
+                 cache: Optional[Store] = None, max_workers: int = 4,
+                 messages: int = sys.maxsize, *, timeout: float = HTTP_TIMEOUT,
+                 max_response_bytes: int = MAX_MESSAGE_SIZE) -> None:
+        super().__init__(name, listen_address, None, reply=reply,  # type: ignore[arg-type]
                          broker_address=broker_address, logger=logger, cache=cache,
                          messages=messages)
         url = urlsplit(listen_address)
@@ -141,37 +168,40 @@ class HttpConnection(Outbound):
         self.max_workers = max_workers
         self.timeout = timeout
         self.max_response_bytes = max_response_bytes
-        self._connection_class = (http.client.HTTPSConnection if url.scheme == "https"
+        self._connection_class: Type[http.client.HTTPConnection] = (
+            http.client.HTTPSConnection if url.scheme == "https"
                                   else http.client.HTTPConnection)
         self._host, self._port = url.hostname, url.port
         self._path = (url.path or "/") + ("?" + url.query if url.query else "")
-        self._executor = None
-        self._connections = queue.LifoQueue()
+        self._executor: Optional[ThreadPoolExecutor] = None
+        self._connections: queue.LifoQueue[http.client.HTTPConnection] = queue.LifoQueue()
         self._lock = threading.Lock()
-        self._results = collections.deque()
-        self._wake = None
+        self._results: Deque[Tuple[_OutboundExchange, bytes, Future[_Answer]]] = \
+            collections.deque()
+        self._wake: Optional[Tuple[int, int]] = None
         self._closed = True
         self._inflight = 0
 
     # lifecycle -----------------------------------------------------------------------
-    def _open(self, rt, runner):
+    def _open(self, rt: Runtime, runner: Any) -> None:
         super()._open(rt, runner)       # no socket: listen_to stays None
         self._inflight = 0
         self._results.clear()
-        self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        wake = self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=self.max_workers,
                                             thread_name_prefix="pylm-http-%s" % self._label)
-        runner._watch(self._wake[0], self._on_wake, zmq.POLLIN)
+        runner._watch(wake[0], self._on_wake, zmq.POLLIN)
 
-    def _make_socket(self, rt):
+    def _make_socket(self, rt: Runtime) -> None:  # type: ignore[override]
         return None
 
-    def _close(self):
+    def _close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            assert self._wake is not None and self._executor is not None   # opened
             for fd in self._wake:
                 os.close(fd)
             self._wake = None
@@ -179,21 +209,21 @@ class HttpConnection(Outbound):
         self._executor = None
         self._close_connections()
 
-    def _close_connections(self):
+    def _close_connections(self) -> None:
         while True:
             try:
                 self._connections.get_nowait().close()
             except queue.Empty:
                 return
 
-    def _idle(self):
+    def _idle(self) -> bool:
         return self._inflight == 0 and not self._results
 
-    def _backlog_size(self):
+    def _backlog_size(self) -> int:
         return self._inflight
 
     # routing -------------------------------------------------------------------------
-    def _submit(self, data, done):
+    def _submit(self, data: Any, done: Optional[Tuple[Any, ...]]) -> None:
         exchange = self._take(data, done)
         if exchange is None:
             return
@@ -206,36 +236,40 @@ class HttpConnection(Outbound):
             self._finish(exchange, self._reply_feedback())
             return
         exchange.remaining = len(bodies)
+        assert self._executor is not None       # the Router gives only to an open part
         for body in bodies:
             self._inflight += 1
             future = self._executor.submit(self._post, body)
             future.add_done_callback(functools.partial(self._completed, exchange, body))
         self._check_backlog()
 
-    def _reply_feedback(self):
+    def _reply_feedback(self) -> Optional[bytes]:
         try:
             return _to_bytes(self._call_hook("reply_feedback", self.reply_feedback))
         except PartFailed:
             return None
 
-    def _completed(self, exchange, body, future):
+    def _completed(self, exchange: _OutboundExchange, body: bytes,
+                   future: Future[_Answer]) -> None:
         # in a pool thread: hand the result to the loop and wake it
         with self._lock:
             if self._closed:
                 return
             self._results.append((exchange, body, future))
+            assert self._wake is not None           # not closed
             try:
                 os.write(self._wake[1], b"x")
             except BlockingIOError:
                 pass        # the loop has a wake-up pending already
 
-    def _on_wake(self, events):
+    def _on_wake(self, events: int) -> None:
+        assert self._wake is not None               # polled only while open
         _drain_fd(self._wake[0])
         results = self._results
         while results:
             exchange, body, future = results.popleft()
             self._inflight -= 1
-            feedback = self._feedback_of(body, future)
+            feedback: Any = self._feedback_of(body, future)
             if self.reply:
                 try:
                     feedback = self._call_hook("_translate_to_broker",
@@ -248,7 +282,7 @@ class HttpConnection(Outbound):
                 self._finish(exchange, self._reply_feedback())
         self._check_backlog()
 
-    def _feedback_of(self, body, future):
+    def _feedback_of(self, body: bytes, future: Future[_Answer]) -> bytes:
         """The envelope (bytes) a request brought back, or the request's
         envelope with the error that stopped it."""
         try:
@@ -268,7 +302,7 @@ class HttpConnection(Outbound):
         return error_reply(_parse(body), error)
 
     # in the pool's threads -----------------------------------------------------------
-    def _post(self, body):
+    def _post(self, body: bytes) -> _Answer:
         """POST body; ``(status, reason, data)``.  A kept-alive connection
         the server closed meanwhile is retried once on a new one."""
         for attempt in (0, 1):
@@ -304,7 +338,7 @@ class HttpConnection(Outbound):
             return response.status, response.reason, data
         raise AssertionError("unreachable")
 
-    def _read_body(self, response):
+    def _read_body(self, response: http.client.HTTPResponse) -> bytes:
         """The body of `response`: HttpResponseTooLarge past
         `max_response_bytes` (announced, or read so far), TimeoutError when
         it takes longer than `timeout` s in all.  Read with one system call
@@ -315,7 +349,8 @@ class HttpConnection(Outbound):
             raise HttpResponseTooLarge("the answer from %s has %d bytes; at most %d are read"
                                        % (self.url, response.length, limit))
         deadline = time.monotonic() + self.timeout
-        chunks, size = [], 0
+        chunks: List[bytes] = []
+        size = 0
         while True:
             chunk = response.read1(min(_READ_CHUNK, limit + 1 - size))
             if not chunk:
@@ -335,7 +370,7 @@ class HttpConnection(Outbound):
         return data
 
 
-def _parse(data):
+def _parse(data: bytes) -> Optional[PalmMessage]:
     try:
         return PalmMessage.FromString(data)
     except (DecodeError, TypeError):

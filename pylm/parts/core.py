@@ -45,11 +45,15 @@ by a thread of their own, but their messages never go through the Router.
 ``zmq_context`` is the pyzmq Context of the library, made on first use.
 """
 
+from __future__ import annotations
+
 import collections
 import logging
 import sys
 import threading
 import uuid
+from typing import (TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional,
+                    Tuple, Union)
 
 import zmq
 
@@ -60,7 +64,11 @@ from pylm._dispatch import DropLog, error_text
 from pylm._runtime import Runtime, StopHandle
 from pylm.errors import DecodeError, PylmError
 from pylm.parts.messages_pb2 import PalmMessage
-from pylm.security import Refusals, Security, is_inproc, zap_acquire, zap_release
+from pylm.security import KeyPath, Refusals, Security, is_inproc, zap_acquire, zap_release
+
+if TYPE_CHECKING:
+    from pylm._cache import Store
+    from pylm.security import Socket
 
 __all__ = ["Router", "Inbound", "Outbound", "BypassInbound", "BypassOutbound",
            "zmq_context", "ACK"]
@@ -82,7 +90,7 @@ BACKLOG_LIMIT = 10_000
 _END = object()         # a scatter generator is exhausted
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     # PEP 562: the Context is made when user code first asks for it, not at
     # import (pylm 0.14 made one at import).
     if name == "zmq_context":
@@ -90,28 +98,29 @@ def __getattr__(name):
     raise AttributeError("module %r has no attribute %r" % (__name__, name))
 
 
-def __dir__():
+def __dir__() -> List[str]:
     return sorted(list(globals()) + ["zmq_context"])
 
 
-def _to_bytes(obj):
+def _to_bytes(obj: Any) -> Optional[bytes]:
     """What a hook returned, as the bytes to send: an envelope is
     serialized, bytes-like objects pass, None means nothing."""
     if obj is None or type(obj) is bytes:
         return obj
     if isinstance(obj, (bytearray, memoryview)):
         return bytes(obj)
-    return obj.SerializeToString()
+    serialized: bytes = obj.SerializeToString()
+    return serialized
 
 
-def _to_message(data):
+def _to_message(data: Any) -> Any:
     """An envelope from what a hook returned: envelopes pass, bytes are parsed."""
     if hasattr(data, "SerializeToString"):
         return data
     return PalmMessage.FromString(data)
 
 
-def error_reply(message, exc, with_traceback=True):
+def error_reply(message: Any, exc: BaseException, with_traceback: bool = True) -> bytes:
     """The envelope answering `message` with the error `exc` (b'' when there
     is no envelope to answer): pylm clients raise it as RemoteError.  The
     traceback is left out unless `with_traceback`."""
@@ -136,7 +145,7 @@ class PartFailed(PylmError):
 class _Route:
     __slots__ = ("part", "route", "block", "log")
 
-    def __init__(self, part, route, block, log):
+    def __init__(self, part: _Part, route: str, block: bool, log: str) -> None:
         self.part = part
         self.route = route
         self.block = block
@@ -164,19 +173,21 @@ class Router(_core.Router):
 
     send_tracebacks = True
 
-    def __init__(self, inbound_address="inproc://inbound", outbound_address="inproc://outbound",
-                 logger=None, cache=None, messages=sys.maxsize, *, security=None):
+    def __init__(self, inbound_address: str = "inproc://inbound",
+                 outbound_address: str = "inproc://outbound",
+                 logger: Optional[logging.Logger] = None, cache: Optional[Store] = None,
+                 messages: int = sys.maxsize, *, security: Optional[Security] = None) -> None:
         self.inbound_address = inbound_address
         self.outbound_address = outbound_address
         self.logger = logger if logger is not None else logging.getLogger("pylm.parts.router")
         self.cache = cache
         self.messages = messages
         # pylm 0.14's tables: bytes name -> {'route': bytes, 'block'?, 'log'}
-        self.inbound_components = {}
-        self.outbound_components = {}
-        self._inbound = {}          # name -> _Route
-        self._outbound = {}         # name -> _Route
-        self._bypass = {}           # name -> part
+        self.inbound_components: Dict[bytes, Dict[str, Any]] = {}
+        self.outbound_components: Dict[bytes, Dict[str, Any]] = {}
+        self._inbound: Dict[str, _Route] = {}
+        self._outbound: Dict[str, _Route] = {}
+        self._bypass: Dict[str, _Part] = {}
         self._stopper = StopHandle()
         self.security = security
         self._refusals = Refusals(self.logger)
@@ -185,7 +196,8 @@ class Router(_core.Router):
         self.ready = threading.Event()
 
     # registration ------------------------------------------------------------
-    def register_inbound(self, name, route="", block=False, log="", *, part=None):
+    def register_inbound(self, name: str, route: str = "", block: bool = False, log: str = "", *,
+                         part: Optional[Inbound] = None) -> None:
         """Route the messages of inbound part `name` to outbound `route`;
         with `block`, the part gets the outbound's feedback back."""
         self.inbound_components[name.encode()] = {"route": route.encode(), "block": block,
@@ -193,18 +205,19 @@ class Router(_core.Router):
         if part is not None:
             self._inbound[name] = _Route(part, route, block, log)
 
-    def register_outbound(self, name, route="", log="", *, part=None):
+    def register_outbound(self, name: str, route: str = "", log: str = "", *,
+                          part: Optional[Outbound] = None) -> None:
         """Register outbound part `name`; its feedback goes on to `route`."""
         self.outbound_components[name.encode()] = {"route": route.encode(), "log": log}
         if part is not None:
             self._outbound[name] = _Route(part, route, False, log)
 
-    def register_bypass(self, name, *, part):
+    def register_bypass(self, name: str, *, part: _Part) -> None:
         """A part served beside the routing."""
         self._bypass[name] = part
 
     # lifecycle ---------------------------------------------------------------
-    def start(self):
+    def start(self) -> None:
         """Serve every registered part until `messages` messages were routed
         or stop() is called.  A part failing (not a user hook: those are
         logged) stops the server and is raised here."""
@@ -213,18 +226,18 @@ class Router(_core.Router):
             self._serve(rt)
 
     @property
-    def refused(self):
+    def refused(self) -> int:
         """Handshakes the CURVE sockets of the parts refused (pylm.security)."""
         return self._refusals.count
 
-    def stop(self):
+    def stop(self) -> None:
         """Make start() return; safe from any thread."""
         self._stopper.stop()
 
-    def cleanup(self):
+    def cleanup(self) -> None:
         """pylm 0.14 closed its sockets here; ours close when start() returns."""
 
-    def _link(self):
+    def _link(self) -> None:
         """Fill the core's routing table: each part's target and block."""
         for table, kind in ((self._inbound, "inbound"), (self._outbound, "outbound")):
             for name, entry in table.items():
@@ -239,7 +252,7 @@ class Router(_core.Router):
                 part._entry = entry
                 part._key = name
 
-    def _serve(self, rt):
+    def _serve(self, rt: Runtime) -> None:
         self.routed = 0
         self.reset()
         routed_parts = [e.part for e in self._inbound.values()] + \
@@ -269,7 +282,7 @@ class Router(_core.Router):
                     self.logger.exception("closing part %s", getattr(part, "_key", part))
             self.reset()
 
-    def route(self, part, data, exchange=None):
+    def route(self, part: Any, data: Any, exchange: Any = None) -> Optional[bytes]:
         """Route one message of inbound `part` (logged when registered with
         `log`); see pylm_core's Router.route."""
         entry = part._entry
@@ -291,13 +304,16 @@ class _Part(_core.Part):
     ``send()``), which otherwise takes them from the ``PYLM_*`` environment.
     """
 
-    _key = None         # the name the part was registered under
-    _entry = None       # its routing entry
+    _key: Optional[str] = None          # the name the part was registered under
+    _entry: Optional[_Route] = None     # its routing entry
 
-    def __init__(self, name, listen_address, socket_type, reply=True, bind=False,
-                 logger=None, cache=None, messages=sys.maxsize, *, secret_key=None,
-                 server_key=None, authorized_keys=None):
-        self.name = name.encode("utf-8") if isinstance(name, str) else name
+    def __init__(self, name: Union[str, bytes], listen_address: str, socket_type: int,
+                 reply: bool = True, bind: bool = False,
+                 logger: Optional[logging.Logger] = None, cache: Optional[Store] = None,
+                 messages: int = sys.maxsize, *, secret_key: KeyPath = None,
+                 server_key: KeyPath = None, authorized_keys: KeyPath = None) -> None:
+        # bytes (pylm 0.14's); Any: PubService serves it as its topic (str)
+        self.name: Any = name.encode("utf-8") if isinstance(name, str) else name
         self.listen_address = listen_address
         self.socket_type = socket_type
         self.reply = reply
@@ -305,15 +321,16 @@ class _Part(_core.Part):
         self.logger = logger if logger is not None else logging.getLogger("pylm.parts")
         self.cache = cache
         self.messages = messages
-        self.last_message = b""
-        self.listen_to = None
-        self._runner = None
-        self._drops = None
-        self._security = None
+        self.last_message: Any = b""
+        # set when the part opens (a server starts, or send() is first called)
+        self.listen_to: Any = None      # its socket
+        self._runner: Any = None        # the Router serving it
+        self._drops: Any = None         # its DropLog
+        self._security: Optional[Security] = None
         if secret_key is not None or server_key is not None or authorized_keys is not None:
             self._security = Security.for_server(secret_key, server_key, authorized_keys)
 
-    def _alone_security(self):
+    def _alone_security(self) -> Security:
         """The part's security when it runs alone: its own keys, else the
         environment's."""
         if self._security is None:
@@ -321,34 +338,34 @@ class _Part(_core.Part):
         return self._security
 
     @property
-    def _label(self):
+    def _label(self) -> Any:
         if self._key:
             return self._key
         return self.name.decode() if isinstance(self.name, bytes) else str(self.name)
 
-    def _make_socket(self, rt):
+    def _make_socket(self, rt: Runtime) -> Socket:
         """The part's socket, bound or connected to listen_address."""
-        where = {"bind" if self.bind else "connect": self.listen_address}
+        where: Dict[str, Any] = {"bind" if self.bind else "connect": self.listen_address}
         return rt.socket(self.socket_type, security=self._security,
                          MAXMSGSIZE=MAX_MESSAGE_SIZE, **where)
 
-    def _open(self, rt, runner):
+    def _open(self, rt: Runtime, runner: Any) -> None:
         self._runner = runner
         self._drops = DropLog(self.logger)
         self.listen_to = self._make_socket(rt)
 
-    def _close(self):
+    def _close(self) -> None:
         """Sockets are closed by the Runtime; parts with threads or pools
         stop them here."""
 
-    def _idle(self):
+    def _idle(self) -> bool:
         return True
 
-    def cleanup(self):
+    def cleanup(self) -> None:
         """pylm 0.14 closed the part's sockets here; ours close when the
         server stops."""
 
-    def _call_hook(self, what, fn, *args):
+    def _call_hook(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         """fn(*args); a hook that raises is logged (once, with traceback)
         and re-raised as PartFailed for the caller to handle."""
         try:
@@ -364,11 +381,11 @@ class _InboundExchange:
 
     __slots__ = ("part", "prefix", "message", "scattered")
 
-    def __init__(self, part, prefix, message):
+    def __init__(self, part: Inbound, prefix: List[bytes], message: Any) -> None:
         self.part = part
         self.prefix = prefix
         self.message = message
-        self.scattered = None
+        self.scattered: Any = None     # what scatter() returned, as an iterator
 
 
 class Inbound(_Part):
@@ -386,9 +403,10 @@ class Inbound(_Part):
     :param messages: read at most this many messages
     """
 
-    def __init__(self, name, listen_address, socket_type, reply=True,
-                 broker_address="inproc://broker", bind=False, logger=None, cache=None,
-                 messages=sys.maxsize, **keys):
+    def __init__(self, name: Union[str, bytes], listen_address: str, socket_type: int,
+                 reply: bool = True, broker_address: str = "inproc://broker", bind: bool = False,
+                 logger: Optional[logging.Logger] = None, cache: Optional[Store] = None,
+                 messages: int = sys.maxsize, **keys: KeyPath) -> None:
         super().__init__(name, listen_address, socket_type, reply, bind, logger, cache,
                          messages, **keys)
         self.broker_address = broker_address
@@ -396,7 +414,7 @@ class Inbound(_Part):
         self._exchanges = 0
 
     # hooks (pylm 0.14) -----------------------------------------------------------
-    def _translate_to_broker(self, message):
+    def _translate_to_broker(self, message: Any) -> Any:
         """The message as the Router gets it (an envelope or bytes; None
         drops it).  By default a message without a cache key gets a new
         UUID there."""
@@ -404,34 +422,34 @@ class Inbound(_Part):
             message.cache = str(uuid.uuid4())
         return message
 
-    def _translate_from_broker(self, message_data):
+    def _translate_from_broker(self, message_data: Any) -> Any:
         """Kept from pylm 0.14 for subclasses; the Router does not call it."""
         return message_data
 
-    def scatter(self, message_data):
+    def scatter(self, message_data: Any) -> Iterator[Any]:
         """The messages (a generator) to route for one message read."""
         yield message_data
 
-    def handle_feedback(self, message_data):
+    def handle_feedback(self, message_data: Any) -> None:
         """The feedback of one routed message: the outbound's reply when
         the part blocks, ACK otherwise."""
         self.last_message = message_data
 
-    def reply_feedback(self):
+    def reply_feedback(self) -> Any:
         """What a replying socket answers, after the last feedback."""
         return self.last_message
 
     # plumbing ----------------------------------------------------------------------
-    def _open(self, rt, runner):
+    def _open(self, rt: Runtime, runner: Any) -> None:
         super()._open(rt, runner)
         self._read = 0
         self._exchanges = 0
         runner._watch(self.listen_to, self._on_events, zmq.POLLIN, owner=self, inbound=True)
 
-    def _idle(self):
+    def _idle(self) -> bool:
         return self._exchanges == 0
 
-    def _on_events(self, events):
+    def _on_events(self, events: int) -> None:
         sock = self.listen_to
         runner = self._runner
         for _ in range(READ_BATCH):
@@ -446,7 +464,7 @@ class Inbound(_Part):
                 runner._pause(sock, "messages")
             self._received(frames)
 
-    def _received(self, frames):
+    def _received(self, frames: List[bytes]) -> None:
         """One message read from the socket (all its frames)."""
         prefix, data = frames[:-1], frames[-1]
         try:
@@ -456,13 +474,13 @@ class Inbound(_Part):
             return
         self._begin(prefix, message)
 
-    def _reject(self, prefix, exc):
+    def _reject(self, prefix: List[bytes], exc: BaseException) -> None:
         """What is read is no envelope: dropped (a replying socket answers b'')."""
         self._drops("%s: %s" % (self._label, exc))
         if self.reply:
             self._send_reply(prefix, b"", 400)
 
-    def _begin(self, prefix, message):
+    def _begin(self, prefix: List[bytes], message: Any) -> None:
         exchange = _InboundExchange(self, prefix, message)
         self._exchanges += 1
         if self.reply:
@@ -475,7 +493,7 @@ class Inbound(_Part):
             return
         self._advance(exchange)
 
-    def _advance(self, exchange):
+    def _advance(self, exchange: _InboundExchange) -> None:
         runner = self._runner
         while True:
             try:
@@ -499,22 +517,23 @@ class Inbound(_Part):
             self._feedback(feedback)
         self._finish(exchange)
 
-    def _feedback(self, feedback):
+    def _feedback(self, feedback: Any) -> None:
         try:
             self._call_hook("handle_feedback", self.handle_feedback, feedback)
         except PartFailed:
             pass
 
-    def _resume(self, exchange, feedback):
+    def _resume(self, exchange: _InboundExchange, feedback: Optional[bytes]) -> None:
         """The feedback of a blocking route came back (None: it failed)."""
         if feedback is None:
+            assert self._entry is not None      # only a routed part blocks
             self._fail(exchange, PartFailed("part %s: the message routed to %s failed"
                                             % (self._label, self._entry.route)))
             return
         self._feedback(feedback)
         self._advance(exchange)
 
-    def _finish(self, exchange):
+    def _finish(self, exchange: _InboundExchange) -> None:
         if self.reply:
             try:
                 reply = _to_bytes(self._call_hook("reply_feedback", self.reply_feedback))
@@ -524,7 +543,7 @@ class Inbound(_Part):
             self._send_reply(exchange.prefix, b"" if reply is None else reply, 200)
         self._done(exchange)
 
-    def _fail(self, exchange, exc):
+    def _fail(self, exchange: _InboundExchange, exc: BaseException) -> None:
         if isinstance(exc, PartFailed) and exc.__cause__ is not None:
             exc = exc.__cause__         # the peer is told what the hook raised
         if self.reply:
@@ -532,12 +551,12 @@ class Inbound(_Part):
                 exchange.message, exc, getattr(self._runner, "send_tracebacks", True)), 500)
         self._done(exchange)
 
-    def _done(self, exchange):
+    def _done(self, exchange: _InboundExchange) -> None:
         self._exchanges -= 1
         if self.reply:
             self._runner._resume(self.listen_to, "reply")
 
-    def _send_reply(self, prefix, data, status):
+    def _send_reply(self, prefix: List[bytes], data: bytes, status: int) -> None:
         """Answer the peer of a replying socket (`status` is an HTTP-like
         code, for parts that can tell their peer)."""
         try:
@@ -551,10 +570,10 @@ class _OutboundExchange:
 
     __slots__ = ("done", "frames", "data", "remaining")
 
-    def __init__(self, done, data):
+    def __init__(self, done: Optional[Tuple[Any, ...]], data: Any) -> None:
         self.done = done            # (fn, *args) called with the feedback
         self.data = data            # what the Router gave
-        self.frames = None          # the frames to send (a generator)
+        self.frames: Optional[Iterator[List[bytes]]] = None   # the frames to send
         self.remaining = 0          # answers still to come (HttpConnection)
 
 
@@ -567,41 +586,44 @@ class Outbound(_Part):
     the part, and past BACKLOG_LIMIT of them the Router stops reading.
     """
 
-    def __init__(self, name, listen_address, socket_type, reply=True,
-                 broker_address="inproc://broker", bind=False, logger=None, cache=None,
-                 messages=sys.maxsize, **keys):
+    def __init__(self, name: Union[str, bytes], listen_address: str, socket_type: int,
+                 reply: bool = True, broker_address: str = "inproc://broker", bind: bool = False,
+                 logger: Optional[logging.Logger] = None, cache: Optional[Store] = None,
+                 messages: int = sys.maxsize, **keys: KeyPath) -> None:
         super().__init__(name, listen_address, socket_type, reply, bind, logger, cache,
                          messages, **keys)
         self.broker_address = broker_address
-        self._queue = collections.deque()    # exchanges waiting for the busy one
-        self._outq = collections.deque()     # frames waiting for the socket
-        self._busy = None                    # the exchange waiting for an answer
+        # exchanges waiting for the busy one; frames waiting for the socket;
+        # the exchange waiting for an answer
+        self._queue: Deque[_OutboundExchange] = collections.deque()
+        self._outq: Deque[List[bytes]] = collections.deque()
+        self._busy: Optional[_OutboundExchange] = None
         self._taken = 0
         self._over = False
 
     # hooks (pylm 0.14) -----------------------------------------------------------
-    def _translate_to_broker(self, message):
+    def _translate_to_broker(self, message: Any) -> Any:
         """An answer read from the socket, as handle_feedback gets it."""
         return message
 
-    def _translate_from_broker(self, message):
+    def _translate_from_broker(self, message: Any) -> Any:
         """The data the Router gives (serialized envelope), before parsing."""
         return message
 
-    def scatter(self, message_data):
+    def scatter(self, message_data: Any) -> Iterator[Any]:
         """The messages (a generator) to send for one message routed here."""
         yield message_data
 
-    def handle_feedback(self, message_data):
+    def handle_feedback(self, message_data: Any) -> None:
         """One answer read from the socket (with `reply`)."""
         self.last_message = message_data
 
-    def reply_feedback(self):
+    def reply_feedback(self) -> Any:
         """The feedback of a message, once all its answers came."""
         return self.last_message
 
     # plumbing ----------------------------------------------------------------------
-    def _open(self, rt, runner):
+    def _open(self, rt: Runtime, runner: Any) -> None:
         super()._open(rt, runner)
         self._queue.clear()
         self._outq.clear()
@@ -611,15 +633,15 @@ class Outbound(_Part):
         if self.listen_to is not None:
             runner._watch(self.listen_to, self._on_events, self._listen_events())
 
-    def _listen_events(self):
+    def _listen_events(self) -> int:
         """What the loop polls listen_to for (POLLOUT is added while
         messages wait for the socket)."""
         return zmq.POLLIN if self.reply else 0
 
-    def _idle(self):
+    def _idle(self) -> bool:
         return self._busy is None and not self._queue and not self._outq
 
-    def _prepare(self, data):
+    def _prepare(self, data: Any) -> Iterator[List[bytes]]:
         """The frames to send (a generator) for one routed message."""
         data = self._translate_from_broker(data)
         message = _to_message(data)
@@ -628,7 +650,7 @@ class Outbound(_Part):
             if out is not None:
                 yield [out]
 
-    def _take(self, data, done):
+    def _take(self, data: Any, done: Optional[Tuple[Any, ...]]) -> Optional[_OutboundExchange]:
         """A new exchange for a routed message, or None when the part is
         past its `messages` (the message is dropped, its feedback None)."""
         self._taken += 1
@@ -639,7 +661,7 @@ class Outbound(_Part):
             return None
         return exchange
 
-    def _submit(self, data, done):
+    def _submit(self, data: Any, done: Optional[Tuple[Any, ...]]) -> None:
         """The Router gives this part a message; `done` is ``(fn, *args)``,
         called with the feedback (None when the part failed on it)."""
         exchange = self._take(data, done)
@@ -651,7 +673,7 @@ class Outbound(_Part):
         elif len(self._queue) >= BACKLOG_LIMIT:
             self._check_backlog()
 
-    def _pump(self):
+    def _pump(self) -> None:
         while self._queue and self._busy is None:
             exchange = self._queue.popleft()
             try:
@@ -662,10 +684,11 @@ class Outbound(_Part):
             self._step(exchange)
         self._check_backlog()
 
-    def _step(self, exchange):
+    def _step(self, exchange: _OutboundExchange) -> None:
         """Send the exchange's messages; with `reply`, one at a time, each
         after the answer to the previous one."""
         try:
+            assert exchange.frames is not None      # set by _pump
             for frames in exchange.frames:
                 self._send(frames)
                 if self.reply:
@@ -680,7 +703,7 @@ class Outbound(_Part):
             feedback = None
         self._finish(exchange, feedback)
 
-    def _failed(self, exchange, exc):
+    def _failed(self, exchange: _OutboundExchange, exc: BaseException) -> None:
         if isinstance(exc, DecodeError):
             self._drops("%s: %s" % (self._label, exc))
         elif not isinstance(exc, PartFailed):
@@ -688,12 +711,12 @@ class Outbound(_Part):
                               type(exc).__name__, exc, exc_info=exc)
         self._finish(exchange, None)
 
-    def _finish(self, exchange, feedback):
+    def _finish(self, exchange: _OutboundExchange, feedback: Optional[bytes]) -> None:
         if exchange.done is not None:
             fn, *args = exchange.done
             self._runner._post(fn, *args, feedback)
 
-    def _send(self, frames):
+    def _send(self, frames: List[bytes]) -> None:
         if not self._outq:
             try:
                 self.listen_to.send_multipart(frames, zmq.NOBLOCK)
@@ -709,7 +732,7 @@ class Outbound(_Part):
         elif len(self._outq) >= BACKLOG_LIMIT:
             self._check_backlog()
 
-    def _flush(self):
+    def _flush(self) -> None:
         outq = self._outq
         while outq:
             try:
@@ -723,10 +746,10 @@ class Outbound(_Part):
             self._runner._want(self.listen_to, zmq.POLLOUT, False)
         self._check_backlog()
 
-    def _backlog_size(self):
+    def _backlog_size(self) -> int:
         return len(self._queue) + len(self._outq)
 
-    def _check_backlog(self):
+    def _check_backlog(self) -> None:
         size = self._backlog_size()
         if not self._over and size >= BACKLOG_LIMIT:
             self._over = True
@@ -735,7 +758,7 @@ class Outbound(_Part):
             self._over = False
             self._runner.backlog(self, False)
 
-    def _on_events(self, events):
+    def _on_events(self, events: int) -> None:
         if events & zmq.POLLOUT:
             self._flush()
         if events & zmq.POLLIN:
@@ -750,7 +773,7 @@ class Outbound(_Part):
                     raise
                 self._answer(frames)
 
-    def _answer(self, frames):
+    def _answer(self, frames: List[bytes]) -> None:
         """An answer read from the socket: the feedback of the busy exchange."""
         exchange = self._busy
         if exchange is None:
@@ -775,28 +798,30 @@ class BypassInbound(_Part):
     Parameters as :class:`Inbound`, without `broker_address`.
     """
 
-    def __init__(self, name, listen_address, socket_type, reply=True, bind=False,
-                 logger=None, cache=None, messages=sys.maxsize, **keys):
+    def __init__(self, name: Union[str, bytes], listen_address: str, socket_type: int,
+                 reply: bool = True, bind: bool = False,
+                 logger: Optional[logging.Logger] = None, cache: Optional[Store] = None,
+                 messages: int = sys.maxsize, **keys: KeyPath) -> None:
         super().__init__(name, listen_address, socket_type, reply, bind, logger, cache,
                          messages, **keys)
         self._stopper = StopHandle()
         self._read = 0
         self._alone = False     # served by start(), not by a server
 
-    def recv(self, reply_data=None):
+    def recv(self, reply_data: Optional[bytes] = None) -> bytes:
         """Read one message (and answer `reply_data`, or b'', when the
         socket replies); returns the message."""
-        message_data = self.listen_to.recv()
+        message_data: bytes = self.listen_to.recv()
         if self.reply:
             self.listen_to.send(b"" if reply_data is None else reply_data)
         return message_data
 
-    def _open(self, rt, runner):
+    def _open(self, rt: Runtime, runner: Any) -> None:
         super()._open(rt, runner)
         self._read = 0
         runner._watch(self.listen_to, self._on_events, zmq.POLLIN)
 
-    def _on_events(self, events):
+    def _on_events(self, events: int) -> None:
         try:
             self.recv()
         except Exception as exc:
@@ -813,7 +838,7 @@ class BypassInbound(_Part):
             if self._alone:
                 self._runner._quit()
 
-    def start(self):
+    def start(self) -> Any:
         """Serve this part alone (without a server), on a core Router of
         its own, until `messages` were read or stop() is called."""
         if self.messages <= 0:
@@ -829,7 +854,7 @@ class BypassInbound(_Part):
                 self._close()
         return self.name
 
-    def stop(self):
+    def stop(self) -> None:
         self._stopper.stop()
 
 
@@ -841,31 +866,34 @@ class BypassOutbound(_Part):
     Parameters as :class:`Outbound`, without `broker_address`.
     """
 
-    def __init__(self, name, listen_address, socket_type, reply=True, bind=False,
-                 logger=None, cache=None, messages=sys.maxsize, **keys):
+    def __init__(self, name: Union[str, bytes], listen_address: str, socket_type: int,
+                 reply: bool = True, bind: bool = False,
+                 logger: Optional[logging.Logger] = None, cache: Optional[Store] = None,
+                 messages: int = sys.maxsize, **keys: KeyPath) -> None:
         super().__init__(name, listen_address, socket_type, reply, bind, logger, cache,
                          messages, **keys)
         self._own = False
-        self._zap_domain = None
+        self._zap_domain: Optional[str] = None
 
-    def _open(self, rt, runner):
+    def _open(self, rt: Runtime, runner: Any) -> None:
         if self.listen_to is not None and self._own:
             self.cleanup()
         super()._open(rt, runner)
 
-    def _close(self):
+    def _close(self) -> None:
         self.listen_to = None   # closed by the Runtime
 
-    def send(self, message_data):
+    def send(self, message_data: Any) -> Optional[bytes]:
         """Send message_data; with `reply`, wait for and return the answer."""
         if self.listen_to is None:
             self.listen_to, self._own = self._own_socket(), True
         self.listen_to.send(_to_bytes(message_data))
         if self.reply:
-            return self.listen_to.recv()
+            answer: bytes = self.listen_to.recv()
+            return answer
         return None
 
-    def _own_socket(self):
+    def _own_socket(self) -> Socket:
         """The socket send() makes outside a running server: plain, or
         CURVE with the part's keys (or the environment's); a bound CURVE
         socket takes the process's ZAP authenticator until cleanup()
@@ -886,7 +914,7 @@ class BypassOutbound(_Part):
             sock.connect(self.listen_address)
         return sock
 
-    def cleanup(self):
+    def cleanup(self) -> None:
         """Close a socket made by send() outside a running server."""
         if self._own and self.listen_to is not None:
             self.listen_to.close(linger=0)

@@ -14,10 +14,13 @@ the :class:`GatewayRouter`'s ROUTER (an inbound part); the envelope's
 GatewayRouter's socket to that identity.
 """
 
+from __future__ import annotations
+
 import logging
 import re
 import sys
 import uuid
+from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Tuple, Type, Union
 from urllib.parse import urlsplit
 
 import zmq
@@ -29,6 +32,9 @@ from pylm.parts.messages_pb2 import PalmMessage
 from pylm._http import MAX_CONCURRENT, MAX_QUEUED, MAX_REQUEST_BYTES, READ_TIMEOUT
 from pylm.parts.services import HTTP_TIMEOUT, _ask_loop, _Handler, _HttpRunner
 from pylm_core.errors import NO_METHOD
+
+if TYPE_CHECKING:
+    from pylm._cache import Store
 
 __all__ = ["GatewayRouter", "GatewayDealer", "HttpGateway"]
 
@@ -44,25 +50,26 @@ class GatewayRouter(Inbound):
     (inproc) that HTTP requests come in on; each is routed with a new
     cache key."""
 
-    def __init__(self, name="gateway_router", listen_address="inproc://gateway_router",
-                 broker_address="inproc://broker", cache=None, logger=None,
-                 messages=sys.maxsize):
+    def __init__(self, name: Union[str, bytes] = "gateway_router",
+                 listen_address: str = "inproc://gateway_router",
+                 broker_address: str = "inproc://broker", cache: Optional[Store] = None,
+                 logger: Optional[logging.Logger] = None, messages: int = sys.maxsize) -> None:
         super().__init__(name or "gateway_router", listen_address, zmq.ROUTER, reply=False,
                          broker_address=broker_address, bind=True, logger=logger, cache=cache,
                          messages=messages)
 
-    def _translate_to_broker(self, message):
+    def _translate_to_broker(self, message: Any) -> Any:
         message.cache = str(uuid.uuid4())
         return message
 
-    def _received(self, frames):
+    def _received(self, frames: List[bytes]) -> None:
         if len(frames) == 4 and frames[0] == DEALER_IDENTITY:
             # an answer from a dealer socket (pylm 0.14's GatewayDealer)
             self._deliver(frames[1:])
             return
         super()._received(frames)
 
-    def _deliver(self, frames):
+    def _deliver(self, frames: List[bytes]) -> None:
         """Send ``[identity, b'', data]`` to the request waiting for it (a
         request that gave up is gone: ROUTER drops it)."""
         try:
@@ -76,22 +83,23 @@ class GatewayDealer(Outbound):
     named by its ``client``, through the GatewayRouter bound at
     `listen_address` in the same server."""
 
-    def __init__(self, name="", listen_address="inproc://gateway_router",
-                 broker_address="inproc://broker", cache=None, logger=None,
-                 messages=sys.maxsize):
+    def __init__(self, name: Union[str, bytes] = "",
+                 listen_address: str = "inproc://gateway_router",
+                 broker_address: str = "inproc://broker", cache: Optional[Store] = None,
+                 logger: Optional[logging.Logger] = None, messages: int = sys.maxsize) -> None:
         super().__init__(name or "gateway_dealer", listen_address, zmq.DEALER, reply=False,
                          broker_address=broker_address, logger=logger, cache=cache,
                          messages=messages)
-        self._gateway = None
+        self._gateway: Optional[GatewayRouter] = None
 
-    def _translate_from_broker(self, message):
+    def _translate_from_broker(self, message: Any) -> Any:
         """``(target, message)``: the request to answer, and the answer."""
         return message.client, message
 
-    def _make_socket(self, rt):
+    def _make_socket(self, rt: Runtime) -> None:  # type: ignore[override]
         return None     # answers go out on the GatewayRouter's socket
 
-    def _open(self, rt, runner):
+    def _open(self, rt: Runtime, runner: Any) -> None:
         super()._open(rt, runner)
         gateways = [entry.part for entry in runner._inbound.values()
                     if isinstance(entry.part, GatewayRouter)
@@ -101,7 +109,7 @@ class GatewayDealer(Outbound):
                              % (self._label, self.listen_address))
         self._gateway = gateways[0]
 
-    def _prepare(self, data):
+    def _prepare(self, data: Any) -> Iterator[List[bytes]]:
         target, message = self._translate_from_broker(_to_message(data))
         target = target.encode("utf-8") if isinstance(target, str) else target
         for scattered in self.scatter(message):
@@ -109,19 +117,20 @@ class GatewayDealer(Outbound):
             if out is not None:
                 yield [target, b"", out]
 
-    def _send(self, frames):
+    def _send(self, frames: List[bytes]) -> None:
+        assert self._gateway is not None        # found when the part opened
         self._gateway._deliver(frames)
 
 
 class _GatewayHandler(_Handler):
 
-    def do_GET(self):
+    def do_GET(self) -> None:
         self._call(body_required=False)
 
-    def do_POST(self):
+    def do_POST(self) -> None:
         self._call(body_required=True)
 
-    def _call(self, body_required):
+    def _call(self, body_required: bool) -> None:
         function = self.owner._function(self.path)
         if function is None:
             self.answer(404, b"not a method: %s" % self.path.encode("utf-8", "replace"),
@@ -155,10 +164,12 @@ class HttpGateway:
     a client has `read_timeout` seconds to send its request (pylm._http).
     """
 
-    def __init__(self, name="", listen_address="inproc://gateway_router", hostname="",
-                 port=8888, cache=None, logger=None, *, max_request_bytes=MAX_REQUEST_BYTES,
-                 max_concurrent=MAX_CONCURRENT, max_queued=MAX_QUEUED,
-                 read_timeout=READ_TIMEOUT, timeout=HTTP_TIMEOUT):
+    def __init__(self, name: str = "", listen_address: str = "inproc://gateway_router",
+                 hostname: str = "", port: int = 8888, cache: Optional[Store] = None,
+                 logger: Optional[logging.Logger] = None, *,
+                 max_request_bytes: int = MAX_REQUEST_BYTES,
+                 max_concurrent: int = MAX_CONCURRENT, max_queued: int = MAX_QUEUED,
+                 read_timeout: float = READ_TIMEOUT, timeout: float = HTTP_TIMEOUT) -> None:
         self.name = name
         self.listen_address = listen_address
         self.hostname = hostname
@@ -170,28 +181,28 @@ class HttpGateway:
         self.max_queued = max_queued
         self.read_timeout = read_timeout
         self.timeout = timeout
-        self.handler = _GatewayHandler
-        self.address = None
-        self._http = None
+        self.handler: Type[_Handler] = _GatewayHandler
+        self.address: Optional[Tuple[Any, ...]] = None
+        self._http: Optional[_HttpRunner] = None
         self._stopper = StopHandle()
 
     # as a part of a server ---------------------------------------------------------
-    def _open(self, rt, runner):
-        self._http = _HttpRunner(self, self.hostname, self.port, self.handler)
-        self.address = self._http.address
-        self._http.start(rt, "%s-http" % (self.name or "gateway"))
-        self.logger.info("HTTP gateway at %s:%d", *self.address)
+    def _open(self, rt: Runtime, runner: Any) -> None:
+        http = self._http = _HttpRunner(self, self.hostname, self.port, self.handler)
+        self.address = http.address
+        http.start(rt, "%s-http" % (self.name or "gateway"))
+        self.logger.info("HTTP gateway at %s:%d", *http.address)
 
-    def _close(self):
+    def _close(self) -> None:
         if self._http is not None:
             self._http.close()
             self._http = None
 
-    def _idle(self):
+    def _idle(self) -> bool:
         return True
 
     # alone -------------------------------------------------------------------------
-    def start(self):
+    def start(self) -> None:
         """Serve HTTP until stop() (the GatewayRouter runs elsewhere, in a
         server of this process)."""
         with Runtime(self._stopper, self.logger) as rt:
@@ -207,10 +218,10 @@ class HttpGateway:
             finally:
                 self._close()
 
-    def stop(self):
+    def stop(self) -> None:
         self._stopper.stop()
 
-    def debug(self):
+    def debug(self) -> None:
         """Serve one HTTP request, then return."""
         runner = _HttpRunner(self, self.hostname, self.port, self.handler)
         try:
@@ -220,7 +231,7 @@ class HttpGateway:
 
     # the HTTP side -----------------------------------------------------------------
     @staticmethod
-    def _function(path):
+    def _function(path: str) -> Optional[str]:
         """``server.method`` named by a request path, or None."""
         match = _METHOD_PATH.fullmatch(urlsplit(path).path)
         if match is None:
@@ -228,7 +239,7 @@ class HttpGateway:
         name = match.group(1)
         return name if "." in name else "_." + name
 
-    def _call(self, function, payload):
+    def _call(self, function: str, payload: bytes) -> Tuple[int, bytes]:
         """``(status, body)`` for one request."""
         identity = uuid.uuid4().hex
         message = PalmMessage(pipeline=str(uuid.uuid4()), client=identity, stage=0,

@@ -15,17 +15,25 @@ calling thread (bypass parts that are HTTP servers add a thread each)::
     server.start()
 """
 
+from __future__ import annotations
+
 import logging
 import sys
+import threading
+from typing import Any, Dict, Iterator, Set, Type, TypeVar, Union
 
 from pylm._cache import CACHE_MAX_BYTES, CACHE_MAX_ENTRIES, CONFIG_PROTOCOL_KEY, PROTOCOL_PARTS
 from pylm._stream import DefaultStream
-from pylm.parts.core import Router
+from pylm.parts.core import Inbound, Outbound, Router
 from pylm.parts.services import CacheService, PubService
 from pylm.persistence.kv import DictDB
-from pylm.security import Security
+from pylm.security import KeyPath, Security
+from pylm_core import PalmMessage
 
 __all__ = ["ServerTemplate", "BaseMaster"]
+
+_In = TypeVar("_In", bound=Inbound)
+_Out = TypeVar("_Out", bound=Outbound)
 
 
 class ServerTemplate:
@@ -55,16 +63,17 @@ class ServerTemplate:
     (name -> part).
     """
 
-    def __init__(self, logging_level=None, router_messages=sys.maxsize, *,
-                 send_tracebacks=True, cache_max_entries=CACHE_MAX_ENTRIES,
-                 cache_max_bytes=CACHE_MAX_BYTES, secret_key=None, server_key=None,
-                 authorized_keys=None):
+    def __init__(self, logging_level: Union[int, str, None] = None,
+                 router_messages: int = sys.maxsize, *, send_tracebacks: bool = True,
+                 cache_max_entries: int = CACHE_MAX_ENTRIES,
+                 cache_max_bytes: int = CACHE_MAX_BYTES, secret_key: KeyPath = None,
+                 server_key: KeyPath = None, authorized_keys: KeyPath = None) -> None:
         self.name = ""
         self.logging_level = logging_level
         self.cache = DictDB()
-        self.inbound_components = {}
-        self.outbound_components = {}
-        self.bypass_components = {}
+        self.inbound_components: Dict[str, Inbound] = {}
+        self.outbound_components: Dict[str, Outbound] = {}
+        self.bypass_components: Dict[str, Any] = {}
         self.logger = logging.getLogger("pylm.parts.%s" % type(self).__name__)
         if logging_level is not None:
             self.logger.setLevel(logging_level)
@@ -75,15 +84,16 @@ class ServerTemplate:
         self.cache_max_entries = cache_max_entries
         self.cache_max_bytes = cache_max_bytes
         # what preset_cache() stored: shared with the CacheService parts
-        self._protected_keys = set()
+        self._protected_keys: Set[str] = set()
 
-    def _check_name(self, name):
+    def _check_name(self, name: str) -> None:
         if name in self.inbound_components or name in self.outbound_components or \
                 name in self.bypass_components:
             raise ValueError("a part named %r is registered already" % name)
 
-    def register_inbound(self, part, name="", listen_address="", route="", block=False,
-                         log="", **kwargs):
+    def register_inbound(self, part: Type[_In], name: str = "", listen_address: str = "",
+                         route: str = "", block: bool = False, log: str = "",
+                         **kwargs: Any) -> _In:
         """Make ``part(name, listen_address, **kwargs)`` an inbound part.
 
         :param part: the part class
@@ -103,8 +113,8 @@ class ServerTemplate:
         self.inbound_components[name] = instance
         return instance
 
-    def register_outbound(self, part, name="", listen_address="", route="", log="",
-                          **kwargs):
+    def register_outbound(self, part: Type[_Out], name: str = "", listen_address: str = "",
+                          route: str = "", log: str = "", **kwargs: Any) -> _Out:
         """Make ``part(name, listen_address, **kwargs)`` an outbound part;
         its feedback goes on to the outbound part `route` (once)."""
         self._check_name(name)
@@ -115,7 +125,8 @@ class ServerTemplate:
         self.outbound_components[name] = instance
         return instance
 
-    def register_bypass(self, part, name="", listen_address="", **kwargs):
+    def register_bypass(self, part: Any, name: str = "", listen_address: str = "",
+                        **kwargs: Any) -> Any:
         """Make ``part(name, listen_address, **kwargs)`` a part served
         beside the routing (CacheService, HttpGateway...)."""
         self._check_name(name)
@@ -129,7 +140,7 @@ class ServerTemplate:
         self.bypass_components[name] = instance
         return instance
 
-    def preset_cache(self, **kwargs):
+    def preset_cache(self, **kwargs: Union[str, bytes]) -> None:
         """Store each keyword in the cache (str values as UTF-8), for
         clients and workers that find their configuration there.  Remote
         requests cannot set or delete these keys."""
@@ -137,7 +148,7 @@ class ServerTemplate:
         for key, value in kwargs.items():
             self.cache.set(value.encode("utf-8") if isinstance(value, str) else value, key)
 
-    def start(self):
+    def start(self) -> None:
         """Serve every part until `router_messages` were routed or stop()
         is called; a part failing stops the server and is raised here.
 
@@ -153,17 +164,17 @@ class ServerTemplate:
                          len(self.bypass_components))
         self.router.start()
 
-    def stop(self):
+    def stop(self) -> None:
         """Make start() return; safe from any thread or signal handler."""
         self.router.stop()
 
     @property
-    def refused(self):
+    def refused(self) -> int:
         """Handshakes refused at the parts' CURVE sockets (pylm.security)."""
         return self.router.refused
 
     @property
-    def ready(self):
+    def ready(self) -> threading.Event:
         """A threading.Event set while start() serves, once every part's
         socket is bound (for tests and supervisors)."""
         return self.router.ready
@@ -177,15 +188,15 @@ class BaseMaster(DefaultStream):
     self.scatter`` before start()."""
 
     @staticmethod
-    def change_payload(message, new_payload):
+    def change_payload(message: PalmMessage, new_payload: bytes) -> PalmMessage:
         """Set the message's payload; returns the message."""
         message.payload = new_payload
         return message
 
-    def scatter(self, message):
+    def scatter(self, message: PalmMessage) -> Iterator[PalmMessage]:
         """Messages to send on for one inbound message."""
         yield message
 
-    def gather(self, message):
+    def gather(self, message: PalmMessage) -> Iterator[PalmMessage]:
         """Messages to send on for one result."""
         yield message

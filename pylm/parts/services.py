@@ -5,9 +5,14 @@ for the HTTP server of :class:`HttpService`, which runs in a thread of its
 own and hands each request to the loop over inproc.
 """
 
+from __future__ import annotations
+
+import logging
 import sys
+import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, List, Optional, Tuple, Type, Union
 
 import zmq
 
@@ -19,6 +24,12 @@ from pylm._stream import DefaultStream
 from pylm.parts.core import (HTTP_TIMEOUT, MAX_MESSAGE_SIZE, BypassInbound, Inbound, Outbound,
                              _to_bytes, _to_message)
 from pylm.persistence.kv import DictDB
+from pylm.security import KeyPath
+
+if TYPE_CHECKING:
+    from pylm._cache import Store
+    from pylm._runtime import Runtime
+    from pylm.security import Socket
 
 __all__ = ["RepService", "PullService", "PushService", "PubService", "WorkerPushService",
            "WorkerPullService", "PushPullService", "RepBypassService", "HttpService",
@@ -30,8 +41,10 @@ class RepService(Inbound):
     ``reply_feedback()`` (the outbound's feedback when registered with
     ``block=True``)."""
 
-    def __init__(self, name, listen_address, broker_address="inproc://broker", logger=None,
-                 cache=None, messages=sys.maxsize, **keys):
+    def __init__(self, name: Union[str, bytes], listen_address: str,
+                 broker_address: str = "inproc://broker", logger: Optional[logging.Logger] = None,
+                 cache: Optional[Store] = None, messages: int = sys.maxsize,
+                 **keys: KeyPath) -> None:
         super().__init__(name, listen_address, zmq.REP, reply=True,
                          broker_address=broker_address, bind=True, logger=logger,
                          cache=cache, messages=messages, **keys)
@@ -40,8 +53,10 @@ class RepService(Inbound):
 class PullService(Inbound):
     """Binds a PULL socket (clients PUSH to it)."""
 
-    def __init__(self, name, listen_address, broker_address="inproc://broker", logger=None,
-                 cache=None, messages=sys.maxsize, **keys):
+    def __init__(self, name: Union[str, bytes], listen_address: str,
+                 broker_address: str = "inproc://broker", logger: Optional[logging.Logger] = None,
+                 cache: Optional[Store] = None, messages: int = sys.maxsize,
+                 **keys: KeyPath) -> None:
         super().__init__(name, listen_address, zmq.PULL, reply=False,
                          broker_address=broker_address, bind=True, logger=logger,
                          cache=cache, messages=messages, **keys)
@@ -50,8 +65,10 @@ class PullService(Inbound):
 class PushService(Outbound):
     """Binds a PUSH socket (workers PULL from it)."""
 
-    def __init__(self, name, listen_address, broker_address="inproc://broker", logger=None,
-                 cache=None, messages=sys.maxsize, **keys):
+    def __init__(self, name: Union[str, bytes], listen_address: str,
+                 broker_address: str = "inproc://broker", logger: Optional[logging.Logger] = None,
+                 cache: Optional[Store] = None, messages: int = sys.maxsize,
+                 **keys: KeyPath) -> None:
         super().__init__(name, listen_address, zmq.PUSH, reply=False,
                          broker_address=broker_address, bind=True, logger=logger,
                          cache=cache, messages=messages, **keys)
@@ -71,45 +88,51 @@ class PubService(DefaultStream, Outbound):
     :param server: name of the server, the topic when pipelined
     """
 
-    def __init__(self, name, listen_address, broker_address="inproc://broker", logger=None,
-                 cache=None, messages=sys.maxsize, pipelined=False, server=None, **keys):
+    def __init__(self, name: Union[str, bytes], listen_address: str,
+                 broker_address: str = "inproc://broker", logger: Optional[logging.Logger] = None,
+                 cache: Optional[Store] = None, messages: int = sys.maxsize,
+                 pipelined: bool = False, server: Optional[str] = None,
+                 **keys: KeyPath) -> None:
         super().__init__(name, listen_address, zmq.PUB, reply=False,
                          broker_address=broker_address, bind=True, logger=logger,
                          cache=cache, messages=messages, **keys)
-        self.name = server      # pylm 0.14: the topic of a pipelined server
+        # pylm 0.14: the topic of a pipelined server (None when it is not)
+        self.name = server  # type: ignore[assignment]
         self.pipelined = pipelined
 
-    def _make_socket(self, rt):
+    def _make_socket(self, rt: Runtime) -> Socket:
         return rt.publisher(self.listen_address, MAX_MESSAGE_SIZE, security=self._security)
 
-    def _listen_events(self):
+    def _listen_events(self) -> int:
         # subscriptions arrive here; reading them keeps libzmq's queue of
         # them from growing
         return zmq.POLLIN
 
-    def _answer(self, frames):
+    def _answer(self, frames: List[bytes]) -> None:
         """A subscription message: nothing to do."""
 
-    def _prepare(self, data):
+    def _prepare(self, data: Any) -> Iterator[List[bytes]]:
         message = _to_message(self._translate_from_broker(data))
         for scattered in self.scatter(message):
             streamed = self.handle_stream(scattered)
             if streamed is None:
                 continue
+            topic: Any          # a subclass's handle_stream may give bytes or None
+            out: Any
             topic, out = streamed
             if out is None:
                 continue
             topic = topic.encode("utf-8") if isinstance(topic, str) else (topic or b"")
-            yield [topic, _to_bytes(out)]
+            yield [topic, _to_bytes(out)]  # type: ignore[list-item]  # out is not None
 
 
 class WorkerPushService(PushService):
     """The PUSH to workers: messages go out as the Router gives them."""
 
-    def _translate_from_broker(self, message_data):
+    def _translate_from_broker(self, message_data: Any) -> Any:
         return message_data
 
-    def _translate_to_broker(self, message_data):
+    def _translate_to_broker(self, message_data: Any) -> Any:
         return message_data
 
 
@@ -117,10 +140,10 @@ class WorkerPullService(PullService):
     """The PULL from workers: results are routed as they come (no cache
     key is added)."""
 
-    def _translate_to_broker(self, message_data):
+    def _translate_to_broker(self, message_data: Any) -> Any:
         return message_data
 
-    def _translate_from_broker(self, message_data):
+    def _translate_from_broker(self, message_data: Any) -> Any:
         return message_data
 
 
@@ -129,26 +152,29 @@ class PushPullService(Outbound):
     PULL (bound at `pull_address`): each message is pushed and the answer
     pulled before the next; the answers are its feedback."""
 
-    def __init__(self, name, push_address, pull_address, broker_address="inproc://broker",
-                 logger=None, cache=None, messages=sys.maxsize, **keys):
+    def __init__(self, name: Union[str, bytes], push_address: str, pull_address: str,
+                 broker_address: str = "inproc://broker", logger: Optional[logging.Logger] = None,
+                 cache: Optional[Store] = None, messages: int = sys.maxsize,
+                 **keys: KeyPath) -> None:
         super().__init__(name, push_address, zmq.PUSH, reply=True,
                          broker_address=broker_address, bind=True, logger=logger,
                          cache=cache, messages=messages, **keys)
         self.push_address = push_address
         self.pull_address = pull_address
-        self.push = self.pull = None
+        self.push: Any = None       # the sockets, once open
+        self.pull: Any = None
 
-    def _listen_events(self):
+    def _listen_events(self) -> int:
         return 0        # answers come on the PULL socket
 
-    def _open(self, rt, runner):
+    def _open(self, rt: Runtime, runner: Any) -> None:
         super()._open(rt, runner)
         self.push = self.listen_to
         self.pull = rt.socket(zmq.PULL, bind=self.pull_address, security=self._security,
                               MAXMSGSIZE=MAX_MESSAGE_SIZE)
         runner._watch(self.pull, self._on_pull, zmq.POLLIN)
 
-    def _on_pull(self, events):
+    def _on_pull(self, events: int) -> None:
         while True:
             try:
                 frames = self.pull.recv_multipart(zmq.NOBLOCK)
@@ -161,8 +187,9 @@ class RepBypassService(BypassInbound):
     """A REP socket served beside the Router; ``recv()`` answers each
     request (with b'' unless overridden)."""
 
-    def __init__(self, name, listen_address, logger=None, cache=None, messages=sys.maxsize,
-                 **keys):
+    def __init__(self, name: Union[str, bytes], listen_address: str,
+                 logger: Optional[logging.Logger] = None, cache: Optional[Store] = None,
+                 messages: int = sys.maxsize, **keys: KeyPath) -> None:
         super().__init__(name, listen_address, zmq.REP, reply=True, bind=True, logger=logger,
                          cache=cache, messages=messages, **keys)
 
@@ -186,23 +213,25 @@ class CacheService(RepBypassService):
         values) they may store
     """
 
-    def __init__(self, name, listen_address, logger=None, cache=None, messages=sys.maxsize,
-                 *, protected_keys=(), cache_max_entries=CACHE_MAX_ENTRIES,
-                 cache_max_bytes=CACHE_MAX_BYTES, **keys):
-        super().__init__(name, listen_address, logger=logger,
-                         cache=DictDB() if cache is None else cache, messages=messages,
+    def __init__(self, name: Union[str, bytes], listen_address: str,
+                 logger: Optional[logging.Logger] = None, cache: Optional[Store] = None,
+                 messages: int = sys.maxsize, *, protected_keys: Iterable[str] = (),
+                 cache_max_entries: int = CACHE_MAX_ENTRIES,
+                 cache_max_bytes: int = CACHE_MAX_BYTES, **keys: KeyPath) -> None:
+        store = DictDB() if cache is None else cache
+        super().__init__(name, listen_address, logger=logger, cache=store, messages=messages,
                          **keys)
-        self.handler = CacheHandler(self.cache, protected_keys, cache_max_entries,
+        self.handler = CacheHandler(store, protected_keys, cache_max_entries,
                                     cache_max_bytes, drop_log=self._drop)
 
-    def _drop(self, reason):
+    def _drop(self, reason: str) -> None:
         if self._drops is not None:
             self._drops(reason)
 
-    def recv(self):
+    def recv(self) -> bytes:  # type: ignore[override]
         """Answer one cache request; a bad one gets b'' (a refused one:
         see pylm._cache)."""
-        frames = self.listen_to.recv_multipart()
+        frames: List[bytes] = self.listen_to.recv_multipart()
         self.listen_to.send_multipart(self.handler.answer(frames))
         return frames[-1]
 
@@ -220,13 +249,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server_version = "pylm"
-    owner = None
+    owner: Any = None
+    server: _PooledHTTPServer
 
-    def setup(self):
-        self.timeout = self.server.read_timeout     # each socket operation
+    def setup(self) -> None:
+        self.timeout = self.server.read_timeout  # type: ignore[misc]  # each socket operation
         super().setup()
 
-    def handle(self):
+    def handle(self) -> None:
         """The requests of one connection, the next one only while it is
         kept alive, starts within KEEPALIVE_IDLE s and arrives within
         `read_timeout` s (pylm._http)."""
@@ -237,10 +267,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self.handle_one_request()
 
-    def log_message(self, format, *args):
+    def log_message(self, format: str, *args: Any) -> None:
         self.owner.logger.debug("http %s: %s", self.address_string(), format % args)
 
-    def handle_expect_100(self):
+    def handle_expect_100(self) -> bool:
         # refuse a body too long before the client sends it
         _, refusal = body_length(self.headers.get("Content-Length"),
                                  self.owner.max_request_bytes, required=False)
@@ -249,7 +279,7 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         return super().handle_expect_100()
 
-    def read_body(self, required):
+    def read_body(self, required: bool) -> Optional[bytes]:
         """The request body, or None once the error was answered (411 no
         length or a Transfer-Encoding, 400 bad length or short body, 413
         too long: pylm._http.body_length)."""
@@ -262,6 +292,7 @@ class _Handler(BaseHTTPRequestHandler):
         if refusal is not None:
             self.answer(*refusal, close=True)
             return None
+        assert n is not None                # no refusal: a length
         body = self.rfile.read(n)
         if len(body) < n:
             self.answer(400, b"body shorter than its Content-Length", close=True)
@@ -269,7 +300,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.request_read(self.connection)
         return body
 
-    def answer(self, status, body, content_type="text/plain; charset=utf-8", close=False):
+    def answer(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
+               close: bool = False) -> None:
         """Send the answer; `close` when the request was not read whole
         (the connection is closed after lingering).  A connection is not
         kept alive either when the server says so (pylm._http: others wait
@@ -294,28 +326,30 @@ class _HttpRunner:
     the server's Runtime by a pool of `max_concurrent` threads (pylm._http),
     shut down when the loop ends."""
 
-    def __init__(self, owner, host, port, handler_class):
+    def __init__(self, owner: Any, host: str, port: int,
+                 handler_class: Type[BaseHTTPRequestHandler]) -> None:
         handler = type(handler_class.__name__, (handler_class,), {"owner": owner})
         self.server = _PooledHTTPServer((host, port), handler,
                                         max_concurrent=owner.max_concurrent,
                                         max_queued=owner.max_queued,
                                         read_timeout=owner.read_timeout, logger=owner.logger)
-        self.thread = None
+        self.thread: Optional[threading.Thread] = None
 
     @property
-    def address(self):
+    def address(self) -> Tuple[Any, ...]:
         return self.server.server_address[:2]
 
-    def start(self, rt, name):
+    def start(self, rt: Runtime, name: str) -> None:
         self.thread = rt.thread(self.server.serve_forever, name, 0.1)
 
-    def close(self):
+    def close(self) -> None:
         if self.thread is not None and self.thread.is_alive():
             self.server.shutdown()
         self.server.server_close()
 
 
-def _ask_loop(address, frames, timeout, identity=None):
+def _ask_loop(address: str, frames: List[bytes], timeout: Optional[float],
+              identity: Optional[bytes] = None) -> Optional[List[bytes]]:
     """Send frames to the ROUTER of a part at inproc `address` and wait for
     its answer (its frames), or None after `timeout` seconds.  Each call has
     a DEALER of its own: HTTP threads share no socket."""
@@ -335,7 +369,7 @@ def _ask_loop(address, frames, timeout, identity=None):
 
 class _ServiceHandler(_Handler):
 
-    def do_POST(self):
+    def do_POST(self) -> None:
         body = self.read_body(required=True)
         if body is None:
             return
@@ -345,7 +379,7 @@ class _ServiceHandler(_Handler):
             return
         self.answer(int(frames[-2]), frames[-1], "application/octet-stream")
 
-    def do_GET(self):
+    def do_GET(self) -> None:
         self.answer(405, b"POST an envelope", close=True)
 
 
@@ -366,10 +400,12 @@ class HttpService(Inbound):
     ``self.address`` is the bound (host, port) once running.
     """
 
-    def __init__(self, name, hostname, port, broker_address="inproc://broker", logger=None,
-                 cache=None, messages=sys.maxsize, *, max_request_bytes=MAX_REQUEST_BYTES,
-                 max_concurrent=MAX_CONCURRENT, max_queued=MAX_QUEUED,
-                 read_timeout=READ_TIMEOUT, timeout=HTTP_TIMEOUT):
+    def __init__(self, name: Union[str, bytes], hostname: str, port: int,
+                 broker_address: str = "inproc://broker", logger: Optional[logging.Logger] = None,
+                 cache: Optional[Store] = None, messages: int = sys.maxsize, *,
+                 max_request_bytes: int = MAX_REQUEST_BYTES,
+                 max_concurrent: int = MAX_CONCURRENT, max_queued: int = MAX_QUEUED,
+                 read_timeout: float = READ_TIMEOUT, timeout: float = HTTP_TIMEOUT) -> None:
         super().__init__(name, "inproc://pylm-http-service-%s" % uuid.uuid4().hex, zmq.ROUTER,
                          reply=True, broker_address=broker_address, bind=True, logger=logger,
                          cache=cache, messages=messages)
@@ -380,26 +416,26 @@ class HttpService(Inbound):
         self.max_queued = max_queued
         self.read_timeout = read_timeout
         self.timeout = timeout
-        self.address = None
-        self._http = None
+        self.address: Optional[Tuple[Any, ...]] = None
+        self._http: Optional[_HttpRunner] = None
 
-    def _open(self, rt, runner):
+    def _open(self, rt: Runtime, runner: Any) -> None:
         super()._open(rt, runner)
         self._http = _HttpRunner(self, self.hostname, self.port, _ServiceHandler)
         self.address = self._http.address
         self._http.start(rt, "%s-http" % self._label)
         self.logger.info("%s: HTTP at %s:%d", self._label, *self.address)
 
-    def _close(self):
+    def _close(self) -> None:
         if self._http is not None:
             self._http.close()
             self._http = None
 
-    def _reject(self, prefix, exc):
+    def _reject(self, prefix: List[bytes], exc: BaseException) -> None:
         self._drops("%s: %s" % (self._label, exc))
         self._send_reply(prefix, str(exc).encode(), 400)
 
-    def _send_reply(self, prefix, data, status):
+    def _send_reply(self, prefix: List[bytes], data: bytes, status: int) -> None:
         try:
             self.listen_to.send_multipart(prefix + [str(status).encode(), data], zmq.NOBLOCK)
         except zmq.ZMQError as exc:

@@ -27,11 +27,17 @@ DebugServer serves with a bounded pool of threads and bounded reads
 `max_queued`; a client has `read_timeout` seconds to send its request.
 """
 
+from __future__ import annotations
+
 import io
 import logging
 from collections import namedtuple
-from typing import Dict, FrozenSet
+from typing import (TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Iterable, List, Optional,
+                    Tuple, Type)
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 from pylm._dispatch import error_text, method_table
 from pylm._http import (MAX_CONCURRENT, MAX_QUEUED, MAX_REQUEST_BYTES, READ_TIMEOUT,
@@ -54,7 +60,7 @@ _STATUS = {200: "200 OK", 400: "400 Bad Request", 404: "404 Not Found",
 _methods_of: Dict[type, FrozenSet[str]] = {}
 
 
-def _not_served(code, message):
+def _not_served(code: str, message: str) -> RemoteError:
     """The error answering a call this worker serves no method for."""
     return RemoteError("LookupError", message, "", code)
 
@@ -72,25 +78,26 @@ class RequestHandler:
     #: Largest body read, in bytes (413 above it, before reading).
     max_request_bytes = MAX_REQUEST_BYTES
 
-    def __init__(self, environ):
+    def __init__(self, environ: WSGIEnvironment) -> None:
         self.environ = environ
-        self.message = None
-        self._refused = None        # (status, text) when the body was not read
+        self.message: Optional[PalmMessage] = None
+        self._refused: Optional[Tuple[int, bytes]] = None   # when the body was not read
         method = (environ.get("REQUEST_METHOD") or "GET").upper()
         data = self._read_body(environ) if method == "POST" else b""
         self.request = Request(method=method, data=data)
 
-    def _read_body(self, environ):
+    def _read_body(self, environ: WSGIEnvironment) -> bytes:
         n, self._refused = body_length(environ.get("CONTENT_LENGTH"), self.max_request_bytes)
         if self._refused is not None:
             return b""
-        data = environ["wsgi.input"].read(n)
+        assert n is not None                    # no refusal: a length
+        data: bytes = environ["wsgi.input"].read(n)
         if len(data) < n:
             self._refused = (400, b"body shorter than its Content-Length")
         return data
 
     @classmethod
-    def _callable_names(cls):
+    def _callable_names(cls) -> FrozenSet[str]:
         names = _methods_of.get(cls)
         if names is None:
             own = set(dir(RequestHandler))
@@ -100,7 +107,7 @@ class RequestHandler:
             _methods_of[cls] = names
         return names
 
-    def _method(self, message):
+    def _method(self, message: PalmMessage) -> Callable[[Any], Any]:
         """The bound method `message` calls; when there is none, a
         RemoteError for a LookupError with its code (pylm_core.errors)."""
         entries = message.function.split(" ")
@@ -113,14 +120,15 @@ class RequestHandler:
             raise _not_served(BAD_FUNCTION, "function %r is not 'server.method'" % entry)
         if name not in self._callable_names():
             raise _not_served(NO_METHOD, "no method %r on this worker" % entry)
-        return getattr(self, name)
+        method: Callable[[Any], Any] = getattr(self, name)
+        return method
 
-    def handle(self):
+    def handle(self) -> Tuple[str, bytes]:
         """``(status, body)`` of the answer (status as WSGI wants it)."""
         status, body = self._handle()
         return _STATUS[status], body
 
-    def _handle(self):
+    def _handle(self) -> Tuple[int, bytes]:
         if self.request.method != "POST":
             return 405, b"POST an envelope"
         if self._refused is not None:
@@ -152,10 +160,11 @@ class WSGIApplication:
     :param handler: a RequestHandler subclass
     """
 
-    def __init__(self, handler):
+    def __init__(self, handler: Type[RequestHandler]) -> None:
         self.handler = handler
 
-    def __call__(self, environ, start_response):
+    def __call__(self, environ: WSGIEnvironment,
+                 start_response: StartResponse) -> Iterable[bytes]:
         status, body = self.handler(environ).handle()
         start_response(status, [("Content-Type", "application/octet-stream"),
                                 ("Content-Length", str(len(body)))])
@@ -174,18 +183,21 @@ class _PooledRequestHandler(WSGIRequestHandler):
     request's deadline; logging goes to ``pylm.remote`` (DEBUG) instead of
     every request to stderr."""
 
-    def setup(self):
-        self.timeout = self.server.read_timeout     # each socket operation
+    server: _PooledWSGIServer
+
+    def setup(self) -> None:
+        self.timeout = self.server.read_timeout  # type: ignore[misc]  # each socket operation
         super().setup()
         self._unread = False        # a body was left unread: linger before closing
-        self._socket_rfile = None   # the connection's file, once the body was read
+        self._socket_rfile: Any = None  # the connection's file, once the body was read
 
-    def parse_request(self):
+    def parse_request(self) -> bool:
         if not super().parse_request():
             return False
         length = self.headers.get("Content-Length")
         n, refusal = body_length(length, self.server.max_request_bytes, required=False)
         if refusal is None:
+            assert n is not None                # no refusal: a length
             body = self.rfile.read(n)
             self.server.request_read(self.connection)
             self._socket_rfile, self.rfile = self.rfile, io.BytesIO(body)
@@ -193,14 +205,14 @@ class _PooledRequestHandler(WSGIRequestHandler):
         self._unread = refusal is not None or "Transfer-Encoding" in self.headers
         return True
 
-    def finish(self):
+    def finish(self) -> None:
         super().finish()
         if self._socket_rfile is not None:
             self._socket_rfile.close()
         if self._unread:
             linger(self.connection)
 
-    def log_message(self, format, *args):
+    def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s %s", self.address_string(), format % args)
 
 
@@ -222,8 +234,10 @@ class DebugServer:
         None: the handler's ``max_request_bytes``
     """
 
-    def __init__(self, host, port, handler, *, threaded=False, max_concurrent=MAX_CONCURRENT,
-                 max_queued=MAX_QUEUED, read_timeout=READ_TIMEOUT, max_request_bytes=None):
+    def __init__(self, host: str, port: int, handler: Type[RequestHandler], *,
+                 threaded: bool = False, max_concurrent: int = MAX_CONCURRENT,
+                 max_queued: int = MAX_QUEUED, read_timeout: float = READ_TIMEOUT,
+                 max_request_bytes: Optional[int] = None) -> None:
         if max_request_bytes is not None:
             handler = type(handler.__name__, (handler,),
                            {"max_request_bytes": max_request_bytes})
@@ -236,30 +250,30 @@ class DebugServer:
         self.httpd.set_app(self.application)
 
     @property
-    def address(self):
+    def address(self) -> Tuple[Any, ...]:
         """The bound ``(host, port)``."""
         return self.httpd.server_address[:2]
 
-    def serve_forever(self, poll_interval=0.5):
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
         """Serve until shutdown() (from another thread)."""
         self.httpd.serve_forever(poll_interval)
 
-    def handle_request(self):
+    def handle_request(self) -> None:
         """Serve one request."""
         self.httpd.handle_request()
 
-    def shutdown(self):
+    def shutdown(self) -> None:
         """Make serve_forever() return."""
         self.httpd.shutdown()
 
-    def server_close(self):
+    def server_close(self) -> None:
         """Close the listening socket."""
         self.httpd.server_close()
 
     close = server_close
 
-    def __enter__(self):
+    def __enter__(self) -> DebugServer:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.server_close()
