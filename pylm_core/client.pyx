@@ -12,6 +12,10 @@ cdef extern from "hold.h" nogil:
 cdef enum:
     LEND_MIN = 65536        # payloads this big are lent to libzmq, not copied
 
+#: Payloads this big are lent to libzmq and travel in a frame of their own,
+#: never in a batch (send_call; pylm.aio sends them alone too).
+LEND_MIN_ = LEND_MIN
+
 
 def release_sent():
     """Release the payload buffers libzmq has finished sending."""
@@ -317,6 +321,45 @@ cdef class ReplyReader:
         msg.from_env(&env, None)
         return msg
 
+    def dispatch(self, dict pending, type stream, Py_ssize_t most):
+        """Read up to `most` replies that are already there, without
+        waiting, and hand each to the receiver of its call id in `pending`:
+        a receiver of type `stream` (a deque) gets the payload appended,
+        or (payload, error) for an error reply; any other receiver (an
+        asyncio Future) is removed from `pending` and returned.  A reply
+        whose call id is not in `pending` is dropped (counted in `stale`).
+        Returns (replies read, [streams that got one], [(receiver,
+        payload, error)]).  Fewer than `most` read means the socket had no
+        more (EAGAIN): an event loop watching its ZMQ_FD may then sleep
+        until the descriptor fires again.  Set `call` to 0 (every call id
+        passes) and `pipeline` to the client's before using it."""
+        cdef pz_env env
+        cdef Py_ssize_t n = 0
+        cdef list touched = [], answered = []
+        cdef list queued = None         # replies for `last`, handed over in one extend()
+        cdef object last = None
+        while n < most and self.try_next(&env):
+            n += 1
+            receiver = pending.get(env.call)
+            if receiver is None:
+                self.stale += 1
+                continue
+            payload, error = self._result(&env)
+            if type(receiver) is stream:
+                if receiver is not last:
+                    if last is not None:
+                        last.extend(queued)
+                    queued = []
+                    touched.append(receiver)
+                    last = receiver
+                queued.append(payload if error is None else (payload, error))
+            else:
+                del pending[env.call]
+                answered.append((receiver, payload, error))
+        if last is not None:
+            last.extend(queued)
+        return n, touched, answered
+
 
 cdef class JobStream:
     """The iterator behind Client.job: sends payloads from a generator and
@@ -486,3 +529,102 @@ cdef class JobStream:
         if error is not None and self.on_error is not None:
             return self.on_error(error)
         return payload
+
+
+#: Why CallBatch.add_from stopped (or the large payload it stopped at).
+STOP_MOST = 0
+STOP_END = 1
+STOP_FULL = 2
+
+
+cdef class CallBatch:
+    """Calls for a pylm server queued on one PUSH socket and sent together
+    in one frame, [BATCH_MARK, batch].  Each envelope carries its own
+    function and call id, so calls of many callers share a frame: the
+    asyncio client queues what one turn of its event loop asks for and
+    sends it at the end of that turn.  Never blocks: send() says when the
+    socket had no room."""
+    cdef:
+        void *push
+        object _push
+        bytes pipeline, client
+        pz_batch out
+        size_t batch_bytes
+
+    def __init__(self, push, bytes pipeline, bytes client, size_t batch_bytes=BATCH_BYTES):
+        self._push = push
+        self.push = sock_handle(push)
+        self.pipeline = pipeline
+        self.client = client
+        self.batch_bytes = max(<size_t>1, min(batch_bytes, <size_t>BATCH_BYTES))
+
+    def __dealloc__(self):
+        free(self.out.buf)
+
+    @property
+    def count(self):
+        """Calls queued and not sent yet."""
+        return self.out.count
+
+    def add(self, bytes function, bytes cache, payload, uint64_t call):
+        """Queue one call (its payload copied into the batch); True when
+        the batch is full (MAX_SEND calls or `batch_bytes`): send it before
+        adding more."""
+        cdef pz_env env
+        cdef Py_buffer buf
+        check_payload(payload)
+        PyObject_GetBuffer(payload, &buf, PyBUF_SIMPLE)
+        try:
+            _fill_call(&env, self.pipeline, self.client, function, cache,
+                       <const char *>buf.buf, <size_t>buf.len, PZ_FLAG_BATCH, call)
+            if pz_batch_add_env(&self.out, &env) != 0:
+                raise MemoryError()
+        finally:
+            PyBuffer_Release(&buf)
+        return self.out.count >= MAX_SEND or self.out.len >= self.batch_bytes
+
+    def add_from(self, bytes function, bytes cache, it, uint64_t call, long long most):
+        """Queue calls for payloads taken from the iterator `it`, at most
+        `most` of them, sending each batch that fills.  Returns (calls
+        queued, why it stopped): STOP_MOST (`most` queued), STOP_END (`it`
+        is exhausted), STOP_FULL (the socket had no room for a full batch:
+        send() it before adding more) or a payload of LEND_MIN_ bytes or
+        more, taken from `it` and not queued (for the caller to send
+        alone)."""
+        cdef pz_env env
+        cdef Py_buffer buf
+        cdef long long n = 0
+        cdef OutFrame out[2]
+        while n < most:
+            try:
+                payload = next(it)
+            except StopIteration:
+                return n, STOP_END
+            check_payload(payload)
+            PyObject_GetBuffer(payload, &buf, PyBUF_SIMPLE)
+            try:
+                if buf.len >= LEND_MIN:
+                    return n, payload
+                _fill_call(&env, self.pipeline, self.client, function, cache,
+                           <const char *>buf.buf, <size_t>buf.len, PZ_FLAG_BATCH, call)
+                if pz_batch_add_env(&self.out, &env) != 0:
+                    raise MemoryError()
+            finally:
+                PyBuffer_Release(&buf)
+            n += 1
+            if self.out.count >= MAX_SEND or self.out.len >= self.batch_bytes:
+                out[0] = copy_frame(<char *>_BATCH_MARK, MARK_LEN)
+                out[1] = batch_frame(&self.out)
+                if send_frames(self.push, out, 2, PZ_DONTWAIT, None, NULL):
+                    return n, STOP_FULL
+        return n, STOP_MOST
+
+    def send(self):
+        """Send the queued calls: True when they went (or none was queued),
+        False when the socket has no room now (they stay queued)."""
+        cdef OutFrame out[2]
+        if self.out.count == 0:
+            return True
+        out[0] = copy_frame(<char *>_BATCH_MARK, MARK_LEN)
+        out[1] = batch_frame(&self.out)
+        return not send_frames(self.push, out, 2, PZ_DONTWAIT, None, NULL)

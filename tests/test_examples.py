@@ -128,6 +128,9 @@ EXPECTED = [
                   re.compile(r"replies per worker: \{'worker1': \d+(, 'worker2': \d+)?\}"
                              r"|replies per worker: \{'worker2': \d+\}")],
      "done: parallel, 500 replies"),
+    ("aio_client", ["b'HELLO'", "concurrent: 1000 b'CALL 0' b'CALL 999'", "job: 5000 replies",
+                    "timed out", "cancelled: True calls pending: 0"],
+     "done: aio_client, 5000 job replies"),
     ("cache", [re.compile(r"stored under [0-9a-f-]{36}"), "get: b'Guillem'",
                "b'hello, Guillem'", "b'hello, Ada'", "delete: my-key",
                "after delete: b''", "b'hello, stranger'"],
