@@ -20,8 +20,8 @@ import sys
 import threading
 import time
 import uuid
-from typing import (TYPE_CHECKING, Any, Dict, Generator, Iterable, Iterator, List, NoReturn,
-                    Literal, Optional, Sequence, Union, overload)
+from typing import (TYPE_CHECKING, Any, Dict, Generator, Iterable, Iterator, List, Literal,
+                    NoReturn, Optional, Sequence, Union, overload)
 
 import zmq
 
