@@ -146,19 +146,19 @@ class Client:
         self._sub_is_server = sub_address is None
         if not this_config:
             try:
-                assert self._cache is not None, "the client has no db_address"
-                name = self._cache.request("get", b"name").decode()
+                cache = self._cache_client()
+                name = cache.request("get", b"name").decode()
                 if name != server_name:
                     raise ValueError("the server at %s is %r, not %r"
                                      % (db_address, name, server_name))
                 if push_address is None:
-                    push_address = self._cache.request("get", b"pull_address").decode()
+                    push_address = cache.request("get", b"pull_address").decode()
                 if sub_address is None:
-                    sub_address = self._cache.request("get", b"pub_address").decode()
-                self._protocol = self._cache.request("get", CONFIG_PROTOCOL_KEY.encode())
+                    sub_address = cache.request("get", b"pub_address").decode()
+                self._protocol = cache.request("get", CONFIG_PROTOCOL_KEY.encode())
                 if self._protocol == PROTOCOL:
                     self._batch_bytes = batch_bytes_for(
-                        self._cache.request("get", b"max_message_size"))
+                        cache.request("get", b"max_message_size"))
             except BaseException:
                 self.close()
                 raise
@@ -448,6 +448,12 @@ class Client:
     def _key(self, key: str) -> str:
         return "%s%s" % (self.session, key) if self.session else key
 
+    def _cache_client(self) -> CacheClient:
+        """The link to the server's cache; ValueError without a db_address."""
+        if self._cache is None:
+            raise ValueError("the client has no db_address")
+        return self._cache
+
     def set(self, value: bytes, key: Optional[str] = None) -> str:
         """Store value (bytes) in the server's cache; returns the key.
         Raises PermissionError for one of the server's configuration keys,
@@ -455,21 +461,18 @@ class Client:
         self._check_thread()
         if not isinstance(value, bytes):
             raise TypeError("value must be bytes, not %s" % type(value).__name__)
-        assert self._cache is not None, "the client has no db_address"
-        return self._cache.request("set", value, self._key(key) if key else "").decode()
+        return self._cache_client().request("set", value, self._key(key) if key else "").decode()
 
     def get(self, key: str) -> bytes:
         """The value stored under key (b'' when absent)."""
         self._check_thread()
-        assert self._cache is not None, "the client has no db_address"
-        return self._cache.request("get", self._key(key).encode())
+        return self._cache_client().request("get", self._key(key).encode())
 
     def delete(self, key: str) -> str:
         """Remove key from the server's cache; returns the key.  Raises
         PermissionError for one of the server's configuration keys."""
         self._check_thread()
-        assert self._cache is not None, "the client has no db_address"
-        return self._cache.request("delete", self._key(key).encode()).decode()
+        return self._cache_client().request("delete", self._key(key).encode()).decode()
 
     # live statistics ---------------------------------------------------------
     def stats(self, *, timeout: Optional[float] = None) -> Dict[str, Any]:
@@ -479,7 +482,5 @@ class Client:
         client's timeout by default); pylm._stats.StatsUnavailable when the
         server does not serve statistics (pylm 0.14)."""
         self._check_thread()
-        if self._cache is None:
-            raise ValueError("the client has no db_address")
-        return parse_stats(self._cache.request("stats", b"", timeout=timeout),
-                           self._cache.db_address)
+        cache = self._cache_client()
+        return parse_stats(cache.request("stats", b"", timeout=timeout), cache.db_address)
