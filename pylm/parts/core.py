@@ -559,6 +559,8 @@ class Inbound(_Part):
             if self._read >= self.messages:
                 runner._pause(sock, "messages")
             self._received(frames)
+            if self._alone:
+                self._alone_check()
 
     def _received(self, frames: List[bytes]) -> None:
         """One message read from the socket (all its frames)."""
@@ -651,8 +653,14 @@ class Inbound(_Part):
         self._exchanges -= 1
         if self.reply:
             self._runner._resume(self.listen_to, "reply")
-        if self._alone and self._exchanges == 0 and self._read >= self.messages:
-            self.stop()     # start() returns: every message read went through
+        if self._alone:
+            self._alone_check()
+
+    def _alone_check(self) -> None:
+        """Run alone, start() returns once `messages` were read and went
+        through (answered, rejected or delivered)."""
+        if self._exchanges == 0 and self._read >= self.messages:
+            self.stop()
 
     # alone ---------------------------------------------------------------------------
     def _broker_link(self) -> Optional[_Part]:
