@@ -582,3 +582,28 @@ def test_parts_alone_with_our_router_as_their_broker():
         finally:
             router.stop()
             server.thread.join(TIMEOUT)
+
+
+def test_stop_ends_a_part_alone_which_can_start_again():
+    """Without `messages`, start() serves until stop(); then it starts
+    again (the same part, a new loop), and an outbound hook that raises
+    answers the broker b'' without ending it."""
+    class Failing(PushConnection):
+        def scatter(self, message):
+            if message.payload == b"boom":
+                raise ValueError("boom")
+            yield message
+
+    listen, broker_address = inproc("push"), inproc("broker")
+    with sockets() as make:
+        broker = make(zmq.REQ, bind=broker_address)
+        peer = make(zmq.PULL, bind=listen)
+        part = Failing("out", listen, broker_address=broker_address)
+        for round in range(2):
+            with alone(part, returns=False) as run:
+                broker.send(envelope(b"boom").SerializeToString())
+                assert broker.recv() == b""
+                broker.send(envelope(b"ok%d" % round).SerializeToString())
+                assert PalmMessage.FromString(peer.recv()).payload == b"ok%d" % round
+                assert broker.recv() == b""
+                assert not run.returned.is_set()
