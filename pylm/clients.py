@@ -7,8 +7,9 @@ handshake, with pylm 0.14 servers by one wait (they cannot answer pings).
 Every blocking call takes ``timeout=`` (seconds; None waits forever).
 
 A Client is not thread-safe (ZeroMQ sockets are not): it belongs to the
-thread that first calls it, and a call from any other thread raises
-RuntimeError (close() excepted).  Threads use one Client each, or share a
+thread that first calls it (until that thread ends), and a call from any
+other thread raises RuntimeError (close() excepted, unless it would cut a
+running call short).  Threads use one Client each, or share a
 pylm.futures.Executor.
 """
 
@@ -18,6 +19,7 @@ import sys
 import threading
 import time
 import uuid
+from typing import Any, Optional
 
 import zmq
 
@@ -61,12 +63,10 @@ def _check_payload(payload):
     return payload
 
 
-def _thread_name(ident):
+def _thread_name(thread: threading.Thread) -> str:
     """A thread's name and ident, for error messages."""
-    for thread in threading.enumerate():
-        if thread.ident == ident:
-            return "thread %r (ident %d)" % (thread.name, ident)
-    return "thread ident %d (ended)" % ident
+    return "thread %r (ident %s%s)" % (thread.name, thread.ident,
+                                       "" if thread.is_alive() else ", ended")
 
 
 class Client:
@@ -94,8 +94,12 @@ class Client:
 
     Not thread-safe: the first thread that calls the client (eval, job,
     set, get, delete, stats) owns it, and any other thread's call raises
-    RuntimeError; close() works from any thread.  The constructor binds
-    nothing, so a client may be made in one thread and handed to another.
+    RuntimeError while that thread lives (once it ended, the next thread
+    to call takes the client over).  close() works from any thread, except
+    that another thread's close() while the owner is in a call (an eval,
+    or a job not yet ended) raises RuntimeError instead of closing the
+    sockets under the call.  The constructor binds nothing, so a client
+    may be made in one thread and handed to another.
     """
 
     def __init__(self, server_name, db_address, push_address=None, sub_address=None,
@@ -125,30 +129,43 @@ class Client:
         self._joined_by = None
         self._batch_bytes = UNLIMITED
         self._closed = False
-        #: the thread this client belongs to (_check_thread): the first to call it
+        #: the thread this client belongs to (_check_thread): the first to
+        #: call it, or the first after that one ended
         self._owner = None
+        #: calls of the owner running now (a job until its generator ends);
+        #: changed and read under _busy_lock, so that close() from another
+        #: thread never closes sockets a call is using
+        self._running = 0
+        self._busy_lock = threading.Lock()
         # A sub_address given by the caller may be the pub of a later stage
         # (a pylm 0.14 Pipeline, say): whether it welcomes is then unknown.
         self._sub_is_server = sub_address is None
-        if not this_config:
-            try:
-                name = self._cache.request("get", b"name").decode()
-                if name != server_name:
-                    raise ValueError("the server at %s is %r, not %r"
-                                     % (db_address, name, server_name))
-                if push_address is None:
-                    push_address = self._cache.request("get", b"pull_address").decode()
-                if sub_address is None:
-                    sub_address = self._cache.request("get", b"pub_address").decode()
-                self._protocol = self._cache.request("get", CONFIG_PROTOCOL_KEY.encode())
-                if self._protocol == PROTOCOL:
-                    self._batch_bytes = batch_bytes_for(
-                        self._cache.request("get", b"max_message_size"))
-            except BaseException:
-                self.close()
-                raise
         self.push_address = push_address
         self.sub_address = sub_address
+        if not this_config:
+            self._fetch_config()
+
+    def _fetch_config(self) -> None:
+        """Ask the server's cache for its name (checked), the addresses not
+        given, its protocol and message size bound; closes the client and
+        raises when that fails.  Blocking: __init__ calls it unless
+        `this_config`, pylm.aio.Client in its executor's thread."""
+        try:
+            name = self._cache.request("get", b"name").decode()
+            if name != self.server_name:
+                raise ValueError("the server at %s is %r, not %r"
+                                 % (self.db_address, name, self.server_name))
+            if self.push_address is None:
+                self.push_address = self._cache.request("get", b"pull_address").decode()
+            if self.sub_address is None:
+                self.sub_address = self._cache.request("get", b"pub_address").decode()
+            self._protocol = self._cache.request("get", CONFIG_PROTOCOL_KEY.encode())
+            if self._protocol == PROTOCOL:
+                self._batch_bytes = batch_bytes_for(
+                    self._cache.request("get", b"max_message_size"))
+        except BaseException:
+            self.close()
+            raise
 
     # context manager -------------------------------------------------------
     def __enter__(self):
@@ -158,7 +175,34 @@ class Client:
         self.close()
 
     def close(self):
-        """Close every socket of the client (idempotent)."""
+        """Close every socket of the client (idempotent).
+
+        From the thread that owns the client, always.  From another
+        thread, only while no call of the client is running (an eval, or a
+        job whose generator has not ended): then RuntimeError, since
+        closing sockets a call is using would make that call fail on
+        closed sockets (or worse, in libzmq)."""
+        owner = self._owner
+        if owner is None or owner is threading.current_thread():
+            return self._close_sockets()
+        with self._busy_lock:
+            if self._running:
+                raise RuntimeError(
+                    "this pylm Client is in a call in %s: close() it from that thread, or "
+                    "after the call returned (or its job ended or was closed)"
+                    % _thread_name(owner))
+            self._close_sockets()
+
+    def _begin_call(self) -> None:
+        with self._busy_lock:
+            self._running += 1
+
+    def _end_call(self) -> None:
+        with self._busy_lock:
+            self._running -= 1
+
+    def _close_sockets(self) -> None:
+        """close() without its thread check."""
         for sock in (self._push, self._sub):
             if sock is not None:
                 sock.close(linger=0)
@@ -172,27 +216,30 @@ class Client:
 
     def __del__(self):
         try:
-            self.close()
+            self._close_sockets()     # nothing runs a call of an unreachable client
         except Exception:
             pass
 
     # plumbing --------------------------------------------------------------
     def _check_thread(self):
-        """Bind the client to the calling thread on its first call; raise
-        RuntimeError when another thread calls it afterwards (its sockets
-        would be used by two threads at once, mixing their messages)."""
-        me = threading.get_ident()
-        if self._owner == me:
+        """Bind the client to the calling thread on its first call (or on
+        the first after its thread ended); raise RuntimeError when another
+        thread calls it while that one lives (its sockets would be used by
+        two threads at once, mixing their messages)."""
+        me = threading.current_thread()
+        owner = self._owner
+        if owner is me:
             return
         with _BIND_LOCK:
-            if self._owner is None:
+            owner = self._owner
+            if owner is None or not owner.is_alive():
                 self._owner = me
                 return
         raise RuntimeError(
             "this pylm Client belongs to the thread that first called it (%s), not to %s: "
             "a Client is not thread-safe; use one Client per thread, or a "
             "pylm.futures.Executor, which is safe to call from many threads"
-            % (_thread_name(self._owner), _thread_name(me)))
+            % (_thread_name(owner), _thread_name(me)))
 
     def _connect(self, timeout):
         if self._push is None:
@@ -322,6 +369,14 @@ class Client:
         `messages` replies.  Raises TimeoutError when no reply comes within
         `timeout` seconds, pylm.RemoteError when the method raised."""
         self._check_thread()
+        self._begin_call()
+        try:
+            return self._eval(function, payload, messages, cache, timeout)
+        finally:
+            self._end_call()
+
+    def _eval(self, function: Any, payload: Any, messages: int, cache: str,
+              timeout: Optional[float]) -> Any:
         function = self._function(function)
         _check_payload(payload)
         self._connect(timeout)
@@ -367,7 +422,11 @@ class Client:
         return self._job(function, generator, messages, cache, timeout, window, bar)
 
     def _job(self, function, generator, messages, cache, timeout, window, bar):
-        """The generator behind job(); `bar`, when not None, counts replies."""
+        """The generator behind job(); `bar`, when not None, counts replies.
+        Until it ends the client is in a call, which close() from another
+        thread refuses to cut short (_begin_call)."""
+        self._check_thread()        # the generator may be iterated elsewhere
+        self._begin_call()
         try:
             for payload in self._job_replies(function, generator, messages, cache,
                                              timeout, window):
@@ -375,6 +434,7 @@ class Client:
                     bar.update(1)
                 yield payload
         finally:
+            self._end_call()
             if bar is not None:
                 bar.close()
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from pylm._testing import tcp_addresses, wait_for
+from pylm._testing import Gate, tcp_addresses, wait_for
 from pylm.clients import Client
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -21,8 +21,8 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 LIMIT = 60
 
 
-def _env():
-    env = dict(os.environ)
+def _env(extra=None):
+    env = dict(os.environ, **(extra or {}))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS, env.get("PYTHONPATH")) if p)
     return env
 
@@ -34,9 +34,10 @@ def pylm(*args, **kwargs):
                           env=_env(), **kwargs)
 
 
-def start(*args, stderr=None):
-    """Start ``python -m pylm ARGS`` in the background."""
-    return subprocess.Popen([sys.executable, "-m", "pylm", *args], env=_env(),
+def start(*args, stderr=None, env=None):
+    """Start ``python -m pylm ARGS`` in the background (`env`: more
+    environment variables)."""
+    return subprocess.Popen([sys.executable, "-m", "pylm", *args], env=_env(env),
                             stdout=subprocess.DEVNULL, stderr=stderr)
 
 
@@ -188,9 +189,19 @@ def _try_stats_of(db, name):
     (("worker", "cli_services:Nope", "--db", "tcp://127.0.0.1:1"), b"has no Nope"),
     (("worker", "cli_services:UpperServer", "--db", "tcp://127.0.0.1:1"),
      b"not a subclass of pylm.servers.Worker"),
-    (("server", "cli_services", "--name", "a", "--db", "x", "--pull", "y", "--pub", "z"),
-     b"MODULE:CLASS"),
-    (("stats", "--db", "tcp://127.0.0.1:1", "--timeout", "soon"), b"invalid float"),
+    (("server", "cli_services", "--name", "a", "--db", "tcp://127.0.0.1:1",
+      "--pull", "tcp://127.0.0.1:2", "--pub", "tcp://127.0.0.1:3"), b"MODULE:CLASS"),
+    (("server", "cli_services:UpperServer", "--name", "a", "--db", "tcp://127.0.0.1:1",
+      "--pull", "y", "--pub", "tcp://127.0.0.1:3"), b"--pull"),
+    (("stats", "--db", "tcp://127.0.0.1:1", "--timeout", "soon"), b"--timeout"),
+    (("stats", "--db", "tcp://127.0.0.1:1", "--timeout", "-1"), b"--timeout"),
+    (("job", "a.b", "--db", "tcp://127.0.0.1:1", "--timeout", "0"), b"--timeout"),
+    (("call", "a.b", "x", "--db", "tcp://127.0.0.1:1", "--timeout", "nan"), b"--timeout"),
+    (("call", "a.b", "x", "--db", "127.0.0.1:5570"), b"--db"),
+    (("stats", "--db", "tcp://127.0.0.1"), b"--db"),
+    (("stats", "--db", "tcp://:1"), b"--db"),
+    (("worker", "cli_services:Upper", "--db", "ipc://"), b"--db"),
+    (("job", "a.b", "--db", "http://127.0.0.1:1"), b"--db"),
     (("frobnicate",), b"invalid choice"),
 ])
 def test_bad_usage_exits_2(args, says):
@@ -253,3 +264,110 @@ def _alive(pid):
     except ProcessLookupError:
         return False
     return True
+
+
+# -- how `pylm job` ends while its stdin is still open ---------------------------
+# A thread reads stdin; the interpreter must be able to exit while it waits
+# (pylm once aborted there: "Fatal Python error: _enter_buffered_busy").
+
+@pytest.fixture
+def held_server():
+    """`pylm server cli_services:UpperServer` named "up", whose `hold`
+    waits at a Gate: (db address, the gate)."""
+    gate = Gate()
+    db, pull, pub = tcp_addresses(3)
+    server = start("server", "cli_services:UpperServer", "--name", "up", "--db", db,
+                   "--pull", pull, "--pub", pub,
+                   env={"PYLM_TEST_GATE": "%s:%d" % gate.address})
+    try:
+        wait_for(lambda: _try_stats_of(db, "up"), 30, what="the server")
+        yield db, gate
+    finally:
+        gate.close()
+        assert stop(server) == 0
+
+
+def _job(db, *args):
+    """`pylm job ARGS --db DB` with pipes for stdin, stdout and stderr."""
+    return subprocess.Popen([sys.executable, "-m", "pylm", "job", *args, "--db", db],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=_env())
+
+
+def _send(proc, line):
+    proc.stdin.write(line + b"\n")
+    proc.stdin.flush()
+
+
+def _end_of(proc):
+    """Wait for `proc` with its stdin still open: (exit code, stderr)."""
+    try:
+        code = proc.wait(LIMIT)
+        return code, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if not pipe.closed:
+                try:
+                    pipe.close()
+                except BrokenPipeError:
+                    pass
+
+
+def _clean(err):
+    return b"Fatal Python error" not in err and b"Traceback" not in err
+
+
+def test_job_timeout_with_stdin_open_exits_1(held_server):
+    db, gate = held_server
+    proc = _job(db, "up.hold", "--timeout", "1")
+    try:
+        _send(proc, b"x")
+        gate.wait_arrived(1)
+    finally:
+        code, err = _end_of(proc)
+    assert code == 1 and b"TimeoutError" in err, (code, err)
+    assert _clean(err), err
+
+
+def test_unreachable_db_with_stdin_open_exits_1():
+    proc = _job(tcp_addresses(1)[0], "a.b", "--timeout", "1")
+    code, err = _end_of(proc)
+    assert code == 1 and b"TimeoutError" in err, (code, err)
+    assert _clean(err), err
+
+
+@pytest.mark.parametrize("held", [True, False], ids=["in-a-call", "waiting-for-stdin"])
+def test_job_sigint_exits_1_cleanly(held_server, held):
+    """Ctrl-C stops a job: exit code 1 (the CLI's 'failed'), no traceback."""
+    db, gate = held_server
+    proc = _job(db, "up.hold" if held else "up.upper")
+    try:
+        if held:
+            _send(proc, b"x")
+            gate.wait_arrived(1)
+        else:
+            _send(proc, b"y")
+            assert proc.stdout.readline() == b"Y\n"
+        os.kill(proc.pid, signal.SIGINT)
+    finally:
+        code, err = _end_of(proc)
+    assert code == 1, (code, err)
+    assert _clean(err), err
+
+
+def test_job_into_a_closed_stdout_exits_0(held_server):
+    """`pylm job ... | head -1`: the reader goes away, the job ends with 0."""
+    db, _ = held_server
+    proc = _job(db, "up.upper")
+    try:
+        _send(proc, b"a")
+        assert proc.stdout.readline() == b"A\n"
+        proc.stdout.close()
+        _send(proc, b"b")       # its reply meets the closed pipe
+    finally:
+        code, err = _end_of(proc)
+    assert code == 0, (code, err)
+    assert _clean(err), err
