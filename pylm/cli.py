@@ -123,7 +123,8 @@ def _class_arg(parser: argparse.ArgumentParser, what: str) -> None:
 def _add_metrics(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", metavar="[HOST:]PORT", default=None,
                         help="serve Prometheus metrics at http://HOST:PORT/metrics "
-                             "(needs pylm[metrics]; HOST defaults to every interface)")
+                             "(needs pylm[metrics]; HOST defaults to 127.0.0.1: give "
+                             "0.0.0.0:PORT for every interface)")
 
 
 def _metrics_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
