@@ -1,7 +1,8 @@
 """The ``pylm`` command end to end, in real processes (``python -m pylm``):
 a master, a supervisor of two workers, call, job, stats, keys; a worker
-killed with SIGKILL is restarted and jobs still complete; bad usage exits
-2, an unreachable cache 1."""
+killed with SIGKILL in the middle of a job is restarted and the job
+completes; bad usage exits 2, an unreachable cache 1; every way a job
+ends with its stdin still open gives its exit code, cleanly."""
 
 import json
 import os
@@ -9,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -67,22 +69,30 @@ def _pids(log_path):
         return [int(pid) for pid in re.findall(r"worker \d+ started: pid (\d+)", f.read())]
 
 
+#: The payload that Upper.gated holds at the cluster's gate.
+GATED = b"line-5000"
+
+
 @pytest.fixture
 def cluster(tmp_path):
     """`pylm master` and `pylm worker cli_services:Upper --processes 2`,
-    both up: (db address, supervisor, path of the supervisor's log)."""
+    both up: (db address, supervisor, path of the supervisor's log, the
+    Gate where the workers' `gated` holds GATED)."""
     db, pull, pub, wpull, wpush = tcp_addresses(5)
+    gate = Gate()
     master = start("master", "--name", "m", "--db", db, "--pull", pull, "--pub", pub,
                    "--worker-pull", wpull, "--worker-push", wpush, "--worker-timeout", "1")
     log_path = tmp_path / "supervisor.log"
     with open(log_path, "w") as log:
         workers = start("worker", "cli_services:Upper", "--db", db, "--processes", "2",
-                        stderr=log)
+                        stderr=log, env={"PYLM_TEST_GATE": "%s:%d" % gate.address,
+                                         "PYLM_TEST_GATED": GATED.decode()})
     try:
         wait_for(lambda: _try_stats(db) and len(_try_stats(db)["workers"]) == 2, 30,
                  what="two workers at the master")
-        yield db, workers, log_path
+        yield db, workers, log_path, gate
     finally:
+        gate.close()
         codes = stop(workers), stop(master)
     assert codes == (0, 0), codes
 
@@ -95,25 +105,46 @@ def _try_stats(db):
 
 
 def test_cluster_call_job_stats_and_restart(cluster, tmp_path):
-    db, workers, log_path = cluster
+    db, workers, log_path, gate = cluster
     done = pylm("call", "m.upper", "hello", "--db", db)
     assert (done.returncode, done.stdout) == (0, b"HELLO\n"), done.stderr
 
-    # a supervised worker killed: the supervisor starts another, and a job
-    # of 10,000 lines completes meanwhile (the master gives the dead one up)
+    # a supervised worker killed DURING a job of 10,000 lines (while it
+    # holds GATED at the gate): the master gives it up and sends its calls
+    # to the other worker (where GATED is held again), the supervisor
+    # starts another, and the job completes with every reply once
     pids = wait_for(lambda: len(_pids(log_path)) >= 2 and _pids(log_path), 10,
                     what="the supervisor's log of two workers")
-    os.kill(pids[0], signal.SIGKILL)
     lines = b"".join(b"line-%d\n" % i for i in range(10000))
-    job = pylm("job", "m.upper", "--db", db, "--timeout", "30", input=lines)
-    assert job.returncode == 0, job.stderr
-    replies = job.stdout.splitlines()
+    proc = subprocess.Popen([sys.executable, "-m", "pylm", "job", "m.gated", "--db", db,
+                             "--timeout", "30"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    ended = {}
+    feeder = threading.Thread(target=lambda: ended.update(
+        zip(("out", "err"), proc.communicate(lines, timeout=LIMIT))), daemon=True)
+    feeder.start()
+    try:
+        gate.wait_arrived(1, timeout=LIMIT)
+        victim = int(gate.who[0])
+        assert victim in pids, (victim, pids)
+        os.kill(victim, signal.SIGKILL)
+        gate.wait_arrived(2, timeout=LIMIT)   # GATED again, at another worker
+        assert int(gate.who[1]) != victim
+        gate.open()
+        feeder.join(LIMIT)
+    finally:
+        gate.open()
+        if proc.poll() is None and feeder.is_alive():
+            proc.kill()
+        feeder.join(LIMIT)
+    assert proc.returncode == 0, ended.get("err")
+    replies = ended["out"].splitlines()
     assert len(replies) == 10000
     assert sorted(replies) == sorted(b"LINE-%d" % i for i in range(10000))
 
     wait_for(lambda: len(_pids(log_path)) >= 3, 20, what="a restart in the log")
     log = log_path.read_text()
-    assert re.search(r"worker \d+ \(pid %d\) killed by signal 9; restarting" % pids[0], log), log
+    assert re.search(r"worker \d+ \(pid %d\) killed by signal 9; restarting" % victim, log), log
     stats = wait_for(lambda: (lambda s: s["given_up"] >= 1 and len(s["workers"]) == 2 and s)(
         _stats(db)), 20, what="the dead worker given up, its successor registered")
     assert stats["received"] == stats["sent"] == 10001, stats
