@@ -436,12 +436,36 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
 # -- the worker supervisor ---------------------------------------------------------
 
+#: prctl(2) option: the signal a process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def _parent_death_signal() -> Optional[Any]:
+    """On Linux, a preexec_fn for the supervised workers: each gets SIGTERM
+    when the supervisor dies, even by SIGKILL (which it cannot catch to
+    stop them), so that no worker is left orphaned.  None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)    # loaded here, not after fork
+    parent = os.getpid()
+
+    def die_with_parent() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:      # it died before prctl
+            os._exit(1)
+
+    return die_with_parent
+
+
 class Supervisor:
     """Runs `count` copies of `command` and keeps them running: a process
     that exits is started again after a back-off (BACKOFF_MIN doubling to
     BACKOFF_MAX while it keeps dying), with a log line saying which, its
     PID and how it ended.  SIGTERM or SIGINT stops them all (SIGTERM, then
-    SIGKILL after STOP_GRACE) and run() returns 0."""
+    SIGKILL after STOP_GRACE) and run() returns 0.  On Linux the workers
+    also get SIGTERM when the supervisor dies without stopping them
+    (SIGKILL, a crash): PR_SET_PDEATHSIG."""
 
     def __init__(self, command: List[str], count: int) -> None:
         self.command = command
@@ -451,12 +475,14 @@ class Supervisor:
         self.backoff = [BACKOFF_MIN] * count
         self.due = [0.0] * count        # when a dead one may start again
         self._stopping = False
+        self._preexec = _parent_death_signal()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._stopping = True
 
     def _start(self, i: int) -> None:
-        proc = subprocess.Popen(self.command)
+        # preexec_fn is safe here: the supervisor runs no other thread
+        proc = subprocess.Popen(self.command, preexec_fn=self._preexec)
         self.procs[i] = proc
         self.started[i] = time.monotonic()
         logger.info("worker %d started: pid %d", i, proc.pid)

@@ -289,12 +289,50 @@ def test_worker_supervisor_stops_on_sigint(tmp_path):
             sup.wait()
 
 
-def _alive(pid):
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
+def test_workers_end_when_their_supervisor_is_sigkilled(tmp_path):
+    """A supervisor killed with SIGKILL cannot stop its workers: the kernel
+    sends them SIGTERM (PR_SET_PDEATHSIG), so none is left orphaned."""
+    log_path = tmp_path / "supervisor.log"
+    db, pull, pub, wpull, wpush = tcp_addresses(5)
+    master = start("master", "--name", "m", "--db", db, "--pull", pull, "--pub", pub,
+                   "--worker-pull", wpull, "--worker-push", wpush)
+    with open(log_path, "w") as log:
+        sup = start("worker", "cli_services:Upper", "--db", db, "--processes", "2",
+                    stderr=log)
+    pids = []
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        pids = wait_for(lambda: len(_pids(log_path)) >= 2 and _pids(log_path), 20,
+                        what="two workers started")
+        wait_for(lambda: _try_stats(db) and len(_try_stats(db)["workers"]) == 2, 30,
+                 what="two workers at the master")
+        os.kill(sup.pid, signal.SIGKILL)
+        assert sup.wait(20) == -signal.SIGKILL
+        for pid in pids:
+            wait_for(lambda: not _alive(pid), 20, what="worker %d gone" % pid)
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+            sup.wait()
+        for pid in pids:                # orphans of a failed test
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        assert stop(master) == 0
+
+
+def _alive(pid):
+    """Whether process `pid` runs (a zombie, waiting to be reaped, does not)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
         return False
-    return True
+    except OSError:                     # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
 
 
 # -- how `pylm job` ends while its stdin is still open ---------------------------
