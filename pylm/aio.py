@@ -3,9 +3,12 @@
 ``pylm.aio.Client`` takes the same arguments as :class:`pylm.clients.Client`
 and is made by one: the configuration fetched from the server's cache, the
 security keywords, the sockets and the subscription handshake are the sync
-client's (its code, run once, in a thread of the loop's executor so that
-the loop never blocks on it).  From then on the sockets belong to the event
-loop, which watches them through their file descriptors (``ZMQ_FD``):
+client's (its code, run once, at the first call, in a thread of the loop's
+executor so that the loop never blocks on it; the constructor itself does
+no I/O, so a wrong ``db_address`` or server name shows at the first call,
+as ``TimeoutError`` or ``ValueError``).  From then on the sockets belong to
+the event loop, which watches them through their file descriptors
+(``ZMQ_FD``):
 
 - any number of calls may be in flight at once, from any number of tasks;
   each has its own call id (the envelope's field 17), which its replies
@@ -15,7 +18,16 @@ loop, which watches them through their file descriptors (``ZMQ_FD``):
   or more go alone, lent to libzmq without a copy, as with the sync client;
 - a call that times out or is cancelled leaves the table of pending calls
   at once: its late reply finds no caller and is dropped (counted in
-  ``stale``), and a call that had not left yet is not sent at all;
+  ``stale``).  A call still waiting for room on the PUSH socket (or a
+  payload of 64 KiB or more not yet lent) is not sent at all; one already
+  in this turn's batch goes out with the batch, and its reply is dropped
+  as stale;
+- breaking out of ``async for reply in client.job(...)`` ends the job only
+  when its async generator is closed: asyncio does that soon after the
+  generator is no longer referenced, but to end it at once (its calls
+  leave the table, its queued payloads are not sent) close it explicitly:
+  ``async with contextlib.aclosing(client.job(...)) as replies:`` (Python
+  3.10+) or ``await replies.aclose()``;
 - errors are decoded as the sync client decodes them: ``RemoteError`` for
   a method that raised, ``WorkerLost`` for a message that took down
   workers, ``TimeoutError`` when no reply comes within ``timeout=``.
@@ -129,8 +141,11 @@ class Client:
                  push_address: Optional[str] = None, sub_address: Optional[str] = None,
                  session: Optional[str] = None, logging_level: Union[int, str, None] = None,
                  this_config: bool = False, **keywords: Any) -> None:
+        # made without its configuration fetch, which blocks: the first
+        # call fetches it in the loop's executor (_setup)
         self._sync = clients.Client(server_name, db_address, push_address, sub_address,
-                                    session, logging_level, this_config, **keywords)
+                                    session, logging_level, True, **keywords)
+        self._must_fetch = not this_config
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         # the handshake, while it runs
         self._joining: Optional[asyncio.Future[None]] = None
@@ -145,13 +160,49 @@ class Client:
         self._closed = False
 
     # what the sync client knows ---------------------------------------------
-    server_name = property(lambda self: self._sync.server_name)
-    db_address = property(lambda self: self._sync.db_address)
-    push_address = property(lambda self: self._sync.push_address)
-    sub_address = property(lambda self: self._sync.sub_address)
-    session = property(lambda self: self._sync.session)
-    uuid = property(lambda self: self._sync.uuid)
-    timeout = property(lambda self: self._sync.timeout)
+    @property
+    def server_name(self) -> str:
+        """The name of the server this client calls."""
+        value: str = self._sync.server_name
+        return value
+
+    @property
+    def db_address(self) -> Optional[str]:
+        """The server's cache address."""
+        value: Optional[str] = self._sync.db_address
+        return value
+
+    @property
+    def push_address(self) -> Optional[str]:
+        """Where calls go: as given, else the server's pull address once
+        the first call fetched the configuration (None before)."""
+        value: Optional[str] = self._sync.push_address
+        return value
+
+    @property
+    def sub_address(self) -> Optional[str]:
+        """Where replies come from: as given, else the server's pub address
+        once the first call fetched the configuration (None before)."""
+        value: Optional[str] = self._sync.sub_address
+        return value
+
+    @property
+    def session(self) -> Optional[str]:
+        """The prefix of cache keys and the `pipeline` of calls, if given."""
+        value: Optional[str] = self._sync.session
+        return value
+
+    @property
+    def uuid(self) -> str:
+        """This client's id: the topic its replies are published under."""
+        value: str = self._sync.uuid
+        return value
+
+    @property
+    def timeout(self) -> Optional[float]:
+        """Seconds for the configuration fetch and the handshake."""
+        value: Optional[float] = self._sync.timeout
+        return value
 
     @property
     def stale(self) -> int:
@@ -217,7 +268,7 @@ class Client:
         elif self._loop is not loop:
             raise RuntimeError("a pylm.aio.Client belongs to the event loop of its first call")
         if self._joining is None:
-            self._joining = loop.run_in_executor(None, self._sync._connect, timeout)
+            self._joining = loop.run_in_executor(None, self._setup, timeout)
         joining = self._joining
         try:
             await asyncio.shield(joining)
@@ -227,6 +278,15 @@ class Client:
             raise
         if self._sync._reader is not None and self._batch is None and not self._closed:
             self._watch()
+
+    def _setup(self, timeout: Optional[float]) -> None:
+        """In a thread of the executor (it blocks): the configuration fetch
+        (once it succeeded, never again; not at all with `this_config`),
+        then the sync client's sockets and handshake."""
+        if self._must_fetch:
+            self._sync._fetch_config()
+            self._must_fetch = False
+        self._sync._connect(timeout)
 
     def _watch(self) -> None:
         sync = self._sync

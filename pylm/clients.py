@@ -7,8 +7,9 @@ handshake, with pylm 0.14 servers by one wait (they cannot answer pings).
 Every blocking call takes ``timeout=`` (seconds; None waits forever).
 
 A Client is not thread-safe (ZeroMQ sockets are not): it belongs to the
-thread that first calls it, and a call from any other thread raises
-RuntimeError (close() excepted).  Threads use one Client each, or share a
+thread that first calls it (until that thread ends), and a call from any
+other thread raises RuntimeError (close() excepted, unless it would cut a
+running call short).  Threads use one Client each, or share a
 pylm.futures.Executor.
 """
 
@@ -71,12 +72,10 @@ def _check_payload(payload: Any) -> Any:
     return payload
 
 
-def _thread_name(ident: int) -> str:
+def _thread_name(thread: threading.Thread) -> str:
     """A thread's name and ident, for error messages."""
-    for thread in threading.enumerate():
-        if thread.ident == ident:
-            return "thread %r (ident %d)" % (thread.name, ident)
-    return "thread ident %d (ended)" % ident
+    return "thread %r (ident %s%s)" % (thread.name, thread.ident,
+                                       "" if thread.is_alive() else ", ended")
 
 
 class Client:
@@ -104,8 +103,12 @@ class Client:
 
     Not thread-safe: the first thread that calls the client (eval, job,
     set, get, delete, stats) owns it, and any other thread's call raises
-    RuntimeError; close() works from any thread.  The constructor binds
-    nothing, so a client may be made in one thread and handed to another.
+    RuntimeError while that thread lives (once it ended, the next thread
+    to call takes the client over).  close() works from any thread, except
+    that another thread's close() while the owner is in a call (an eval,
+    or a job not yet ended) raises RuntimeError instead of closing the
+    sockets under the call.  The constructor binds nothing, so a client
+    may be made in one thread and handed to another.
     """
 
     def __init__(self, server_name: str, db_address: Optional[str],
@@ -139,31 +142,44 @@ class Client:
         self._joined_by: Optional[str] = None
         self._batch_bytes = UNLIMITED
         self._closed = False
-        #: the thread this client belongs to (_check_thread): the first to call it
-        self._owner: Optional[int] = None
+        #: the thread this client belongs to (_check_thread): the first to
+        #: call it, or the first after that one ended
+        self._owner: Optional[threading.Thread] = None
+        #: calls of the owner running now (a job until its generator ends);
+        #: changed and read under _busy_lock, so that close() from another
+        #: thread never closes sockets a call is using
+        self._running = 0
+        self._busy_lock = threading.Lock()
         # A sub_address given by the caller may be the pub of a later stage
         # (a pylm 0.14 Pipeline, say): whether it welcomes is then unknown.
         self._sub_is_server = sub_address is None
-        if not this_config:
-            try:
-                cache = self._cache_client()
-                name = cache.request("get", b"name").decode()
-                if name != server_name:
-                    raise ValueError("the server at %s is %r, not %r"
-                                     % (db_address, name, server_name))
-                if push_address is None:
-                    push_address = cache.request("get", b"pull_address").decode()
-                if sub_address is None:
-                    sub_address = cache.request("get", b"pub_address").decode()
-                self._protocol = cache.request("get", CONFIG_PROTOCOL_KEY.encode())
-                if self._protocol == PROTOCOL:
-                    self._batch_bytes = batch_bytes_for(
-                        cache.request("get", b"max_message_size"))
-            except BaseException:
-                self.close()
-                raise
         self.push_address = push_address
         self.sub_address = sub_address
+        if not this_config:
+            self._fetch_config()
+
+    def _fetch_config(self) -> None:
+        """Ask the server's cache for its name (checked), the addresses not
+        given, its protocol and message size bound; closes the client and
+        raises when that fails.  Blocking: __init__ calls it unless
+        `this_config`, pylm.aio.Client in its executor's thread."""
+        try:
+            cache = self._cache_client()
+            name = cache.request("get", b"name").decode()
+            if name != self.server_name:
+                raise ValueError("the server at %s is %r, not %r"
+                                 % (self.db_address, name, self.server_name))
+            if self.push_address is None:
+                self.push_address = cache.request("get", b"pull_address").decode()
+            if self.sub_address is None:
+                self.sub_address = cache.request("get", b"pub_address").decode()
+            self._protocol = cache.request("get", CONFIG_PROTOCOL_KEY.encode())
+            if self._protocol == PROTOCOL:
+                self._batch_bytes = batch_bytes_for(
+                    cache.request("get", b"max_message_size"))
+        except BaseException:
+            self.close()
+            raise
 
     # context manager -------------------------------------------------------
     def __enter__(self) -> Client:
@@ -173,7 +189,35 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close every socket of the client (idempotent)."""
+        """Close every socket of the client (idempotent).
+
+        From the thread that owns the client, always.  From another
+        thread, only while no call of the client is running (an eval, or a
+        job whose generator has not ended): then RuntimeError, since
+        closing sockets a call is using would make that call fail on
+        closed sockets (or worse, in libzmq)."""
+        owner = self._owner
+        if owner is None or owner is threading.current_thread():
+            self._close_sockets()
+            return
+        with self._busy_lock:
+            if self._running:
+                raise RuntimeError(
+                    "this pylm Client is in a call in %s: close() it from that thread, or "
+                    "after the call returned (or its job ended or was closed)"
+                    % _thread_name(owner))
+            self._close_sockets()
+
+    def _begin_call(self) -> None:
+        with self._busy_lock:
+            self._running += 1
+
+    def _end_call(self) -> None:
+        with self._busy_lock:
+            self._running -= 1
+
+    def _close_sockets(self) -> None:
+        """close() without its thread check."""
         for sock in (self._push, self._sub):
             if sock is not None:
                 sock.close(linger=0)
@@ -187,21 +231,23 @@ class Client:
 
     def __del__(self) -> None:
         try:
-            self.close()
+            self._close_sockets()     # nothing runs a call of an unreachable client
         except Exception:
             pass
 
     # plumbing --------------------------------------------------------------
     def _check_thread(self) -> None:
-        """Bind the client to the calling thread on its first call; raise
-        RuntimeError when another thread calls it afterwards (its sockets
-        would be used by two threads at once, mixing their messages)."""
-        me = threading.get_ident()
-        if self._owner == me:
+        """Bind the client to the calling thread on its first call (or on
+        the first after its thread ended); raise RuntimeError when another
+        thread calls it while that one lives (its sockets would be used by
+        two threads at once, mixing their messages)."""
+        me = threading.current_thread()
+        owner = self._owner
+        if owner is me:
             return
         with _BIND_LOCK:
             owner = self._owner
-            if owner is None:
+            if owner is None or not owner.is_alive():
                 self._owner = me
                 return
         raise RuntimeError(
@@ -351,6 +397,14 @@ class Client:
         `messages` replies.  Raises TimeoutError when no reply comes within
         `timeout` seconds, pylm.RemoteError when the method raised."""
         self._check_thread()
+        self._begin_call()
+        try:
+            return self._eval(function, payload, messages, cache, timeout)
+        finally:
+            self._end_call()
+
+    def _eval(self, function: Function, payload: Any, messages: int, cache: str,
+              timeout: Optional[float]) -> Union[bytes, List[bytes]]:
         name = self._function(function)
         _check_payload(payload)
         self._connect(timeout)
@@ -400,7 +454,11 @@ class Client:
 
     def _job(self, function: Function, generator: Iterable[Any], messages: int, cache: str,
              timeout: Optional[float], window: int, bar: Any) -> Generator[bytes, None, None]:
-        """The generator behind job(); `bar`, when not None, counts replies."""
+        """The generator behind job(); `bar`, when not None, counts replies.
+        Until it ends the client is in a call, which close() from another
+        thread refuses to cut short (_begin_call)."""
+        self._check_thread()        # the generator may be iterated elsewhere
+        self._begin_call()
         try:
             for payload in self._job_replies(function, generator, messages, cache,
                                              timeout, window):
@@ -408,6 +466,7 @@ class Client:
                     bar.update(1)
                 yield payload
         finally:
+            self._end_call()
             if bar is not None:
                 bar.close()
 
