@@ -50,6 +50,8 @@ class PalmMessage:
 
 ACK: bytes
 DRAIN_MS: int
+HOLD_REPLIES: int
+HOLD_SECONDS: float
 
 class Part:
     """A part of a server: handlers over sockets the Router polls."""
@@ -93,7 +95,8 @@ class Executor(Part):
                  pipelined: bool = ..., stream_hook: Optional[Callable] = ...,
                  error_hook: Optional[Callable] = ..., bad_hook: Optional[Callable] = ...,
                  array_parts: Optional[Callable] = ..., mux: bool = ..., limit: int = ...,
-                 credit: int = ..., batch_bytes: int = ...) -> None: ...
+                 credit: int = ..., batch_bytes: int = ..., hold_replies: int = ...,
+                 hold_seconds: float = ...) -> None: ...
 
 class Publisher(Part):
     sent: int
@@ -102,7 +105,8 @@ class Publisher(Part):
     pings: int
     def __init__(self, pub: Any, name: str, *, pipelined: bool = ...,
                  gather: Optional[Callable] = ..., stream_hook: Optional[Callable] = ...,
-                 bad_hook: Optional[Callable] = ..., send_tracebacks: bool = ...) -> None: ...
+                 bad_hook: Optional[Callable] = ..., send_tracebacks: bool = ...,
+                 hold_replies: int = ..., hold_seconds: float = ...) -> None: ...
 
 class WorkerPool(Part):
     bad: int
