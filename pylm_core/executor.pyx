@@ -168,7 +168,7 @@ cdef class Executor(Part):
         if self.subs is not None:
             self.subs.bind(self.out, self.waiter)
             if self.subs.holds():
-                runner.tick(self, HOLD_EXPIRE_MS)
+                runner.tick(self, HOLD_TICK_MS)
         self.cbatch.bind(self.out, self.waiter, self.subs)
         for i in range(self.n_in):
             runner.watch(self.ins[i], -1, PZ_POLLIN, self, i, True)
@@ -187,7 +187,7 @@ cdef class Executor(Part):
         return self._send_control(W_READY, self.credit_now)
 
     cdef int on_tick(self, long long now) except -1:
-        return self.subs.expire(now * 1000000)
+        return self.subs.tick(now_ns())
 
     cdef int finish(self) except -1:
         cdef char kind = W_BYE

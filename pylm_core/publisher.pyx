@@ -58,14 +58,14 @@ cdef class Publisher(Part):
         # subscriptions: reading them is what makes the XPUB welcome clients
         runner.watch(self.pub, -1, PZ_POLLIN, self, 0, False)
         if self.subs.holds():
-            runner.tick(self, HOLD_EXPIRE_MS)
+            runner.tick(self, HOLD_TICK_MS)
         return 0
 
     cdef int on_ready(self, int slot, short revents) except -1:
         return self.subs.read()
 
     cdef int on_tick(self, long long now) except -1:
-        return self.subs.expire(now * 1000000)
+        return self.subs.tick(now_ns())
 
     cdef int take(self, const char *p, size_t n, pz_msg_t *frame) except -1:
         cdef pz_env env

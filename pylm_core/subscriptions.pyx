@@ -2,8 +2,8 @@
 # topic nobody subscribes to yet.  A pylm 0.14 client opens a new SUB for
 # each call and sends the call at once, so its reply can be ready before its
 # subscription reaches us: a PUB would lose it.  The XPUB tells us every
-# subscription (libzmq passes on a topic's first subscribe and its last
-# unsubscribe, also when a subscriber's connection ends), so a reply whose
+# subscription and unsubscription (XPUB_VERBOSE, XPUB_VERBOSER: one per
+# subscriber, also when a subscriber's connection ends), so a reply whose
 # topic matches none is kept here, bounded in count and time, and published
 # when a matching subscription arrives.
 
@@ -13,11 +13,15 @@ HOLD_SECONDS = 5.0              # ... and on how long each is held
 
 
 cdef enum:
-    HOLD_EXPIRE_MS = 100        # how often held replies are looked at for expiry
+    HOLD_TICK_MS = 20           # how often held replies are looked at (expiry, grace)
+    LEGACY_GRACE_MS = 100       # see Subscriptions, "pylm 0.14 clients"
 
 
 cdef struct HeldReply:
-    long long due           # monotonic ns past which it is dropped
+    long long since         # monotonic ns when it was held
+    long long due           # ... past which it is dropped
+    long long grace         # a pylm 0.14 client's: when it may go to a
+                            # subscriber older than itself, else 0
     pz_msg_t msg            # the reply (frames [topic, (BATCH_MARK,) msg])
     bint mark
     size_t tn
@@ -35,8 +39,18 @@ cdef class Subscriptions:
 
     A topic matches as in ZeroMQ: when a subscribed prefix is a prefix of
     it (the empty prefix matches every topic).  The common case, a reply
-    to a client subscribed before it called, costs one comparison with the
-    last topic that matched.
+    to one of our clients, subscribed before it called, costs one
+    comparison with the last topic that matched.
+
+    pylm 0.14 clients: each call opens a new SUB, and the SUB of the call
+    before may still count as a subscriber here (its end is on its way)
+    while the new one's subscription is not here yet; a reply published
+    then is lost.  So a reply to a pylm 0.14 client (legacy_reply) goes
+    out only to a subscription newer than the last reply to its topic;
+    else it is held until one arrives, or for LEGACY_GRACE_MS while its
+    topic stays subscribed: a subscriber that takes several replies (a
+    pylm 0.14 job, a pipeline's next stage) gets the rest at once from
+    then on (its topic is "steady" until it subscribes again).
 
     :param max_held: the most replies held (0: none; a reply nobody
         subscribes to is published, and lost, as by a PUB); past it the
@@ -46,10 +60,14 @@ cdef class Subscriptions:
     cdef:
         void *sock
         Waiter waiter
-        dict counts                 # subscribed prefix -> subscriptions
+        dict counts                 # subscribed prefix -> subscribers
+        dict sub_at                 # subscribed prefix -> its last subscribe (ns)
         size_t *lens                # the prefixes' distinct lengths, ascending
         int n_lens
         bytes last                  # the last topic that matched, or None
+        dict pub_at                 # pylm 0.14 topic -> its last reply (ns)
+        set steady                  # pylm 0.14 topics whose subscriber takes many
+        dict waiting                # pylm 0.14 topic -> its replies held
         HeldReply **items           # items[first:first + count] held, oldest first
         size_t first, count, cap
         size_t max_held
@@ -62,22 +80,22 @@ cdef class Subscriptions:
         self.max_held = max_held
         self.hold_ns = <long long>(hold_seconds * 1e9)
         self.counts = {}
+        self.sub_at = {}
+        self.pub_at = {}
+        self.steady = set()
+        self.waiting = {}
 
     def __dealloc__(self):
-        self._clear()
+        cdef size_t i
+        for i in range(self.first, self.first + self.count):
+            pz_msg_close(&self.items[i].msg)
+            free(self.items[i])
         free(self.items)
         free(self.lens)
 
     cdef void bind(self, void *sock, Waiter waiter) noexcept:
         self.sock = sock
         self.waiter = waiter
-
-    cdef void _clear(self) noexcept:
-        cdef size_t i
-        for i in range(self.first, self.first + self.count):
-            pz_msg_close(&self.items[i].msg)
-            free(self.items[i])
-        self.first = self.count = 0
 
     cdef bint holds(self) noexcept:
         """Are replies held (else published as by a PUB)?"""
@@ -104,6 +122,16 @@ cdef class Subscriptions:
                 return True
         return False
 
+    cdef long long newest(self, bytes topic) except -1:
+        """When `topic` was last subscribed to (ns; 0: it is not)."""
+        cdef int i
+        cdef long long at = 0
+        for i in range(self.n_lens):
+            if self.lens[i] > <size_t>len(topic):
+                break
+            at = max(at, <long long>self.sub_at.get(topic[:self.lens[i]], 0))
+        return at
+
     cdef int _lengths(self) except -1:
         """Rebuild `lens` from `counts`."""
         cdef list lens = sorted({len(k) for k in self.counts})
@@ -117,13 +145,19 @@ cdef class Subscriptions:
         self.n_lens = len(lens)
         return 0
 
-    cdef int _subscribed(self, bytes prefix, bint on) except -1:
-        """A subscribe (on) or unsubscribe of `prefix`."""
+    cdef int _subscribed(self, bytes prefix, bint on, long long now) except -1:
+        """A subscribe (on) or unsubscribe of `prefix` by one subscriber."""
         cdef long c = self.counts.get(prefix, 0) + (1 if on else -1)
+        if on:
+            self.sub_at[prefix] = now
+            self.steady.discard(prefix)
         if c > 0:
             self.counts[prefix] = c
         else:
             self.counts.pop(prefix, None)
+            self.sub_at.pop(prefix, None)
+            self.pub_at.pop(prefix, None)
+            self.steady.discard(prefix)
             self.last = None            # it may have matched through prefix
         if (c == 1 and on) or c <= 0:
             self._lengths()
@@ -131,14 +165,15 @@ cdef class Subscriptions:
 
     cdef int read(self) except -1:
         """Read the subscription messages waiting on the XPUB (reading them
-        is also what makes libzmq attach new subscribers and send them the
-        welcome message) and publish the held replies they match.  1 when
-        a stop was asked."""
+        is also what makes libzmq apply new and ended subscribers, and send
+        the new ones the welcome message) and publish the held replies
+        they release.  1 when a stop was asked."""
         cdef pz_msg_t m
         cdef int rc
         cdef const char *p
         cdef size_t n
         cdef bint added = False
+        cdef long long now = now_ns()
         pz_msg_init(&m)
         try:
             while True:
@@ -153,38 +188,49 @@ cdef class Subscriptions:
                 n = pz_msg_size(&m)
                 if n == 0 or p[0] > 1:
                     continue            # not a subscription message
-                self._subscribed(PyBytes_FromStringAndSize(p + 1, <Py_ssize_t>(n - 1)), p[0] == 1)
+                self._subscribed(PyBytes_FromStringAndSize(p + 1, <Py_ssize_t>(n - 1)),
+                                 p[0] == 1, now)
                 added = added or p[0] == 1
         finally:
             pz_msg_close(&m)
         if added and self.count:
-            return self.release()
+            return self.release(now)
         return 0
 
     # -- held replies -------------------------------------------------------
 
     cdef int publish(self, const char *tp, size_t tn, pz_msg_t *m, const char *mark,
                      bint legacy=False) except -1:
-        """Publish [topic, (mark,) m] (send_topic), or hold it when no
-        subscription matches its topic.  m is libzmq's, held or closed
-        after.  1 when stopped.
-
-        `legacy`: a reply to a pylm 0.14 client (see legacy_reply), whose
-        previous SUB, closed, may still count as a subscriber here while
-        the new one's subscription is on its way; the XPUB is read first
-        (its receive makes libzmq apply what it was told of closed and new
-        subscribers), so that such a reply is held rather than lost.  Our
-        clients keep one SUB: their replies skip this."""
-        cdef HeldReply *h
+        """Publish [topic, (mark,) m] (send_topic), or hold it (see the
+        class).  m is libzmq's, held or closed after.  1 when stopped.
+        `legacy`: a reply to a pylm 0.14 client; the XPUB is read first,
+        so that what libzmq knows of its SUBs is known here."""
+        cdef bytes topic
         cdef long long now
-        if legacy and self.max_held != 0 and self.read():
+        if self.max_held == 0:
+            return send_topic(self.waiter, self.sock, tp, tn, m, mark)
+        if not legacy:
+            # no such reply held matches a subscription (read() publishes
+            # them as their subscription arrives): a match overtakes none
+            if self.matches(tp, tn):
+                return send_topic(self.waiter, self.sock, tp, tn, m, mark)
+            return self._hold(tp, tn, m, mark, now_ns(), False)
+        if self.read():
             pz_msg_close(m)
             return 1
-        # no held reply matches a subscription (read() publishes them as
-        # their subscription arrives), so a match here overtakes none
-        if self.max_held == 0 or self.matches(tp, tn):
-            return send_topic(self.waiter, self.sock, tp, tn, m, mark)
         now = now_ns()
+        topic = PyBytes_FromStringAndSize(tp, <Py_ssize_t>tn)
+        if self.matches(tp, tn) and not self.waiting.get(topic) and (
+                topic in self.steady or self.newest(topic) > self.pub_at.get(topic, 0)):
+            self.pub_at[topic] = now
+            return send_topic(self.waiter, self.sock, tp, tn, m, mark)
+        self.waiting[topic] = self.waiting.get(topic, 0) + 1
+        return self._hold(tp, tn, m, mark, now, True)
+
+    cdef int _hold(self, const char *tp, size_t tn, pz_msg_t *m, const char *mark,
+                   long long now, bint legacy) except -1:
+        """Keep [topic, (mark,) m]; m is held or closed after.  0."""
+        cdef HeldReply *h
         self.expire(now)
         if self.count >= self.max_held:
             self._drop_oldest()
@@ -195,7 +241,9 @@ cdef class Subscriptions:
         if h == NULL:
             pz_msg_close(m)
             raise MemoryError()
+        h.since = now
         h.due = now + self.hold_ns
+        h.grace = now + LEGACY_GRACE_MS * 1000000 if legacy else 0
         h.mark = mark != NULL
         h.tn = tn
         memcpy(h.topic, tp, tn)
@@ -222,15 +270,32 @@ cdef class Subscriptions:
         self.cap = cap
         return 0
 
-    cdef void _drop_oldest(self) noexcept:
+    cdef int _gone(self, HeldReply *h) except -1:
+        """h leaves the held replies (published or dropped)."""
+        cdef bytes topic
+        cdef long left
+        if h.grace:
+            topic = PyBytes_FromStringAndSize(h.topic, <Py_ssize_t>h.tn)
+            left = self.waiting.get(topic, 1) - 1
+            if left > 0:
+                self.waiting[topic] = left
+            else:
+                self.waiting.pop(topic, None)
+        return 0
+
+    cdef int _drop_oldest(self) except -1:
         cdef HeldReply *h = self.items[self.first]
-        pz_msg_close(&h.msg)
-        free(h)
         self.first += 1
         self.count -= 1
         self.held_dropped += 1
         if self.count == 0:
             self.first = 0
+        try:
+            self._gone(h)
+        finally:
+            pz_msg_close(&h.msg)
+            free(h)
+        return 0
 
     cdef int expire(self, long long now) except -1:
         """Drop the held replies whose time is up."""
@@ -238,14 +303,39 @@ cdef class Subscriptions:
             self._drop_oldest()
         return 0
 
-    cdef int release(self) except -1:
-        """Publish, oldest first, the held replies a subscription matches
-        now (the rest stay, in order).  1 when stopped."""
+    cdef int tick(self, long long now) except -1:
+        """Expire, and publish pylm 0.14 replies whose grace is over.  1
+        when stopped."""
+        self.expire(now)
+        if self.waiting:
+            return self.release(now)
+        return 0
+
+    cdef bint _releases(self, HeldReply *h, long long now) except -1:
+        """May h be published now?  Then for a pylm 0.14 client's reply,
+        note it (pub_at, steady)."""
+        cdef bytes topic
+        if not self.matches(h.topic, h.tn):
+            return False
+        if not h.grace:
+            return True
+        topic = PyBytes_FromStringAndSize(h.topic, <Py_ssize_t>h.tn)
+        if topic not in self.steady and self.newest(topic) <= max(
+                h.since, <long long>self.pub_at.get(topic, 0)):
+            if now < h.grace:
+                return False
+            self.steady.add(topic)      # no new subscriber: the one there takes many
+        self.pub_at[topic] = now
+        return True
+
+    cdef int release(self, long long now) except -1:
+        """Publish, oldest first, the held replies that may go now (the
+        rest stay, in order).  1 when stopped."""
         cdef size_t i, w
-        cdef size_t end = self.first + self.count
+        cdef size_t end
         cdef HeldReply *h
         cdef int rc = 0
-        self.expire(now_ns())
+        self.expire(now)
         end = self.first + self.count
         w = self.first
         i = self.first
@@ -253,9 +343,10 @@ cdef class Subscriptions:
             while i < end:
                 h = self.items[i]
                 i += 1
-                if rc == 0 and self.matches(h.topic, h.tn):
+                if rc == 0 and self._releases(h, now):
                     # the message is libzmq's, or closed, after this
                     try:
+                        self._gone(h)
                         rc = send_topic(self.waiter, self.sock, h.topic, h.tn, &h.msg,
                                         <char *>_BATCH_MARK if h.mark else NULL)
                         if rc == 0:
