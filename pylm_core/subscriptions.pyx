@@ -17,6 +17,9 @@ cdef enum:
     LEGACY_GRACE_MS = 100       # see Subscriptions, "pylm 0.14 clients"
 
 
+HOLD_TICK_MS_ = HOLD_TICK_MS
+
+
 cdef struct HeldReply:
     long long since         # monotonic ns when it was held
     long long due           # ... past which it is dropped
@@ -56,6 +59,10 @@ cdef class Subscriptions:
         subscribes to is published, and lost, as by a PUB); past it the
         oldest is dropped
     :param hold_seconds: how long a reply is held before it is dropped
+
+    A part in Python (PubService) sends itself: it gives each subscription
+    message to note(), asks offer() whether a reply goes now, calls
+    on_timer() every HOLD_TICK_MS, and sends what released() returns.
     """
     cdef:
         void *sock
@@ -68,6 +75,7 @@ cdef class Subscriptions:
         dict pub_at                 # pylm 0.14 topic -> its last reply (ns)
         set steady                  # pylm 0.14 topics whose subscriber takes many
         dict waiting                # pylm 0.14 topic -> its replies held
+        list out                    # released, for a part in Python to send
         HeldReply **items           # items[first:first + count] held, oldest first
         size_t first, count, cap
         size_t max_held
@@ -84,6 +92,7 @@ cdef class Subscriptions:
         self.pub_at = {}
         self.steady = set()
         self.waiting = {}
+        self.out = []
 
     def __dealloc__(self):
         cdef size_t i
@@ -205,27 +214,32 @@ cdef class Subscriptions:
         class).  m is libzmq's, held or closed after.  1 when stopped.
         `legacy`: a reply to a pylm 0.14 client; the XPUB is read first,
         so that what libzmq knows of its SUBs is known here."""
-        cdef bytes topic
         cdef long long now
         if self.max_held == 0:
             return send_topic(self.waiter, self.sock, tp, tn, m, mark)
-        if not legacy:
-            # no such reply held matches a subscription (read() publishes
-            # them as their subscription arrives): a match overtakes none
-            if self.matches(tp, tn):
-                return send_topic(self.waiter, self.sock, tp, tn, m, mark)
-            return self._hold(tp, tn, m, mark, now_ns(), False)
-        if self.read():
+        if legacy and self.read():
             pz_msg_close(m)
             return 1
         now = now_ns()
+        if self._goes(tp, tn, legacy, now):
+            return send_topic(self.waiter, self.sock, tp, tn, m, mark)
+        return self._hold(tp, tn, m, mark, now, legacy)
+
+    cdef bint _goes(self, const char *tp, size_t tn, bint legacy, long long now) except -1:
+        """May a reply to topic tp[0:tn] be published now (see the class)?
+        Noted for a pylm 0.14 client's (pub_at, or waiting when held)."""
+        cdef bytes topic
+        if not legacy:
+            # no such reply held matches a subscription (they are published
+            # as their subscription arrives): a match overtakes none
+            return self.matches(tp, tn)
         topic = PyBytes_FromStringAndSize(tp, <Py_ssize_t>tn)
         if self.matches(tp, tn) and not self.waiting.get(topic) and (
                 topic in self.steady or self.newest(topic) > self.pub_at.get(topic, 0)):
             self.pub_at[topic] = now
-            return send_topic(self.waiter, self.sock, tp, tn, m, mark)
+            return True
         self.waiting[topic] = self.waiting.get(topic, 0) + 1
-        return self._hold(tp, tn, m, mark, now, True)
+        return False
 
     cdef int _hold(self, const char *tp, size_t tn, pz_msg_t *m, const char *mark,
                    long long now, bint legacy) except -1:
@@ -347,8 +361,15 @@ cdef class Subscriptions:
                     # the message is libzmq's, or closed, after this
                     try:
                         self._gone(h)
-                        rc = send_topic(self.waiter, self.sock, h.topic, h.tn, &h.msg,
-                                        <char *>_BATCH_MARK if h.mark else NULL)
+                        if self.sock == NULL:
+                            self.out.append((
+                                PyBytes_FromStringAndSize(h.topic, <Py_ssize_t>h.tn),
+                                PyBytes_FromStringAndSize(msg_ptr(&h.msg),
+                                                          <Py_ssize_t>pz_msg_size(&h.msg))))
+                            pz_msg_close(&h.msg)
+                        else:
+                            rc = send_topic(self.waiter, self.sock, h.topic, h.tn, &h.msg,
+                                            <char *>_BATCH_MARK if h.mark else NULL)
                         if rc == 0:
                             self.held_sent += 1
                     finally:
@@ -366,3 +387,47 @@ cdef class Subscriptions:
             if self.count == 0:
                 self.first = 0
         return rc
+
+    # -- for a part in Python (PubService), which sends itself --------------
+
+    def note(self, bytes frame):
+        """A message read from the XPUB: a subscription message is taken
+        into account (the rest is ignored)."""
+        cdef long long now = now_ns()
+        if len(frame) == 0 or frame[0] > 1:
+            return
+        self._subscribed(frame[1:], frame[0] == 1, now)
+        if frame[0] == 1 and self.count:
+            self.release(now)
+
+    def offer(self, bytes topic, bytes data, bint legacy=False):
+        """True: publish [topic, data] now.  False: it is held (released()
+        gives it when it may go), or dropped past the bounds."""
+        cdef pz_msg_t m
+        cdef long long now = now_ns()
+        if self.max_held == 0 or self._goes(<char *>topic, len(topic), legacy, now):
+            return True
+        if pz_msg_init_size(&m, len(data)) != 0:
+            raise MemoryError()
+        memcpy(pz_msg_data(&m), <char *>data, len(data))
+        self._hold(<char *>topic, len(topic), &m, NULL, now, legacy)
+        return False
+
+    def on_timer(self):
+        """Expire, and release the pylm 0.14 replies whose grace is over."""
+        self.tick(now_ns())
+
+    def released(self):
+        """[(topic, data)] to publish now, oldest first (taken)."""
+        out, self.out = self.out, []
+        return out
+
+
+def is_legacy_reply(data):
+    """Is the encoded envelope `data` a reply to a pylm 0.14 client
+    (legacy_reply)?  False when it does not parse."""
+    cdef pz_env env
+    cdef bytes b = bytes(data)
+    if pz_parse(<char *>b, len(b), &env) != PZ_OK:
+        return False
+    return legacy_reply(&env)

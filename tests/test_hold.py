@@ -207,3 +207,59 @@ def test_master_holds_a_result_for_a_late_subscriber(sockets):
         finally:
             sub.close()
     assert master.stats["held_dropped"] == 0
+
+
+def parts_server(**pub_options):
+    """Pull -> Pub, built from parts: a call is published as it came, to
+    its client's topic."""
+    from pylm.parts.servers import ServerTemplate
+    from pylm.parts.services import PubService, PullService
+    pull, pub = tcp_addresses(2)
+    server = ServerTemplate()
+    server.register_inbound(PullService, "Pull", pull, route="Pub")
+    server.register_outbound(PubService, "Pub", pub, **pub_options)
+    return server, pull, pub, server.outbound_components["Pub"]
+
+
+def test_pub_service_holds_for_a_late_subscriber(sockets):
+    server, pull, pub, part = parts_server()
+    with running(server, ready=lambda s: True):
+        push = sockets(pull)
+        call(push, "x.y", b"parts-client", b"s", n=3)
+        wait_for(lambda: part._held.counters()["held"] == 3, what="three held")
+        sub = subscribe(pub, b"parts-")
+        try:
+            assert replies(sub, 3) == [b"s-%d" % i for i in range(3)]
+        finally:
+            sub.close()
+        assert part._held.counters()["held"] == 0
+
+
+def test_pub_service_drops_past_hold_seconds(sockets):
+    server, pull, pub, part = parts_server(hold_seconds=0.2)
+    with running(server, ready=lambda s: True):
+        push = sockets(pull)
+        call(push, "x.y", b"nobody-parts", b"d")
+        wait_for(lambda: part.held_dropped == 1, what="a message dropped")
+        sub = subscribe(pub, b"nobody-parts")
+        try:
+            assert replies(sub, 1, SILENCE_MS) == []
+        finally:
+            sub.close()
+
+
+def test_pub_service_holds_a_pylm014_reply(sockets):
+    """A pylm 0.14 envelope (no call id): held, then published to the
+    subscription that comes after it."""
+    server, pull, pub, part = parts_server()
+    with running(server, ready=lambda s: True):
+        push = sockets(pull)
+        msg = PalmMessage(pipeline="p", client="old-parts", stage=0, function="x.y",
+                          payload=b"legacy")
+        push.send(msg.SerializeToString())
+        wait_for(lambda: part._held.counters()["held"] == 1, what="one held")
+        sub = subscribe(pub, b"old-parts")
+        try:
+            assert replies(sub, 1) == [b"legacy"]
+        finally:
+            sub.close()
