@@ -87,11 +87,12 @@ class PubService(DefaultStream, Outbound):
     :param pipelined: publish to the next stage (topic `server`,
         ``stage += 1``) instead of to the client (topic ``message.client``)
     :param server: name of the server, the topic when pipelined
-    :param hold_replies, hold_seconds: a message whose topic no one
-        subscribes to yet is held, at most this many for at most this long,
-        and published when its subscription arrives (as by the servers of
-        pylm.servers; pylm_core/subscriptions.pyx).  ``held_dropped``
-        counts those dropped past either bound.
+    :param hold_replies: a message whose topic no one subscribes to yet is
+        held, at most this many at once, and published when its
+        subscription arrives (as by the servers of pylm.servers;
+        pylm_core/subscriptions.pyx)
+    :param hold_seconds: ... and for at most this long; ``held_dropped``
+        counts those dropped past either bound
     """
 
     def __init__(self, name: Union[str, bytes], listen_address: str,
