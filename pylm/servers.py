@@ -91,9 +91,10 @@ class _Served(DefaultStream):
         whose key is not there are refused at the handshake
     :param server_key: path of the public ``.key`` of the server a
         Pipeline, Sink or Hub subscribes to
-    :param metrics_port: a port, or ``"HOST:PORT"``: serve the live
-        statistics to Prometheus while start() runs (pylm/_metrics.py;
-        needs ``pylm[metrics]``)
+    :param metrics_port: a port (on 127.0.0.1), or ``"HOST:PORT"`` (e.g.
+        ``"0.0.0.0:9100"`` for every interface): serve the live statistics
+        to Prometheus while start() runs (pylm/_metrics.py; needs
+        ``pylm[metrics]``)
     :param hold_replies: the most replies a publishing server (Server,
         Pipeline, Sink, Master, Hub) holds for topics no one subscribes to
         yet (a pylm 0.14 client subscribes only as it calls, so its reply
@@ -237,10 +238,10 @@ class _Served(DefaultStream):
         """Run a core Router until stopped, keeping the counters of its
         parts in self.stats."""
         self._started = time.monotonic()
-        self._runner = runner
-        if self._metrics is not None:
-            self._metrics.start()
         try:
+            if self._metrics is not None:
+                self._metrics.start()   # OSError when its port is taken: never running
+            self._runner = runner
             runner.run(rt.control(), rt.wakeup_fd, drain_ms)
         finally:
             if self._metrics is not None:

@@ -161,7 +161,8 @@ class JobStream(Iterator[Any]):
                  pipeline: bytes, client: bytes, function: bytes, cache: bytes,
                  messages: int, *, window: int = ..., batch: bool = ...,
                  timeout: Optional[float] = ..., on_error: Optional[Callable] = ...,
-                 call: int = ..., until_answered: bool = ...) -> None: ...
+                 call: int = ..., until_answered: bool = ...,
+                 batch_bytes: int = ...) -> None: ...
     def __next__(self) -> Any: ...
 
 STOP_MOST: int

@@ -484,6 +484,10 @@ class HttpService(Inbound):
             self._http.close()
             self._http = None
 
+    def debug(self) -> Any:
+        """Run the service alone in the foreground (pylm 0.14): start()."""
+        return self.start()
+
     def _reject(self, prefix: List[bytes], exc: BaseException) -> None:
         self._drops("%s: %s" % (self._label, exc))
         self._send_reply(prefix, str(exc).encode(), 400)
