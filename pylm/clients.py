@@ -47,6 +47,14 @@ _LOST = object()
 JOB_WINDOW = 2000
 #: Taken only when a Client is bound to its thread (its first call).
 _BIND_LOCK = threading.Lock()
+#: After a server's new welcome, an eval is sent again when no reply came
+#: for this long, then twice as long... (its reply may have been published
+#: before our subscription reached the new server).
+RESEND_FIRST = 1.0
+#: Call ids of a job sent with resend (one id per call): the top bit set,
+#: then the job's number, then the call's index; an eval's id stays below.
+_JOB_ID_BIT = 1 << 63
+_JOB_SHIFT = 40
 
 
 def _check_payload(payload):
@@ -91,6 +99,14 @@ class Client:
         ``.key_secret``), for servers with `authorized_keys`; without it a
         pair is made at construction.  Both fall back to
         ``PYLM_SERVER_KEY`` and ``PYLM_SECRET_KEY``.
+    :param resend: keyword-only; when the server restarts (or a cut link
+        comes back) during a job or eval, send again every call that has
+        no reply yet, and hand the caller each reply once (README,
+        "Reliability").  None (the default): on for a Master (or Hub) of
+        ours, off for a Server, whose methods may not be safe to run twice;
+        job() and eval() take `resend=` too, for one call.  Only where one
+        reply per call is expected: a job without `messages=`, an eval of
+        one message.
 
     Not thread-safe: the first thread that calls the client (eval, job,
     set, get, delete, stats) owns it, and any other thread's call raises
@@ -100,7 +116,7 @@ class Client:
 
     def __init__(self, server_name, db_address, push_address=None, sub_address=None,
                  session=None, logging_level=None, this_config=False, *,
-                 timeout=10.0, secret_key=None, server_key=None):
+                 timeout=10.0, secret_key=None, server_key=None, resend=None):
         self.server_name = server_name
         self.db_address = db_address
         self.session = session
@@ -119,6 +135,10 @@ class Client:
         self._push = self._sub = self._reader = None
         self._joined = False
         self._calls = int.from_bytes(os.urandom(4), "little") << 16
+        self._jobs = int.from_bytes(os.urandom(2), "little")
+        self.resend = resend
+        #: the server brokers calls to workers (a Master or Hub): resend by default
+        self._brokered = False
         self._protocol = None
         #: how the subscription was known to be live: "welcome" (the
         #: XPUB's greeting), "wait" (pylm 0.14's fixed wait) or "silence"
@@ -144,6 +164,7 @@ class Client:
                 if self._protocol == PROTOCOL:
                     self._batch_bytes = batch_bytes_for(
                         self._cache.request("get", b"max_message_size"))
+                    self._brokered = bool(self._cache.request("get", b"worker_push_address"))
             except BaseException:
                 self.close()
                 raise
@@ -297,6 +318,16 @@ class Client:
         self._calls += 1
         return self._calls
 
+    def _resends(self, resend):
+        """Whether a call is sent again after a restart: `resend` when
+        given, else the client's, else on for a Master of ours.  Never with
+        a server that is not ours (no welcomes, no call ids)."""
+        if resend is None:
+            resend = self.resend
+        if resend is None:
+            resend = self._brokered
+        return bool(resend) and self._protocol == PROTOCOL
+
     def _function(self, function):
         if isinstance(function, (list, tuple)):
             function = " ".join(function)
@@ -317,10 +348,12 @@ class Client:
         raise self._remote_error(error)
 
     # calls -----------------------------------------------------------------
-    def eval(self, function, payload, messages=1, cache="", *, timeout=None):
+    def eval(self, function, payload, messages=1, cache="", *, timeout=None, resend=None):
         """Send one message; return the reply payload, or a list of
         `messages` replies.  Raises TimeoutError when no reply comes within
-        `timeout` seconds, pylm.RemoteError when the method raised."""
+        `timeout` seconds, pylm.RemoteError when the method raised.
+        `resend`: send the call again if the server restarts before it
+        answers (see the class; default: the client's)."""
         self._check_thread()
         function = self._function(function)
         _check_payload(payload)
@@ -329,11 +362,20 @@ class Client:
         pipeline = self._pipeline
         self._reader.pipeline = pipeline
         self._reader.call = call
-        _core.send_call(self._push, pipeline, self._topic, function.encode(),
-                        cache.encode(), payload, timeout=timeout,
-                        batch_replies=self._protocol == PROTOCOL, call=call)
-        results = []
+
+        def send():
+            _core.send_call(self._push, pipeline, self._topic, function.encode(),
+                            cache.encode(), payload, timeout=timeout,
+                            batch_replies=self._protocol == PROTOCOL, call=call)
+
+        send()
         deadline = None if timeout is None else time.monotonic() + timeout
+        if messages == 1 and self._resends(resend):
+            payload, error = self._recv_resending(send, deadline, function, timeout)
+            if error is not None:
+                self._raise_remote(error)
+            return payload
+        results = []
         for _ in range(messages):
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
@@ -345,8 +387,41 @@ class Client:
             results.append(payload)
         return results[0] if messages == 1 else results
 
+    def _recv_resending(self, send, deadline, function, timeout):
+        """The reply of the call just sent by `send()`, which is called
+        again when a new publisher welcomes the SUB (the server restarted),
+        and then whenever no reply came for RESEND_FIRST seconds, twice
+        that, ...  Later replies of the call are dropped by the reader (the
+        next call has another id)."""
+        seen = self._reader.welcomes
+        again_at = None
+        every = RESEND_FIRST
+        while True:
+            now = time.monotonic()
+            left = None if deadline is None else max(0.0, deadline - now)
+            wait = left
+            if again_at is not None:
+                wait = max(0.0, again_at - now) if left is None else \
+                    max(0.0, min(left, again_at - now))
+            try:
+                got = self._reader.recv_until_welcome(wait, seen)
+            except TimeoutError:
+                if again_at is None or (deadline is not None and
+                                        time.monotonic() >= deadline):
+                    raise TimeoutError("no reply from %s within %s s"
+                                       % (function, timeout)) from None
+                every *= 2
+            else:
+                if got is not None:
+                    return got
+                seen = self._reader.welcomes        # a new publisher
+                every = RESEND_FIRST
+                self.logger.info("%s: the server is back; call sent again", function)
+            send()
+            again_at = time.monotonic() + every
+
     def job(self, function, generator, messages=sys.maxsize, cache="", *, timeout=None,
-            window=JOB_WINDOW, progress=False):
+            window=JOB_WINDOW, progress=False, resend=None):
         """Send every payload the generator yields and yield the replies as
         they come, until `messages` replies arrived (or, by default, one
         for each payload sent).  At most `window` calls are in flight.
@@ -358,19 +433,23 @@ class Client:
         :param progress: show a tqdm progress bar of the replies on stderr
             (its total: `messages`, or len() of the payloads when they have
             one); needs tqdm (``pylm[progress]``), else ImportError here
+        :param resend: send again the calls without a reply when the server
+            restarts mid-job; each reply is yielded once (see the class;
+            default: the client's).  Not with `messages=` (a server may
+            answer a call with several replies).
         """
         self._check_thread()
         bar = None
         if progress:
             bar = progress_bar(job_total(messages, generator, sys.maxsize),
                                desc=self._function(function))
-        return self._job(function, generator, messages, cache, timeout, window, bar)
+        return self._job(function, generator, messages, cache, timeout, window, bar, resend)
 
-    def _job(self, function, generator, messages, cache, timeout, window, bar):
+    def _job(self, function, generator, messages, cache, timeout, window, bar, resend):
         """The generator behind job(); `bar`, when not None, counts replies."""
         try:
             for payload in self._job_replies(function, generator, messages, cache,
-                                             timeout, window):
+                                             timeout, window, resend):
                 if bar is not None:
                     bar.update(1)
                 yield payload
@@ -378,7 +457,7 @@ class Client:
             if bar is not None:
                 bar.close()
 
-    def _job_replies(self, function, generator, messages, cache, timeout, window):
+    def _job_replies(self, function, generator, messages, cache, timeout, window, resend):
         self._check_thread()        # the generator may be iterated elsewhere
         function = self._function(function)
         self._connect(timeout)
@@ -392,13 +471,20 @@ class Client:
             lost.append(exc)
             return _LOST
 
+        resend = messages == sys.maxsize and self._resends(resend)
+        if resend:
+            # one id per call, apart from every eval's and other jobs'
+            self._jobs = (self._jobs + 1) % (1 << (63 - _JOB_SHIFT))
+            call = _JOB_ID_BIT | (self._jobs << _JOB_SHIFT)
+        else:
+            call = self._next_call()
         stream = _core.JobStream(self._push, self._reader, generator, self._pipeline,
                                  self._topic, function.encode(), cache.encode(),
                                  min(messages, 2**62), window=window, timeout=timeout,
                                  batch=self._protocol == PROTOCOL,
-                                 on_error=on_error, call=self._next_call(),
+                                 on_error=on_error, call=call,
                                  until_answered=messages == sys.maxsize,
-                                 batch_bytes=self._batch_bytes)
+                                 batch_bytes=self._batch_bytes, resend=resend)
         for payload in stream:
             if payload is not _LOST:
                 yield payload
