@@ -4,6 +4,7 @@ once the new server welcomes it, and the caller gets each reply exactly
 once (README, "Reliability").  Real processes: the Master and two workers
 are spawned children; the workers are not restarted."""
 
+import contextlib
 import os
 import signal
 import threading
@@ -48,10 +49,15 @@ class _GatedServerChild(GatedServer):
         self.gate = gate
 
 
-def master_args():
+def master_args(fixed_router):
+    """The Master's arguments; its worker ROUTER on a fixed port, or on an
+    ephemeral one (another after each restart: the workers find it in the
+    cache)."""
     pull, pub, wpull, wpush, db, router = tcp_addresses(6)
-    return (("m", pull, pub, wpull, wpush, db),
-            dict(worker_router_address=router, worker_timeout=WORKER_TIMEOUT))
+    kwargs = dict(worker_timeout=WORKER_TIMEOUT)
+    if fixed_router:
+        kwargs.update(worker_router_address=router)
+    return ("m", pull, pub, wpull, wpush, db), kwargs
 
 
 def start_master(args, kwargs):
@@ -71,8 +77,8 @@ def kill(proc):
 class Cluster:
     """A Master in a child process and two EchoWorkers in theirs."""
 
-    def __init__(self):
-        self.args, self.kwargs = master_args()
+    def __init__(self, fixed_router):
+        self.args, self.kwargs = master_args(fixed_router)
         self.db = self.args[5]
         self.master = start_master(self.args, self.kwargs)
         self.workers = [in_child(EchoWorker, "w%d" % i, self.db) for i in range(2)]
@@ -87,9 +93,9 @@ class Cluster:
         stop_all(procs)
 
 
-@pytest.fixture
-def cluster():
-    c = Cluster()
+@contextlib.contextmanager
+def answering_cluster(fixed_router):
+    c = Cluster(fixed_router)
     try:
         with Client("m", c.db, timeout=REPLY_TIMEOUT) as client:
             wait_for(lambda: client.eval("m.echo", b"up", timeout=REPLY_TIMEOUT) == b"up",
@@ -97,6 +103,19 @@ def cluster():
         yield c
     finally:
         c.close()
+
+
+@pytest.fixture(params=["ephemeral", "fixed"])
+def cluster(request):
+    """A cluster whose Master's worker ROUTER port is ephemeral, or fixed."""
+    with answering_cluster(request.param == "fixed") as c:
+        yield c
+
+
+@pytest.fixture
+def ephemeral_cluster():
+    with answering_cluster(False) as c:
+        yield c
 
 
 def run_job(cluster, kill_at, payloads, **job_kw):
@@ -142,9 +161,10 @@ def test_a_master_restarted_twice_in_one_job_loses_no_call(cluster):
     assert time.monotonic() - restarted <= WORKER_TIMEOUT + 10
 
 
-def test_without_resend_a_restart_loses_the_calls_in_flight(cluster):
+def test_without_resend_a_restart_loses_the_calls_in_flight(ephemeral_cluster):
     """resend=False keeps the old behaviour: the job times out (this shows
     the tests above can fail)."""
+    cluster = ephemeral_cluster
     payloads = [b"%d" % i for i in range(MESSAGES)]
     replies = []
     with Client("m", cluster.db, timeout=REPLY_TIMEOUT) as client:
@@ -157,7 +177,8 @@ def test_without_resend_a_restart_loses_the_calls_in_flight(cluster):
     assert len(replies) < MESSAGES
 
 
-def test_a_master_that_never_comes_back_ends_the_job_with_timeout_error(cluster):
+def test_a_master_that_never_comes_back_ends_the_job_with_timeout_error(ephemeral_cluster):
+    cluster = ephemeral_cluster
     payloads = [b"%d" % i for i in range(MESSAGES)]
     replies = []
     timeout = 3
