@@ -419,9 +419,14 @@ cdef class JobStream:
         long long out_pending       # ... how many
         size_t batch_bytes          # a batch is sent once it holds this much
         object timeout, on_error
-        # resend mode
+        # resend mode: call i of the job (id `first` + i) keeps its payload
+        # in slots[i & mask] (its id in ids[i & mask]) until its reply comes
         bint resend
-        dict unanswered             # call id -> payload, sent and not answered
+        uint64_t first
+        list slots
+        uint64_t *ids
+        uint64_t mask
+        long long unanswered
         list resend_q               # (call id, payload) to send again
         uint64_t pending_call       # the call id of `pending`
         long long seen_welcomes
@@ -457,7 +462,19 @@ cdef class JobStream:
         self.timeout = timeout
         self.on_error = on_error
         self.resend = resend
-        self.unanswered = {}
+        self.first = call
+        self.unanswered = 0
+        if resend:
+            # 4 windows of slots: a call slower than 3 windows of later ones
+            # holds new calls back until it is answered (rarely)
+            self.mask = 1
+            while self.mask < <uint64_t>(4 * self.window):
+                self.mask <<= 1
+            self.ids = <uint64_t *>calloc(self.mask, sizeof(uint64_t))
+            if self.ids == NULL:
+                raise MemoryError()
+            self.slots = [None] * <Py_ssize_t>self.mask
+            self.mask -= 1
         self.resend_q = []
         self.seen_welcomes = reader.welcomes
         self.resend_at = 0
@@ -465,6 +482,7 @@ cdef class JobStream:
 
     def __dealloc__(self):
         free(self.out.buf)
+        free(self.ids)
 
     def __iter__(self):
         return self
@@ -483,6 +501,20 @@ cdef class JobStream:
         self.inflight += calls
         return 0
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef object _answered(self, uint64_t call):
+        """The payload of call `call` when it had no reply yet (it has now),
+        else None (a second reply, or not of this job)."""
+        cdef uint64_t i = (call - self.first) & self.mask
+        if call - self.first >= self.call - self.first or self.ids[i] != call:
+            return None
+        payload = self.slots[i]
+        if payload is not None:
+            self.slots[i] = None
+            self.unanswered -= 1
+        return payload
+
     cdef bint _room(self):
         """May another call be taken (a new one from the generator, or one
         to send again)?"""
@@ -491,7 +523,8 @@ cdef class JobStream:
         if self.gen_done:
             return False
         if self.resend:
-            return len(self.unanswered) < self.window
+            return self.unanswered < self.window and \
+                self.slots[(self.call - self.first) & self.mask] is None
         return self.inflight + self.out.count < self.window
 
     cdef int _fill(self) except -1:
@@ -503,7 +536,7 @@ cdef class JobStream:
         cdef uint64_t call = self.call
         if self.resend:
             # what is sent again is not counted twice
-            self.inflight = len(self.unanswered) - self.out.count
+            self.inflight = self.unanswered - self.out.count
         if self.batch:
             if self._send_batch():
                 return 0
@@ -530,7 +563,9 @@ cdef class JobStream:
                 if self.resend:
                     call = self.call
                     self.call += 1
-                    self.unanswered[call] = payload
+                    self.ids[(call - self.first) & self.mask] = call
+                    self.slots[(call - self.first) & self.mask] = payload
+                    self.unanswered += 1
             PyObject_GetBuffer(payload, &buf, PyBUF_SIMPLE)
             try:
                 _fill_call(&env, self.pipeline, self.client, self.function,
@@ -568,9 +603,17 @@ cdef class JobStream:
     cdef int _send_again(self) except -1:
         """Queue every call without a reply to be sent again (a new
         publisher welcomed us: the server restarted, or the link came back)."""
+        cdef uint64_t call
         self.seen_welcomes = self.reader.welcomes
-        self.resend_q = list(self.unanswered.items())
-        self.resend_q.reverse()         # popped from the end: oldest first
+        self.resend_q = []
+        call = self.call
+        while call != self.first:       # newest first: popped from the end
+            call -= 1
+            payload = self.slots[(call - self.first) & self.mask]
+            if payload is not None and self.ids[(call - self.first) & self.mask] == call:
+                self.resend_q.append((call, payload))
+            if self.call - call > self.mask:
+                break
         self.resent += len(self.resend_q)
         if self.resend_at == 0:
             self.resend_every = RESEND_FIRST_MS
@@ -596,12 +639,12 @@ cdef class JobStream:
             self._fill()
             blocked = self.pending is not None or self.out.count > 0
             if self.until_answered and self.gen_done and not blocked and (
-                    not self.unanswered if self.resend else self.inflight <= 0):
+                    self.unanswered == 0 if self.resend else self.inflight <= 0):
                 raise StopIteration
             if self.reader.try_next(&env):
                 if not self.resend:
                     break
-                payload = self.unanswered.pop(env.call, None)
+                payload = self._answered(env.call)
                 if payload is not None:
                     if self.resend_at:          # replies flow: resend when they stop
                         self.resend_at = now_ms() + self.resend_every
