@@ -276,11 +276,11 @@ cdef class ReplyReader:
                 self.bend = self.bp + pz_msg_size(&self.mp.f[2])
                 continue
             if self.mp.total != 2:
-                if self.mp.total == 1 and pz_msg_size(&self.mp.f[0]) == <size_t>len(_WELCOME) \
-                        and memcmp(msg_ptr(&self.mp.f[0]), <char *>_WELCOME, len(_WELCOME)) == 0:
-                    self.welcomes += 1
-                else:
+                if self.mp.total != 1:
                     self.bad += 1
+                elif pz_msg_size(&self.mp.f[0]) == <size_t>len(_WELCOME) and memcmp(
+                        msg_ptr(&self.mp.f[0]), <char *>_WELCOME, len(_WELCOME)) == 0:
+                    self.welcomes += 1      # one frame: a welcome, counted
                 continue
             with nogil:
                 rc = pz_parse(msg_ptr(&self.mp.f[1]), pz_msg_size(&self.mp.f[1]), env)
