@@ -46,14 +46,20 @@ def _prometheus() -> Any:
         raise ImportError(MISSING) from exc
 
 
+#: Where a bare port binds: the endpoint is unauthenticated and shows
+#: worker ids and method names, so other hosts see it only when asked for
+#: (``"0.0.0.0:PORT"`` or ``"HOST:PORT"``).
+DEFAULT_HOST = "127.0.0.1"
+
+
 def parse_metrics_address(value: Union[int, str]) -> Tuple[str, int]:
-    """(host, port) of ``metrics_port``: a port (every interface, as
-    prometheus_client does) or ``"HOST:PORT"``."""
+    """(host, port) of ``metrics_port``: a port (on DEFAULT_HOST, the
+    loopback interface) or ``"HOST:PORT"``."""
     if isinstance(value, int):
-        return "0.0.0.0", value
+        return DEFAULT_HOST, value
     host, sep, port = str(value).rpartition(":")
     try:
-        return (host.strip("[]") if sep and host else "0.0.0.0"), int(port)
+        return (host.strip("[]") if sep and host else DEFAULT_HOST), int(port)
     except ValueError:
         raise ValueError("metrics_port must be a port or 'HOST:PORT', not %r" % (value,)) from None
 

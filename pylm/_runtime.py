@@ -189,11 +189,14 @@ class Runtime:
         queue is PUB_HWM long) instead of losing messages.  pylm 0.14
         clients see a plain PUB.  `max_message_size` bounds what
         subscribers send (subscriptions), as on every bound socket: a peer
-        past it is disconnected.
+        past it is disconnected.  Every subscribe and unsubscribe of each
+        subscriber is passed on (XPUB_VERBOSE, XPUB_VERBOSER; also when its
+        connection ends): the core holds a reply until a subscriber for it
+        is there (pylm_core/subscriptions.pyx).
         """
         return self.socket(zmq.XPUB, bind=address, security=security, SNDHWM=PUB_HWM,
                            XPUB_NODROP=1, XPUB_WELCOME_MSG=_core.WELCOME,
-                           MAXMSGSIZE=max_message_size)
+                           XPUB_VERBOSE=1, XPUB_VERBOSER=1, MAXMSGSIZE=max_message_size)
 
     def control(self) -> Socket:
         sock = self.stopper.control_socket()

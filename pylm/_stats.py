@@ -15,8 +15,11 @@ sockets, pylm.security); for servers that run methods, ``methods``
 (``{name: {"calls", "errors"}}``); for a Master or Hub, ``workers`` (one
 entry per connected worker: ``id``, ``credit``, ``in_flight``, ``done``,
 ``last_seen_s``), ``given_up``, ``requeued``, ``poisoned``, ``queued``,
-``late``, ``to_workers``, ``to_legacy``.  Handshake pings of clients are
-not counted.
+``late``, ``to_workers``, ``to_legacy``; for servers that publish,
+``held`` (replies held now for a subscriber still to come) and
+``held_dropped`` (held replies dropped past ``hold_seconds`` or
+``hold_replies``; pylm_core/subscriptions.pyx).  Handshake pings of
+clients are not counted.
 """
 
 import json
@@ -63,6 +66,9 @@ def server_stats(server: Any, counters: Dict[str, int], details: Dict[str, Any],
         "bad": counters.get("bad", 0),
         "errors": counters.get("failed" if executes else "errors", 0),
     }
+    if "held" in counters:
+        stats["held"] = counters["held"]
+        stats["held_dropped"] = counters["held_dropped"]
     if "methods" in details:
         stats["methods"] = details["methods"]
     if "workers" in details:

@@ -27,8 +27,11 @@ This module is the only part of pylm that imports numpy (the ``arrays``
 extra: ``pip install 'pylm[arrays]'``).
 """
 
+from __future__ import annotations
+
 import ast
 import struct
+from typing import Any, Literal, Tuple, Union
 
 try:
     import numpy as np
@@ -52,7 +55,7 @@ MAX_NESTING = 100       # ... and so is one with more brackets (literal_eval
 _FIXED = struct.Struct("<4sBBBBIHH")    # the first 16 bytes above
 
 
-def _dtype_text(dtype):
+def _dtype_text(dtype: np.dtype[Any]) -> Tuple[bytes, int]:
     """(text, flags) naming `dtype`: its ``str`` (kind, size and byte
     order), or its descr for a structured dtype, whose ``str`` ('|V16')
     would lose the fields."""
@@ -61,7 +64,7 @@ def _dtype_text(dtype):
     return repr(np.lib.format.dtype_to_descr(dtype)).encode("ascii"), F_DESCR
 
 
-def _check(array):
+def _check(array: object) -> None:
     """TypeError unless dumps can send `array`."""
     if not isinstance(array, np.ndarray):
         raise TypeError("pylm.arrays.dumps takes a numpy array, not %s"
@@ -76,7 +79,7 @@ def _check(array):
         raise TypeError("pylm.arrays.dumps: dtype %s has no size" % (array.dtype,))
 
 
-def _parts(array):
+def _parts(array: np.ndarray[Any, Any]) -> Tuple[bytes, np.ndarray[Any, np.dtype[np.uint8]]]:
     """The header and data of ``dumps(array)`` as (bytes, C-contiguous
     uint8 array): the data shares `array`'s memory when it is C- or
     Fortran-contiguous, else it is a C-ordered copy.  The server core sends
@@ -94,7 +97,7 @@ def _parts(array):
     return _header(array.dtype, array.shape, flags), data.reshape(-1).view(np.uint8)
 
 
-def _header(dtype, shape, flags):
+def _header(dtype: np.dtype[Any], shape: Tuple[int, ...], flags: int) -> bytes:
     text, more = _dtype_text(dtype)
     if len(text) > MAX_DTYPE_TEXT:
         raise TypeError("pylm.arrays.dumps: dtype %s is too complex" % (dtype,))
@@ -106,7 +109,7 @@ def _header(dtype, shape, flags):
                      bytes(length - fixed)))
 
 
-def dumps(array):
+def dumps(array: np.ndarray[Any, Any]) -> Union[bytes, bytearray]:
     """`array` as a bytes-like payload: the header, then its raw data in
     C or Fortran order, whichever it has (any other layout is copied to C
     order).  The data is copied once, into the result; send the array
@@ -125,7 +128,7 @@ def dumps(array):
     return out
 
 
-def loads(buffer):
+def loads(buffer: Any) -> np.ndarray[Any, Any]:
     """The array in `buffer` (from dumps, or as a worker method's reply):
     a read-only view of `buffer` when its data is aligned for the dtype,
     else a read-only copy.  TypeError when `buffer` is not bytes-like;
@@ -158,7 +161,8 @@ def loads(buffer):
     return array
 
 
-def _read_header(view):
+def _read_header(view: memoryview) -> Tuple[np.dtype[Any], Tuple[int, ...], Literal["C", "F"],
+                                            int]:
     """(dtype, shape, order, data offset) of the header at the start of
     `view` (a byte memoryview); DecodeError when it is not one."""
     if len(view) < _FIXED.size:
@@ -188,9 +192,9 @@ def _read_header(view):
     return dtype, shape, "F" if flags & F_ORDER else "C", length
 
 
-def _read_dtype(text, flags):
+def _read_dtype(raw: bytes, flags: int) -> np.dtype[Any]:
     try:
-        text = text.decode("ascii")
+        text = raw.decode("ascii")
         if text.count("(") + text.count("[") > MAX_NESTING:
             raise ValueError("nested too deeply")
         if flags & F_DESCR:

@@ -4,7 +4,12 @@ make keys, from a shell, systemd unit or container (shared/API.md,
 "Operations").
 
 Exit codes: 0 success; 1 a remote error or a timeout (the message on
-stderr); 2 bad usage (argparse's convention: a message and the usage).
+stderr), or Ctrl-C (SIGINT) during a call, job or stats (the three codes of
+API.md, rather than the shell's 130); 2 bad usage (argparse's convention: a
+message and the usage, also for a malformed address or timeout).  ``pylm
+job`` whose stdout is closed by its reader (``| head``) exits 0, whether or
+not its stdin is still open.  A server, master or worker supervisor stopped
+by SIGTERM or SIGINT exits 0.
 
 Every option shared by several commands is built once, by the ``_add_*``
 functions below; the security options are handed to the classes as
@@ -17,6 +22,7 @@ import argparse
 import importlib
 import json
 import logging
+import math
 import os
 import queue
 import signal
@@ -24,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["main", "build_parser"]
 
@@ -56,13 +62,39 @@ def _add_logging(parser: argparse.ArgumentParser) -> None:
                         help="level of the log on stderr (default WARNING)")
 
 
+def zmq_address(text: str) -> str:
+    """An argparse type: a ZeroMQ address, ``tcp://HOST:PORT``,
+    ``ipc://PATH`` or ``inproc://NAME`` (anything else exits 2 here rather
+    than failing later with exit code 1, as a remote failure would)."""
+    scheme, sep, rest = text.partition("://")
+    if sep and scheme in ("ipc", "inproc") and rest:
+        return text
+    if sep and scheme == "tcp":
+        host, colon, port = rest.rpartition(":")
+        if colon and host and port.isdigit() and 0 < int(port) < 65536:
+            return text
+    raise argparse.ArgumentTypeError(
+        "%r is not a ZeroMQ address: tcp://HOST:PORT, ipc://PATH or inproc://NAME" % text)
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a number of seconds greater than 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (0 < value < math.inf):
+        raise argparse.ArgumentTypeError("%r is not a number of seconds greater than 0" % text)
+    return value
+
+
 def _add_db(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--db", required=required, metavar="ADDRESS",
+    parser.add_argument("--db", required=required, metavar="ADDRESS", type=zmq_address,
                         help="the server's cache address (db_address), e.g. tcp://127.0.0.1:5570")
 
 
 def _add_timeout(parser: argparse.ArgumentParser, default: Optional[float], what: str) -> None:
-    parser.add_argument("--timeout", type=float, default=default, metavar="S",
+    parser.add_argument("--timeout", type=positive_seconds, default=default, metavar="S",
                         help="seconds to wait for %s" % what)
 
 
@@ -91,7 +123,8 @@ def _class_arg(parser: argparse.ArgumentParser, what: str) -> None:
 def _add_metrics(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", metavar="[HOST:]PORT", default=None,
                         help="serve Prometheus metrics at http://HOST:PORT/metrics "
-                             "(needs pylm[metrics]; HOST defaults to every interface)")
+                             "(needs pylm[metrics]; HOST defaults to 127.0.0.1: give "
+                             "0.0.0.0:PORT for every interface)")
 
 
 def _metrics_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
@@ -122,8 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     _class_arg(p, "Server")
     p.add_argument("--name", required=True, help="the server's name")
     _add_db(p)
-    p.add_argument("--pull", required=True, metavar="ADDRESS", help="where clients push calls")
-    p.add_argument("--pub", required=True, metavar="ADDRESS", help="where results are published")
+    p.add_argument("--pull", required=True, metavar="ADDRESS", type=zmq_address,
+                   help="where clients push calls")
+    p.add_argument("--pub", required=True, metavar="ADDRESS", type=zmq_address,
+                   help="where results are published")
     _add_metrics(p)
     _add_security(p, serves=True)
     p.set_defaults(run=_cmd_server)
@@ -133,13 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a Master subclass (scatter/gather); default pylm.servers:Master")
     p.add_argument("--name", required=True, help="the master's name")
     _add_db(p)
-    p.add_argument("--pull", required=True, metavar="ADDRESS", help="where clients push calls")
-    p.add_argument("--pub", required=True, metavar="ADDRESS", help="where results are published")
-    p.add_argument("--worker-pull", required=True, metavar="ADDRESS",
+    p.add_argument("--pull", required=True, metavar="ADDRESS", type=zmq_address,
+                   help="where clients push calls")
+    p.add_argument("--pub", required=True, metavar="ADDRESS", type=zmq_address,
+                   help="where results are published")
+    p.add_argument("--worker-pull", required=True, metavar="ADDRESS", type=zmq_address,
                    help="where workers send results (worker_pull_address)")
-    p.add_argument("--worker-push", required=True, metavar="ADDRESS",
+    p.add_argument("--worker-push", required=True, metavar="ADDRESS", type=zmq_address,
                    help="where workers get calls (worker_push_address)")
-    p.add_argument("--worker-timeout", type=float, default=3.0, metavar="S",
+    p.add_argument("--worker-timeout", type=positive_seconds, default=3.0, metavar="S",
                    help="a worker silent this long is given up, its calls sent to "
                         "others (default 3)")
     _add_metrics(p)
@@ -310,7 +347,10 @@ def _cmd_job(args: argparse.Namespace) -> int:
     else:
         bar = None
     lines: "queue.Queue[Optional[bytes]]" = queue.Queue(JOB_AHEAD)
-    threading.Thread(target=_read_lines, args=(sys.stdin.buffer, lines), daemon=True,
+    # the thread reads the descriptor, not sys.stdin: a daemon thread still
+    # blocked in a BufferedReader at exit (stdin left open after a timeout,
+    # Ctrl-C or a closed stdout) makes the interpreter abort on its lock
+    threading.Thread(target=_read_lines, args=(sys.stdin.fileno(), lines), daemon=True,
                      name="pylm-job-stdin").start()
     out = sys.stdout.buffer
     try:
@@ -331,11 +371,27 @@ def _cmd_job(args: argparse.Namespace) -> int:
     return OK
 
 
-def _read_lines(stream: IO[bytes], lines: "queue.Queue[Optional[bytes]]") -> None:
-    """Put each line of `stream` (without its newline) on `lines`, then None."""
+def _read_lines(fd: int, lines: "queue.Queue[Optional[bytes]]") -> None:
+    """Put each line read from the file descriptor `fd` (without its
+    newline; a last line without one too) on `lines`, then None.  os.read
+    holds no Python lock while it waits, so the interpreter may exit while
+    this daemon thread still waits for input."""
+    rest = b""
     try:
-        for line in stream:
-            lines.put(line[:-1] if line.endswith(b"\n") else line)
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except OSError as exc:      # stdin closed or unreadable: its end
+                logger.warning("reading stdin failed: %s", exc)
+                break
+            if not data:
+                break
+            parts = (rest + data).split(b"\n")
+            rest = parts.pop()
+            for line in parts:
+                lines.put(line)
+        if rest:
+            lines.put(rest)
     finally:
         lines.put(None)
 
@@ -380,12 +436,36 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
 # -- the worker supervisor ---------------------------------------------------------
 
+#: prctl(2) option: the signal a process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def _parent_death_signal() -> Optional[Any]:
+    """On Linux, a preexec_fn for the supervised workers: each gets SIGTERM
+    when the supervisor dies, even by SIGKILL (which it cannot catch to
+    stop them), so that no worker is left orphaned.  None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)    # loaded here, not after fork
+    parent = os.getpid()
+
+    def die_with_parent() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:      # it died before prctl
+            os._exit(1)
+
+    return die_with_parent
+
+
 class Supervisor:
     """Runs `count` copies of `command` and keeps them running: a process
     that exits is started again after a back-off (BACKOFF_MIN doubling to
     BACKOFF_MAX while it keeps dying), with a log line saying which, its
     PID and how it ended.  SIGTERM or SIGINT stops them all (SIGTERM, then
-    SIGKILL after STOP_GRACE) and run() returns 0."""
+    SIGKILL after STOP_GRACE) and run() returns 0.  On Linux the workers
+    also get SIGTERM when the supervisor dies without stopping them
+    (SIGKILL, a crash): PR_SET_PDEATHSIG."""
 
     def __init__(self, command: List[str], count: int) -> None:
         self.command = command
@@ -395,12 +475,14 @@ class Supervisor:
         self.backoff = [BACKOFF_MIN] * count
         self.due = [0.0] * count        # when a dead one may start again
         self._stopping = False
+        self._preexec = _parent_death_signal()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._stopping = True
 
     def _start(self, i: int) -> None:
-        proc = subprocess.Popen(self.command)
+        # preexec_fn is safe here: the supervisor runs no other thread
+        proc = subprocess.Popen(self.command, preexec_fn=self._preexec)
         self.procs[i] = proc
         self.started[i] = time.monotonic()
         logger.info("worker %d started: pid %d", i, proc.pid)

@@ -7,10 +7,13 @@ handshake, with pylm 0.14 servers by one wait (they cannot answer pings).
 Every blocking call takes ``timeout=`` (seconds; None waits forever).
 
 A Client is not thread-safe (ZeroMQ sockets are not): it belongs to the
-thread that first calls it, and a call from any other thread raises
-RuntimeError (close() excepted).  Threads use one Client each, or share a
+thread that first calls it (until that thread ends), and a call from any
+other thread raises RuntimeError (close() excepted, unless it would cut a
+running call short).  Threads use one Client each, or share a
 pylm.futures.Executor.
 """
+
+from __future__ import annotations
 
 import logging
 import os
@@ -18,6 +21,8 @@ import sys
 import threading
 import time
 import uuid
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Generator, Iterable, Iterator, List,
+                    Literal, NoReturn, Optional, Sequence, Tuple, Union, overload)
 
 import zmq
 
@@ -29,6 +34,12 @@ from pylm._progress import job_total, progress_bar
 from pylm._stats import parse_stats
 from pylm.security import Security
 from pylm_core.errors import WORKER_LOST, RemoteError, WorkerLost
+
+if TYPE_CHECKING:
+    from pylm.security import KeyPath, Socket
+
+#: What names a method: "server.method", or a list of stages for a stream.
+Function = Union[str, Sequence[str]]
 
 __all__ = ["Client"]
 
@@ -57,10 +68,10 @@ _JOB_ID_BIT = 1 << 63
 _JOB_SHIFT = 40
 
 
-def _check_payload(payload):
+def _check_payload(payload: Any) -> Any:
     if isinstance(payload, str) or not isinstance(payload, (bytes, bytearray, memoryview)):
         try:
-            memoryview(payload)
+            memoryview(payload)     # type: ignore[arg-type]  # str: the TypeError wanted
         except TypeError:
             raise TypeError("payload must be bytes or bytes-like, not %s"
                             % type(payload).__name__) from None
@@ -69,12 +80,10 @@ def _check_payload(payload):
     return payload
 
 
-def _thread_name(ident):
+def _thread_name(thread: threading.Thread) -> str:
     """A thread's name and ident, for error messages."""
-    for thread in threading.enumerate():
-        if thread.ident == ident:
-            return "thread %r (ident %d)" % (thread.name, ident)
-    return "thread ident %d (ended)" % ident
+    return "thread %r (ident %s%s)" % (thread.name, thread.ident,
+                                       "" if thread.is_alive() else ", ended")
 
 
 class Client:
@@ -110,13 +119,20 @@ class Client:
 
     Not thread-safe: the first thread that calls the client (eval, job,
     set, get, delete, stats) owns it, and any other thread's call raises
-    RuntimeError; close() works from any thread.  The constructor binds
-    nothing, so a client may be made in one thread and handed to another.
+    RuntimeError while that thread lives (once it ended, the next thread
+    to call takes the client over).  close() works from any thread, except
+    that another thread's close() while the owner is in a call (an eval,
+    or a job not yet ended) raises RuntimeError instead of closing the
+    sockets under the call.  The constructor binds nothing, so a client
+    may be made in one thread and handed to another.
     """
 
-    def __init__(self, server_name, db_address, push_address=None, sub_address=None,
-                 session=None, logging_level=None, this_config=False, *,
-                 timeout=10.0, secret_key=None, server_key=None, resend=None):
+    def __init__(self, server_name: str, db_address: Optional[str],
+                 push_address: Optional[str] = None, sub_address: Optional[str] = None,
+                 session: Optional[str] = None, logging_level: Union[int, str, None] = None,
+                 this_config: bool = False, *, timeout: Optional[float] = 10.0,
+                 secret_key: KeyPath = None, server_key: KeyPath = None,
+                 resend: Optional[bool] = None) -> None:
         self.server_name = server_name
         self.db_address = db_address
         self.session = session
@@ -132,54 +148,98 @@ class Client:
         self._security = Security.for_client(secret_key, server_key)
         self._cache = (CacheClient(db_address, server_name, timeout, self._security)
                        if db_address else None)
-        self._push = self._sub = self._reader = None
+        self._push: Optional[Socket] = None
+        self._sub: Optional[Socket] = None
+        self._reader: Optional[_core.ReplyReader] = None
         self._joined = False
         self._calls = int.from_bytes(os.urandom(4), "little") << 16
         self._jobs = int.from_bytes(os.urandom(2), "little")
         self.resend = resend
         #: the server brokers calls to workers (a Master or Hub): resend by default
         self._brokered = False
-        self._protocol = None
+        self._protocol: Optional[bytes] = None
         #: how the subscription was known to be live: "welcome" (the
         #: XPUB's greeting), "wait" (pylm 0.14's fixed wait) or "silence"
-        self._joined_by = None
+        self._joined_by: Optional[str] = None
         self._batch_bytes = UNLIMITED
         self._closed = False
-        #: the thread this client belongs to (_check_thread): the first to call it
-        self._owner = None
+        #: the thread this client belongs to (_check_thread): the first to
+        #: call it, or the first after that one ended
+        self._owner: Optional[threading.Thread] = None
+        #: calls of the owner running now (a job until its generator ends);
+        #: changed and read under _busy_lock, so that close() from another
+        #: thread never closes sockets a call is using
+        self._running = 0
+        self._busy_lock = threading.Lock()
         # A sub_address given by the caller may be the pub of a later stage
         # (a pylm 0.14 Pipeline, say): whether it welcomes is then unknown.
         self._sub_is_server = sub_address is None
-        if not this_config:
-            try:
-                name = self._cache.request("get", b"name").decode()
-                if name != server_name:
-                    raise ValueError("the server at %s is %r, not %r"
-                                     % (db_address, name, server_name))
-                if push_address is None:
-                    push_address = self._cache.request("get", b"pull_address").decode()
-                if sub_address is None:
-                    sub_address = self._cache.request("get", b"pub_address").decode()
-                self._protocol = self._cache.request("get", CONFIG_PROTOCOL_KEY.encode())
-                if self._protocol == PROTOCOL:
-                    self._batch_bytes = batch_bytes_for(
-                        self._cache.request("get", b"max_message_size"))
-                    self._brokered = bool(self._cache.request("get", b"worker_push_address"))
-            except BaseException:
-                self.close()
-                raise
         self.push_address = push_address
         self.sub_address = sub_address
+        if not this_config:
+            self._fetch_config()
+
+    def _fetch_config(self) -> None:
+        """Ask the server's cache for its name (checked), the addresses not
+        given, its protocol and message size bound; closes the client and
+        raises when that fails.  Blocking: __init__ calls it unless
+        `this_config`, pylm.aio.Client in its executor's thread."""
+        try:
+            cache = self._cache_client()
+            name = cache.request("get", b"name").decode()
+            if name != self.server_name:
+                raise ValueError("the server at %s is %r, not %r"
+                                 % (self.db_address, name, self.server_name))
+            if self.push_address is None:
+                self.push_address = cache.request("get", b"pull_address").decode()
+            if self.sub_address is None:
+                self.sub_address = cache.request("get", b"pub_address").decode()
+            self._protocol = cache.request("get", CONFIG_PROTOCOL_KEY.encode())
+            if self._protocol == PROTOCOL:
+                self._batch_bytes = batch_bytes_for(
+                    cache.request("get", b"max_message_size"))
+                self._brokered = bool(cache.request("get", b"worker_push_address"))
+        except BaseException:
+            self.close()
+            raise
 
     # context manager -------------------------------------------------------
-    def __enter__(self):
+    def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def close(self):
-        """Close every socket of the client (idempotent)."""
+    def close(self) -> None:
+        """Close every socket of the client (idempotent).
+
+        From the thread that owns the client, always.  From another
+        thread, only while no call of the client is running (an eval, or a
+        job whose generator has not ended): then RuntimeError, since
+        closing sockets a call is using would make that call fail on
+        closed sockets (or worse, in libzmq)."""
+        owner = self._owner
+        if owner is None or owner is threading.current_thread():
+            self._close_sockets()
+            return
+        with self._busy_lock:
+            if self._running:
+                raise RuntimeError(
+                    "this pylm Client is in a call in %s: close() it from that thread, or "
+                    "after the call returned (or its job ended or was closed)"
+                    % _thread_name(owner))
+            self._close_sockets()
+
+    def _begin_call(self) -> None:
+        with self._busy_lock:
+            self._running += 1
+
+    def _end_call(self) -> None:
+        with self._busy_lock:
+            self._running -= 1
+
+    def _close_sockets(self) -> None:
+        """close() without its thread check."""
         for sock in (self._push, self._sub):
             if sock is not None:
                 sock.close(linger=0)
@@ -191,51 +251,54 @@ class Client:
 
     clean = close  # pylm 0.14's name
 
-    def __del__(self):
+    def __del__(self) -> None:
         try:
-            self.close()
+            self._close_sockets()     # nothing runs a call of an unreachable client
         except Exception:
             pass
 
     # plumbing --------------------------------------------------------------
-    def _check_thread(self):
-        """Bind the client to the calling thread on its first call; raise
-        RuntimeError when another thread calls it afterwards (its sockets
-        would be used by two threads at once, mixing their messages)."""
-        me = threading.get_ident()
-        if self._owner == me:
+    def _check_thread(self) -> None:
+        """Bind the client to the calling thread on its first call (or on
+        the first after its thread ended); raise RuntimeError when another
+        thread calls it while that one lives (its sockets would be used by
+        two threads at once, mixing their messages)."""
+        me = threading.current_thread()
+        owner = self._owner
+        if owner is me:
             return
         with _BIND_LOCK:
-            if self._owner is None:
+            owner = self._owner
+            if owner is None or not owner.is_alive():
                 self._owner = me
                 return
         raise RuntimeError(
             "this pylm Client belongs to the thread that first called it (%s), not to %s: "
             "a Client is not thread-safe; use one Client per thread, or a "
             "pylm.futures.Executor, which is safe to call from many threads"
-            % (_thread_name(self._owner), _thread_name(me)))
+            % (_thread_name(owner), _thread_name(me)))
 
-    def _connect(self, timeout):
+    def _connect(self, timeout: Optional[float]) -> None:
         if self._push is None:
             if not self.push_address or not self.sub_address:
                 raise ValueError("the client has no push_address/sub_address")
             ctx = context()
-            self._push = ctx.socket(zmq.PUSH)
-            self._push.setsockopt(zmq.LINGER, 1000)
-            self._sub = ctx.socket(zmq.SUB)
-            self._sub.setsockopt(zmq.LINGER, 0)
-            self._sub.setsockopt(zmq.RCVHWM, 0)
-            self._sub.setsockopt_string(zmq.SUBSCRIBE, self.uuid)
-            self._sub.setsockopt(zmq.SUBSCRIBE, WELCOME)
-            self._security.apply(self._push, connect=self.push_address)
-            self._security.apply(self._sub, connect=self.sub_address)
-            self._push.connect(self.push_address)
-            self._sub.connect(self.sub_address)
-            self._reader = _core.ReplyReader(self._sub)
+            self._push = push = ctx.socket(zmq.PUSH)
+            push.setsockopt(zmq.LINGER, 1000)
+            self._sub = sub = ctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.setsockopt(zmq.RCVHWM, 0)
+            sub.setsockopt_string(zmq.SUBSCRIBE, self.uuid)
+            sub.setsockopt(zmq.SUBSCRIBE, WELCOME)
+            self._security.apply(push, connect=self.push_address)
+            self._security.apply(sub, connect=self.sub_address)
+            push.connect(self.push_address)
+            sub.connect(self.sub_address)
+            self._reader = _core.ReplyReader(sub)
         if not self._joined:
             self._join(timeout)
 
-    def _join(self, timeout):
+    def _join(self, timeout: Optional[float]) -> None:
         """Make sure the SUB receives before the first call.
 
         Our servers' XPUB greets each new subscriber (XPUB_WELCOME_MSG):
@@ -252,8 +315,8 @@ class Client:
             time.sleep(LEGACY_JOIN_WAIT)
             self._joined_as("wait")
             return
-        limit = self.timeout if timeout is None else timeout
-        limit = 1e9 if limit is None else limit
+        given = self.timeout if timeout is None else timeout
+        limit = 1e9 if given is None else given
         deadline = time.monotonic() + limit
         if not self._await_welcome(limit, deadline):
             self._joined_as("silence")
@@ -265,12 +328,12 @@ class Client:
             self._ping_until_answered(deadline)
         self._joined_as("welcome")
 
-    def _joined_as(self, how):
+    def _joined_as(self, how: str) -> None:
         """The subscription is live, known by `how` (see _joined_by)."""
         self._joined = True
         self._joined_by = how
 
-    def _await_welcome(self, limit, deadline):
+    def _await_welcome(self, limit: float, deadline: float) -> bool:
         """Read the SUB until the XPUB's welcome: True.  A publisher not
         known to be ours (no protocol in the cache, or a sub_address given
         by the caller) that stays silent for a second is taken for pylm
@@ -278,19 +341,21 @@ class Client:
         welcome by `deadline` (`limit` seconds from now)."""
         known = self._protocol in (PROTOCOL, PROTOCOL_PARTS) and self._sub_is_server
         welcome_by = deadline if known else time.monotonic() + min(limit, 1.0)
+        sub = self._sub
+        assert sub is not None      # _connect made it
         while True:
             left = welcome_by - time.monotonic()
-            if left <= 0 or not self._sub.poll(int(left * 1000) + 1, zmq.POLLIN):
+            if left <= 0 or not sub.poll(int(left * 1000) + 1, zmq.POLLIN):
                 if not known:       # silent publisher of unknown kind: pylm 0.14
                     return False
                 raise TimeoutError("no publisher answered at %s within %s s"
                                    % (self.sub_address, limit))
-            if self._sub.recv_multipart() == [WELCOME]:
+            if sub.recv_multipart() == [WELCOME]:
                 if self._protocol is None:
                     self._protocol = PROTOCOL
                 return True
 
-    def _ping_until_answered(self, deadline):
+    def _ping_until_answered(self, deadline: float) -> None:
         """Ping through the push path until a ping comes back on the SUB,
         which proves the subscription is in place at the last stage; for at
         most PING_BUDGET seconds (best effort: a stream with custom topics
@@ -299,26 +364,28 @@ class Client:
         ping_cache = _core.PING_PREFIX + b":" + nonce
         pong_by = min(deadline, time.monotonic() + PING_BUDGET)
         interval = 0.005
+        reader = self._reader
+        assert reader is not None   # _connect made it
         while time.monotonic() < pong_by:
-            self._reader.pipeline = None
-            self._reader.call = 0
+            reader.pipeline = None
+            reader.call = 0
             _core.send_call(self._push, nonce, self.uuid.encode(), b"", ping_cache, b"",
                             timeout=max(0.0, deadline - time.monotonic()))
             try:
-                msg = self._reader.recv_message(timeout=interval)
+                msg = reader.recv_message(timeout=interval)
             except TimeoutError:
                 interval = min(interval * 2, 0.1)
                 continue
             if msg.cache.encode() == ping_cache:
                 return
 
-    def _next_call(self):
+    def _next_call(self) -> int:
         """A new call id (field 17): replies carry it back, so a late reply
         of an earlier call is never taken for one of this call."""
         self._calls += 1
         return self._calls
 
-    def _resends(self, resend):
+    def _resends(self, resend: Optional[bool]) -> bool:
         """Whether a call is sent again after a restart: `resend` when
         given, else the client's, else on for a Master of ours.  Never with
         a server that is not ours (no welcomes, no call ids)."""
@@ -328,7 +395,7 @@ class Client:
             resend = self._brokered
         return bool(resend) and self._protocol == PROTOCOL
 
-    def _function(self, function):
+    def _function(self, function: Function) -> str:
         if isinstance(function, (list, tuple)):
             function = " ".join(function)
         if not isinstance(function, str):
@@ -336,7 +403,7 @@ class Client:
         return function
 
     @staticmethod
-    def _remote_error(error):
+    def _remote_error(error: str) -> Union[RemoteError, WorkerLost]:
         """The exception for an error reply: WorkerLost for a poison
         message, RemoteError for a method that raised."""
         exc = RemoteError.from_wire(error)
@@ -344,57 +411,81 @@ class Client:
             return WorkerLost(exc.remote_message)
         return exc
 
-    def _raise_remote(self, error):
+    def _raise_remote(self, error: str) -> NoReturn:
         raise self._remote_error(error)
 
     # calls -----------------------------------------------------------------
-    def eval(self, function, payload, messages=1, cache="", *, timeout=None, resend=None):
+    @overload
+    def eval(self, function: Function, payload: Any, messages: Literal[1] = ...,
+             cache: str = ..., *, timeout: Optional[float] = ...,
+             resend: Optional[bool] = ...) -> bytes: ...
+
+    @overload
+    def eval(self, function: Function, payload: Any, messages: int,
+             cache: str = ..., *, timeout: Optional[float] = ...,
+             resend: Optional[bool] = ...) -> Union[bytes, List[bytes]]: ...
+
+    def eval(self, function: Function, payload: Any, messages: int = 1, cache: str = "", *,
+             timeout: Optional[float] = None,
+             resend: Optional[bool] = None) -> Union[bytes, List[bytes]]:
         """Send one message; return the reply payload, or a list of
         `messages` replies.  Raises TimeoutError when no reply comes within
         `timeout` seconds, pylm.RemoteError when the method raised.
         `resend`: send the call again if the server restarts before it
         answers (see the class; default: the client's)."""
         self._check_thread()
-        function = self._function(function)
+        self._begin_call()
+        try:
+            return self._eval(function, payload, messages, cache, timeout, resend)
+        finally:
+            self._end_call()
+
+    def _eval(self, function: Function, payload: Any, messages: int, cache: str,
+              timeout: Optional[float], resend: Optional[bool]) -> Union[bytes, List[bytes]]:
+        name = self._function(function)
         _check_payload(payload)
         self._connect(timeout)
+        reader = self._reader
+        assert reader is not None   # _connect made it
         call = self._next_call()
         pipeline = self._pipeline
-        self._reader.pipeline = pipeline
-        self._reader.call = call
+        reader.pipeline = pipeline
+        reader.call = call
 
-        def send():
-            _core.send_call(self._push, pipeline, self._topic, function.encode(),
+        def send() -> None:
+            _core.send_call(self._push, pipeline, self._topic, name.encode(),
                             cache.encode(), payload, timeout=timeout,
                             batch_replies=self._protocol == PROTOCOL, call=call)
 
         send()
         deadline = None if timeout is None else time.monotonic() + timeout
         if messages == 1 and self._resends(resend):
-            payload, error = self._recv_resending(send, deadline, function, timeout)
+            reply, error = self._recv_resending(reader, send, deadline, name, timeout)
             if error is not None:
                 self._raise_remote(error)
-            return payload
-        results = []
+            return reply
+        results: List[bytes] = []
         for _ in range(messages):
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                payload, error = self._reader.recv(left)
+                reply, error = reader.recv(left)
             except TimeoutError:
-                raise TimeoutError("no reply from %s within %s s" % (function, timeout)) from None
+                raise TimeoutError("no reply from %s within %s s" % (name, timeout)) from None
             if error is not None:
                 self._raise_remote(error)
-            results.append(payload)
+            results.append(reply)
         return results[0] if messages == 1 else results
 
-    def _recv_resending(self, send, deadline, function, timeout):
+    def _recv_resending(self, reader: _core.ReplyReader, send: Callable[[], None],
+                        deadline: Optional[float], name: str,
+                        timeout: Optional[float]) -> Tuple[bytes, Optional[str]]:
         """The reply of the call just sent by `send()`, which is called
         again when a new publisher welcomes the SUB (the server restarted),
         and then whenever no reply came for RESEND_FIRST seconds, twice
         that, ...  Later replies of the call are dropped by the reader (the
         next call has another id)."""
-        seen = self._reader.welcomes
-        again_at = None
+        seen = reader.welcomes
+        again_at: Optional[float] = None
         every = RESEND_FIRST
         while True:
             now = time.monotonic()
@@ -404,24 +495,25 @@ class Client:
                 wait = max(0.0, again_at - now) if left is None else \
                     max(0.0, min(left, again_at - now))
             try:
-                got = self._reader.recv_until_welcome(wait, seen)
+                got = reader.recv_until_welcome(wait, seen)
             except TimeoutError:
                 if again_at is None or (deadline is not None and
                                         time.monotonic() >= deadline):
                     raise TimeoutError("no reply from %s within %s s"
-                                       % (function, timeout)) from None
+                                       % (name, timeout)) from None
                 every *= 2
             else:
                 if got is not None:
                     return got
-                seen = self._reader.welcomes        # a new publisher
+                seen = reader.welcomes          # a new publisher
                 every = RESEND_FIRST
-                self.logger.info("%s: the server is back; call sent again", function)
+                self.logger.info("%s: the server is back; call sent again", name)
             send()
             again_at = time.monotonic() + every
 
-    def job(self, function, generator, messages=sys.maxsize, cache="", *, timeout=None,
-            window=JOB_WINDOW, progress=False, resend=None):
+    def job(self, function: Function, generator: Iterable[Any], messages: int = sys.maxsize,
+            cache: str = "", *, timeout: Optional[float] = None, window: int = JOB_WINDOW,
+            progress: bool = False, resend: Optional[bool] = None) -> Iterator[bytes]:
         """Send every payload the generator yields and yield the replies as
         they come, until `messages` replies arrived (or, by default, one
         for each payload sent).  At most `window` calls are in flight.
@@ -445,8 +537,14 @@ class Client:
                                desc=self._function(function))
         return self._job(function, generator, messages, cache, timeout, window, bar, resend)
 
-    def _job(self, function, generator, messages, cache, timeout, window, bar, resend):
-        """The generator behind job(); `bar`, when not None, counts replies."""
+    def _job(self, function: Function, generator: Iterable[Any], messages: int, cache: str,
+             timeout: Optional[float], window: int, bar: Any,
+             resend: Optional[bool] = None) -> Generator[bytes, None, None]:
+        """The generator behind job(); `bar`, when not None, counts replies.
+        Until it ends the client is in a call, which close() from another
+        thread refuses to cut short (_begin_call)."""
+        self._check_thread()        # the generator may be iterated elsewhere
+        self._begin_call()
         try:
             for payload in self._job_replies(function, generator, messages, cache,
                                              timeout, window, resend):
@@ -454,16 +552,21 @@ class Client:
                     bar.update(1)
                 yield payload
         finally:
+            self._end_call()
             if bar is not None:
                 bar.close()
 
-    def _job_replies(self, function, generator, messages, cache, timeout, window, resend):
+    def _job_replies(self, function: Function, generator: Iterable[Any], messages: int,
+                     cache: str, timeout: Optional[float], window: int,
+                     resend: Optional[bool] = None) -> Generator[bytes, None, None]:
         self._check_thread()        # the generator may be iterated elsewhere
-        function = self._function(function)
+        name = self._function(function)
         self._connect(timeout)
-        lost = []
+        reader = self._reader
+        assert reader is not None   # _connect made it
+        lost: List[BaseException] = []
 
-        def on_error(error):
+        def on_error(error: str) -> object:
             # a poison message does not stop the job: it is reported at the end
             exc = self._remote_error(error)
             if not isinstance(exc, WorkerLost):
@@ -471,20 +574,20 @@ class Client:
             lost.append(exc)
             return _LOST
 
-        resend = messages == sys.maxsize and self._resends(resend)
-        if resend:
+        resends = messages == sys.maxsize and self._resends(resend)
+        if resends:
             # one id per call, apart from every eval's and other jobs'
             self._jobs = (self._jobs + 1) % (1 << (63 - _JOB_SHIFT))
             call = _JOB_ID_BIT | (self._jobs << _JOB_SHIFT)
         else:
             call = self._next_call()
-        stream = _core.JobStream(self._push, self._reader, generator, self._pipeline,
-                                 self._topic, function.encode(), cache.encode(),
+        stream = _core.JobStream(self._push, reader, generator, self._pipeline,
+                                 self._topic, name.encode(), cache.encode(),
                                  min(messages, 2**62), window=window, timeout=timeout,
                                  batch=self._protocol == PROTOCOL,
                                  on_error=on_error, call=call,
                                  until_answered=messages == sys.maxsize,
-                                 batch_bytes=self._batch_bytes, resend=resend)
+                                 batch_bytes=self._batch_bytes, resend=resends)
         for payload in stream:
             if payload is not _LOST:
                 yield payload
@@ -494,38 +597,42 @@ class Client:
                              % (len(lost), MAX_LOST), lost)
 
     # cache -------------------------------------------------------------------
-    def _key(self, key):
+    def _key(self, key: str) -> str:
         return "%s%s" % (self.session, key) if self.session else key
 
-    def set(self, value, key=None):
+    def _cache_client(self) -> CacheClient:
+        """The link to the server's cache; ValueError without a db_address."""
+        if self._cache is None:
+            raise ValueError("the client has no db_address")
+        return self._cache
+
+    def set(self, value: bytes, key: Optional[str] = None) -> str:
         """Store value (bytes) in the server's cache; returns the key.
         Raises PermissionError for one of the server's configuration keys,
         pylm.CacheFull past the bound of its cache (pylm._cache)."""
         self._check_thread()
         if not isinstance(value, bytes):
             raise TypeError("value must be bytes, not %s" % type(value).__name__)
-        key = self._key(key) if key else ""
-        return self._cache.request("set", value, key).decode()
+        return self._cache_client().request("set", value, self._key(key) if key else "").decode()
 
-    def get(self, key):
+    def get(self, key: str) -> bytes:
         """The value stored under key (b'' when absent)."""
         self._check_thread()
-        return self._cache.request("get", self._key(key).encode())
+        return self._cache_client().request("get", self._key(key).encode())
 
-    def delete(self, key):
+    def delete(self, key: str) -> str:
         """Remove key from the server's cache; returns the key.  Raises
         PermissionError for one of the server's configuration keys."""
         self._check_thread()
-        return self._cache.request("delete", self._key(key).encode()).decode()
+        return self._cache_client().request("delete", self._key(key).encode()).decode()
 
     # live statistics ---------------------------------------------------------
-    def stats(self, *, timeout=None):
+    def stats(self, *, timeout: Optional[float] = None) -> Dict[str, Any]:
         """The server's live statistics (a dict; pylm/_stats.py lists the
         fields), fetched over the cache link while the server runs.
         TimeoutError when the cache does not answer within `timeout` (the
         client's timeout by default); pylm._stats.StatsUnavailable when the
         server does not serve statistics (pylm 0.14)."""
         self._check_thread()
-        if self._cache is None:
-            raise ValueError("the client has no db_address")
-        return parse_stats(self._cache.request("stats", b"", timeout=timeout), self.db_address)
+        cache = self._cache_client()
+        return parse_stats(cache.request("stats", b"", timeout=timeout), cache.db_address)

@@ -19,6 +19,8 @@ most `window` calls ahead of the caller, so an endless iterable works, and
 it costs one future per group rather than per call.
 """
 
+from __future__ import annotations
+
 import collections
 import concurrent.futures
 import logging
@@ -27,9 +29,10 @@ import threading
 import time
 import weakref
 from itertools import islice
+from typing import Any, Deque, Dict, Generator, Iterable, Iterator, List, Optional, Union
 
 from pylm._cache import PROTOCOL
-from pylm.clients import JOB_WINDOW, Client, _check_payload
+from pylm.clients import JOB_WINDOW, Client, Function, _check_payload
 from pylm_core import _core
 
 __all__ = ["Executor"]
@@ -47,11 +50,11 @@ class _Forget:
     thread drops it, and its late replies."""
     __slots__ = ("group",)
 
-    def __init__(self, group):
+    def __init__(self, group: _core.CallGroup) -> None:
         self.group = group
 
 
-class _ChunkFuture(concurrent.futures.Future):
+class _ChunkFuture(concurrent.futures.Future[_core.CallGroup]):
     """The future of one group of map(): its result is the CallGroup."""
 
 
@@ -61,16 +64,16 @@ class _MapFeed:
     ahead of the consumer (`ahead` calls, in `groups`)."""
     __slots__ = ("executor", "fn", "it", "size", "groups", "ahead", "exhausted")
 
-    def __init__(self, executor, fn, it, size):
+    def __init__(self, executor: Executor, fn: bytes, it: Iterator[Any], size: int) -> None:
         self.executor = executor
         self.fn = fn
         self.it = it
         self.size = size
-        self.groups = collections.deque()
+        self.groups: Deque[_core.CallGroup] = collections.deque()
         self.ahead = 0
         self.exhausted = False
 
-    def fill(self):
+    def fill(self) -> None:
         # twice the window: while the consumer reads one group, the I/O
         # thread has the next ones at hand to send as replies free room
         ahead_max = 2 * self.executor._window
@@ -108,8 +111,9 @@ class Executor(concurrent.futures.Executor):
     shutdown() shuts down as shutdown(wait=False) would.
     """
 
-    def __init__(self, server_name, db_address, *, call_timeout=None, window=JOB_WINDOW,
-                 **client_kwargs):
+    def __init__(self, server_name: str, db_address: Optional[str], *,
+                 call_timeout: Optional[float] = None, window: int = JOB_WINDOW,
+                 **client_kwargs: Any) -> None:
         if call_timeout is not None and call_timeout < 0:
             raise ValueError("call_timeout must be >= 0 or None")
         client = Client(server_name, db_address, **client_kwargs)
@@ -123,7 +127,7 @@ class Executor(concurrent.futures.Executor):
         self._window = self._io.window
         self._call_timeout = call_timeout
         self._table = self._io.table
-        self._functions = {}
+        self._functions: Dict[str, bytes] = {}
         # the I/O thread refers to the loop, not to the executor: dropping
         # the executor ends the thread once its calls are answered
         self._thread = threading.Thread(target=self._io.run, name="pylm-futures-io",
@@ -131,28 +135,30 @@ class Executor(concurrent.futures.Executor):
         self._thread.start()
         weakref.finalize(self, self._io.shutdown, False)
 
-    def _function(self, function):
+    def _function(self, function: Function) -> bytes:
         """`function` ("server.method" or a list of stages) as bytes."""
         try:
-            return self._functions[function]
+            return self._functions[function]    # type: ignore[index]  # a list: TypeError
         except (KeyError, TypeError):       # TypeError: a list
             encoded = self._client._function(function).encode()
             if isinstance(function, str):
                 self._functions[function] = encoded
             return encoded
 
-    def submit(self, function, payload):
+    def submit(self, function: Function,  # type: ignore[override]
+               payload: Any) -> concurrent.futures.Future[bytes]:
         """Call `function` ("server.method") with `payload` (bytes-like);
         returns a concurrent.futures.Future of the reply (bytes).  Raises
         TypeError for a payload that is not bytes-like, RuntimeError after
         shutdown()."""
         fn = self._function(function)
         _check_payload(payload)
-        future = concurrent.futures.Future()
+        future: concurrent.futures.Future[bytes] = concurrent.futures.Future()
         self._io.hand(_core.CallGroup(fn, [payload], future))
         return future
 
-    def map(self, function, payloads, timeout=None, chunksize=None):
+    def map(self, function: Function, payloads: Iterable[Any],  # type: ignore[override]
+            timeout: Optional[float] = None, chunksize: Optional[int] = None) -> Iterator[bytes]:
         """Call `function` with each payload; return an iterator of the
         replies in the order of `payloads`.  The first calls go at once;
         the rest as replies are consumed, at most twice `window` calls
@@ -174,7 +180,7 @@ class Executor(concurrent.futures.Executor):
         feed.fill()
         return self._replies(feed, end)
 
-    def _replies(self, feed, end):
+    def _replies(self, feed: _MapFeed, end: Optional[float]) -> Generator[bytes, None, None]:
         """The generator behind map(): waits for each group in turn, hands
         on more payloads as groups are consumed, yields the replies."""
         groups = feed.groups
@@ -207,7 +213,7 @@ class Executor(concurrent.futures.Executor):
                     except RuntimeError:
                         pass        # shut down: the I/O thread ends anyway
 
-    def shutdown(self, wait=True, *, cancel_futures=False):
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No more calls (submit and map raise RuntimeError).  With
         `cancel_futures`, calls not sent yet are cancelled; calls sent are
         still answered.  With `wait`, return once every call is resolved
@@ -222,10 +228,11 @@ class _IOLoop:
     are used by run() alone), and the queue and wake-up pipe through which
     any thread hands it work (hand(), shutdown())."""
 
-    def __init__(self, client, call_timeout, window):
+    def __init__(self, client: Client, call_timeout: Optional[float], window: int) -> None:
         self.client = client
         self.call_timeout = call_timeout
         self.window = window
+        assert client._reader is not None   # the Executor connected it
         self.table = _core.CallTable(
             client._push, client._reader, client._pipeline, client._topic,
             window=window, batch=client._protocol == PROTOCOL,
@@ -234,14 +241,15 @@ class _IOLoop:
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
-        self.queue = collections.deque()       # deque append/popleft are atomic
+        # CallGroups, _Forgets and _SHUTDOWN; deque append/popleft are atomic
+        self.queue: Deque[Any] = collections.deque()
         self.wake_pending = False
         self.lock = threading.Lock()            # orders hand() against shutdown()
         self.shut = False
         self.cancel_futures = False
 
     # -- any thread ---------------------------------------------------------------------
-    def hand(self, item):
+    def hand(self, item: Union[_core.CallGroup, _Forget]) -> None:
         """Queue `item` for the I/O thread and wake it, unless a wake-up is
         pending already (the I/O thread clears the flag before it empties
         the queue, so an item queued before the flag was seen set is always
@@ -252,7 +260,7 @@ class _IOLoop:
             self.queue.append(item)
         self.wake()
 
-    def wake(self):
+    def wake(self) -> None:
         if not self.wake_pending:
             self.wake_pending = True
             try:
@@ -260,7 +268,7 @@ class _IOLoop:
             except OSError:
                 pass    # full (BlockingIOError): the thread is woken anyway
 
-    def shutdown(self, cancel_futures):
+    def shutdown(self, cancel_futures: bool) -> None:
         """No more work; with `cancel_futures`, drop what was not sent."""
         with self.lock:
             if not self.shut:
@@ -271,15 +279,16 @@ class _IOLoop:
         self.wake()
 
     # -- the I/O thread -------------------------------------------------------------------
-    def run(self):
+    def run(self) -> None:
         """Take calls off the queue, send them through the CallTable,
         resolve futures as replies come, fail calls past their time, until
         shutdown and every call is resolved; then close the client."""
         table = self.table
         queue = self.queue
-        waiting = collections.deque()       # groups not in the table yet
-        timed = collections.deque()         # groups in the table, in order of deadline
-        done = []
+        waiting: Deque[_core.CallGroup] = collections.deque()  # groups not in the table yet
+        # groups in the table, in order of deadline
+        timed: Deque[_core.CallGroup] = collections.deque()
+        done: List[_core.CallGroup] = []
         closing = False
         try:
             while True:
@@ -319,7 +328,7 @@ class _IOLoop:
             self._fail_all(waiting, RuntimeError("the executor is shut down"))
             self.client.close()
 
-    def _start(self, waiting, timed):
+    def _start(self, waiting: Deque[_core.CallGroup], timed: Deque[_core.CallGroup]) -> None:
         """Move waiting groups into the table while the window has room;
         a future cancelled meanwhile is dropped here, unsent."""
         table = self.table
@@ -333,7 +342,7 @@ class _IOLoop:
                 group.deadline = time.monotonic() + self.call_timeout
                 timed.append(group)
 
-    def _expire(self, timed):
+    def _expire(self, timed: Deque[_core.CallGroup]) -> int:
         """Fail the groups past their deadline; milliseconds until the next
         deadline (-1: none)."""
         while timed:
@@ -349,7 +358,7 @@ class _IOLoop:
                 self._resolve(group)
         return -1
 
-    def _resolve(self, group):
+    def _resolve(self, group: _core.CallGroup) -> None:
         """Set the future of a group whose replies all came (or whose time
         passed: missing results are None)."""
         future = group.owner
@@ -365,9 +374,9 @@ class _IOLoop:
         else:
             future.set_exception(Client._remote_error(result))
 
-    def _fail_all(self, waiting, exc):
+    def _fail_all(self, waiting: Deque[_core.CallGroup], exc: BaseException) -> None:
         """Every unresolved future gets `exc` (the I/O thread is ending)."""
-        pending = list(waiting)
+        pending: List[_core.CallGroup] = list(waiting)
         waiting.clear()
         while self.queue:
             item = self.queue.popleft()
@@ -380,7 +389,7 @@ class _IOLoop:
             if not group.owner.done():
                 group.owner.set_exception(exc)
 
-    def __del__(self):
+    def __del__(self) -> None:
         # the pipe outlives the I/O thread: a late wake() never writes to a
         # descriptor number reused by another file
         for fd in (getattr(self, "wake_r", -1), getattr(self, "wake_w", -1)):
@@ -392,7 +401,7 @@ class _IOLoop:
                 pass
 
 
-def _drain(fd):
+def _drain(fd: int) -> None:
     """Read the wake-up pipe empty."""
     try:
         while os.read(fd, 4096):

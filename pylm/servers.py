@@ -92,9 +92,19 @@ class _Served(DefaultStream):
         whose key is not there are refused at the handshake
     :param server_key: path of the public ``.key`` of the server a
         Pipeline, Sink or Hub subscribes to
-    :param metrics_port: a port, or ``"HOST:PORT"``: serve the live
-        statistics to Prometheus while start() runs (pylm/_metrics.py;
-        needs ``pylm[metrics]``)
+    :param metrics_port: a port (on 127.0.0.1), or ``"HOST:PORT"`` (e.g.
+        ``"0.0.0.0:9100"`` for every interface): serve the live statistics
+        to Prometheus while start() runs (pylm/_metrics.py; needs
+        ``pylm[metrics]``)
+    :param hold_replies: the most replies a publishing server (Server,
+        Pipeline, Sink, Master, Hub) holds for topics no one subscribes to
+        yet (a pylm 0.14 client subscribes only as it calls, so its reply
+        may come first); each is published when its subscription arrives.
+        Past the bound the oldest is dropped; 0 publishes at once, as a PUB
+        does (and loses such replies).  Default 10,000.
+    :param hold_seconds: how long a reply is held before it is dropped
+        (default 5).  Dropped replies are counted in
+        ``stats['held_dropped']``; ``stats['held']`` is how many are held.
 
     The three keys fall back to the ``PYLM_*`` environment variables.
     Refused handshakes are counted in ``stats['refused']`` (live:
@@ -107,8 +117,14 @@ class _Served(DefaultStream):
                  cache_max_bytes: int = CACHE_MAX_BYTES, secret_key: KeyPath = None,
                  server_key: KeyPath = None, authorized_keys: KeyPath = None,
                  security: Optional[Security] = None,
-                 metrics_port: Union[int, str, None] = None) -> None:
+                 metrics_port: Union[int, str, None] = None,
+                 hold_replies: int = _core.HOLD_REPLIES,
+                 hold_seconds: float = _core.HOLD_SECONDS) -> None:
+        if hold_replies < 0 or hold_seconds < 0:
+            raise ValueError("hold_replies and hold_seconds must not be negative")
         self.name = name
+        self.hold_replies = hold_replies
+        self.hold_seconds = hold_seconds
         self.db_address = db_address
         self.cache: Store = DictDB() if cache is None else cache
         self.logger = _logger(type(self).__name__, name, log_level)
@@ -215,17 +231,18 @@ class _Served(DefaultStream):
             pipelined=self.pipelined, stream_hook=stream_hook,
             error_hook=ErrorReporter(self.logger, self.send_tracebacks),
             bad_hook=DropLog(self.logger), array_parts=_array_parts,
-            mux=mux, limit=min(limit, 2**62), **kwargs))
+            mux=mux, limit=min(limit, 2**62), hold_replies=self.hold_replies,
+            hold_seconds=self.hold_seconds, **kwargs))
         return runner
 
     def _run(self, rt: Runtime, runner: _core.Router, drain_ms: int = 0) -> None:
         """Run a core Router until stopped, keeping the counters of its
         parts in self.stats."""
         self._started = time.monotonic()
-        self._runner = runner
-        if self._metrics is not None:
-            self._metrics.start()
         try:
+            if self._metrics is not None:
+                self._metrics.start()   # OSError when its port is taken: never running
+            self._runner = runner
             runner.run(rt.control(), rt.wakeup_fd, drain_ms)
         finally:
             if self._metrics is not None:
@@ -430,7 +447,8 @@ class Master(_Served):
             runner = _core.Router()
             publisher = runner.add(_core.Publisher(
                 pub, self.name, pipelined=self.pipelined, gather=hooks["gather"],
-                stream_hook=stream, bad_hook=drops, send_tracebacks=self.send_tracebacks))
+                stream_hook=stream, bad_hook=drops, send_tracebacks=self.send_tracebacks,
+                hold_replies=self.hold_replies, hold_seconds=self.hold_seconds))
             pool = runner.add(_core.WorkerPool(
                 router, wpush, wpull, bad_hook=drops,
                 worker_timeout_ms=int(self.worker_timeout * 1000)), target=publisher)

@@ -58,6 +58,9 @@ cdef class Executor(Part):
         one frame (half the Master's maximum message size, at most 256 KiB)
     :param credit: in worker mode, the most messages the Master may have
         in flight here; the worker asks for fewer when its calls are slow
+    :param hold_replies, hold_seconds: with an XPUB out (OUT_TOPIC), a
+        reply whose topic no one subscribes to yet is held, at most this
+        many for at most this long (subscriptions.pyx)
     """
     cdef:
         void *ins[16]               # inbound sockets (libzmq handles)
@@ -89,13 +92,15 @@ cdef class Executor(Part):
         long long *errors           # ... and calls that raised
         pz_batch wbatch             # worker mode: results for the Master
         ClientBatch cbatch          # replies to clients that read batches
+        Subscriptions subs          # OUT_TOPIC: who subscribes to out, held replies
     cdef public long long limit, processed, failed, sent, pings
 
     def __init__(self, inbound, out, int out_kind, name, dict methods,
                  *, bint pipelined=False, stream_hook=None, error_hook=None,
                  bad_hook=None, array_parts=None, bint mux=False, long long limit=2**62,
                  int credit=64,
-                 size_t batch_bytes=BATCH_BYTES):
+                 size_t batch_bytes=BATCH_BYTES, size_t hold_replies=HOLD_REPLIES,
+                 double hold_seconds=HOLD_SECONDS):
         if not 0 < len(inbound) <= MAX_IN:
             raise ValueError("between 1 and %d inbound sockets" % MAX_IN)
         self._sockets = (list(inbound), out)
@@ -132,6 +137,8 @@ cdef class Executor(Part):
         self.ns_per_call = 0
         self.processed = self.bad = self.failed = self.sent = self.pings = 0
         self.cbatch = ClientBatch()
+        if out_kind == OUT_TOPIC:
+            self.subs = Subscriptions(hold_replies, hold_seconds)
 
     def __dealloc__(self):
         free(self.wbatch.buf)
@@ -139,8 +146,11 @@ cdef class Executor(Part):
         free(self.errors)
 
     def counters(self):
-        return {"processed": self.processed, "bad": self.bad, "failed": self.failed,
-                "sent": self.sent, "pings": self.pings}
+        counts = {"processed": self.processed, "bad": self.bad, "failed": self.failed,
+                  "sent": self.sent, "pings": self.pings}
+        if self.subs is not None:
+            counts.update(self.subs.counters())
+        return counts
 
     def details(self):
         """``{"methods": {name: {"calls": n, "errors": n}}}``: calls of each
@@ -155,7 +165,11 @@ cdef class Executor(Part):
         cdef int i
         self.runner = runner
         self.waiter = runner.waiter
-        self.cbatch.bind(self.out, self.waiter)
+        if self.subs is not None:
+            self.subs.bind(self.out, self.waiter)
+            if self.subs.holds():
+                runner.tick(self, HOLD_TICK_MS)
+        self.cbatch.bind(self.out, self.waiter, self.subs)
         for i in range(self.n_in):
             runner.watch(self.ins[i], -1, PZ_POLLIN, self, i, True)
         if self.out_kind == OUT_TOPIC:
@@ -171,6 +185,9 @@ cdef class Executor(Part):
         if self.limit <= 0:
             return 1
         return self._send_control(W_READY, self.credit_now)
+
+    cdef int on_tick(self, long long now) except -1:
+        return self.subs.tick(now_ns())
 
     cdef int finish(self) except -1:
         cdef char kind = W_BYE
@@ -192,7 +209,7 @@ cdef class Executor(Part):
         cdef int j, rc
         cdef long long now
         if slot == MAX_IN:
-            return drain(self.out)
+            return self.subs.read()
         mp_init(&mp)
         try:
             for j in range(BATCH):
@@ -512,7 +529,7 @@ cdef class Executor(Part):
                 tn = len(self.name)
             if env_head_to_msg(o, &self.head, &m) != 0:
                 raise MemoryError()
-            return send_topic(self.waiter, self.out, tp, tn, &m, NULL)
+            return self.subs.publish(tp, tn, &m, NULL, legacy_reply(o))
         if env_head_to_msg(o, &self.head, &m) != 0:
             raise MemoryError()
         return send_alone(self.out, &m, 0, self.waiter)

@@ -374,9 +374,8 @@ cdef class Waiter:
 
 
 cdef int drain(void *sock) except -1:
-    """Read and discard what is waiting on sock (subscription messages on a
-    server's XPUB: reading them is also what makes libzmq attach new
-    subscribers and send them the welcome message)."""
+    """Read and discard what is waiting on sock (the Router's control
+    socket; a server's XPUB is read by its Subscriptions)."""
     cdef pz_msg_t m
     cdef int rc
     pz_msg_init(&m)
@@ -429,13 +428,15 @@ cdef class ClientBatch:
     cdef bytes topic                # the client whose replies b holds
     cdef void *sock                 # the PUB the batches go to ...
     cdef Waiter waiter              # ... waiting for room there, stoppable
+    cdef Subscriptions subs         # ... or through these (an XPUB's), or None
 
     def __dealloc__(self):
         free(self.b.buf)
 
-    cdef void bind(self, void *sock, Waiter waiter) noexcept:
+    cdef void bind(self, void *sock, Waiter waiter, Subscriptions subs=None) noexcept:
         self.sock = sock
         self.waiter = waiter
+        self.subs = subs
 
     cdef int add(self, pz_env *env, const char *p, size_t n,
                  const pz_slice *head) except -1:
@@ -463,6 +464,8 @@ cdef class ClientBatch:
         if self.b.count == 0:
             return 0
         batch_to_msg(&self.b, &m)
+        if self.subs is not None:
+            return self.subs.publish(<char *>self.topic, len(self.topic), &m, <char *>_BATCH_MARK)
         return send_topic(self.waiter, self.sock, <char *>self.topic, len(self.topic), &m,
                           <char *>_BATCH_MARK)
 

@@ -14,6 +14,9 @@ cdef class Publisher(Part):
     :param bad_hook: ``callable(reason)`` for results that are dropped
     :param send_tracebacks: error replies for failing hooks (its own and
         the Intake's) carry the traceback; false: type and message only
+    :param hold_replies, hold_seconds: a result whose topic no one
+        subscribes to yet is held, at most this many for at most this long
+        (subscriptions.pyx)
     """
     cdef:
         void *pub
@@ -24,10 +27,12 @@ cdef class Publisher(Part):
         bint send_tracebacks
         Waiter waiter
         ClientBatch cbatch          # results for clients that read batches
+        Subscriptions subs          # who subscribes to pub, and held results
     cdef public long long sent, errors, pings
 
     def __init__(self, pub, name, *, bint pipelined=False, gather=None, stream_hook=None,
-                 bad_hook=None, bint send_tracebacks=True):
+                 bad_hook=None, bint send_tracebacks=True,
+                 size_t hold_replies=HOLD_REPLIES, double hold_seconds=HOLD_SECONDS):
         self._socket = pub
         self.pub = sock_handle(pub)
         self.name = name.encode() if isinstance(name, str) else bytes(name)
@@ -38,19 +43,29 @@ cdef class Publisher(Part):
         self.send_tracebacks = send_tracebacks
         self.sent = self.bad = self.errors = self.pings = 0
         self.cbatch = ClientBatch()
+        self.subs = Subscriptions(hold_replies, hold_seconds)
 
     def counters(self):
-        return {"sent": self.sent, "bad": self.bad, "errors": self.errors, "pings": self.pings}
+        counts = {"sent": self.sent, "bad": self.bad, "errors": self.errors,
+                  "pings": self.pings}
+        counts.update(self.subs.counters())
+        return counts
 
     cdef int attach(self, Router runner) except -1:
         self.waiter = runner.waiter
-        self.cbatch.bind(self.pub, self.waiter)
+        self.subs.bind(self.pub, self.waiter)
+        self.cbatch.bind(self.pub, self.waiter, self.subs)
         # subscriptions: reading them is what makes the XPUB welcome clients
         runner.watch(self.pub, -1, PZ_POLLIN, self, 0, False)
+        if self.subs.holds():
+            runner.tick(self, HOLD_TICK_MS)
         return 0
 
     cdef int on_ready(self, int slot, short revents) except -1:
-        return drain(self.pub)
+        return self.subs.read()
+
+    cdef int on_tick(self, long long now) except -1:
+        return self.subs.tick(now_ns())
 
     cdef int take(self, const char *p, size_t n, pz_msg_t *frame) except -1:
         cdef pz_env env
@@ -78,7 +93,7 @@ cdef class Publisher(Part):
                 if env.flags & PZ_FLAG_BATCH:
                     return self._batch(env, p, n)
                 return self._publish_raw(p, n, frame, env.f[PZ_F_CLIENT].p,
-                                         env.f[PZ_F_CLIENT].n)
+                                         env.f[PZ_F_CLIENT].n, legacy_reply(env))
             env.stage += 1
             return self.publish_env(env, <char *>self.name, len(self.name))
         msg = PalmMessage.__new__(PalmMessage)
@@ -153,7 +168,7 @@ cdef class Publisher(Part):
         pz_msg_init(&m)
         pz_msg_copy(&m, frame)
         self.sent += k
-        return send_topic(self.waiter, self.pub, topic.p, topic.n, &m, <char *>_BATCH_MARK)
+        return self.subs.publish(topic.p, topic.n, &m, <char *>_BATCH_MARK)
 
     cdef int ping(self, pz_env *env) except -1:
         """Send a client's ping back along the default route of results."""
@@ -212,10 +227,10 @@ cdef class Publisher(Part):
             self.sent += 1
             if env.f[PZ_F_ERROR].n:
                 self.errors += 1
-        return send_topic(self.waiter, self.pub, tp, tn, &m, NULL)
+        return self.subs.publish(tp, tn, &m, NULL, legacy_reply(env))
 
     cdef int _publish_raw(self, const char *p, size_t n, pz_msg_t *frame,
-                          const char *tp, size_t tn) except -1:
+                          const char *tp, size_t tn, bint legacy) except -1:
         """Publish an encoded envelope: `frame` shared as it is (no copy)
         when given, else a copy of p[0:n]."""
         cdef pz_msg_t m
@@ -229,4 +244,4 @@ cdef class Publisher(Part):
                 raise MemoryError()
             memcpy(pz_msg_data(&m), p, n)
         self.sent += 1
-        return send_topic(self.waiter, self.pub, tp, tn, &m, NULL)
+        return self.subs.publish(tp, tn, &m, NULL, legacy)

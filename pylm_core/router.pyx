@@ -83,8 +83,8 @@ cdef class Part:
 
     cdef int on_tick(self, long long now) except -1:
         """Called after every poll for parts that asked (Router.tick).  1
-        stops the server."""
-        return 0
+        stops the server.  A part in Python (Router._tick) gives _on_tick()."""
+        return 1 if self._on_tick() else 0
 
     cdef int take(self, const char *p, size_t n, pz_msg_t *frame) except -1:
         """An encoded envelope routed here (`frame`, when not NULL, is the
@@ -98,6 +98,10 @@ cdef class Part:
     cdef int finish(self) except -1:
         """The loop ended (said once, even after an error)."""
         return 0
+
+    def _on_tick(self):
+        """A part in Python that ticks (Router._tick) overrides this."""
+        return False
 
     cpdef bint _idle(self):
         """Nothing of this part is under way (a server stopping waits for
@@ -232,6 +236,11 @@ cdef class Router:
         self.handlers[w] = handler
         self.owners[w] = owner
         return w
+
+    def _tick(self, Part part, long every_ms):
+        """Call part._on_tick() after every poll, and at least every
+        every_ms (Python parts; true from it stops the server)."""
+        self.tick(part, every_ms)
 
     def _want(self, sock, int flag, bint on):
         """Add (or remove) `flag` to the events polled on sock."""

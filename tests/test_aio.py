@@ -319,6 +319,48 @@ def test_the_constructor_is_the_sync_clients():
     asyncio.run(client.close())
 
 
+def test_the_constructor_never_blocks_the_loop():
+    """Made against a dead cache address, the client does no I/O until its
+    first call, which fetches the configuration in the executor (a ticker
+    task keeps ticking meanwhile) and raises TimeoutError; once a server
+    answers there, the next call of the same client fetches it and works."""
+    db = tcp_addresses(1)[0]            # nothing listens there yet
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        ticks = []
+        stop = asyncio.Event()
+
+        async def ticker():
+            while not stop.is_set() and len(ticks) < 10_000:
+                ticks.append(loop.time())
+                await asyncio.sleep(0.01)
+
+        task = asyncio.ensure_future(ticker())
+        await until(lambda: ticks, "the first tick")
+        client = aio.Client("srv", db, timeout=2)
+        try:
+            made = loop.time()
+            with pytest.raises(TimeoutError):
+                await client.eval("srv.tag", b"x", timeout=TIMEOUT)
+            failed = loop.time()
+            stop.set()
+            await task
+            # the loop ran while the fetch waited: ticks all through it, no
+            # gap anywhere near the 2 s the fetch blocked for
+            during = [t for t in ticks if made <= t <= failed]
+            assert len(during) >= 5, (len(during), failed - made)
+            assert client.push_address is None      # nothing fetched
+            pull, pub = tcp_addresses(2)
+            with running(TagServer("srv", db, pull, pub)):
+                assert await client.eval("srv.tag", b"y", timeout=TIMEOUT) == b"y"
+            assert client.push_address == pull
+        finally:
+            await client.close()
+
+    run(main())
+
+
 def test_calls_wait_for_room_on_the_push_socket():
     """No peer at the push address: the PUSH queue fills (its high-water
     mark), the rest of the calls wait in the client, and all of them leave
@@ -438,8 +480,12 @@ def test_curve_keys_as_with_the_sync_client(tmp_path):
             assert replies == [b"%d" % i for i in range(1000)]
             assert [r async for r in client.job("srv.tag", [b"j"] * 100,
                                                 timeout=TIMEOUT)] == [b"j"] * 100
-        with pytest.raises(TimeoutError):       # the cache refuses the outsider
-            aio.Client("srv", db, timeout=0.5, server_key=made["server"][0],
-                       secret_key=made["outsider"][1])
+        outsider = aio.Client("srv", db, timeout=0.5, server_key=made["server"][0],
+                              secret_key=made["outsider"][1])
+        try:
+            with pytest.raises(TimeoutError):   # the cache refuses the outsider
+                await outsider.eval("srv.tag", b"x", timeout=TIMEOUT)
+        finally:
+            await outsider.close()
     with running(server, client_kwargs=good):
         run(main())

@@ -1,7 +1,8 @@
 """The ``pylm`` command end to end, in real processes (``python -m pylm``):
 a master, a supervisor of two workers, call, job, stats, keys; a worker
-killed with SIGKILL is restarted and jobs still complete; bad usage exits
-2, an unreachable cache 1."""
+killed with SIGKILL in the middle of a job is restarted and the job
+completes; bad usage exits 2, an unreachable cache 1; every way a job
+ends with its stdin still open gives its exit code, cleanly."""
 
 import json
 import os
@@ -9,11 +10,12 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
-from pylm._testing import tcp_addresses, wait_for
+from pylm._testing import Gate, tcp_addresses, wait_for
 from pylm.clients import Client
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -21,8 +23,8 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 LIMIT = 60
 
 
-def _env():
-    env = dict(os.environ)
+def _env(extra=None):
+    env = dict(os.environ, **(extra or {}))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS, env.get("PYTHONPATH")) if p)
     return env
 
@@ -34,9 +36,10 @@ def pylm(*args, **kwargs):
                           env=_env(), **kwargs)
 
 
-def start(*args, stderr=None):
-    """Start ``python -m pylm ARGS`` in the background."""
-    return subprocess.Popen([sys.executable, "-m", "pylm", *args], env=_env(),
+def start(*args, stderr=None, env=None):
+    """Start ``python -m pylm ARGS`` in the background (`env`: more
+    environment variables)."""
+    return subprocess.Popen([sys.executable, "-m", "pylm", *args], env=_env(env),
                             stdout=subprocess.DEVNULL, stderr=stderr)
 
 
@@ -66,22 +69,30 @@ def _pids(log_path):
         return [int(pid) for pid in re.findall(r"worker \d+ started: pid (\d+)", f.read())]
 
 
+#: The payload that Upper.gated holds at the cluster's gate.
+GATED = b"line-5000"
+
+
 @pytest.fixture
 def cluster(tmp_path):
     """`pylm master` and `pylm worker cli_services:Upper --processes 2`,
-    both up: (db address, supervisor, path of the supervisor's log)."""
+    both up: (db address, supervisor, path of the supervisor's log, the
+    Gate where the workers' `gated` holds GATED)."""
     db, pull, pub, wpull, wpush = tcp_addresses(5)
+    gate = Gate()
     master = start("master", "--name", "m", "--db", db, "--pull", pull, "--pub", pub,
                    "--worker-pull", wpull, "--worker-push", wpush, "--worker-timeout", "1")
     log_path = tmp_path / "supervisor.log"
     with open(log_path, "w") as log:
         workers = start("worker", "cli_services:Upper", "--db", db, "--processes", "2",
-                        stderr=log)
+                        stderr=log, env={"PYLM_TEST_GATE": "%s:%d" % gate.address,
+                                         "PYLM_TEST_GATED": GATED.decode()})
     try:
         wait_for(lambda: _try_stats(db) and len(_try_stats(db)["workers"]) == 2, 30,
                  what="two workers at the master")
-        yield db, workers, log_path
+        yield db, workers, log_path, gate
     finally:
+        gate.close()
         codes = stop(workers), stop(master)
     assert codes == (0, 0), codes
 
@@ -94,25 +105,46 @@ def _try_stats(db):
 
 
 def test_cluster_call_job_stats_and_restart(cluster, tmp_path):
-    db, workers, log_path = cluster
+    db, workers, log_path, gate = cluster
     done = pylm("call", "m.upper", "hello", "--db", db)
     assert (done.returncode, done.stdout) == (0, b"HELLO\n"), done.stderr
 
-    # a supervised worker killed: the supervisor starts another, and a job
-    # of 10,000 lines completes meanwhile (the master gives the dead one up)
+    # a supervised worker killed DURING a job of 10,000 lines (while it
+    # holds GATED at the gate): the master gives it up and sends its calls
+    # to the other worker (where GATED is held again), the supervisor
+    # starts another, and the job completes with every reply once
     pids = wait_for(lambda: len(_pids(log_path)) >= 2 and _pids(log_path), 10,
                     what="the supervisor's log of two workers")
-    os.kill(pids[0], signal.SIGKILL)
     lines = b"".join(b"line-%d\n" % i for i in range(10000))
-    job = pylm("job", "m.upper", "--db", db, "--timeout", "30", input=lines)
-    assert job.returncode == 0, job.stderr
-    replies = job.stdout.splitlines()
+    proc = subprocess.Popen([sys.executable, "-m", "pylm", "job", "m.gated", "--db", db,
+                             "--timeout", "30"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    ended = {}
+    feeder = threading.Thread(target=lambda: ended.update(
+        zip(("out", "err"), proc.communicate(lines, timeout=LIMIT))), daemon=True)
+    feeder.start()
+    try:
+        gate.wait_arrived(1, timeout=LIMIT)
+        victim = int(gate.who[0])
+        assert victim in pids, (victim, pids)
+        os.kill(victim, signal.SIGKILL)
+        gate.wait_arrived(2, timeout=LIMIT)   # GATED again, at another worker
+        assert int(gate.who[1]) != victim
+        gate.open()
+        feeder.join(LIMIT)
+    finally:
+        gate.open()
+        if proc.poll() is None and feeder.is_alive():
+            proc.kill()
+        feeder.join(LIMIT)
+    assert proc.returncode == 0, ended.get("err")
+    replies = ended["out"].splitlines()
     assert len(replies) == 10000
     assert sorted(replies) == sorted(b"LINE-%d" % i for i in range(10000))
 
     wait_for(lambda: len(_pids(log_path)) >= 3, 20, what="a restart in the log")
     log = log_path.read_text()
-    assert re.search(r"worker \d+ \(pid %d\) killed by signal 9; restarting" % pids[0], log), log
+    assert re.search(r"worker \d+ \(pid %d\) killed by signal 9; restarting" % victim, log), log
     stats = wait_for(lambda: (lambda s: s["given_up"] >= 1 and len(s["workers"]) == 2 and s)(
         _stats(db)), 20, what="the dead worker given up, its successor registered")
     assert stats["received"] == stats["sent"] == 10001, stats
@@ -188,9 +220,19 @@ def _try_stats_of(db, name):
     (("worker", "cli_services:Nope", "--db", "tcp://127.0.0.1:1"), b"has no Nope"),
     (("worker", "cli_services:UpperServer", "--db", "tcp://127.0.0.1:1"),
      b"not a subclass of pylm.servers.Worker"),
-    (("server", "cli_services", "--name", "a", "--db", "x", "--pull", "y", "--pub", "z"),
-     b"MODULE:CLASS"),
-    (("stats", "--db", "tcp://127.0.0.1:1", "--timeout", "soon"), b"invalid float"),
+    (("server", "cli_services", "--name", "a", "--db", "tcp://127.0.0.1:1",
+      "--pull", "tcp://127.0.0.1:2", "--pub", "tcp://127.0.0.1:3"), b"MODULE:CLASS"),
+    (("server", "cli_services:UpperServer", "--name", "a", "--db", "tcp://127.0.0.1:1",
+      "--pull", "y", "--pub", "tcp://127.0.0.1:3"), b"--pull"),
+    (("stats", "--db", "tcp://127.0.0.1:1", "--timeout", "soon"), b"--timeout"),
+    (("stats", "--db", "tcp://127.0.0.1:1", "--timeout", "-1"), b"--timeout"),
+    (("job", "a.b", "--db", "tcp://127.0.0.1:1", "--timeout", "0"), b"--timeout"),
+    (("call", "a.b", "x", "--db", "tcp://127.0.0.1:1", "--timeout", "nan"), b"--timeout"),
+    (("call", "a.b", "x", "--db", "127.0.0.1:5570"), b"--db"),
+    (("stats", "--db", "tcp://127.0.0.1"), b"--db"),
+    (("stats", "--db", "tcp://:1"), b"--db"),
+    (("worker", "cli_services:Upper", "--db", "ipc://"), b"--db"),
+    (("job", "a.b", "--db", "http://127.0.0.1:1"), b"--db"),
     (("frobnicate",), b"invalid choice"),
 ])
 def test_bad_usage_exits_2(args, says):
@@ -247,9 +289,154 @@ def test_worker_supervisor_stops_on_sigint(tmp_path):
             sup.wait()
 
 
-def _alive(pid):
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
+def test_workers_end_when_their_supervisor_is_sigkilled(tmp_path):
+    """A supervisor killed with SIGKILL cannot stop its workers: the kernel
+    sends them SIGTERM (PR_SET_PDEATHSIG), so none is left orphaned."""
+    log_path = tmp_path / "supervisor.log"
+    db, pull, pub, wpull, wpush = tcp_addresses(5)
+    master = start("master", "--name", "m", "--db", db, "--pull", pull, "--pub", pub,
+                   "--worker-pull", wpull, "--worker-push", wpush)
+    with open(log_path, "w") as log:
+        sup = start("worker", "cli_services:Upper", "--db", db, "--processes", "2",
+                    stderr=log)
+    pids = []
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        pids = wait_for(lambda: len(_pids(log_path)) >= 2 and _pids(log_path), 20,
+                        what="two workers started")
+        wait_for(lambda: _try_stats(db) and len(_try_stats(db)["workers"]) == 2, 30,
+                 what="two workers at the master")
+        os.kill(sup.pid, signal.SIGKILL)
+        assert sup.wait(20) == -signal.SIGKILL
+        for pid in pids:
+            wait_for(lambda: not _alive(pid), 20, what="worker %d gone" % pid)
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+            sup.wait()
+        for pid in pids:                # orphans of a failed test
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        assert stop(master) == 0
+
+
+def _alive(pid):
+    """Whether process `pid` runs (a zombie, waiting to be reaped, does not)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
         return False
-    return True
+    except OSError:                     # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+# -- how `pylm job` ends while its stdin is still open ---------------------------
+# A thread reads stdin; the interpreter must be able to exit while it waits
+# (pylm once aborted there: "Fatal Python error: _enter_buffered_busy").
+
+@pytest.fixture
+def held_server():
+    """`pylm server cli_services:UpperServer` named "up", whose `hold`
+    waits at a Gate: (db address, the gate)."""
+    gate = Gate()
+    db, pull, pub = tcp_addresses(3)
+    server = start("server", "cli_services:UpperServer", "--name", "up", "--db", db,
+                   "--pull", pull, "--pub", pub,
+                   env={"PYLM_TEST_GATE": "%s:%d" % gate.address})
+    try:
+        wait_for(lambda: _try_stats_of(db, "up"), 30, what="the server")
+        yield db, gate
+    finally:
+        gate.close()
+        assert stop(server) == 0
+
+
+def _job(db, *args):
+    """`pylm job ARGS --db DB` with pipes for stdin, stdout and stderr."""
+    return subprocess.Popen([sys.executable, "-m", "pylm", "job", *args, "--db", db],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=_env())
+
+
+def _send(proc, line):
+    proc.stdin.write(line + b"\n")
+    proc.stdin.flush()
+
+
+def _end_of(proc):
+    """Wait for `proc` with its stdin still open: (exit code, stderr)."""
+    try:
+        code = proc.wait(LIMIT)
+        return code, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if not pipe.closed:
+                try:
+                    pipe.close()
+                except BrokenPipeError:
+                    pass
+
+
+def _clean(err):
+    return b"Fatal Python error" not in err and b"Traceback" not in err
+
+
+def test_job_timeout_with_stdin_open_exits_1(held_server):
+    db, gate = held_server
+    proc = _job(db, "up.hold", "--timeout", "1")
+    try:
+        _send(proc, b"x")
+        gate.wait_arrived(1)
+    finally:
+        code, err = _end_of(proc)
+    assert code == 1 and b"TimeoutError" in err, (code, err)
+    assert _clean(err), err
+
+
+def test_unreachable_db_with_stdin_open_exits_1():
+    proc = _job(tcp_addresses(1)[0], "a.b", "--timeout", "1")
+    code, err = _end_of(proc)
+    assert code == 1 and b"TimeoutError" in err, (code, err)
+    assert _clean(err), err
+
+
+@pytest.mark.parametrize("held", [True, False], ids=["in-a-call", "waiting-for-stdin"])
+def test_job_sigint_exits_1_cleanly(held_server, held):
+    """Ctrl-C stops a job: exit code 1 (the CLI's 'failed'), no traceback."""
+    db, gate = held_server
+    proc = _job(db, "up.hold" if held else "up.upper")
+    try:
+        if held:
+            _send(proc, b"x")
+            gate.wait_arrived(1)
+        else:
+            _send(proc, b"y")
+            assert proc.stdout.readline() == b"Y\n"
+        os.kill(proc.pid, signal.SIGINT)
+    finally:
+        code, err = _end_of(proc)
+    assert code == 1, (code, err)
+    assert _clean(err), err
+
+
+def test_job_into_a_closed_stdout_exits_0(held_server):
+    """`pylm job ... | head -1`: the reader goes away, the job ends with 0."""
+    db, _ = held_server
+    proc = _job(db, "up.upper")
+    try:
+        _send(proc, b"a")
+        assert proc.stdout.readline() == b"A\n"
+        proc.stdout.close()
+        _send(proc, b"b")       # its reply meets the closed pipe
+    finally:
+        code, err = _end_of(proc)
+    assert code == 0, (code, err)
+    assert _clean(err), err

@@ -1,11 +1,13 @@
-"""The sync Client belongs to one thread: the first that calls it.  Another
-thread's call raises a clear RuntimeError (and changes nothing); close()
-works from anywhere.  A Server in a thread, real sockets."""
+"""The sync Client belongs to one thread: the first that calls it, while
+that thread lives.  Another thread's call raises a clear RuntimeError (and
+changes nothing); close() works from anywhere, except from another thread
+during a call.  A Server in a thread, real sockets."""
 
 import threading
 
 import pytest
 
+from pylm._testing import Gate
 from pylm.clients import Client
 from pylm.servers import Server
 
@@ -13,8 +15,14 @@ TIMEOUT = 10  # seconds for any call that should answer
 
 
 class Upper(Server):
+    gate = None
+
     def upper(self, payload):
         return payload.upper()
+
+    def hold(self, payload):
+        self.gate.wait()
+        return payload
 
 
 @pytest.fixture
@@ -67,11 +75,29 @@ def test_a_call_from_a_second_thread_raises_a_clear_error(svc, make_client, call
 
 def test_a_client_made_in_one_thread_belongs_to_the_first_that_calls_it(svc):
     client = Client("upper", svc.db_address, timeout=TIMEOUT)
+    called, release = threading.Event(), threading.Event()
+    outcome = {}
+
+    def first():
+        outcome["value"] = client.eval("upper.upper", b"a", timeout=TIMEOUT)
+        called.set()
+        release.wait(2 * TIMEOUT)
+
+    thread = threading.Thread(target=first, name="first")
+    thread.start()
     try:
-        assert in_thread(lambda: client.eval("upper.upper", b"a", timeout=TIMEOUT)) == \
-            {"value": b"A"}
+        assert called.wait(2 * TIMEOUT) and outcome == {"value": b"A"}
         with pytest.raises(RuntimeError, match="one Client per thread"):
             client.eval("upper.upper", b"b", timeout=TIMEOUT)
+    finally:
+        release.set()
+        thread.join(2 * TIMEOUT)
+    assert not thread.is_alive()
+    try:
+        # its thread ended: the next thread to call takes the client over
+        assert client.eval("upper.upper", b"c", timeout=TIMEOUT) == b"C"
+        assert isinstance(in_thread(lambda: client.eval("upper.upper", b"d")).get("error"),
+                          RuntimeError)
     finally:
         client.close()          # from any thread
 
@@ -87,5 +113,41 @@ def test_a_job_started_in_one_thread_cannot_be_iterated_in_another(svc, make_cli
 def test_close_from_another_thread_is_allowed(svc):
     client = Client("upper", svc.db_address, timeout=TIMEOUT)
     assert client.eval("upper.upper", b"a", timeout=TIMEOUT) == b"A"
+    assert in_thread(client.close) == {"value": None}
+    assert client._push is None and client._sub is None
+
+
+def test_close_from_another_thread_during_a_call_raises(svc, make_client):
+    """Closing the sockets under a running call would make it fail inside
+    libzmq: close() from another thread refuses while a call runs."""
+    client = make_client("upper", svc.db_address, timeout=TIMEOUT)
+    with Gate() as gate:
+        svc.gate = gate
+        outcome = {}
+
+        def call():
+            outcome["value"] = client.eval("upper.hold", b"x", timeout=2 * TIMEOUT)
+
+        thread = threading.Thread(target=call, name="caller")
+        thread.start()
+        try:
+            gate.wait_arrived(1)
+            with pytest.raises(RuntimeError, match="in a call in thread 'caller'"):
+                client.close()
+        finally:
+            gate.open()
+            thread.join(3 * TIMEOUT)
+    assert outcome == {"value": b"x"}
+    # between calls it closes
+    client.close()
+    assert client._push is None and client._sub is None
+
+
+def test_close_from_another_thread_during_a_job_raises(svc, make_client):
+    client = make_client("upper", svc.db_address, timeout=TIMEOUT)
+    replies = client.job("upper.upper", [b"a", b"b"], timeout=TIMEOUT)
+    assert next(replies) == b"A"
+    assert isinstance(in_thread(client.close).get("error"), RuntimeError)
+    assert list(replies) == [b"B"]
     assert in_thread(client.close) == {"value": None}
     assert client._push is None and client._sub is None

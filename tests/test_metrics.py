@@ -163,3 +163,39 @@ def test_without_prometheus_client():
         "print('prometheus_client' in sys.modules)\n" % (db, pull, pub))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert (done.returncode, done.stdout) == (0, b"False\n"), done.stderr
+
+
+def test_a_bare_port_binds_the_loopback_interface_only():
+    from pylm._metrics import parse_metrics_address
+    assert parse_metrics_address(9100) == ("127.0.0.1", 9100)
+    assert parse_metrics_address("9100") == ("127.0.0.1", 9100)
+    assert parse_metrics_address(":9100") == ("127.0.0.1", 9100)
+    assert parse_metrics_address("0.0.0.0:9100") == ("0.0.0.0", 9100)
+    assert parse_metrics_address("[::1]:9100") == ("::1", 9100)
+    db, pull, pub = tcp_addresses(3)
+    port = free_port()
+    server = Echo("e", db, pull, pub, metrics_port=port)
+    with running(server):
+        assert scrape(port)[("pylm_messages_received_total", '{server="e"}')] == 0
+        assert server._metrics._httpd.server_address[:2] == ("127.0.0.1", port)
+
+
+def test_a_taken_metrics_port_fails_start_and_the_server_is_not_running():
+    import socket
+
+    db, pull, pub = tcp_addresses(3)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        server = Echo("e", db, pull, pub, metrics_port="127.0.0.1:%d" % port)
+        with pytest.raises(OSError):
+            server.start()
+    stats = server.live_stats()
+    assert stats["running"] is False, stats
+    # its addresses were released: the same server starts on a free port
+    server = Echo("e", db, pull, pub, metrics_port="127.0.0.1:%d" % free_port())
+    with running(server):
+        client = Client("e", db, timeout=10)
+        try:
+            assert client.eval("e.work", b"x", timeout=10) == b"x"
+        finally:
+            client.close()

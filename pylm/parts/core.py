@@ -42,6 +42,15 @@ Bypass parts (:class:`BypassInbound`, :class:`BypassOutbound`) run beside
 the routing: their sockets are served by the same loop, or (HTTP servers)
 by a thread of their own, but their messages never go through the Router.
 
+Every part also runs alone, as in pylm 0.14 (``part.start()``, on a core
+Router of its own): an inbound part sends each message it routes to the
+broker at its ``broker_address`` over a REQ (one frame, the envelope; the
+broker is a bound REP or ROUTER) and takes the answer as its feedback; an
+outbound part reads the messages to send from a REP connected there (the
+broker is a bound REQ, or a ROUTER sending ``[identity, b'', data]``) and
+answers each with its feedback.  The same hooks and plumbing serve both:
+the link to the broker is one more part in the loop.
+
 ``zmq_context`` is the pyzmq Context of the library, made on first use.
 """
 
@@ -83,6 +92,9 @@ MAX_MESSAGE_SIZE = _core.MAX_MESSAGE_SIZE_
 HTTP_TIMEOUT = 60.0
 #: Messages read from one ready socket before the loop polls again.
 READ_BATCH = 256
+#: How long the socket of a part run alone may still send its last
+#: answers once start() returns (ms).
+ALONE_LINGER_MS = 1000
 #: Messages an outbound part may hold (unsent or unanswered) before the
 #: Router stops reading inbound sockets; reading resumes at half of it.
 BACKLOG_LIMIT = 10_000
@@ -334,6 +346,8 @@ class _Part(_core.Part):
         self.cache = cache
         self.messages = messages
         self.last_message: Any = b""
+        self._stopper = StopHandle()
+        self._alone = False     # served by start(), not by a server
         # set when the part opens (a server starts, or send() is first called)
         self.listen_to: Any = None      # its socket
         self._runner: Any = None        # the Router serving it
@@ -388,6 +402,63 @@ class _Part(_core.Part):
         """pylm 0.14 closed the part's sockets here; ours close when the
         server stops."""
 
+    # alone (pylm 0.14's start()) -------------------------------------------------
+    def start(self) -> Any:
+        """Serve this part alone, without a server (pylm 0.14): its own
+        socket, and (routed parts) a socket to the broker at
+        `broker_address`, on a core Router of its own, until `messages`
+        messages were read or stop() is called.  Returns the part's name."""
+        if self.messages <= 0:
+            return self.name
+        self._serve_alone()
+        return self.name
+
+    def stop(self) -> None:
+        """Make start() return; safe from any thread."""
+        self._stopper.stop()
+
+    def _broker_link(self) -> Optional[_Part]:
+        """The part that talks to the broker while this one runs alone
+        (None: the part has no broker)."""
+        return None
+
+    def _serve_alone(self) -> None:
+        """The loop of start(): this part and its broker link, the link
+        the part's target (an inbound part) or the part the link's (an
+        outbound part).  With its own keys, or the ``PYLM_*`` environment's."""
+        security = self._alone_security()
+        link = self._broker_link()
+        parts = [self] if link is None else [link, self]
+        with Runtime(self._stopper, self.logger, security) as rt:
+            runner = _core.Router()
+            opened: List[_Part] = []
+            self._alone = True
+            try:
+                for part in parts:
+                    part._open(rt, runner)
+                    opened.append(part)
+                if link is not None:
+                    self._link_alone(runner, link)
+                runner.run(rt.control(), rt.wakeup_fd)
+            finally:
+                self._alone = False
+                for part in reversed(opened):
+                    part._close_alone()
+
+    def _link_alone(self, runner: Any, link: _Part) -> None:
+        """Put this part and its broker link in the alone loop's table."""
+
+    def _close_alone(self) -> None:
+        """Close what start() opened: the part's threads, and its socket
+        with a linger, so that its last answer still leaves (a server's
+        sockets close with linger 0 when it stops)."""
+        try:
+            self._close()
+        finally:
+            sock, self.listen_to = self.listen_to, None
+            if sock is not None and not sock.closed:
+                sock.close(linger=ALONE_LINGER_MS)
+
     def _call_hook(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         """fn(*args); a hook that raises is logged (once, with traceback)
         and re-raised as PartFailed for the caller to handle."""
@@ -419,7 +490,9 @@ class Inbound(_Part):
     :param socket_type: ZeroMQ socket type (``zmq.PULL``, ``zmq.REP``...)
     :param reply: the socket answers each message (REP): with
         ``reply_feedback()``, once the message's feedback came back
-    :param broker_address: kept for pylm 0.14 compatibility (unused)
+    :param broker_address: the broker a part run alone (``start()``)
+        talks to: a REQ there for an inbound part, a REP for an outbound
+        one (a server's parts ignore it)
     :param bind: bind listen_address instead of connecting to it
     :param logger: logger
     :param cache: the server's cache
@@ -486,6 +559,8 @@ class Inbound(_Part):
             if self._read >= self.messages:
                 runner._pause(sock, "messages")
             self._received(frames)
+            if self._alone:
+                self._alone_check()
 
     def _received(self, frames: List[bytes]) -> None:
         """One message read from the socket (all its frames)."""
@@ -549,9 +624,9 @@ class Inbound(_Part):
     def _resume(self, exchange: _InboundExchange, feedback: Optional[bytes]) -> None:
         """The feedback of a blocking route came back (None: it failed)."""
         if feedback is None:
-            assert self._entry is not None      # only a routed part blocks
+            where = self._entry.route if self._entry is not None else "the broker"
             self._fail(exchange, PartFailed("part %s: the message routed to %s failed"
-                                            % (self._label, self._entry.route)))
+                                            % (self._label, where)))
             return
         self._feedback(feedback)
         self._advance(exchange)
@@ -578,6 +653,24 @@ class Inbound(_Part):
         self._exchanges -= 1
         if self.reply:
             self._runner._resume(self.listen_to, "reply")
+        if self._alone:
+            self._alone_check()
+
+    def _alone_check(self) -> None:
+        """Run alone, start() returns once `messages` were read and went
+        through (answered, rejected or delivered)."""
+        if self._exchanges == 0 and self._read >= self.messages:
+            self.stop()
+
+    # alone ---------------------------------------------------------------------------
+    def _broker_link(self) -> Optional[_Part]:
+        return _BrokerRequest(self)
+
+    def _link_alone(self, runner: Any, link: _Part) -> None:
+        # each message waits for the broker's answer, its feedback (REQ)
+        runner.add(link, None)
+        runner.add(self, link)
+        self.block = True
 
     def _send_reply(self, prefix: List[bytes], data: bytes, status: int) -> None:
         """Answer the peer of a replying socket (`status` is an HTTP-like
@@ -814,6 +907,19 @@ class Outbound(_Part):
         self._pump()
 
 
+    # alone ---------------------------------------------------------------------------
+    def _broker_link(self) -> Optional[_Part]:
+        return _BrokerReply(self)
+
+    def _link_alone(self, runner: Any, link: _Part) -> None:
+        # the link reads the broker's messages and waits for their
+        # feedback; the loop ends once `messages` went through, sent
+        runner.add(self, None)
+        runner.add(link, self)
+        link.block = True
+        runner.messages = self.messages
+
+
 class BypassInbound(_Part):
     """A part that reads from outside without the Router: each time its
     socket is readable the loop calls ``recv()``.
@@ -827,9 +933,7 @@ class BypassInbound(_Part):
                  messages: int = sys.maxsize, **keys: KeyPath) -> None:
         super().__init__(name, listen_address, socket_type, reply, bind, logger, cache,
                          messages, **keys)
-        self._stopper = StopHandle()
         self._read = 0
-        self._alone = False     # served by start(), not by a server
 
     def recv(self, reply_data: Optional[bytes] = None) -> bytes:
         """Read one message (and answer `reply_data`, or b'', when the
@@ -861,24 +965,6 @@ class BypassInbound(_Part):
             if self._alone:
                 self._runner._quit()
 
-    def start(self) -> Any:
-        """Serve this part alone (without a server), on a core Router of
-        its own, until `messages` were read or stop() is called."""
-        if self.messages <= 0:
-            return self.name
-        with Runtime(self._stopper, self.logger, self._alone_security()) as rt:
-            runner = _core.Router()
-            self._open(rt, runner)
-            self._alone = True
-            try:
-                runner.run(rt.control(), rt.wakeup_fd)
-            finally:
-                self._alone = False
-                self._close()
-        return self.name
-
-    def stop(self) -> None:
-        self._stopper.stop()
 
 
 class BypassOutbound(_Part):
@@ -905,6 +991,14 @@ class BypassOutbound(_Part):
 
     def _close(self) -> None:
         self.listen_to = None   # closed by the Runtime
+
+    def start(self) -> Any:
+        """Run alone (pylm 0.14): make the socket send() uses (bound or
+        connected now, so peers find it) and return the part's name; user
+        code then calls send(), and cleanup() at the end."""
+        if self.listen_to is None:
+            self.listen_to, self._own = self._own_socket(), True
+        return self.name
 
     def send(self, message_data: Any) -> Optional[bytes]:
         """Send message_data; with `reply`, wait for and return the answer."""
@@ -944,3 +1038,54 @@ class BypassOutbound(_Part):
         if self._zap_domain is not None:
             zap_release(self._zap_domain)
             self._zap_domain = None
+
+
+# -- the broker links of parts run alone ---------------------------------------
+
+def _identity(part: _Part) -> Dict[str, Any]:
+    """The socket identity of `part`'s broker link: its name (pylm 0.14's;
+    a ROUTER broker sees which part speaks), none for a part without one."""
+    name = part.name.encode("utf-8") if isinstance(part.name, str) else part.name
+    return {"IDENTITY": name} if name else {}
+
+
+class _BrokerRequest(Outbound):
+    """The REQ, connected to `broker_address`, an inbound part run alone
+    sends each message it routes on (one frame: the serialized envelope);
+    the broker's answer is the message's feedback."""
+
+    def __init__(self, part: Inbound) -> None:
+        super().__init__(part.name, part.broker_address, zmq.REQ, reply=True,
+                         logger=part.logger)
+        self._security = part._security
+        self._key = part._label
+
+    def _make_socket(self, rt: Runtime) -> Socket:
+        return rt.socket(zmq.REQ, connect=self.listen_address, security=self._security,
+                         MAXMSGSIZE=MAX_MESSAGE_SIZE, **_identity(self))
+
+    def _prepare(self, data: Any) -> Iterator[List[bytes]]:
+        yield [data]
+
+
+class _BrokerReply(Inbound):
+    """The REP, connected to `broker_address`, an outbound part run alone
+    reads its messages from (one frame each, as routed: the part's
+    ``_translate_from_broker`` gets it); each is answered with the part's
+    feedback (b'' when the part failed on it)."""
+
+    def __init__(self, part: Outbound) -> None:
+        super().__init__(part.name, part.broker_address, zmq.REP, reply=True,
+                         logger=part.logger, messages=part.messages)
+        self._security = part._security
+        self._key = part._label
+
+    def _make_socket(self, rt: Runtime) -> Socket:
+        return rt.socket(zmq.REP, connect=self.listen_address, security=self._security,
+                         MAXMSGSIZE=MAX_MESSAGE_SIZE, **_identity(self))
+
+    def _received(self, frames: List[bytes]) -> None:
+        self._begin(frames[:-1], frames[-1])
+
+    def _translate_to_broker(self, message: Any) -> Any:
+        return message

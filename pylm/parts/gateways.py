@@ -81,7 +81,8 @@ class GatewayRouter(Inbound):
 class GatewayDealer(Outbound):
     """The gateway's outbound part: sends each result to the HTTP request
     named by its ``client``, through the GatewayRouter bound at
-    `listen_address` in the same server."""
+    `listen_address` in the same server (run alone, ``start()``: over a
+    DEALER connected to it, as pylm 0.14's did)."""
 
     def __init__(self, name: Union[str, bytes] = "",
                  listen_address: str = "inproc://gateway_router",
@@ -96,11 +97,19 @@ class GatewayDealer(Outbound):
         """``(target, message)``: the request to answer, and the answer."""
         return message.client, message
 
-    def _make_socket(self, rt: Runtime) -> None:  # type: ignore[override]
-        return None     # answers go out on the GatewayRouter's socket
+    def _make_socket(self, rt: Runtime) -> Any:
+        if not self._alone:
+            return None     # answers go out on the GatewayRouter's socket
+        # alone, as pylm 0.14's: a DEALER to the GatewayRouter, whose
+        # messages it tells apart by this identity
+        return rt.socket(zmq.DEALER, connect=self.listen_address, security=self._security,
+                         IDENTITY=DEALER_IDENTITY)
 
     def _open(self, rt: Runtime, runner: Any) -> None:
         super()._open(rt, runner)
+        self._gateway = None
+        if self._alone:
+            return
         gateways = [entry.part for entry in runner._inbound.values()
                     if isinstance(entry.part, GatewayRouter)
                     and entry.part.listen_address == self.listen_address]
@@ -118,8 +127,10 @@ class GatewayDealer(Outbound):
                 yield [target, b"", out]
 
     def _send(self, frames: List[bytes]) -> None:
-        assert self._gateway is not None        # found when the part opened
-        self._gateway._deliver(frames)
+        if self._gateway is None:       # alone: on its own DEALER
+            super()._send(frames)
+        else:
+            self._gateway._deliver(frames)
 
 
 class _GatewayHandler(_Handler):

@@ -21,10 +21,11 @@ from pylm._http import (MAX_CONCURRENT, MAX_QUEUED, MAX_REQUEST_BYTES, READ_TIME
                         PooledServerMixIn, body_length, linger)
 from pylm._context import context
 from pylm._stream import DefaultStream
-from pylm.parts.core import (HTTP_TIMEOUT, MAX_MESSAGE_SIZE, BypassInbound, Inbound, Outbound,
-                             _to_bytes, _to_message)
+from pylm.parts.core import (HTTP_TIMEOUT, MAX_MESSAGE_SIZE, READ_BATCH, BypassInbound, Inbound,
+                             Outbound, _to_bytes, _to_message)
 from pylm.persistence.kv import DictDB
 from pylm.security import KeyPath
+from pylm_core import _core
 
 if TYPE_CHECKING:
     from pylm._cache import Store
@@ -86,19 +87,69 @@ class PubService(DefaultStream, Outbound):
     :param pipelined: publish to the next stage (topic `server`,
         ``stage += 1``) instead of to the client (topic ``message.client``)
     :param server: name of the server, the topic when pipelined
+    :param hold_replies: a message whose topic no one subscribes to yet is
+        held, at most this many at once, and published when its
+        subscription arrives (as by the servers of pylm.servers;
+        pylm_core/subscriptions.pyx)
+    :param hold_seconds: ... and for at most this long; ``held_dropped``
+        counts those dropped past either bound
     """
 
     def __init__(self, name: Union[str, bytes], listen_address: str,
                  broker_address: str = "inproc://broker", logger: Optional[logging.Logger] = None,
                  cache: Optional[Store] = None, messages: int = sys.maxsize,
-                 pipelined: bool = False, server: Optional[str] = None,
-                 **keys: KeyPath) -> None:
+                 pipelined: bool = False, server: Optional[str] = None, *,
+                 hold_replies: int = _core.HOLD_REPLIES,
+                 hold_seconds: float = _core.HOLD_SECONDS, **keys: KeyPath) -> None:
+        if hold_replies < 0 or hold_seconds < 0:
+            raise ValueError("hold_replies and hold_seconds must not be negative")
         super().__init__(name, listen_address, zmq.PUB, reply=False,
                          broker_address=broker_address, bind=True, logger=logger,
                          cache=cache, messages=messages, **keys)
         # pylm 0.14: the topic of a pipelined server (None when it is not)
         self.name = server  # type: ignore[assignment]
         self.pipelined = pipelined
+        self.hold_replies = hold_replies
+        self.hold_seconds = hold_seconds
+        self._held = _core.Subscriptions(hold_replies, hold_seconds)
+
+    @property
+    def held_dropped(self) -> int:
+        """Held messages dropped past hold_seconds or hold_replies."""
+        return self._held.held_dropped
+
+    def _open(self, rt: Runtime, runner: Any) -> None:
+        super()._open(rt, runner)
+        self._held = _core.Subscriptions(self.hold_replies, self.hold_seconds)
+        if self.hold_replies:
+            runner._tick(self, _core.HOLD_TICK_MS_)
+
+    def _on_tick(self) -> bool:
+        self._held.on_timer()
+        self._send_released()
+        return False
+
+    def _send_released(self) -> None:
+        for topic, data in self._held.released():
+            super()._send([topic, data])
+
+    def _read_subscriptions(self) -> None:
+        """Take in the subscription messages waiting on the socket."""
+        for _ in range(READ_BATCH):
+            try:
+                frames = self.listen_to.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self._answer(frames)
+
+    def _send(self, frames: List[bytes]) -> None:
+        topic, data = frames
+        legacy = _core.is_legacy_reply(data)
+        if legacy:
+            # what libzmq knows of the old client's SUBs (see Subscriptions)
+            self._read_subscriptions()
+        if self._held.offer(topic, data, legacy):
+            super()._send(frames)
 
     def _make_socket(self, rt: Runtime) -> Socket:
         return rt.publisher(self.listen_address, MAX_MESSAGE_SIZE, security=self._security)
@@ -109,7 +160,9 @@ class PubService(DefaultStream, Outbound):
         return zmq.POLLIN
 
     def _answer(self, frames: List[bytes]) -> None:
-        """A subscription message: nothing to do."""
+        """A subscription message: messages held for it go now."""
+        self._held.note(frames[0])
+        self._send_released()
 
     def _prepare(self, data: Any) -> Iterator[List[bytes]]:
         message = _to_message(self._translate_from_broker(data))
@@ -430,6 +483,10 @@ class HttpService(Inbound):
         if self._http is not None:
             self._http.close()
             self._http = None
+
+    def debug(self) -> Any:
+        """Run the service alone in the foreground (pylm 0.14): start()."""
+        return self.start()
 
     def _reject(self, prefix: List[bytes], exc: BaseException) -> None:
         self._drops("%s: %s" % (self._label, exc))
