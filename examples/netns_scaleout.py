@@ -105,6 +105,9 @@ def run_client(args):
             who, _, payload = reply.partition(b" ")
             per_worker[who.decode()] += 1
             answered.add(int(payload))
+            if len(answered) == args.progress_at:
+                # a test cuts a link now (tests/test_netns.py)
+                print("progress %d" % args.progress_at, flush=True)
         took = time.monotonic() - started
     finally:
         client.close()
@@ -233,6 +236,11 @@ class Switch:
         if errors:
             raise NetnsError("teardown: " + "; ".join(errors))
 
+    def set_link(self, host, up):
+        """Take the host's link to the switch down (False) or up (True)."""
+        port = self.links[list(self.hosts).index(host)]
+        _ip("-n", self.switch, "link", "set", port, "up" if up else "down")
+
     def leftovers(self):
         """Namespaces of this run still present (none after close())."""
         out = _ip("netns", "list", check=False).stdout
@@ -310,6 +318,8 @@ def main(argv=None):
     p.add_argument("--messages", type=int, default=2000)
     p.add_argument("--workers", type=int, default=2, help="workers that must take part")
     p.add_argument("--timeout", type=float, default=15.0)
+    p.add_argument("--progress-at", type=int, default=0,
+                   help="print a line 'progress N' after N replies of the job")
     p.set_defaults(run=run_client)
     args = parser.parse_args(argv)
     return args.run(args)

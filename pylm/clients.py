@@ -21,8 +21,8 @@ import sys
 import threading
 import time
 import uuid
-from typing import (TYPE_CHECKING, Any, Dict, Generator, Iterable, Iterator, List, Literal,
-                    NoReturn, Optional, Sequence, Union, overload)
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Generator, Iterable, Iterator, List,
+                    Literal, NoReturn, Optional, Sequence, Tuple, Union, overload)
 
 import zmq
 
@@ -58,6 +58,14 @@ _LOST = object()
 JOB_WINDOW = 2000
 #: Taken only when a Client is bound to its thread (its first call).
 _BIND_LOCK = threading.Lock()
+#: After a server's new welcome, an eval is sent again when no reply came
+#: for this long, then twice as long... (its reply may have been published
+#: before our subscription reached the new server).
+RESEND_FIRST = 1.0
+#: Call ids of a job sent with resend (one id per call): the top bit set,
+#: then the job's number, then the call's index; an eval's id stays below.
+_JOB_ID_BIT = 1 << 63
+_JOB_SHIFT = 40
 
 
 def _check_payload(payload: Any) -> Any:
@@ -100,6 +108,14 @@ class Client:
         ``.key_secret``), for servers with `authorized_keys`; without it a
         pair is made at construction.  Both fall back to
         ``PYLM_SERVER_KEY`` and ``PYLM_SECRET_KEY``.
+    :param resend: keyword-only; when the server restarts (or a cut link
+        comes back) during a job or eval, send again every call that has
+        no reply yet, and hand the caller each reply once (README,
+        "Reliability").  None (the default): on for a Master (or Hub) of
+        ours, off for a Server, whose methods may not be safe to run twice;
+        job() and eval() take `resend=` too, for one call.  Only where one
+        reply per call is expected: a job without `messages=`, an eval of
+        one message.
 
     Not thread-safe: the first thread that calls the client (eval, job,
     set, get, delete, stats) owns it, and any other thread's call raises
@@ -115,7 +131,8 @@ class Client:
                  push_address: Optional[str] = None, sub_address: Optional[str] = None,
                  session: Optional[str] = None, logging_level: Union[int, str, None] = None,
                  this_config: bool = False, *, timeout: Optional[float] = 10.0,
-                 secret_key: KeyPath = None, server_key: KeyPath = None) -> None:
+                 secret_key: KeyPath = None, server_key: KeyPath = None,
+                 resend: Optional[bool] = None) -> None:
         self.server_name = server_name
         self.db_address = db_address
         self.session = session
@@ -136,6 +153,10 @@ class Client:
         self._reader: Optional[_core.ReplyReader] = None
         self._joined = False
         self._calls = int.from_bytes(os.urandom(4), "little") << 16
+        self._jobs = int.from_bytes(os.urandom(2), "little")
+        self.resend = resend
+        #: the server brokers calls to workers (a Master or Hub): resend by default
+        self._brokered = False
         self._protocol: Optional[bytes] = None
         #: how the subscription was known to be live: "welcome" (the
         #: XPUB's greeting), "wait" (pylm 0.14's fixed wait) or "silence"
@@ -177,6 +198,7 @@ class Client:
             if self._protocol == PROTOCOL:
                 self._batch_bytes = batch_bytes_for(
                     cache.request("get", b"max_message_size"))
+                self._brokered = bool(cache.request("get", b"worker_push_address"))
         except BaseException:
             self.close()
             raise
@@ -363,6 +385,16 @@ class Client:
         self._calls += 1
         return self._calls
 
+    def _resends(self, resend: Optional[bool]) -> bool:
+        """Whether a call is sent again after a restart: `resend` when
+        given, else the client's, else on for a Master of ours.  Never with
+        a server that is not ours (no welcomes, no call ids)."""
+        if resend is None:
+            resend = self.resend
+        if resend is None:
+            resend = self._brokered
+        return bool(resend) and self._protocol == PROTOCOL
+
     def _function(self, function: Function) -> str:
         if isinstance(function, (list, tuple)):
             function = " ".join(function)
@@ -385,26 +417,31 @@ class Client:
     # calls -----------------------------------------------------------------
     @overload
     def eval(self, function: Function, payload: Any, messages: Literal[1] = ...,
-             cache: str = ..., *, timeout: Optional[float] = ...) -> bytes: ...
+             cache: str = ..., *, timeout: Optional[float] = ...,
+             resend: Optional[bool] = ...) -> bytes: ...
 
     @overload
     def eval(self, function: Function, payload: Any, messages: int,
-             cache: str = ..., *, timeout: Optional[float] = ...) -> Union[bytes, List[bytes]]: ...
+             cache: str = ..., *, timeout: Optional[float] = ...,
+             resend: Optional[bool] = ...) -> Union[bytes, List[bytes]]: ...
 
     def eval(self, function: Function, payload: Any, messages: int = 1, cache: str = "", *,
-             timeout: Optional[float] = None) -> Union[bytes, List[bytes]]:
+             timeout: Optional[float] = None,
+             resend: Optional[bool] = None) -> Union[bytes, List[bytes]]:
         """Send one message; return the reply payload, or a list of
         `messages` replies.  Raises TimeoutError when no reply comes within
-        `timeout` seconds, pylm.RemoteError when the method raised."""
+        `timeout` seconds, pylm.RemoteError when the method raised.
+        `resend`: send the call again if the server restarts before it
+        answers (see the class; default: the client's)."""
         self._check_thread()
         self._begin_call()
         try:
-            return self._eval(function, payload, messages, cache, timeout)
+            return self._eval(function, payload, messages, cache, timeout, resend)
         finally:
             self._end_call()
 
     def _eval(self, function: Function, payload: Any, messages: int, cache: str,
-              timeout: Optional[float]) -> Union[bytes, List[bytes]]:
+              timeout: Optional[float], resend: Optional[bool]) -> Union[bytes, List[bytes]]:
         name = self._function(function)
         _check_payload(payload)
         self._connect(timeout)
@@ -414,11 +451,20 @@ class Client:
         pipeline = self._pipeline
         reader.pipeline = pipeline
         reader.call = call
-        _core.send_call(self._push, pipeline, self._topic, name.encode(),
-                        cache.encode(), payload, timeout=timeout,
-                        batch_replies=self._protocol == PROTOCOL, call=call)
-        results: List[bytes] = []
+
+        def send() -> None:
+            _core.send_call(self._push, pipeline, self._topic, name.encode(),
+                            cache.encode(), payload, timeout=timeout,
+                            batch_replies=self._protocol == PROTOCOL, call=call)
+
+        send()
         deadline = None if timeout is None else time.monotonic() + timeout
+        if messages == 1 and self._resends(resend):
+            reply, error = self._recv_resending(reader, send, deadline, name, timeout)
+            if error is not None:
+                self._raise_remote(error)
+            return reply
+        results: List[bytes] = []
         for _ in range(messages):
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
@@ -430,9 +476,44 @@ class Client:
             results.append(reply)
         return results[0] if messages == 1 else results
 
+    def _recv_resending(self, reader: _core.ReplyReader, send: Callable[[], None],
+                        deadline: Optional[float], name: str,
+                        timeout: Optional[float]) -> Tuple[bytes, Optional[str]]:
+        """The reply of the call just sent by `send()`, which is called
+        again when a new publisher welcomes the SUB (the server restarted),
+        and then whenever no reply came for RESEND_FIRST seconds, twice
+        that, ...  Later replies of the call are dropped by the reader (the
+        next call has another id)."""
+        seen = reader.welcomes
+        again_at: Optional[float] = None
+        every = RESEND_FIRST
+        while True:
+            now = time.monotonic()
+            left = None if deadline is None else max(0.0, deadline - now)
+            wait = left
+            if again_at is not None:
+                wait = max(0.0, again_at - now) if left is None else \
+                    max(0.0, min(left, again_at - now))
+            try:
+                got = reader.recv_until_welcome(wait, seen)
+            except TimeoutError:
+                if again_at is None or (deadline is not None and
+                                        time.monotonic() >= deadline):
+                    raise TimeoutError("no reply from %s within %s s"
+                                       % (name, timeout)) from None
+                every *= 2
+            else:
+                if got is not None:
+                    return got
+                seen = reader.welcomes          # a new publisher
+                every = RESEND_FIRST
+                self.logger.info("%s: the server is back; call sent again", name)
+            send()
+            again_at = time.monotonic() + every
+
     def job(self, function: Function, generator: Iterable[Any], messages: int = sys.maxsize,
             cache: str = "", *, timeout: Optional[float] = None, window: int = JOB_WINDOW,
-            progress: bool = False) -> Iterator[bytes]:
+            progress: bool = False, resend: Optional[bool] = None) -> Iterator[bytes]:
         """Send every payload the generator yields and yield the replies as
         they come, until `messages` replies arrived (or, by default, one
         for each payload sent).  At most `window` calls are in flight.
@@ -444,16 +525,21 @@ class Client:
         :param progress: show a tqdm progress bar of the replies on stderr
             (its total: `messages`, or len() of the payloads when they have
             one); needs tqdm (``pylm[progress]``), else ImportError here
+        :param resend: send again the calls without a reply when the server
+            restarts mid-job; each reply is yielded once (see the class;
+            default: the client's).  Not with `messages=` (a server may
+            answer a call with several replies).
         """
         self._check_thread()
         bar = None
         if progress:
             bar = progress_bar(job_total(messages, generator, sys.maxsize),
                                desc=self._function(function))
-        return self._job(function, generator, messages, cache, timeout, window, bar)
+        return self._job(function, generator, messages, cache, timeout, window, bar, resend)
 
     def _job(self, function: Function, generator: Iterable[Any], messages: int, cache: str,
-             timeout: Optional[float], window: int, bar: Any) -> Generator[bytes, None, None]:
+             timeout: Optional[float], window: int, bar: Any,
+             resend: Optional[bool] = None) -> Generator[bytes, None, None]:
         """The generator behind job(); `bar`, when not None, counts replies.
         Until it ends the client is in a call, which close() from another
         thread refuses to cut short (_begin_call)."""
@@ -461,7 +547,7 @@ class Client:
         self._begin_call()
         try:
             for payload in self._job_replies(function, generator, messages, cache,
-                                             timeout, window):
+                                             timeout, window, resend):
                 if bar is not None:
                     bar.update(1)
                 yield payload
@@ -471,8 +557,8 @@ class Client:
                 bar.close()
 
     def _job_replies(self, function: Function, generator: Iterable[Any], messages: int,
-                     cache: str, timeout: Optional[float],
-                     window: int) -> Generator[bytes, None, None]:
+                     cache: str, timeout: Optional[float], window: int,
+                     resend: Optional[bool] = None) -> Generator[bytes, None, None]:
         self._check_thread()        # the generator may be iterated elsewhere
         name = self._function(function)
         self._connect(timeout)
@@ -488,13 +574,20 @@ class Client:
             lost.append(exc)
             return _LOST
 
+        resends = messages == sys.maxsize and self._resends(resend)
+        if resends:
+            # one id per call, apart from every eval's and other jobs'
+            self._jobs = (self._jobs + 1) % (1 << (63 - _JOB_SHIFT))
+            call = _JOB_ID_BIT | (self._jobs << _JOB_SHIFT)
+        else:
+            call = self._next_call()
         stream = _core.JobStream(self._push, reader, generator, self._pipeline,
                                  self._topic, name.encode(), cache.encode(),
                                  min(messages, 2**62), window=window, timeout=timeout,
                                  batch=self._protocol == PROTOCOL,
-                                 on_error=on_error, call=self._next_call(),
+                                 on_error=on_error, call=call,
                                  until_answered=messages == sys.maxsize,
-                                 batch_bytes=self._batch_bytes)
+                                 batch_bytes=self._batch_bytes, resend=resends)
         for payload in stream:
             if payload is not _LOST:
                 yield payload

@@ -20,6 +20,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional
 from urllib.parse import urlsplit
 
 import zmq
+import zmq.utils.monitor
 
 import pylm_core
 from pylm_core import _core
@@ -504,6 +505,12 @@ class Worker(_Served):
 
     ``set`` and ``delete`` raise PermissionError for the Master's
     configuration keys and pylm.CacheFull past its cache's bound.
+
+    When the Master it knew goes away (its worker ROUTER drops the
+    connection), the worker asks the Master's cache for the worker ROUTER
+    address again until it answers: a Master restarted on an ephemeral port
+    has another one, and the worker reconnects there (what it was running
+    for the old Master is dropped; its clients send those calls again).
     """
 
     mux = False
@@ -526,6 +533,8 @@ class Worker(_Served):
         self.heartbeat = heartbeat
         self._cache_client = CacheClient(db_address, "worker", timeout, self._security)
         self.router_address: Optional[str] = None
+        #: set by the heartbeat thread: the Master's worker ROUTER moved
+        self._moved = False
 
     # cache of the Master, pylm 0.14's Worker.set/get/delete
     def set(self, value: bytes, key: Optional[str] = None) -> str:
@@ -551,16 +560,32 @@ class Worker(_Served):
         if self.pull_address is None:
             self.pull_address = fetch("worker_push_address")
         self._batch_bytes = batch_bytes_for(fetch("max_message_size"))
-        address = fetch("worker_router_address")
-        if address:
-            host = urlsplit(self.db_address).hostname
-            if address.startswith("tcp://0.0.0.0:") and host:
-                address = address.replace("0.0.0.0", host, 1)
-            self.router_address = address
+        self.router_address = self._router_in(fetch("worker_router_address"))
+
+    def _router_in(self, address: str) -> Optional[str]:
+        """The worker ROUTER address from the cache, as this host reaches it."""
+        if not address:
+            return None
+        host = urlsplit(self.db_address).hostname
+        if address.startswith("tcp://0.0.0.0:") and host:
+            address = address.replace("0.0.0.0", host, 1)
+        return address
 
     def start(self) -> None:
         """Serve the Master until `messages` calls were made or stop()."""
-        self._fetch_addresses()
+        try:
+            self._fetch_addresses()
+            while self._serve() and self._moved:
+                # the Master came back elsewhere: serve it there
+                self._moved = False
+                self._stopper.reset()
+                self.logger.info("the Master's worker ROUTER is now at %s: reconnecting",
+                                 self.router_address)
+        finally:
+            self._cache_client.close()
+
+    def _serve(self) -> bool:
+        """One run against the addresses known now; True when it ended."""
         with self._runtime() as rt:
             if self.router_address:
                 ident = ("w-%s" % uuid.uuid4().hex).encode()
@@ -570,7 +595,7 @@ class Worker(_Served):
                 beat = rt.socket(zmq.DEALER, ROUTING_ID=ident + _core.HB_SUFFIX,
                                  connect=self.router_address)
                 rt.thread(_heartbeat, "%s-heartbeat" % self.name, beat, rt.control(),
-                          self.heartbeat)
+                          self.heartbeat, self._master_moved)
                 runner = self._executor(rt, [(dealer, _core.IN_PLAIN_)], dealer,
                                       _core.OUT_WORKER_, name=None, mux=self.mux,
                                       limit=self.messages, credit=self.credit,
@@ -580,20 +605,53 @@ class Worker(_Served):
                 push = rt.socket(zmq.PUSH, connect=self.push_address)
                 runner = self._executor(rt, [(pull, _core.IN_PLAIN_)], push, _core.OUT_PLAIN_,
                                       name=None, mux=self.mux, limit=self.messages)
-            try:
-                self._run(rt, runner)
-            finally:
-                self._cache_client.close()
+            self._run(rt, runner)
+        return True
 
-
-def _heartbeat(sock: Socket, control: Socket, interval: float) -> None:
-    """Send [H] every `interval` seconds until control is readable: a
-    worker's only heartbeats (the worker protocol: pylm_core/consts.pxi)."""
-    while not control.poll(int(interval * 1000)):
+    def _master_moved(self) -> bool:
+        """Called by the heartbeat thread while the worker ROUTER is
+        unreachable: ask the Master's cache where it is now.  True (and the
+        worker's run is stopped, to start again there) when the address
+        changed; False while the cache does not answer or gives the same."""
+        probe = CacheClient(self.db_address, "worker", min(self.heartbeat, 1.0) + 0.5,
+                            self._security)
         try:
-            sock.send(_core.W_BEAT_, zmq.DONTWAIT)
-        except zmq.Again:
-            pass
+            address = self._router_in(probe.request("get", b"worker_router_address").decode())
+        except TimeoutError:
+            return False
+        finally:
+            probe.close()
+        if address is None or address == self.router_address or self._stopper.stopping:
+            return False
+        self.router_address = address
+        self._moved = True
+        self._stopper.stop()
+        return True
+
+
+def _heartbeat(sock: Socket, control: Socket, interval: float,
+               moved: Optional[Callable[[], bool]] = None) -> None:
+    """Send [H] every `interval` seconds until control is readable: a
+    worker's only heartbeats (the worker protocol: pylm_core/consts.pxi).
+    While the connection is down (a monitor on `sock` tells), `moved()`
+    is asked between beats whether the Master is elsewhere now (True ends
+    the heartbeats)."""
+    monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+    down = False
+    try:
+        while not control.poll(int(interval * 1000)):
+            while monitor.poll(0):
+                event = zmq.utils.monitor.recv_monitor_message(monitor)["event"]
+                down = event == zmq.EVENT_DISCONNECTED
+            if down and moved is not None and moved():
+                return
+            try:
+                sock.send(_core.W_BEAT_, zmq.DONTWAIT)
+            except zmq.Again:
+                pass
+    finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
 
 
 class MuxWorker(Worker):

@@ -11,6 +11,10 @@ cdef extern from "hold.h" nogil:
 
 cdef enum:
     LEND_MIN = 65536        # payloads this big are lent to libzmq, not copied
+    RESEND_FIRST_MS = 1000  # after a new publisher's welcome, resend again when
+                            # no reply came for this long (then twice as long)
+
+cdef bytes _WELCOME = WELCOME
 
 #: Payloads this big are lent to libzmq and travel in a frame of their own,
 #: never in a batch (send_call; pylm.aio sends them alone too).
@@ -205,7 +209,9 @@ cdef class ReplyReader:
     """Receives replies on a SUB socket: [topic, envelope], or [topic,
     BATCH_MARK, batch] from pylm servers, keeping only those whose
     `pipeline` is the current call's (late replies of a call that timed out
-    are dropped, not handed to the next call)."""
+    are dropped, not handed to the next call).  `welcomes` counts the
+    XPUB welcomes read here: one after the client's handshake means its SUB
+    reconnected to a publisher (a restarted server, a healed link)."""
     cdef:
         void *sub
         object _sock
@@ -214,7 +220,7 @@ cdef class ReplyReader:
         const char *bend           # ... and its end; bp == bend: none
         public bytes pipeline       # None: accept every reply
         public unsigned long long call  # 0: any call id
-        public long long stale, bad
+        public long long stale, bad, welcomes
 
     def __cinit__(self):
         mp_init(&self.mp)
@@ -224,7 +230,7 @@ cdef class ReplyReader:
         self.sub = sock_handle(sub)
         self.pipeline = None
         self.call = 0
-        self.stale = self.bad = 0
+        self.stale = self.bad = self.welcomes = 0
 
     def __dealloc__(self):
         mp_close(&self.mp)
@@ -270,7 +276,11 @@ cdef class ReplyReader:
                 self.bend = self.bp + pz_msg_size(&self.mp.f[2])
                 continue
             if self.mp.total != 2:
-                self.bad += self.mp.total != 1   # one frame: a welcome
+                if self.mp.total != 1:
+                    self.bad += 1
+                elif pz_msg_size(&self.mp.f[0]) == <size_t>len(_WELCOME) and memcmp(
+                        msg_ptr(&self.mp.f[0]), <char *>_WELCOME, len(_WELCOME)) == 0:
+                    self.welcomes += 1      # one frame: a welcome, counted
                 continue
             with nogil:
                 rc = pz_parse(msg_ptr(&self.mp.f[1]), pz_msg_size(&self.mp.f[1]), env)
@@ -280,12 +290,16 @@ cdef class ReplyReader:
             if self._accept(env):
                 return 1
 
-    cdef int next_env(self, pz_env *env, _Deadline dl) except -1:
-        """Wait for the next reply of this call; raises TimeoutError."""
+    cdef int next_env(self, pz_env *env, _Deadline dl, long long welcomes=-1) except -1:
+        """Wait for the next reply of this call: 1; raises TimeoutError.
+        With `welcomes` >= 0, returns 0 as soon as more welcomes than that
+        were read."""
         cdef pz_pollitem_t item
         cdef int rc
         cdef long left
         while not self.try_next(env):
+            if welcomes >= 0 and self.welcomes > welcomes:
+                return 0
             left = dl.left()
             if left == 0:
                 raise TimeoutError("no reply in time")
@@ -296,13 +310,21 @@ cdef class ReplyReader:
                 rc = pz_poll(&item, 1, left)
             if rc < 0:
                 _check_rc(rc)
-        return 0
+        return 1
 
     def recv(self, timeout=None):
         """The next reply of this call as (payload, error): payload bytes,
         error the remote error text or None.  Raises TimeoutError."""
         cdef pz_env env
         self.next_env(&env, _Deadline(timeout))
+        return self._result(&env)
+
+    def recv_until_welcome(self, timeout, long long welcomes):
+        """As recv(), but None as soon as more than `welcomes` welcomes were
+        read (a new publisher: the caller may send its call again)."""
+        cdef pz_env env
+        if not self.next_env(&env, _Deadline(timeout), welcomes):
+            return None
         return self._result(&env)
 
     cdef object _result(self, pz_env *env):
@@ -371,7 +393,18 @@ cdef class JobStream:
     one reply.  A batch frame holds at most `batch_bytes` (plus one call):
     half the server's maximum message size keeps it under that limit.  Raises TimeoutError when no reply comes for
     `timeout` seconds; for an error reply it returns what `on_error(text)`
-    returns (or raises what it raises)."""
+    returns (or raises what it raises).
+
+    With `resend`, each call gets an id of its own (`call`, `call` + 1, ...)
+    and its payload is kept until its reply comes: when the SUB reads a
+    publisher's welcome again (the server restarted, or a link came back)
+    every call without a reply is sent again, and again after
+    RESEND_FIRST_MS, twice that, ... while no reply comes; a second reply
+    of a call is dropped (counted in `duplicates`).  Once a welcome came,
+    the calls left are sent again whenever no reply came for that long (a
+    reply the new publisher sent before our subscription reached it is
+    lost).  One reply per call:
+    not for a server that answers a call with several (a scatter)."""
     cdef:
         void *push
         object _push
@@ -386,17 +419,31 @@ cdef class JobStream:
         long long out_pending       # ... how many
         size_t batch_bytes          # a batch is sent once it holds this much
         object timeout, on_error
+        # resend mode: call i of the job (id `first` + i) keeps its payload
+        # in slots[i & mask] (its id in ids[i & mask]) until its reply comes
+        bint resend
+        uint64_t first
+        list slots
+        uint64_t *ids
+        uint64_t mask
+        long long unanswered
+        list resend_q               # (call id, payload) to send again
+        uint64_t pending_call       # the call id of `pending`
+        long long seen_welcomes
+        long long resend_at         # now_ms() of the next resend; 0: none due
+        long long resend_every
+        readonly long long duplicates, resent
 
     def __init__(self, push, ReplyReader reader, generator, bytes pipeline,
                  bytes client, bytes function, bytes cache, long long messages,
                  *, long long window=1000, bint batch=False, timeout=None, on_error=None,
                  uint64_t call=0, bint until_answered=False,
-                 size_t batch_bytes=BATCH_BYTES):
+                 size_t batch_bytes=BATCH_BYTES, bint resend=False):
         self._push = push
         self.push = sock_handle(push)
         self.reader = reader
         reader.pipeline = pipeline
-        reader.call = call
+        reader.call = 0 if resend else call
         self.call = call
         self.until_answered = until_answered
         self.it = iter(generator)
@@ -414,9 +461,28 @@ cdef class JobStream:
         self.batch_bytes = max(<size_t>1, min(batch_bytes, <size_t>BATCH_BYTES))
         self.timeout = timeout
         self.on_error = on_error
+        self.resend = resend
+        self.first = call
+        self.unanswered = 0
+        if resend:
+            # 4 windows of slots: a call slower than 3 windows of later ones
+            # holds new calls back until it is answered (rarely)
+            self.mask = 1
+            while self.mask < <uint64_t>(4 * self.window):
+                self.mask <<= 1
+            self.ids = <uint64_t *>calloc(self.mask, sizeof(uint64_t))
+            if self.ids == NULL:
+                raise MemoryError()
+            self.slots = [None] * <Py_ssize_t>self.mask
+            self.mask -= 1
+        self.resend_q = []
+        self.seen_welcomes = reader.welcomes
+        self.resend_at = 0
+        self.duplicates = self.resent = 0
 
     def __dealloc__(self):
         free(self.out.buf)
+        free(self.ids)
 
     def __iter__(self):
         return self
@@ -435,24 +501,58 @@ cdef class JobStream:
         self.inflight += calls
         return 0
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef object _answered(self, uint64_t call):
+        """The payload of call `call` when it had no reply yet (it has now),
+        else None (a second reply, or not of this job)."""
+        cdef uint64_t i = (call - self.first) & self.mask
+        if call - self.first >= self.call - self.first or self.ids[i] != call:
+            return None
+        payload = self.slots[i]
+        if payload is not None:
+            self.slots[i] = None
+            self.unanswered -= 1
+        return payload
+
+    cdef bint _room(self):
+        """May another call be taken (a new one from the generator, or one
+        to send again)?"""
+        if self.pending is not None or self.resend_q:
+            return True
+        if self.gen_done:
+            return False
+        if self.resend:
+            return self.unanswered < self.window and \
+                self.slots[(self.call - self.first) & self.mask] is None
+        return self.inflight + self.out.count < self.window
+
     cdef int _fill(self) except -1:
         """Send while the window has room; never blocks."""
         cdef pz_env env
         cdef pz_msg_t m
         cdef Py_buffer buf
         cdef int rc
+        cdef uint64_t call = self.call
+        if self.resend:
+            # what is sent again is not counted twice
+            self.inflight = self.unanswered - self.out.count
         if self.batch:
             if self._send_batch():
                 return 0
             # refill in whole batches: wait until a batch worth of room is
             # free (or nothing is in flight), so calls and replies travel
             # in batches rather than one by one
-            if self.inflight and self.window - self.inflight < min(MAX_SEND, self.window // 2):
+            if not self.resend_q and self.inflight and \
+                    self.window - self.inflight < min(MAX_SEND, self.window // 2):
                 return 0
-        while not self.gen_done and self.inflight + self.out.count < self.window:
+        while self._room():
             if self.pending is not None:
                 payload = self.pending
+                call = self.pending_call
                 self.pending = None
+            elif self.resend_q:
+                call, payload = self.resend_q.pop()
             else:
                 try:
                     payload = next(self.it)
@@ -460,15 +560,22 @@ cdef class JobStream:
                     self.gen_done = True
                     break
                 check_payload(payload)
+                if self.resend:
+                    call = self.call
+                    self.call += 1
+                    self.ids[(call - self.first) & self.mask] = call
+                    self.slots[(call - self.first) & self.mask] = payload
+                    self.unanswered += 1
             PyObject_GetBuffer(payload, &buf, PyBUF_SIMPLE)
             try:
                 _fill_call(&env, self.pipeline, self.client, self.function,
                            self.cache, <const char *>buf.buf, <size_t>buf.len,
-                           PZ_FLAG_BATCH if self.batch else 0, self.call)
+                           PZ_FLAG_BATCH if self.batch else 0, call)
                 if self.batch and buf.len >= LEND_MIN:
                     # large: lent to libzmq in a frame of its own, no copy
                     if self._send_batch() or send_lent(self.push, &env, payload, PZ_DONTWAIT):
                         self.pending = payload
+                        self.pending_call = call
                         return 0
                     self.inflight += 1
                     continue
@@ -486,10 +593,33 @@ cdef class JobStream:
                 continue
             if send_alone(self.push, &m, PZ_DONTWAIT, None):
                 self.pending = payload
+                self.pending_call = call
                 return 0
             self.inflight += 1
         if self.batch:
             self._send_batch()
+        return 0
+
+    cdef int _send_again(self) except -1:
+        """Queue every call without a reply to be sent again (a new
+        publisher welcomed us: the server restarted, or the link came back)."""
+        cdef uint64_t call
+        self.seen_welcomes = self.reader.welcomes
+        self.resend_q = []
+        call = self.call
+        while call != self.first:       # newest first: popped from the end
+            call -= 1
+            payload = self.slots[(call - self.first) & self.mask]
+            if payload is not None and self.ids[(call - self.first) & self.mask] == call:
+                self.resend_q.append((call, payload))
+            if self.call - call > self.mask:
+                break
+        self.resent += len(self.resend_q)
+        if self.resend_at == 0:
+            self.resend_every = RESEND_FIRST_MS
+        else:
+            self.resend_every = min(self.resend_every * 2, 60000)
+        self.resend_at = now_ms() + self.resend_every
         return 0
 
     def __next__(self):
@@ -498,20 +628,42 @@ cdef class JobStream:
         cdef _Deadline dl = _Deadline(self.timeout)
         cdef int rc
         cdef long left
+        cdef long long wait
         cdef bint blocked
         while True:
             if self.received >= self.expected:
                 raise StopIteration
+            if self.resend and (self.reader.welcomes != self.seen_welcomes or (
+                    self.resend_at and now_ms() >= self.resend_at)):
+                self._send_again()
             self._fill()
             blocked = self.pending is not None or self.out.count > 0
-            if self.until_answered and self.gen_done and self.inflight <= 0 and not blocked:
+            if self.until_answered and self.gen_done and not blocked and (
+                    self.unanswered == 0 if self.resend else self.inflight <= 0):
                 raise StopIteration
             if self.reader.try_next(&env):
-                break
+                if not self.resend:
+                    break
+                payload = self._answered(env.call)
+                if payload is not None:
+                    if self.resend_at:          # replies flow: resend when they stop
+                        self.resend_at = now_ms() + self.resend_every
+                    break
+                self.duplicates += 1
+                continue
+            if self.resend and self.reader.welcomes != self.seen_welcomes:
+                continue                # read with the replies: send again first
             left = dl.left()
             if left == 0:
-                raise TimeoutError("no reply for %s s (%d of the job's replies "
-                                   "received)" % (self.timeout, self.received))
+                raise TimeoutError("no reply for %s s (%d of the job's replies received%s)"
+                                   % (self.timeout, self.received, ", %d calls sent again"
+                                      % self.resent if self.resent else ""))
+            if self.resend_at:
+                wait = self.resend_at - now_ms()
+                if wait < 0:
+                    wait = 0
+                if left < 0 or wait < left:
+                    left = <long>wait
             items[0].socket = self.reader.sub
             items[0].events = PZ_POLLIN
             items[0].revents = 0

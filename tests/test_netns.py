@@ -18,8 +18,10 @@ PYLM_NETNS_REQUIRED=1.  Runs twice, plain and with CURVE on every process
 import importlib.util
 import json
 import os
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -154,3 +156,68 @@ def test_master_and_workers_on_three_hosts(net, tmp_path, security):
     assert probe.returncode == 0, err
     expected = {"plain": True} if security == "plain" else {"plain": False, "curve": True}
     assert json.loads(out) == expected, context
+
+
+#: Messages of the partition test's job, and after how many replies worker a's
+#: link is cut; how long it stays down (longer than the Master's 3 s
+#: worker_timeout: the Master gives the worker up and hands its calls on).
+PARTITION_MESSAGES = 20000
+PARTITION_AT = PARTITION_MESSAGES * 3 // 10
+PARTITION_SECONDS = 5
+
+
+def _read_line(proc, timeout):
+    """The next line of proc's stdout within `timeout` s ('' at its end)."""
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    return proc.stdout.readline() if ready else None
+
+
+def test_a_link_cut_for_5_s_mid_job_heals_and_the_job_completes_exactly_once(net, tmp_path):
+    """Worker a's link to the switch (so to the Master) goes down for 5 s
+    at 30% of the job, then up again: every call is answered once (the
+    Master gives a up and hands its calls to b; a's late results are
+    dropped; a rejoins when the link is back)."""
+    me = [sys.executable, "-u", str(EXAMPLE)]
+    host = net.address("master")
+    db = "tcp://%s:%d" % (host, netns.PORTS[-1])
+
+    def start(ns, role, *args):
+        with open(tmp_path / ("%s.log" % ns), "wb") as log:
+            return net.run(ns, me + [role, *args], stdout=log, stderr=subprocess.STDOUT)
+
+    start("master", "master", "--host", host)
+    workers = {name: start(name, "worker", "--db", db, "--name", name) for name in ("a", "b")}
+    client = net.run("client", me + ["client", "--db", db, "--messages",
+                                     str(PARTITION_MESSAGES), "--workers", "2",
+                                     "--timeout", "20", "--progress-at", str(PARTITION_AT)],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    cut = False
+    try:
+        deadline = time.monotonic() + CLIENT_TIMEOUT
+        while time.monotonic() < deadline:
+            line = _read_line(client, deadline - time.monotonic())
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("progress"):
+                net.set_link("a", False)
+                cut = True
+                try:
+                    time.sleep(PARTITION_SECONDS)   # the fault's length, not a wait for state
+                finally:
+                    net.set_link("a", True)
+                break
+        out, err = client.communicate(timeout=CLIENT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        netns.stop(client)
+        pytest.fail("the client did not finish in time\n%s" % _logs(tmp_path))
+    out = "".join(lines) + out
+    context = "client rc=%s\nstdout:\n%s\nstderr:\n%s\n%s" % (
+        client.returncode, out, err[-3000:], _logs(tmp_path))
+    assert cut, "the job ended before the link was cut\n" + context
+    assert client.returncode == 0, context
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["replies"] == PARTITION_MESSAGES, context
+    assert summary["distinct"] == PARTITION_MESSAGES, context
+    assert all(w.poll() is None for w in workers.values()), context
