@@ -346,6 +346,13 @@ def _cmd_job(args: argparse.Namespace) -> int:
         bar = progress_bar(None, desc=args.function)
     else:
         bar = None
+    # Ctrl-C and SIGTERM end the job at once, whatever the main thread is
+    # waiting on: a signal that lands while it holds the GIL just before a
+    # wait inside the core would only be seen when that wait returns (never,
+    # for a call that hangs).  So they are blocked here, in every thread
+    # started from now on too, and taken by one thread that exits.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    threading.Thread(target=_exit_on_signal, daemon=True, name="pylm-job-signals").start()
     lines: "queue.Queue[Optional[bytes]]" = queue.Queue(JOB_AHEAD)
     # the thread reads the descriptor, not sys.stdin: a daemon thread still
     # blocked in a BufferedReader at exit (stdin left open after a timeout,
@@ -369,6 +376,21 @@ def _cmd_job(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     return OK
+
+
+#: What ends a `pylm job` at once (exit code 1).
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _exit_on_signal() -> None:
+    """Wait for SIGINT or SIGTERM (blocked in every thread of the job) and
+    end the process: exit code 1, a line on stderr, no traceback."""
+    sig = signal.sigwait(_STOP_SIGNALS)
+    try:
+        sys.stderr.write("pylm job: stopped by %s\n" % signal.Signals(sig).name)
+        sys.stderr.flush()
+    finally:
+        os._exit(FAILED)
 
 
 def _read_lines(fd: int, lines: "queue.Queue[Optional[bytes]]") -> None:

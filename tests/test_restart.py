@@ -161,22 +161,6 @@ def test_a_master_restarted_twice_in_one_job_loses_no_call(cluster):
     assert time.monotonic() - restarted <= WORKER_TIMEOUT + 10
 
 
-def test_without_resend_a_restart_loses_the_calls_in_flight(ephemeral_cluster):
-    """resend=False keeps the old behaviour: the job times out (this shows
-    the tests above can fail)."""
-    cluster = ephemeral_cluster
-    payloads = [b"%d" % i for i in range(MESSAGES)]
-    replies = []
-    with Client("m", cluster.db, timeout=REPLY_TIMEOUT) as client:
-        with pytest.raises(TimeoutError):
-            for reply in client.job("m.echo", iter(payloads), timeout=WORKER_TIMEOUT + 2,
-                                    resend=False):
-                replies.append(reply)
-                if len(replies) == MESSAGES * 3 // 10:
-                    cluster.restart_master()
-    assert len(replies) < MESSAGES
-
-
 def test_a_master_that_never_comes_back_ends_the_job_with_timeout_error(ephemeral_cluster):
     cluster = ephemeral_cluster
     payloads = [b"%d" % i for i in range(MESSAGES)]
