@@ -35,7 +35,7 @@ from typing import (Any, Callable, Dict, Iterable, Iterator, List, Optional, Tup
 
 _T = TypeVar("_T")
 
-__all__ = ["free_port", "tcp_addresses", "running", "Running", "ServerFailed",
+__all__ = ["free_port", "tcp_addresses", "peer_sockets", "running", "Running", "ServerFailed",
            "ChildProcess", "in_child", "wait_for", "Gate"]
 
 #: Seconds a server gets to answer after start(), and to stop after stop().
@@ -51,6 +51,40 @@ GATE_TIMEOUT = 60.0
 class ServerFailed(AssertionError):
     """A server did not start, did not stop, or its start() raised."""
 
+
+
+@contextlib.contextmanager
+def peer_sockets(timeout: float) -> Iterator[Callable[..., Any]]:
+    """``make(kind, bind=None, connect=None, **options)``: pyzmq sockets for
+    the outside peers of a test (brokers, peers), from the library's
+    Context, with `timeout` seconds on sends and receives; closed (linger
+    0) at the end."""
+    import zmq
+
+    from pylm._context import context
+
+    made: List[Any] = []
+
+    def make(kind: int, bind: Optional[str] = None, connect: Optional[str] = None,
+             **options: Any) -> Any:
+        sock = context().socket(kind)
+        made.append(sock)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
+        sock.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
+        for name, value in options.items():
+            sock.setsockopt(getattr(zmq, name), value)
+        if bind:
+            sock.bind(bind)
+        if connect:
+            sock.connect(connect)
+        return sock
+
+    try:
+        yield make
+    finally:
+        for sock in made:
+            sock.close(linger=0)
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port on `host` that was free a moment ago (see tcp_ports)."""

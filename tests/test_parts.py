@@ -15,7 +15,7 @@ import zmq
 
 import pylm._context
 from pylm._cache import CacheClient
-from pylm._testing import Running, in_child, running, stop_all, tcp_addresses, wait_for
+from pylm._testing import Running, peer_sockets, in_child, running, stop_all, tcp_addresses, wait_for
 from pylm.clients import Client
 from pylm.errors import RemoteError
 from pylm.parts import core
@@ -44,31 +44,9 @@ def envelope(payload=b"", function="server.f", **fields):
                        **fields).SerializeToString()
 
 
-@contextlib.contextmanager
 def sockets():
-    """``make(kind, bind=None, connect=None)``: pyzmq sockets for the
-    outside peers of a test, closed (linger 0) at the end."""
-    made = []
-
-    def make(kind, bind=None, connect=None, **options):
-        sock = pylm._context.context().socket(kind)
-        made.append(sock)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVTIMEO, TIMEOUT * MS)
-        sock.setsockopt(zmq.SNDTIMEO, TIMEOUT * MS)
-        for name, value in options.items():
-            sock.setsockopt(getattr(zmq, name), value)
-        if bind:
-            sock.bind(bind)
-        if connect:
-            sock.connect(connect)
-        return sock
-
-    try:
-        yield make
-    finally:
-        for sock in made:
-            sock.close(linger=0)
+    """The test's peer sockets (pylm._testing.peer_sockets)."""
+    return peer_sockets(TIMEOUT)
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ import pytest
 import zmq
 
 from pylm._cache import CacheClient
-from pylm._testing import Running, free_port, tcp_addresses, wait_for
+from pylm._testing import Running, peer_sockets, free_port, tcp_addresses, wait_for
 from pylm.parts import core
 from pylm.parts.connections import (HttpConnection, PullBypassConnection, PullConnection,
                                     PushBypassConnection, PushConnection, RepConnection,
@@ -46,32 +46,9 @@ def envelope(payload=b"", client="c", function="server.f", **fields):
                        **fields)
 
 
-@contextlib.contextmanager
 def sockets():
-    """``make(kind, bind=None, connect=None, **options)``: sockets of the
-    test (broker, peers), from the library's Context (inproc), closed at
-    the end."""
-    made = []
-
-    def make(kind, bind=None, connect=None, **options):
-        sock = core.zmq_context.socket(kind)
-        made.append(sock)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVTIMEO, TIMEOUT * MS)
-        sock.setsockopt(zmq.SNDTIMEO, TIMEOUT * MS)
-        for name, value in options.items():
-            sock.setsockopt(getattr(zmq, name), value)
-        if bind:
-            sock.bind(bind)
-        if connect:
-            sock.connect(connect)
-        return sock
-
-    try:
-        yield make
-    finally:
-        for sock in made:
-            sock.close(linger=0)
+    """The test's peer sockets (pylm._testing.peer_sockets)."""
+    return peer_sockets(TIMEOUT)
 
 
 class _Starter:
