@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 
 import zmq
+
+if TYPE_CHECKING:
+    from pylm.security import Socket
 
 #: the cache keys a Master publishes (empty values when it has no twins)
 LOCAL_HOST_KEY = "local_host"
@@ -55,7 +58,7 @@ def twin_of(endpoint: str) -> Optional[str]:
     return _PREFIX + endpoint.replace("://", "/", 1)
 
 
-def bind_twin(sock: zmq.Socket) -> str:
+def bind_twin(sock: Socket) -> str:
     """Bind `sock` also at the twin of the tcp endpoint it was last bound
     to; the twin, or "" when there is none (not tcp, not Linux, or the
     name is taken: then its peers keep tcp)."""
