@@ -32,6 +32,9 @@ LOCAL_HOST_KEY = "local_host"
 LOCAL_PULL_KEY = "local_pull_address"
 LOCAL_PUB_KEY = "local_pub_address"
 LOCAL_ROUTER_KEY = "local_worker_router_address"
+#: all of them: configuration keys on every server (pylm._cache.CONFIG_KEYS),
+#: so that no remote request can point local peers at another socket
+LOCAL_KEYS = (LOCAL_HOST_KEY, LOCAL_PULL_KEY, LOCAL_PUB_KEY, LOCAL_ROUTER_KEY)
 
 _PREFIX = "ipc://@pylm/"
 

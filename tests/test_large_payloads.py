@@ -19,7 +19,7 @@ import zmq
 from pylm import _local
 from pylm._testing import Gate, in_child, running, tcp_addresses
 from pylm.clients import Client
-from pylm.servers import Master, Worker
+from pylm.servers import Master, Server, Worker
 
 MIB = 1 << 20
 TIMEOUT = 10
@@ -154,6 +154,22 @@ def test_a_master_without_twins_is_reached_by_tcp():
         with Client("notwins", master.db_address, timeout=TIMEOUT) as client:
             assert client.push_address == master.pull_address
             assert client.eval("notwins.where", b"", timeout=TIMEOUT).startswith(b"tcp://")
+
+
+def test_no_remote_request_sets_the_local_keys():
+    """On any server (here a Server, which publishes no twins) the local
+    keys are configuration keys: a stranger cannot point the server's local
+    clients at a socket of its own."""
+    from pylm._cache import CONFIG_KEYS
+    assert set(_local.LOCAL_KEYS) <= CONFIG_KEYS
+    pull, pub, db = tcp_addresses(3)
+    server = Server("plain", db, pull, pub)
+    with running(server):
+        with Client("plain", db, timeout=TIMEOUT) as client:
+            for key in _local.LOCAL_KEYS:
+                with pytest.raises(PermissionError):
+                    client.set(b"ipc://@elsewhere", key)
+            assert client.push_address == pull
 
 
 def test_another_host_id_keeps_tcp():
