@@ -27,6 +27,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, Generator, Iterable, Ite
 import zmq
 
 from pylm_core import _core
+from pylm import _local
 from pylm._cache import (CONFIG_PROTOCOL_KEY, PROTOCOL, PROTOCOL_PARTS, UNLIMITED, CacheClient,
                          batch_bytes_for)
 from pylm._context import context
@@ -190,18 +191,31 @@ class Client:
             if name != self.server_name:
                 raise ValueError("the server at %s is %r, not %r"
                                  % (self.db_address, name, self.server_name))
-            if self.push_address is None:
+            fetch_push, fetch_sub = self.push_address is None, self.sub_address is None
+            if fetch_push:
                 self.push_address = cache.request("get", b"pull_address").decode()
-            if self.sub_address is None:
+            if fetch_sub:
                 self.sub_address = cache.request("get", b"pub_address").decode()
             self._protocol = cache.request("get", CONFIG_PROTOCOL_KEY.encode())
             if self._protocol == PROTOCOL:
+                if fetch_push and fetch_sub:
+                    self._take_local_links(cache)
                 self._batch_bytes = batch_bytes_for(
                     cache.request("get", b"max_message_size"))
                 self._brokered = bool(cache.request("get", b"worker_push_address"))
         except BaseException:
             self.close()
             raise
+
+    def _take_local_links(self, cache: CacheClient) -> None:
+        """On the server's host, its ipc twins instead of the tcp addresses
+        from its cache (both or neither: pylm._local)."""
+        def get(key: bytes) -> bytes:
+            return cache.request("get", key)
+
+        twins = _local.local_addresses(get, _local.LOCAL_PULL_KEY, _local.LOCAL_PUB_KEY)
+        if twins is not None:
+            self.push_address, self.sub_address = twins
 
     # context manager -------------------------------------------------------
     def __enter__(self) -> Client:
