@@ -18,6 +18,7 @@ cache under the ``LOCAL_*`` keys below; pylm 0.14 peers never ask for them.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional
@@ -61,18 +62,27 @@ def twin_of(endpoint: str) -> Optional[str]:
     return _PREFIX + endpoint.replace("://", "/", 1)
 
 
-def bind_twin(sock: Socket) -> str:
+def bind_twin(sock: Socket, logger: logging.Logger) -> str:
     """Bind `sock` also at the twin of the tcp endpoint it was last bound
     to; the twin, or "" when there is none (not tcp, not Linux, or the
-    name is taken: then its peers keep tcp)."""
+    name is taken: then its peers keep tcp).
+
+    A name taken is told to `logger` as a WARNING: abstract sockets have
+    no permissions, so the holder may be any process of the host, and peers
+    that took this twin before a restart keep sending to whoever holds it
+    (they do not ask the cache again)."""
     if not host_id():
         return ""
-    twin = twin_of(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+    endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    twin = twin_of(endpoint)
     if twin is None:
         return ""
     try:
         sock.bind(twin)
-    except zmq.ZMQError:
+    except zmq.ZMQError as exc:
+        logger.warning("ipc twin %s of %s not bound (%s): local peers take tcp; peers still "
+                       "connected to that twin reach whatever process holds it",
+                       twin, endpoint, exc)
         return ""
     return twin
 

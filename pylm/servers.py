@@ -445,8 +445,8 @@ class Master(_Served):
             pub = rt.publisher(self.pub_address, MAX_MESSAGE_SIZE)
             if self.local_ipc:
                 self._twins = _local.published(
-                    "" if in_kind == _core.IN_TOPIC_ else _local.bind_twin(inbound),
-                    _local.bind_twin(pub), _local.bind_twin(router))
+                    "" if in_kind == _core.IN_TOPIC_ else _local.bind_twin(inbound, self.logger),
+                    _local.bind_twin(pub, self.logger), _local.bind_twin(router, self.logger))
             self._serve_cache(rt, cache_messages)
             wpush = rt.socket(zmq.PUSH, bind=self.worker_push_address)
             wpull = rt.socket(zmq.PULL, bind=self.worker_pull_address,

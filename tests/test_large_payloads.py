@@ -120,7 +120,7 @@ def test_a_worker_killed_holding_1mib_calls_every_reply_exactly_once(window):
                     proc.process.join(1)
     stats = master.stats
     print("sigkill at 1 MiB: replies=%d, workers_lost=%s, requeued=%s"
-          % (counts.total(), stats.get("workers_lost"), stats.get("requeued")))
+          % (sum(counts.values()), stats.get("workers_lost"), stats.get("requeued")))
     duplicated = sorted(i for i, c in counts.items() if c > 1)
     missing = sorted(set(range(n)) - set(counts))
     assert not duplicated and not missing, (duplicated[:10], missing[:10])
@@ -156,6 +156,38 @@ def test_a_master_without_twins_is_reached_by_tcp():
             assert client.eval("notwins.where", b"", timeout=TIMEOUT).startswith(b"tcp://")
 
 
+def test_a_master_whose_twin_names_are_taken_says_so_and_serves_tcp(caplog):
+    """Another process holds the twin names of a Master's pull and worker
+    ROUTER endpoints (as anyone on the host may: abstract sockets have no
+    permissions): the Master binds no twin there, says so in a WARNING
+    (whoever holds the name gets what a peer sends there), and its local
+    clients and workers take tcp."""
+    addresses = master_addresses()
+    router = tcp_addresses(1)[0]
+    ctx = zmq.Context.instance()
+    squatters = [ctx.socket(zmq.PULL) for _ in range(2)]
+    try:
+        for sock, address in zip(squatters, (addresses["pull_address"], router)):
+            sock.bind(_local.twin_of(address))
+        master = Master("taken", worker_router_address=router, **addresses)
+        worker = BigWorker("tk", master.db_address, heartbeat=HEARTBEAT)
+        with caplog.at_level(logging.WARNING, logger="pylm"), \
+                running(master), running(worker):
+            with Client("taken", master.db_address, timeout=TIMEOUT) as client:
+                assert client.push_address == addresses["pull_address"]
+                assert client.sub_address == addresses["pub_address"]
+                assert client.eval("taken.where", b"", timeout=TIMEOUT) == router.encode()
+                assert client.eval("taken.echo_big", payload_of(3), timeout=TIMEOUT) == \
+                    payload_of(3)
+        warned = "\n".join(r.getMessage() for r in caplog.records
+                           if r.levelno == logging.WARNING)
+        for address in (addresses["pull_address"], router):
+            assert _local.twin_of(address) in warned
+    finally:
+        for sock in squatters:
+            sock.close(linger=0)
+
+
 def test_no_remote_request_sets_the_local_keys():
     """On any server (here a Server, which publishes no twins) the local
     keys are configuration keys: a stranger cannot point the server's local
@@ -189,18 +221,19 @@ def test_another_host_id_keeps_tcp():
 def test_a_twin_name_taken_leaves_tcp_alone():
     """bind_twin gives "" when the twin's name is in use (its peers keep
     tcp) and for endpoints that are not tcp."""
+    logger = logging.getLogger("pylm.test")
     ctx = zmq.Context.instance()
     a, b, c, d = (ctx.socket(zmq.PULL) for _ in range(4))
     try:
         a.bind("tcp://127.0.0.1:*")
         endpoint = a.getsockopt_string(zmq.LAST_ENDPOINT)
-        assert _local.bind_twin(a) == _local.twin_of(endpoint) == \
+        assert _local.bind_twin(a, logger) == _local.twin_of(endpoint) == \
             "ipc://@pylm/tcp/" + endpoint[len("tcp://"):]
         b.bind("tcp://127.0.0.1:*")
         c.bind(_local.twin_of(b.getsockopt_string(zmq.LAST_ENDPOINT)))
-        assert _local.bind_twin(b) == ""
+        assert _local.bind_twin(b, logger) == ""
         d.bind("inproc://twins-test")
-        assert _local.bind_twin(d) == ""
+        assert _local.bind_twin(d, logger) == ""
     finally:
         for sock in (a, b, c, d):
             sock.close(linger=0)
