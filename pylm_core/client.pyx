@@ -393,7 +393,8 @@ cdef class JobStream:
     one reply.  A batch frame holds at most `batch_bytes` (plus one call):
     half the server's maximum message size keeps it under that limit.  Raises TimeoutError when no reply comes for
     `timeout` seconds; for an error reply it returns what `on_error(text)`
-    returns (or raises what it raises).
+    returns (or raises what it raises), unless that is `skip` (not None):
+    then it goes on to the next reply.
 
     With `resend`, each call gets an id of its own (`call`, `call` + 1, ...)
     and its payload is kept until its reply comes: when the SUB reads a
@@ -419,6 +420,7 @@ cdef class JobStream:
         long long out_pending       # ... how many
         size_t batch_bytes          # a batch is sent once it holds this much
         object timeout, on_error
+        object skip                 # what on_error returns for a reply not yielded
         # resend mode: call i of the job (id `first` + i) keeps its payload
         # in slots[i & mask] (its id in ids[i & mask]) until its reply comes
         bint resend
@@ -438,7 +440,7 @@ cdef class JobStream:
                  bytes client, bytes function, bytes cache, long long messages,
                  *, long long window=1000, bint batch=False, timeout=None, on_error=None,
                  uint64_t call=0, bint until_answered=False,
-                 size_t batch_bytes=BATCH_BYTES, bint resend=False):
+                 size_t batch_bytes=BATCH_BYTES, bint resend=False, skip=None):
         self._push = push
         self.push = sock_handle(push)
         self.reader = reader
@@ -461,6 +463,7 @@ cdef class JobStream:
         self.batch_bytes = max(<size_t>1, min(batch_bytes, <size_t>BATCH_BYTES))
         self.timeout = timeout
         self.on_error = on_error
+        self.skip = skip
         self.resend = resend
         self.first = call
         self.unanswered = 0
@@ -623,10 +626,17 @@ cdef class JobStream:
         return 0
 
     def __next__(self):
+        while True:
+            value = self._next()
+            if value is not self.skip or value is None:
+                return value
+
+    cdef object _next(self):
+        """The next reply's payload (what on_error returns for an error)."""
         cdef pz_env env
         cdef pz_pollitem_t items[2]
-        cdef _Deadline dl = _Deadline(self.timeout)
-        cdef int rc
+        cdef _Deadline dl = None        # made at the first wait: a reply
+        cdef int rc                     # already there costs no clock read
         cdef long left
         cdef long long wait
         cdef bint blocked
@@ -653,6 +663,8 @@ cdef class JobStream:
                 continue
             if self.resend and self.reader.welcomes != self.seen_welcomes:
                 continue                # read with the replies: send again first
+            if dl is None:
+                dl = _Deadline(self.timeout)
             left = dl.left()
             if left == 0:
                 raise TimeoutError("no reply for %s s (%d of the job's replies received%s)"
@@ -677,8 +689,12 @@ cdef class JobStream:
         self.received += 1
         if self.inflight > 0:
             self.inflight -= 1
+        if env.f[PZ_F_ERROR].n == 0:
+            # the hot path: no (payload, error) tuple made for a result
+            return PyBytes_FromStringAndSize(env.f[PZ_F_PAYLOAD].p,
+                                             <Py_ssize_t>env.f[PZ_F_PAYLOAD].n)
         payload, error = self.reader._result(&env)
-        if error is not None and self.on_error is not None:
+        if self.on_error is not None:
             return self.on_error(error)
         return payload
 
