@@ -282,8 +282,7 @@ cdef class ReplyReader:
                         msg_ptr(&self.mp.f[0]), <char *>_WELCOME, len(_WELCOME)) == 0:
                     self.welcomes += 1      # one frame: a welcome, counted
                 continue
-            with nogil:
-                rc = pz_parse(msg_ptr(&self.mp.f[1]), pz_msg_size(&self.mp.f[1]), env)
+            rc = pz_parse(msg_ptr(&self.mp.f[1]), pz_msg_size(&self.mp.f[1]), env)
             if rc != PZ_OK:
                 self.bad += 1
                 continue
