@@ -556,29 +556,40 @@ class Client:
              resend: Optional[bool] = None) -> Generator[bytes, None, None]:
         """The generator behind job(); `bar`, when not None, counts replies.
         Until it ends the client is in a call, which close() from another
-        thread refuses to cut short (_begin_call)."""
+        thread refuses to cut short (_begin_call).  The replies come from
+        the core's JobStream through this one generator (no other Python
+        frame per reply)."""
         self._check_thread()        # the generator may be iterated elsewhere
         self._begin_call()
         try:
-            for payload in self._job_replies(function, generator, messages, cache,
-                                             timeout, window, resend):
-                if bar is not None:
+            lost: List[BaseException] = []
+            stream = self._job_stream(function, generator, messages, cache, timeout,
+                                      window, resend, lost)
+            if bar is None:
+                yield from stream
+            else:
+                for payload in stream:
                     bar.update(1)
-                yield payload
+                    yield payload
+            if lost:
+                raise WorkerLost("%d message(s) of the job took down %d workers each and "
+                                 "were not run; the other replies were delivered"
+                                 % (len(lost), MAX_LOST), lost)
         finally:
             self._end_call()
             if bar is not None:
                 bar.close()
 
-    def _job_replies(self, function: Function, generator: Iterable[Any], messages: int,
-                     cache: str, timeout: Optional[float], window: int,
-                     resend: Optional[bool] = None) -> Generator[bytes, None, None]:
-        self._check_thread()        # the generator may be iterated elsewhere
+    def _job_stream(self, function: Function, generator: Iterable[Any], messages: int,
+                    cache: str, timeout: Optional[float], window: int,
+                    resend: Optional[bool], lost: List[BaseException]) -> _core.JobStream:
+        """The core's iterator of the job's replies; a poison message's
+        WorkerLost goes to `lost` (reported once the job is done), any other
+        error reply raises."""
         name = self._function(function)
         self._connect(timeout)
         reader = self._reader
         assert reader is not None   # _connect made it
-        lost: List[BaseException] = []
 
         def on_error(error: str) -> object:
             # a poison message does not stop the job: it is reported at the end
@@ -595,20 +606,13 @@ class Client:
             call = _JOB_ID_BIT | (self._jobs << _JOB_SHIFT)
         else:
             call = self._next_call()
-        stream = _core.JobStream(self._push, reader, generator, self._pipeline,
-                                 self._topic, name.encode(), cache.encode(),
-                                 min(messages, 2**62), window=window, timeout=timeout,
-                                 batch=self._protocol == PROTOCOL,
-                                 on_error=on_error, call=call,
-                                 until_answered=messages == sys.maxsize,
-                                 batch_bytes=self._batch_bytes, resend=resends)
-        for payload in stream:
-            if payload is not _LOST:
-                yield payload
-        if lost:
-            raise WorkerLost("%d message(s) of the job took down %d workers each and "
-                             "were not run; the other replies were delivered"
-                             % (len(lost), MAX_LOST), lost)
+        return _core.JobStream(self._push, reader, generator, self._pipeline,
+                               self._topic, name.encode(), cache.encode(),
+                               min(messages, 2**62), window=window, timeout=timeout,
+                               batch=self._protocol == PROTOCOL,
+                               on_error=on_error, call=call,
+                               until_answered=messages == sys.maxsize,
+                               batch_bytes=self._batch_bytes, resend=resends, skip=_LOST)
 
     # cache -------------------------------------------------------------------
     def _key(self, key: str) -> str:
