@@ -12,7 +12,7 @@ cdef extern from "zmqapi.h" nogil:
     ctypedef void pz_free_fn(void *data, void *hint) noexcept
 
     int PZ_ETERM, PZ_DONTWAIT, PZ_SNDMORE, PZ_POLLIN, PZ_POLLOUT
-    int PZ_RCVTIMEO, PZ_FD, PZ_EVENTS
+    int PZ_RCVTIMEO, PZ_FD, PZ_EVENTS, PZ_POLLERR
 
     int pz_load(const char *path, const char **missing)
     int pz_msg_init(pz_msg_t *)

@@ -36,6 +36,7 @@ typedef void(pz_free_fn)(void *data, void *hint);
 #define PZ_SNDMORE 2
 #define PZ_POLLIN 1
 #define PZ_POLLOUT 2
+#define PZ_POLLERR 4
 #define PZ_RCVTIMEO 27
 #define PZ_FD 14
 #define PZ_EVENTS 15
