@@ -3,9 +3,9 @@
 # A server is a Router plus the parts registered with it (shared/API.md,
 # "Low-level API").  A part is a set of handlers over sockets: it asks the
 # Router to watch a socket (or a plain fd) and is called when it is ready.
-# The Router polls every watched socket in one zmq_poll, without the GIL,
-# in the thread that runs it; nothing is lock-stepped and no part has a
-# thread of its own.  Parts written in C (the Master's intake, worker pool
+# The Router polls every watched socket in one wait (wait_items), without
+# the GIL, in the thread that runs it; nothing is lock-stepped and no part
+# has a thread of its own.  Parts written in C (the Master's intake, worker pool
 # and publisher, the execution loop of Server/Pipeline/Worker) are called
 # through cdef methods, so their hot path never enters Python; parts written
 # in Python (pylm.parts) give a Python handler instead.
