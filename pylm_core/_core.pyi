@@ -1,6 +1,6 @@
 # Type stubs of the pylm_core._core extension (the public part).
-from typing import (Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple,
-                    TypeVar)
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Literal, Optional, Sequence,
+                    Tuple, TypeVar, Union)
 
 PING_PREFIX: bytes
 WELCOME: bytes
@@ -156,6 +156,10 @@ class ReplyReader:
     def recv(self, timeout: Optional[float] = ...) -> Tuple[bytes, Optional[str]]: ...
     def recv_until_welcome(self, timeout: Optional[float],
                            welcomes: int) -> Optional[Tuple[bytes, Optional[str]]]: ...
+    def round_trip(self, push: Any, pipeline: bytes, client: bytes, function: bytes,
+                   cache: bytes, payload: Any, timeout: Optional[float], batch_replies: bool,
+                   call: int, welcomes: int
+                   ) -> Union[None, Literal[False], Tuple[bytes, Optional[str]]]: ...
     def recv_message(self, timeout: Optional[float] = ...) -> PalmMessage: ...
     def dispatch(self, pending: dict, stream: type, most: int) -> Tuple[int, list, list]: ...
 

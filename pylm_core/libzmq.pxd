@@ -12,6 +12,7 @@ cdef extern from "zmqapi.h" nogil:
     ctypedef void pz_free_fn(void *data, void *hint) noexcept
 
     int PZ_ETERM, PZ_DONTWAIT, PZ_SNDMORE, PZ_POLLIN, PZ_POLLOUT
+    int PZ_RCVTIMEO, PZ_FD, PZ_EVENTS, PZ_POLLERR
 
     int pz_load(const char *path, const char **missing)
     int pz_msg_init(pz_msg_t *)
@@ -25,5 +26,7 @@ cdef extern from "zmqapi.h" nogil:
     int pz_msg_send(pz_msg_t *, void *, int)
     int pz_msg_recv(pz_msg_t *, void *, int)
     int pz_poll(pz_pollitem_t *, int, long)
+    int pz_getsockopt(void *, int, void *, size_t *)
+    int pz_setsockopt(void *, int, const void *, size_t)
     int pz_errno()
     void pz_version(int *, int *, int *)

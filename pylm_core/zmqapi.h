@@ -36,6 +36,10 @@ typedef void(pz_free_fn)(void *data, void *hint);
 #define PZ_SNDMORE 2
 #define PZ_POLLIN 1
 #define PZ_POLLOUT 2
+#define PZ_POLLERR 4
+#define PZ_RCVTIMEO 27
+#define PZ_FD 14
+#define PZ_EVENTS 15
 
 static int (*pz_msg_init)(pz_msg_t *);
 static int (*pz_msg_init_size)(pz_msg_t *, size_t);
@@ -48,6 +52,8 @@ static int (*pz_msg_more)(const pz_msg_t *);
 static int (*pz_msg_send)(pz_msg_t *, void *, int);
 static int (*pz_msg_recv)(pz_msg_t *, void *, int);
 static int (*pz_poll)(pz_pollitem_t *, int, long);
+static int (*pz_getsockopt)(void *, int, void *, size_t *);
+static int (*pz_setsockopt)(void *, int, const void *, size_t);
 static int (*pz_errno)(void);
 static void (*pz_version)(int *, int *, int *);
 
@@ -78,6 +84,8 @@ static int pz_load(const char *path, const char **missing)
     PZ_SYM(pz_msg_send, "zmq_msg_send");
     PZ_SYM(pz_msg_recv, "zmq_msg_recv");
     PZ_SYM(pz_poll, "zmq_poll");
+    PZ_SYM(pz_getsockopt, "zmq_getsockopt");
+    PZ_SYM(pz_setsockopt, "zmq_setsockopt");
     PZ_SYM(pz_errno, "zmq_errno");
     PZ_SYM(pz_version, "zmq_version");
     pz_loaded = 1;

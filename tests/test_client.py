@@ -1,6 +1,10 @@
 """Client against a real Server (in a thread) over real ZeroMQ sockets."""
 
 import itertools
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 
@@ -122,6 +126,33 @@ def test_a_late_reply_is_not_returned_to_the_next_call_with_session(svc, make_cl
     gate.wait_arrived(1)
     gate.open()
     assert client.eval("svc.upper", b"next", timeout=TIMEOUT) == b"NEXT"
+
+
+_WAIT_FOREVER = """
+import sys
+from pylm.clients import Client
+client = Client("svc", sys.argv[1], timeout=10)
+try:
+    client.eval("svc.late", b"", timeout=None)
+except KeyboardInterrupt:
+    sys.exit(3)
+sys.exit(0)
+"""
+
+
+def test_sigint_interrupts_an_eval_that_waits_forever(svc, gate):
+    """The reply wait is a blocking receive (no timeout here): a signal
+    still ends it, with the handler's exception (KeyboardInterrupt)."""
+    child = subprocess.Popen([sys.executable, "-c", _WAIT_FOREVER, svc.db_address])
+    try:
+        gate.wait_arrived(1)            # the call reached the server: the child waits
+        os.kill(child.pid, signal.SIGINT)
+        assert child.wait(timeout=30) == 3
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+        gate.open()
 
 
 def test_context_manager_and_idempotent_close(svc):

@@ -5,6 +5,8 @@ protocol.  Real sockets, workers in threads, a real Client."""
 
 import logging
 import sys
+import threading
+import uuid
 
 import pytest
 import zmq
@@ -282,3 +284,40 @@ def test_clients_sharing_a_master_each_get_exactly_their_replies(size):
     for tag, (got, expected) in results.items():
         assert got == expected, tag
     assert master.stats["bad"] == 0
+
+
+def test_the_router_sees_messages_a_handler_left_unread():
+    """A handler that reads one message per call leaves the rest queued, and
+    libzmq signals no new command for them: the Router's wait must still
+    find them (wait_items asks every socket's events before it sleeps)."""
+    ctx = context()
+    tag = uuid.uuid4().hex
+    control, stop = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    inbound, outbound = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    sockets = (control, stop, inbound, outbound)
+    try:
+        control.bind("inproc://control-" + tag)
+        stop.connect("inproc://control-" + tag)
+        inbound.bind("inproc://in-" + tag)
+        outbound.connect("inproc://in-" + tag)
+        for i in range(5):
+            outbound.send(b"%d" % i)
+        router = _core.Router()
+        got = []
+
+        def one(revents):
+            got.append(inbound.recv(zmq.DONTWAIT))
+            if len(got) == 5:
+                router._quit()
+
+        router._watch(inbound, one, zmq.POLLIN)
+        loop = threading.Thread(target=router.run, args=(control,), daemon=True)
+        loop.start()
+        loop.join(TIMEOUT)
+        if loop.is_alive():
+            stop.send(b"")
+            loop.join(TIMEOUT)
+        assert got == [b"0", b"1", b"2", b"3", b"4"]
+    finally:
+        for sock in sockets:
+            sock.close(linger=0)
