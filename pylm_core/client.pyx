@@ -330,7 +330,9 @@ cdef class ReplyReader:
         a receive: libzmq's poll checks the socket before and after it
         sleeps, each check a poll(2) of the socket's mailbox, where a
         blocking receive sleeps once and takes the message (issue 15: five
-        syscalls fewer per eval, as REQ/REP does)."""
+        syscalls fewer per eval, as REQ/REP does).  Each receive waits at
+        most SIGNAL_SLICE_MS, so that a signal is handled even when it came
+        before the receive began."""
         cdef long left
         if self.try_batched(env):
             return 1
@@ -340,7 +342,11 @@ cdef class ReplyReader:
             left = dl.left()
             if left == 0:
                 raise TimeoutError("no reply in time")
-            self._set_rcvtimeo(left)
+            # a signal that came while no system call was under way (between
+            # the send and this wait) interrupts nothing: its handler runs
+            # here, at the latest one slice later
+            PyErr_CheckSignals()
+            self._set_rcvtimeo(left if 0 < left < SIGNAL_SLICE_MS else SIGNAL_SLICE_MS)
             if self._next(env, True):
                 return 1
 

@@ -95,6 +95,10 @@ cdef enum:
     # queue limit of a server's PUB; with XPUB_NODROP a full queue blocks
     # the sender (back-pressure) instead of dropping replies
     PUB_HWM = 100000
+    # the longest a blocking receive of a client waits before it looks at
+    # Python's pending signals: a signal that came just before the receive
+    # began interrupts no system call, and would wait for the reply
+    SIGNAL_SLICE_MS = 100
 
 # -- for Python -----------------------------------------------------------------------
 
