@@ -56,6 +56,9 @@ MAX_LOST = _core.MAX_LOST_
 _LOST = object()
 #: Calls a job keeps in flight; bounds every queue between client and workers.
 JOB_WINDOW = 2000
+#: Payload bytes a job keeps in flight at most (64 MiB): with large payloads
+#: the window of calls shrinks to this over the largest payload (at least 1).
+JOB_WINDOW_BYTES = _core.WINDOW_BYTES_
 #: Taken only when a Client is bound to its thread (its first call).
 _BIND_LOCK = threading.Lock()
 #: After a server's new welcome, an eval is sent again when no reply came
@@ -513,10 +516,14 @@ class Client:
 
     def job(self, function: Function, generator: Iterable[Any], messages: int = sys.maxsize,
             cache: str = "", *, timeout: Optional[float] = None, window: int = JOB_WINDOW,
-            progress: bool = False, resend: Optional[bool] = None) -> Iterator[bytes]:
+            progress: bool = False, resend: Optional[bool] = None,
+            window_bytes: int = JOB_WINDOW_BYTES) -> Iterator[bytes]:
         """Send every payload the generator yields and yield the replies as
         they come, until `messages` replies arrived (or, by default, one
-        for each payload sent).  At most `window` calls are in flight.
+        for each payload sent).  At most `window` calls are in flight, and
+        at most `window_bytes` of payloads (the window shrinks to
+        `window_bytes` over the largest payload so far; one call always
+        goes).
         `timeout` bounds the wait for each reply.  A method that raises
         raises pylm.RemoteError here; a message that took down MAX_LOST
         workers (poison) is skipped, and pylm.WorkerLost is raised once the
@@ -535,11 +542,13 @@ class Client:
         if progress:
             bar = progress_bar(job_total(messages, generator, sys.maxsize),
                                desc=self._function(function))
-        return self._job(function, generator, messages, cache, timeout, window, bar, resend)
+        return self._job(function, generator, messages, cache, timeout, window, bar, resend,
+                         window_bytes)
 
     def _job(self, function: Function, generator: Iterable[Any], messages: int, cache: str,
              timeout: Optional[float], window: int, bar: Any,
-             resend: Optional[bool] = None) -> Generator[bytes, None, None]:
+             resend: Optional[bool] = None,
+             window_bytes: int = JOB_WINDOW_BYTES) -> Generator[bytes, None, None]:
         """The generator behind job(); `bar`, when not None, counts replies.
         Until it ends the client is in a call, which close() from another
         thread refuses to cut short (_begin_call)."""
@@ -547,7 +556,7 @@ class Client:
         self._begin_call()
         try:
             for payload in self._job_replies(function, generator, messages, cache,
-                                             timeout, window, resend):
+                                             timeout, window, resend, window_bytes):
                 if bar is not None:
                     bar.update(1)
                 yield payload
@@ -558,7 +567,8 @@ class Client:
 
     def _job_replies(self, function: Function, generator: Iterable[Any], messages: int,
                      cache: str, timeout: Optional[float], window: int,
-                     resend: Optional[bool] = None) -> Generator[bytes, None, None]:
+                     resend: Optional[bool] = None,
+                     window_bytes: int = JOB_WINDOW_BYTES) -> Generator[bytes, None, None]:
         self._check_thread()        # the generator may be iterated elsewhere
         name = self._function(function)
         self._connect(timeout)
@@ -587,7 +597,8 @@ class Client:
                                  batch=self._protocol == PROTOCOL,
                                  on_error=on_error, call=call,
                                  until_answered=messages == sys.maxsize,
-                                 batch_bytes=self._batch_bytes, resend=resends)
+                                 batch_bytes=self._batch_bytes, resend=resends,
+                                 window_bytes=window_bytes)
         for payload in stream:
             if payload is not _LOST:
                 yield payload

@@ -13,12 +13,15 @@ cdef enum:
     LEND_MIN = 65536        # payloads this big are lent to libzmq, not copied
     RESEND_FIRST_MS = 1000  # after a new publisher's welcome, resend again when
                             # no reply came for this long (then twice as long)
+    WINDOW_BYTES = 67108864 # payload bytes a job keeps in flight at most (64 MiB)
 
 cdef bytes _WELCOME = WELCOME
 
 #: Payloads this big are lent to libzmq and travel in a frame of their own,
 #: never in a batch (send_call; pylm.aio sends them alone too).
 LEND_MIN_ = LEND_MIN
+#: Payload bytes Client.job keeps in flight at most, by default (JobStream).
+WINDOW_BYTES_ = WINDOW_BYTES
 
 
 def release_sent():
@@ -391,7 +394,16 @@ cdef class JobStream:
     MAX_SEND envelopes.  It ends after `messages` replies, or, with
     `until_answered`, once the generator is done and every call sent got
     one reply.  A batch frame holds at most `batch_bytes` (plus one call):
-    half the server's maximum message size keeps it under that limit.  Raises TimeoutError when no reply comes for
+    half the server's maximum message size keeps it under that limit.
+
+    `window_bytes` bounds the payload bytes in flight too: the window of
+    calls shrinks to `window_bytes` // the largest payload taken so far
+    (at least 1), so that a job of 1 MiB payloads keeps 64 of them in flight
+    at the default, not 2,000 (2 GB in the queues of client, Master and
+    workers).  A payload larger than any before, taken when the smaller
+    window is already full, is held until replies make room.
+
+    Raises TimeoutError when no reply comes for
     `timeout` seconds; for an error reply it returns what `on_error(text)`
     returns (or raises what it raises).
 
@@ -412,6 +424,9 @@ cdef class JobStream:
         object it
         bytes pipeline, client, function, cache
         long long window, inflight, expected, received
+        long long call_window       # `window`; the byte bound lowers self.window
+        size_t window_bytes, max_len    # ... to window_bytes // max_len
+        object held                 # taken from the generator, waiting for room
         uint64_t call
         bint gen_done, batch, until_answered
         object pending              # a payload the PUSH queue had no room for
@@ -438,7 +453,8 @@ cdef class JobStream:
                  bytes client, bytes function, bytes cache, long long messages,
                  *, long long window=1000, bint batch=False, timeout=None, on_error=None,
                  uint64_t call=0, bint until_answered=False,
-                 size_t batch_bytes=BATCH_BYTES, bint resend=False):
+                 size_t batch_bytes=BATCH_BYTES, bint resend=False,
+                 size_t window_bytes=WINDOW_BYTES):
         self._push = push
         self.push = sock_handle(push)
         self.reader = reader
@@ -451,7 +467,10 @@ cdef class JobStream:
         self.client = client
         self.function = function
         self.cache = cache
-        self.window = max(1, window)
+        self.window = self.call_window = max(1, window)
+        self.window_bytes = max(<size_t>1, window_bytes)
+        self.max_len = 0
+        self.held = None
         self.expected = messages
         self.inflight = self.received = 0
         self.gen_done = False
@@ -515,12 +534,21 @@ cdef class JobStream:
             self.unanswered -= 1
         return payload
 
+    cdef bint _full_for(self, size_t size):
+        """A payload of `size` bytes, larger than any before, was taken:
+        shrink the window to the byte bound; is it full now (not counting
+        this payload)?"""
+        self.max_len = size
+        self.window = max(1, min(self.call_window, <long long>(self.window_bytes // size)))
+        return (self.unanswered if self.resend else self.inflight + self.out.count) \
+            >= self.window
+
     cdef bint _room(self):
         """May another call be taken (a new one from the generator, or one
         to send again)?"""
         if self.pending is not None or self.resend_q:
             return True
-        if self.gen_done:
+        if self.gen_done and self.held is None:
             return False
         if self.resend:
             return self.unanswered < self.window and \
@@ -534,6 +562,7 @@ cdef class JobStream:
         cdef Py_buffer buf
         cdef int rc
         cdef uint64_t call = self.call
+        cdef bint fresh
         if self.resend:
             # what is sent again is not counted twice
             self.inflight = self.unanswered - self.out.count
@@ -547,12 +576,17 @@ cdef class JobStream:
                     self.window - self.inflight < min(MAX_SEND, self.window // 2):
                 return 0
         while self._room():
+            fresh = False
             if self.pending is not None:
                 payload = self.pending
                 call = self.pending_call
                 self.pending = None
             elif self.resend_q:
                 call, payload = self.resend_q.pop()
+            elif self.held is not None:
+                payload = self.held
+                self.held = None
+                fresh = True
             else:
                 try:
                     payload = next(self.it)
@@ -560,14 +594,19 @@ cdef class JobStream:
                     self.gen_done = True
                     break
                 check_payload(payload)
-                if self.resend:
-                    call = self.call
-                    self.call += 1
-                    self.ids[(call - self.first) & self.mask] = call
-                    self.slots[(call - self.first) & self.mask] = payload
-                    self.unanswered += 1
+                fresh = True
             PyObject_GetBuffer(payload, &buf, PyBUF_SIMPLE)
             try:
+                if fresh:
+                    if <size_t>buf.len > self.max_len and self._full_for(<size_t>buf.len):
+                        self.held = payload     # the smaller window is full
+                        break
+                    if self.resend:
+                        call = self.call
+                        self.call += 1
+                        self.ids[(call - self.first) & self.mask] = call
+                        self.slots[(call - self.first) & self.mask] = payload
+                        self.unanswered += 1
                 _fill_call(&env, self.pipeline, self.client, self.function,
                            self.cache, <const char *>buf.buf, <size_t>buf.len,
                            PZ_FLAG_BATCH if self.batch else 0, call)
