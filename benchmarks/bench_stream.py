@@ -2,6 +2,7 @@
 same shape in the same run.
 
 group "stream": 100-byte payloads, MESSAGES per round, reported as msgs/s
+(issue 15's target: ours >= 2.5x the baseline)
     ours      Client.job(['server.f', 'p1.g', 'p2.h']) -> Server(pipelined=True)
               -> Pipeline('p1', to_client=False) -> Pipeline('p2', to_client=True)
               -> Client (its sub_address is p2's pub_address); one process each
