@@ -2,7 +2,8 @@
 run (issue 15's target: ours >= 1.0x its msgs/s at 64 KiB and 1 MiB).
 
 groups "large-64KiB" and "large-1MiB": distinct payloads of that size,
-LARGE_MIB MiB per round (between 200 and 200,000 calls), msgs/s
+PYLM_BENCH_LARGE_MIB (256) MiB per round (large_payloads.messages_for),
+msgs/s
     ours      Client.job -> Master (process) -> 2 Workers (processes) ->
               Master -> Client, with Client.job's default window (2,000
               calls and JOB_WINDOW_BYTES)
@@ -23,18 +24,14 @@ import pytest
 try:  # benchmarks/ on sys.path (pytest's rootdir insertion; no __init__.py)
     from _peers import WORKERS, job_round, payloads_of, stream_of
     from compare.systems import PyzmqJob
+    from large_payloads import messages_for
 except ImportError:  # benchmarks/ imported as a package
     from benchmarks._peers import WORKERS, job_round, payloads_of, stream_of
     from benchmarks.compare.systems import PyzmqJob
+    from benchmarks.large_payloads import messages_for
 
-LARGE_MIB = int(os.environ.get("PYLM_BENCH_LARGE_MIB", 256))
 ROUNDS = int(os.environ.get("PYLM_BENCH_ROUNDS", 10))
 SIZES = {"large-64KiB": 64 << 10, "large-1MiB": 1 << 20}
-
-
-def messages_for(size):
-    """LARGE_MIB of payloads per round, between 200 and 200,000 calls."""
-    return max(200, min(200_000, (LARGE_MIB << 20) // size))
 
 
 @pytest.fixture(scope="module")

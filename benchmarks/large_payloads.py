@@ -22,11 +22,14 @@ from compare.systems import OursJob, PyzmqJob, payloads_of  # noqa: E402
 
 SIZES = (64 * 1024, 1024 * 1024)
 ROUNDS = 3
+#: MiB of payloads per round (bench_large.py's too; `make bench QUICK=1`
+#: sets PYLM_BENCH_LARGE_MIB lower)
+LARGE_MIB = int(os.environ.get("PYLM_BENCH_LARGE_MIB", 256))
 
 
 def messages_for(size):
-    """About 256 MiB of payloads per round, between 200 and 200,000 calls."""
-    return max(200, min(200000, (256 << 20) // size))
+    """LARGE_MIB of payloads per round, between 200 and 200,000 calls."""
+    return max(200, min(200000, (LARGE_MIB << 20) // size))
 
 
 def cpu_seconds(pid):
