@@ -39,6 +39,8 @@ def pyzmq_libzmq():
 
 def build(directory):
     """Compile pipeline.c into `directory`; returns the program's path."""
+    if not os.path.exists(SOURCE):
+        raise Unavailable("%s is missing" % SOURCE)
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if cc is None:
         raise Unavailable("no C compiler (cc, gcc or $CC)")
