@@ -76,20 +76,20 @@ class Recorder:
             self.sent_bytes += size
             yield i.to_bytes(4, "little") * (size // 4)
 
-    def run(self, db, window_bytes, replies):
+    def run(self, db, window_bytes, replies, resend=False):
         with Client("master", db, timeout=TIMEOUT) as client:
             for reply in client.job("master.held", self.payloads(), timeout=TIMEOUT,
-                                    window_bytes=window_bytes):
+                                    window_bytes=window_bytes, resend=resend):
                 self.answered_bytes += len(reply)
                 replies.append(reply)
 
 
-def _job_in_thread(recorder, db, window_bytes):
+def _job_in_thread(recorder, db, window_bytes, resend=False):
     replies, errors = [], []
 
     def run():
         try:
-            recorder.run(db, window_bytes, replies)
+            recorder.run(db, window_bytes, replies, resend)
         except BaseException as exc:        # reported by the test
             errors.append(exc)
 
@@ -127,15 +127,18 @@ def test_a_job_of_1_mib_payloads_keeps_window_bytes_in_flight(held_master):
     assert max(recorder.before) == 3 * MIB       # 3 unanswered when the 4th was taken
 
 
-def test_a_payload_larger_than_any_before_waits_until_the_smaller_window_has_room(held_master):
+@pytest.mark.parametrize("resend", [False, True], ids=["plain", "resend"])
+def test_a_payload_larger_than_any_before_waits_until_the_smaller_window_has_room(
+        held_master, resend):
     """Six 512 KiB payloads fill 3 of 4 MiB; a 2 MiB one then shrinks the
     window to two calls: it is held by the client (taken, not sent) until
-    replies make room, not sent on top of the 3 MiB."""
+    replies make room, not sent on top of the 3 MiB.  With resend (each
+    call kept until its reply) as without."""
     gate, db, client = held_master
     before = _received(client)
     sizes = [MIB // 2] * 6 + [2 * MIB] * 3
     recorder = Recorder(sizes)
-    thread, replies, errors = _job_in_thread(recorder, db, 4 * MIB)
+    thread, replies, errors = _job_in_thread(recorder, db, 4 * MIB, resend)
     try:
         gate.wait_arrived(1)
         wait_for(lambda: recorder.taken >= 7 and _received(client) - before >= 6,
