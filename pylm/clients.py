@@ -56,7 +56,7 @@ MAX_LOST = _core.MAX_LOST_
 _LOST = object()
 #: Calls a job keeps in flight; bounds every queue between client and workers.
 JOB_WINDOW = 2000
-#: Payload bytes a job keeps in flight at most (64 MiB): with large payloads
+#: Payload bytes a job keeps in flight at most (16 MiB): with large payloads
 #: the window of calls shrinks to this over the largest payload (at least 1).
 JOB_WINDOW_BYTES = _core.WINDOW_BYTES_
 #: Taken only when a Client is bound to its thread (its first call).

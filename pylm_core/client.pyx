@@ -13,7 +13,7 @@ cdef enum:
     LEND_MIN = 65536        # payloads this big are lent to libzmq, not copied
     RESEND_FIRST_MS = 1000  # after a new publisher's welcome, resend again when
                             # no reply came for this long (then twice as long)
-    WINDOW_BYTES = 67108864 # payload bytes a job keeps in flight at most (64 MiB)
+    WINDOW_BYTES = 16777216 # payload bytes a job keeps in flight at most (16 MiB)
 
 cdef bytes _WELCOME = WELCOME
 
@@ -398,7 +398,7 @@ cdef class JobStream:
 
     `window_bytes` bounds the payload bytes in flight too: the window of
     calls shrinks to `window_bytes` // the largest payload taken so far
-    (at least 1), so that a job of 1 MiB payloads keeps 64 of them in flight
+    (at least 1), so that a job of 1 MiB payloads keeps 16 of them in flight
     at the default, not 2,000 (2 GB in the queues of client, Master and
     workers).  A payload larger than any before, taken when the smaller
     window is already full, is held until replies make room.

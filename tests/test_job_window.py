@@ -102,8 +102,8 @@ def _received(client):
     return client.stats(timeout=TIMEOUT)["received"]
 
 
-def test_the_default_byte_bound_is_64_mib():
-    assert JOB_WINDOW_BYTES == 64 * MIB
+def test_the_default_byte_bound_is_16_mib():
+    assert JOB_WINDOW_BYTES == 16 * MIB
 
 
 def test_a_job_of_1_mib_payloads_keeps_window_bytes_in_flight(held_master):

@@ -17,7 +17,7 @@ import zmq
 
 import _peers
 from _peers import payload_of, payloads_of, stop_peers, stream_of  # noqa: F401 (compare's names)
-from pylm.clients import Client
+from pylm.clients import JOB_WINDOW_BYTES, Client
 
 KIB, MIB = 1024, 1024 * 1024
 
@@ -54,8 +54,8 @@ def label(workload, system):
 
 
 #: Bytes in flight at most: the window of calls (_peers.JOB_WINDOW, which is
-#: pylm.clients.JOB_WINDOW) shrinks for large payloads.
-WINDOW_BYTES = 16 * MIB
+#: pylm.clients.JOB_WINDOW) shrinks for large payloads, as Client.job's does.
+WINDOW_BYTES = JOB_WINDOW_BYTES
 #: Seconds to bring a process up, and to wait for any one reply.
 START_TIMEOUT = _peers.START_TIMEOUT
 REPLY_TIMEOUT = 15.0
