@@ -77,7 +77,9 @@ sanitize: $(STAMP)
 demo: build
 	$(PY) examples/demo.py
 
-# `make bench`: the pytest benchmarks (ours next to hand-written pyzmq), then
+# `make bench`: the pytest benchmarks (ours next to hand-written pyzmq, the
+# process pools and a C libzmq pipeline compiled by the run; one summary of
+# issue 15's targets at the end, also in build/bench-targets.json), then
 # benchmarks/compare/ (every system side by side, results and charts in
 # benchmarks/results/).  `make bench QUICK=1`: fewer, shorter rounds of both
 # (compare --quick, 2-3 min).  COMPARE_ARGS: more options for
@@ -85,7 +87,8 @@ demo: build
 QUICK ?=
 COMPARE_ARGS ?=
 BENCH_STAMP := $(VENV)/.bench-installed
-BENCH_QUICK_ENV := PYLM_BENCH_MESSAGES=20000 PYLM_BENCH_ROUNDS=3 PYLM_BENCH_EVAL_ROUNDS=2000
+BENCH_QUICK_ENV := PYLM_BENCH_MESSAGES=20000 PYLM_BENCH_ROUNDS=3 PYLM_BENCH_EVAL_ROUNDS=2000 \
+	PYLM_BENCH_LARGE_MIB=32
 
 # the `bench` extra of pyproject.toml, without reinstalling the project
 $(BENCH_STAMP): $(STAMP)

@@ -20,10 +20,13 @@ shared by both: :func:`wait_workers` (every worker of a Master answers),
 worker is connected), :func:`chain_round` and :func:`probe_chain` (the
 baseline chain).
 
-:func:`record` puts msgs/s in each benchmark's extra_info and prints the
-ratio of the medians (ours / baseline) when a group is complete.
+The pytest benchmarks share more: :func:`master_cluster` (a Master and
+its Worker processes, with a Client here) and :func:`job_round` (one
+counted job through it), the payloads (:func:`payloads_of`,
+:func:`stream_of`) and :func:`stop_peers`.
 """
 
+import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -35,13 +38,15 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from pylm._testing import tcp_addresses
+from pylm.clients import Client
 from pylm.servers import Master, Pipeline, Server, Worker
 from pylm_core import _core
 
 __all__ = [
-    "tcp_addresses", "Peer", "record", "group_lines", "wait_workers",
+    "tcp_addresses", "Peer", "stop_peers", "wait_workers", "master_cluster", "job_round",
     "monitor_handshakes", "wait_handshakes", "chain_round", "probe_chain",
-    "PAYLOAD", "JOB_WINDOW", "PUB_HWM", "SNDMORE",
+    "payload_of", "payloads_of", "stream_of",
+    "PAYLOAD", "JOB_WINDOW", "PUB_HWM", "SNDMORE", "START_TIMEOUT", "WORKERS",
 ]
 
 #: 100 bytes, not all alike (a payload of one repeated byte could flatter a
@@ -57,7 +62,33 @@ JOB_WINDOW = 2000
 #: so no message is dropped.
 PUB_HWM = _core.PUB_HWM_
 
+#: Seconds to bring a process up, and to wait for any one reply of a job.
+START_TIMEOUT = 30.0
+#: Worker processes behind a Master (and of every baseline's pool).
+WORKERS = 2
+#: Distinct payload objects each job cycles through: pickle (Pool, the
+#: executor) writes an object it already wrote in the same chunk as a
+#: back-reference, so a job of one repeated object would flatter them.
+DISTINCT = 128
+
 _SPAWN = multiprocessing.get_context("spawn")
+
+
+def payload_of(size):
+    """`size` bytes, not all alike."""
+    block = bytes(range(256))
+    return (block * (size // 256 + 1))[:size]
+
+
+def payloads_of(size, count=DISTINCT):
+    """`count` distinct payloads of `size` bytes (a counter, then
+    payload_of's bytes)."""
+    return [i.to_bytes(8, "little") + payload_of(size - 8) for i in range(count)]
+
+
+def stream_of(payloads, n):
+    """n payloads, cycling through the distinct ones."""
+    return itertools.islice(itertools.cycle(payloads), n)
 
 
 # ---------------------------------------------------------------------------
@@ -129,6 +160,16 @@ class Peer:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def stop_peers(peers):
+    """Stop every peer (last started first) and forget them."""
+    for peer in reversed(peers):
+        try:
+            peer.stop()
+        except Exception:
+            pass
+    peers.clear()
 
 
 def _run_peer(target, conn, *args):
@@ -432,59 +473,41 @@ def probe_chain(push, sub, topic, timeout):
 
 
 # ---------------------------------------------------------------------------
-# ratio of medians, printed after pytest-benchmark's tables
+# a Master with its workers, and the job rounds through it
 
-_MEDIANS = {}   # group -> {role: (median seconds, messages per round, test name)}
+@contextlib.contextmanager
+def master_cluster(worker=run_worker, workers=WORKERS, server_keys=None, worker_keys=None,
+                   client_keys=None, timeout=START_TIMEOUT):
+    """A Master and `workers` Worker processes (each run by `worker`,
+    called as worker(report, name, db, keys): run_worker's identity method
+    ``foo`` by default), and a Client of the Master in this process,
+    yielded once every worker has answered a call; the keys are the
+    security keywords of each (CURVE).  Everything stops on leaving."""
+    db, pull, pub, wpull, wpush = tcp_addresses(5)
+    peers = [Peer(run_master, "master", pull, pub, wpull, wpush, db, server_keys,
+                  name="master")]
+    client = None
+    try:
+        peers[0].start(timeout)
+        names = ["worker-%d" % i for i in range(workers)]
+        for name in names:
+            peers.append(Peer(worker, name, db, worker_keys, name=name).launch())
+        for peer in peers[1:]:
+            peer.wait_ready(timeout)
+        client = Client("master", db, timeout=timeout, **(client_keys or {}))
+        wait_workers(client, names, timeout)
+        yield client
+    finally:
+        if client is not None:
+            client.close()
+        stop_peers(peers)
 
 
-def group_lines(group):
-    """The lines that compare ours with the baseline in `group` (empty
-    until both ran)."""
-    roles = _MEDIANS.get(group, {})
-    if "ours" not in roles or "baseline" not in roles:
-        return []
-    (t_ours, n_ours, name_ours), (t_base, n_base, name_base) = roles["ours"], roles["baseline"]
-    ratio = t_ours / t_base
-    if n_ours:
-        return [
-            "%s: ours     %-26s median %8.4f s/round = %9.0f msgs/s"
-            % (group, name_ours, t_ours, n_ours / t_ours),
-            "%s: baseline %-26s median %8.4f s/round = %9.0f msgs/s"
-            % (group, name_base, t_base, n_base / t_base),
-            "%s: ratio of medians (ours / baseline) = %.3f   (msgs/s ours / baseline = %.3f)"
-            % (group, ratio, 1 / ratio),
-        ]
-    return [
-        "%s: ours     %-26s p50 %8.1f us" % (group, name_ours, t_ours * 1e6),
-        "%s: baseline %-26s p50 %8.1f us" % (group, name_base, t_base * 1e6),
-        "%s: ratio of medians (ours / baseline) = %.3f" % (group, ratio),
-    ]
-
-
-def record(request, benchmark, group, role, messages):
-    """After a run: put msgs/s (and, for a latency benchmark, p50/p99) in
-    extra_info, and print the ratio of medians as soon as both sides of the
-    group ran (conftest.py prints all ratios again after the tables).
-    `messages` is the number of messages per round, 0 for a latency
-    benchmark of one call per round.  Times are reported, never asserted."""
-    stats = getattr(benchmark, "stats", None)
-    if stats is None:  # --benchmark-disable
-        return
-    median = stats.stats.median
-    if messages:
-        benchmark.extra_info["msgs_per_round"] = messages
-        benchmark.extra_info["msgs_per_s"] = round(messages / median)
-    else:
-        data = sorted(stats.stats.data)
-        benchmark.extra_info["p50_us"] = round(median * 1e6, 1)
-        benchmark.extra_info["p99_us"] = round(data[min(len(data) - 1, int(len(data) * 0.99))] * 1e6, 1)
-        benchmark.extra_info["msgs_per_s"] = round(1 / median)
-    _MEDIANS.setdefault(group, {})[role] = (median, messages, request.node.name)
-    lines = group_lines(group)
-    tr = request.config.pluginmanager.get_plugin("terminalreporter")
-    capman = request.config.pluginmanager.get_plugin("capturemanager")
-    if lines and tr is not None and capman is not None:
-        with capman.global_and_fixture_disabled():
-            tr.write_line("")
-            for line in lines:
-                tr.write_line(line)
+def job_round(client, payloads, n, function="master.foo", **job_kwargs):
+    """One job of `n` calls (the iterable `payloads`) through `client`,
+    its replies counted; a lost reply fails the round after START_TIMEOUT
+    instead of hanging it."""
+    got = 0
+    for _ in client.job(function, payloads, messages=n, timeout=START_TIMEOUT, **job_kwargs):
+        got += 1
+    assert got == n, "%d of %d replies" % (got, n)

@@ -23,19 +23,15 @@ import os
 import pytest
 
 from pylm import aio
-from pylm.clients import Client
 
 try:  # benchmarks/ on sys.path (pytest's rootdir insertion; no __init__.py)
-    from _peers import PAYLOAD, Peer, record, run_master, run_worker, tcp_addresses, wait_workers
+    from _peers import PAYLOAD, START_TIMEOUT, job_round
 except ImportError:  # benchmarks/ imported as a package
-    from benchmarks._peers import (
-        PAYLOAD, Peer, record, run_master, run_worker, tcp_addresses, wait_workers)
+    from benchmarks._peers import PAYLOAD, START_TIMEOUT, job_round
 
 MESSAGES = int(os.environ.get("PYLM_BENCH_MESSAGES", 100_000))
 ROUNDS = int(os.environ.get("PYLM_BENCH_ROUNDS", 10))
 EVALS = int(os.environ.get("PYLM_BENCH_EVALS", 10_000))
-WORKERS = 2
-START_TIMEOUT = 30.0
 
 try:
     import uvloop
@@ -44,30 +40,10 @@ except ImportError:  # an optional extra (test): the uvloop groups are skipped
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """A Master and WORKERS Workers, each in its own process; yields the
-    Master's db address once every worker has answered a call."""
-    db, pull, pub, wpull, wpush = tcp_addresses(5)
-    peers = [Peer(run_master, "master", pull, pub, wpull, wpush, db, name="master")]
-    try:
-        peers[0].start(START_TIMEOUT)
-        names = ["worker-%d" % i for i in range(WORKERS)]
-        for name in names:
-            peers.append(Peer(run_worker, name, db, name=name))
-            peers[-1].start(START_TIMEOUT)
-        with Client("master", db, timeout=START_TIMEOUT) as client:
-            wait_workers(client, names, START_TIMEOUT)
-        yield db
-    finally:
-        for peer in reversed(peers):
-            peer.stop()
-
-
-@pytest.fixture(scope="module")
-def sync_client(cluster):
-    client = Client("master", cluster, timeout=START_TIMEOUT)
-    yield client
-    client.close()
+def cluster(master_client):
+    """The Master's db address (conftest.py's master_client: a Master and
+    2 Worker processes)."""
+    return master_client.db_address
 
 
 class AioRunner:
@@ -105,11 +81,7 @@ def uvloop_runner(cluster):
 # -- the rounds ---------------------------------------------------------------
 
 def _sync_job_round(client, n):
-    got = 0
-    for _ in client.job("master.foo", itertools.repeat(PAYLOAD, n), messages=n,
-                        timeout=START_TIMEOUT):
-        got += 1
-    assert got == n
+    job_round(client, itertools.repeat(PAYLOAD, n), n)
 
 
 async def _aio_job(client, n):
@@ -142,59 +114,51 @@ def _aio_evals_round(runner, n):
 # -- group "aio-job" ----------------------------------------------------------
 
 @pytest.mark.benchmark(group="aio-job")
-def test_aio_job_sync_baseline(bench, benchmark, request, sync_client):
-    bench(_sync_job_round, sync_client, MESSAGES, role="baseline",
+def test_aio_job_sync_baseline(bench, master_client):
+    bench(_sync_job_round, master_client, MESSAGES, role="baseline", messages=MESSAGES,
           rounds=ROUNDS, warmup_rounds=1, iterations=1)
-    record(request, benchmark, "aio-job", "baseline", MESSAGES)
 
 
 @pytest.mark.benchmark(group="aio-job")
-def test_aio_job_ours(bench, benchmark, request, aio_runner):
-    bench(_aio_job_round, aio_runner, MESSAGES, role="ours",
+def test_aio_job_ours(bench, aio_runner):
+    bench(_aio_job_round, aio_runner, MESSAGES, role="ours", messages=MESSAGES,
           rounds=ROUNDS, warmup_rounds=1, iterations=1)
-    record(request, benchmark, "aio-job", "ours", MESSAGES)
 
 
 @pytest.mark.benchmark(group="aio-job-uvloop")
-def test_aio_job_uvloop_sync_baseline(bench, benchmark, request, sync_client, uvloop_runner):
-    bench(_sync_job_round, sync_client, MESSAGES, role="baseline",
+def test_aio_job_uvloop_sync_baseline(bench, master_client, uvloop_runner):
+    bench(_sync_job_round, master_client, MESSAGES, role="baseline", messages=MESSAGES,
           rounds=ROUNDS, warmup_rounds=1, iterations=1)
-    record(request, benchmark, "aio-job-uvloop", "baseline", MESSAGES)
 
 
 @pytest.mark.benchmark(group="aio-job-uvloop")
-def test_aio_job_uvloop_ours(bench, benchmark, request, uvloop_runner):
-    bench(_aio_job_round, uvloop_runner, MESSAGES, role="ours",
+def test_aio_job_uvloop_ours(bench, uvloop_runner):
+    bench(_aio_job_round, uvloop_runner, MESSAGES, role="ours", messages=MESSAGES,
           rounds=ROUNDS, warmup_rounds=1, iterations=1)
-    record(request, benchmark, "aio-job-uvloop", "ours", MESSAGES)
 
 
 # -- group "aio-eval" ---------------------------------------------------------
 
 @pytest.mark.benchmark(group="aio-eval")
-def test_aio_eval_sync_loop_baseline(bench, benchmark, request, sync_client):
-    bench(_sync_evals_round, sync_client, EVALS, role="baseline",
+def test_aio_eval_sync_loop_baseline(bench, master_client):
+    bench(_sync_evals_round, master_client, EVALS, role="baseline", messages=EVALS,
           rounds=max(3, ROUNDS // 2), warmup_rounds=1, iterations=1)
-    record(request, benchmark, "aio-eval", "baseline", EVALS)
 
 
 @pytest.mark.benchmark(group="aio-eval")
-def test_aio_eval_gather_ours(bench, benchmark, request, aio_runner):
-    bench(_aio_evals_round, aio_runner, EVALS, role="ours",
+def test_aio_eval_gather_ours(bench, aio_runner):
+    bench(_aio_evals_round, aio_runner, EVALS, role="ours", messages=EVALS,
           rounds=ROUNDS, warmup_rounds=1, iterations=1)
-    record(request, benchmark, "aio-eval", "ours", EVALS)
 
 
 @pytest.mark.benchmark(group="aio-eval-uvloop")
-def test_aio_eval_uvloop_sync_loop_baseline(bench, benchmark, request, sync_client,
+def test_aio_eval_uvloop_sync_loop_baseline(bench, master_client,
                                             uvloop_runner):
-    bench(_sync_evals_round, sync_client, EVALS, role="baseline",
+    bench(_sync_evals_round, master_client, EVALS, role="baseline", messages=EVALS,
           rounds=max(3, ROUNDS // 2), warmup_rounds=1, iterations=1)
-    record(request, benchmark, "aio-eval-uvloop", "baseline", EVALS)
 
 
 @pytest.mark.benchmark(group="aio-eval-uvloop")
-def test_aio_eval_uvloop_gather_ours(bench, benchmark, request, uvloop_runner):
-    bench(_aio_evals_round, uvloop_runner, EVALS, role="ours",
+def test_aio_eval_uvloop_gather_ours(bench, uvloop_runner):
+    bench(_aio_evals_round, uvloop_runner, EVALS, role="ours", messages=EVALS,
           rounds=ROUNDS, warmup_rounds=1, iterations=1)
-    record(request, benchmark, "aio-eval-uvloop", "ours", EVALS)

@@ -31,33 +31,25 @@ import pytest
 import zmq
 
 from pylm.arrays import dumps, loads
-from pylm.clients import Client
 from pylm.servers import Worker
 
 try:  # benchmarks/ on sys.path (pytest's rootdir insertion; no __init__.py)
-    from _peers import (LOG_LEVEL, Peer, monitor_handshakes, record, run_master,
-                        tcp_addresses, wait_handshakes, wait_workers)
+    from _peers import (LOG_LEVEL, START_TIMEOUT, WORKERS, Peer, master_cluster, monitor_handshakes,
+                        stop_peers, wait_handshakes)
 except ImportError:  # benchmarks/ imported as a package
-    from benchmarks._peers import (LOG_LEVEL, Peer, monitor_handshakes, record, run_master,
-                                   tcp_addresses, wait_handshakes, wait_workers)
+    from benchmarks._peers import (LOG_LEVEL, START_TIMEOUT, WORKERS, Peer, master_cluster,
+                                   monitor_handshakes, stop_peers, wait_handshakes)
 
 ARRAYS = int(os.environ.get("PYLM_BENCH_ARRAYS", 256))
 ROUNDS = int(os.environ.get("PYLM_BENCH_ROUNDS", 10))
-WORKERS = 2
 WINDOW = 16                 # 16 MiB in flight, as benchmarks/compare
 N = (1 << 20) // 8          # float64 values in 1 MiB
 DISTINCT = 8
-START_TIMEOUT = 30.0
 
 
 def _arrays():
     rng = np.random.default_rng(14)
     return [rng.random(N) for _ in range(DISTINCT)]
-
-
-def _stop_all(peers):
-    for peer in reversed(peers):
-        peer.stop()
 
 
 # -- the worker processes ----------------------------------------------------------
@@ -70,8 +62,8 @@ class SqrtWorker(Worker):
         return self.name.encode()
 
 
-def run_sqrt_worker(report, name, db):
-    worker = SqrtWorker(name, db, log_level=LOG_LEVEL)
+def run_sqrt_worker(report, name, db, keys=None):
+    worker = SqrtWorker(name, db, log_level=LOG_LEVEL, **(keys or {}))
     report()
     worker.start()
 
@@ -117,23 +109,9 @@ def pool_sqrt(array):
 # -- fixtures ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def master_client():
-    db, pull, pub, wpull, wpush = tcp_addresses(5)
-    peers = [Peer(run_master, "master", pull, pub, wpull, wpush, db, name="master")]
-    client = None
-    try:
-        peers[0].start(START_TIMEOUT)
-        names = ["worker-%d" % i for i in range(WORKERS)]
-        for name in names:
-            peers.append(Peer(run_sqrt_worker, name, db, name=name))
-            peers[-1].start(START_TIMEOUT)
-        client = Client("master", db, timeout=START_TIMEOUT)
-        wait_workers(client, names, START_TIMEOUT)
+def sqrt_client():
+    with master_cluster(worker=run_sqrt_worker) as client:
         yield client
-    finally:
-        if client is not None:
-            client.close()
-        _stop_all(peers)
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +136,7 @@ def pushpull():
         sink.setsockopt(zmq.RCVTIMEO, int(START_TIMEOUT * 1000))  # a lost array fails
         yield vent, sink
     finally:
-        _stop_all(peers)
+        stop_peers(peers)
         vent.close(linger=0)
         sink.close(linger=0)
         ctx.term()
@@ -201,26 +179,22 @@ def _pool_round(p, arrays, n):
 
 
 @pytest.mark.benchmark(group="arrays")
-def test_arrays_ours(bench, benchmark, request, master_client):
+def test_arrays_ours(bench, sqrt_client):
     arrays = _arrays()
-    bench(_ours_round, master_client, arrays, ARRAYS, role="ours",
+    bench(_ours_round, sqrt_client, arrays, ARRAYS, role="ours", messages=ARRAYS,
           rounds=ROUNDS, warmup_rounds=1, iterations=1)
-    record(request, benchmark, "arrays", "ours", ARRAYS)
 
 
 @pytest.mark.benchmark(group="arrays")
-def test_arrays_baseline_pyzmq_copy_false(bench, benchmark, request, pushpull):
+def test_arrays_baseline_pyzmq_copy_false(bench, pushpull):
     arrays = _arrays()
     vent, sink = pushpull
-    bench(_pushpull_round, vent, sink, arrays, ARRAYS, role="baseline",
+    bench(_pushpull_round, vent, sink, arrays, ARRAYS, role="baseline", messages=ARRAYS,
           rounds=ROUNDS, warmup_rounds=1, iterations=1)
-    record(request, benchmark, "arrays", "baseline", ARRAYS)
 
 
 @pytest.mark.benchmark(group="arrays")
-def test_arrays_baseline_pool_imap_pickle(bench, benchmark, request, pool):
+def test_arrays_baseline_pool_imap_pickle(bench, pool):
     arrays = _arrays()
-    bench(_pool_round, pool, arrays, ARRAYS, role="baseline-pickle",
+    bench(_pool_round, pool, arrays, ARRAYS, role="baseline-pickle", messages=ARRAYS,
           rounds=ROUNDS, warmup_rounds=1, iterations=1)
-    benchmark.extra_info["msgs_per_s"] = round(ARRAYS / benchmark.stats.stats.median) \
-        if getattr(benchmark, "stats", None) is not None else None

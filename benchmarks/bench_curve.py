@@ -26,17 +26,15 @@ from pylm.clients import Client
 from pylm.security import generate_keys
 
 try:  # benchmarks/ on sys.path (pytest's rootdir insertion; no __init__.py)
-    from _peers import (PAYLOAD, Peer, record, run_master, run_server, run_worker,
-                        tcp_addresses, wait_workers)
+    from _peers import (PAYLOAD, START_TIMEOUT, Peer, job_round, master_cluster, run_server,
+                        tcp_addresses)
 except ImportError:  # benchmarks/ imported as a package
-    from benchmarks._peers import (PAYLOAD, Peer, record, run_master, run_server, run_worker,
-                                   tcp_addresses, wait_workers)
+    from benchmarks._peers import (PAYLOAD, START_TIMEOUT, Peer, job_round, master_cluster,
+                                   run_server, tcp_addresses)
 
 MESSAGES = int(os.environ.get("PYLM_BENCH_MESSAGES", 100_000))
 ROUNDS = int(os.environ.get("PYLM_BENCH_CURVE_ROUNDS", 5))
 EVAL_ROUNDS = int(os.environ.get("PYLM_BENCH_EVAL_ROUNDS", 20000))
-WORKERS = 2
-START_TIMEOUT = 30.0
 
 
 @pytest.fixture(scope="module")
@@ -54,57 +52,27 @@ def keys(tmp_path_factory):
             "client": client, "worker": client}
 
 
-def _cluster(server_keys, worker_keys, client_keys):
-    db, pull, pub, wpull, wpush = tcp_addresses(5)
-    peers = [Peer(run_master, "master", pull, pub, wpull, wpush, db, server_keys,
-                  name="master")]
-    client = None
-    try:
-        peers[0].start(START_TIMEOUT)
-        names = ["worker-%d" % i for i in range(WORKERS)]
-        for name in names:
-            peers.append(Peer(run_worker, name, db, worker_keys, name=name))
-            peers[-1].start(START_TIMEOUT)
-        client = Client("master", db, timeout=START_TIMEOUT, **client_keys)
-        wait_workers(client, names, START_TIMEOUT)
-        yield client
-    finally:
-        if client is not None:
-            client.close()
-        for peer in reversed(peers):
-            peer.stop()
-
-
-@pytest.fixture(scope="module")
-def plain_cluster():
-    yield from _cluster(None, None, {})
-
-
 @pytest.fixture(scope="module")
 def curve_cluster(keys):
-    yield from _cluster(keys["server"], keys["worker"], keys["client"])
+    with master_cluster(server_keys=keys["server"], worker_keys=keys["worker"],
+                        client_keys=keys["client"]) as client:
+        yield client
 
 
 def _job_round(client, n):
-    got = 0
-    for _ in client.job("master.foo", itertools.repeat(PAYLOAD, n), messages=n,
-                        timeout=START_TIMEOUT):
-        got += 1
-    assert got == n
+    job_round(client, itertools.repeat(PAYLOAD, n), n)
 
 
 @pytest.mark.benchmark(group="job curve")
-def test_job_curve(bench, benchmark, request, curve_cluster):
-    bench(_job_round, curve_cluster, MESSAGES, role="ours",
+def test_job_curve(bench, curve_cluster):
+    bench(_job_round, curve_cluster, MESSAGES, role="ours", messages=MESSAGES,
           rounds=ROUNDS, warmup_rounds=1, iterations=1)
-    record(request, benchmark, "job curve", "ours", MESSAGES)
 
 
 @pytest.mark.benchmark(group="job curve")
-def test_job_plain(bench, benchmark, request, plain_cluster):
-    bench(_job_round, plain_cluster, MESSAGES, role="baseline",
+def test_job_plain(bench, master_client):
+    bench(_job_round, master_client, MESSAGES, role="baseline", messages=MESSAGES,
           rounds=ROUNDS, warmup_rounds=1, iterations=1)
-    record(request, benchmark, "job curve", "baseline", MESSAGES)
 
 
 def _server(server_keys, client_keys):
@@ -133,16 +101,14 @@ def curve_server(keys):
 
 
 @pytest.mark.benchmark(group="eval curve")
-def test_eval_curve(bench, benchmark, request, curve_server):
+def test_eval_curve(bench, curve_server):
     result = bench(curve_server.eval, "server.foo", PAYLOAD, role="ours",
                    rounds=EVAL_ROUNDS, warmup_rounds=200, iterations=1)
     assert result == PAYLOAD
-    record(request, benchmark, "eval curve", "ours", 0)
 
 
 @pytest.mark.benchmark(group="eval curve")
-def test_eval_plain(bench, benchmark, request, plain_server):
+def test_eval_plain(bench, plain_server):
     result = bench(plain_server.eval, "server.foo", PAYLOAD, role="baseline",
                    rounds=EVAL_ROUNDS, warmup_rounds=200, iterations=1)
     assert result == PAYLOAD
-    record(request, benchmark, "eval curve", "baseline", 0)

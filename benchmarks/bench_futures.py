@@ -25,49 +25,28 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from pylm.clients import Client
 from pylm.futures import Executor
 
 try:  # benchmarks/ on sys.path (pytest's rootdir insertion; no __init__.py)
-    from _peers import PAYLOAD, Peer, identity, record, run_master, run_worker, tcp_addresses, \
-        wait_workers
+    from _peers import PAYLOAD, START_TIMEOUT, WORKERS, identity, job_round
 except ImportError:  # benchmarks/ imported as a package
-    from benchmarks._peers import PAYLOAD, Peer, identity, record, run_master, run_worker, \
-        tcp_addresses, wait_workers
+    from benchmarks._peers import PAYLOAD, START_TIMEOUT, WORKERS, identity, job_round
 
 MESSAGES = int(os.environ.get("PYLM_BENCH_MESSAGES", 100_000))
 ROUNDS = int(os.environ.get("PYLM_BENCH_ROUNDS", 10))
 PPE_ROUNDS = int(os.environ.get("PYLM_BENCH_PPE_ROUNDS", 3))
-WORKERS = 2
-#: seconds a fixture may take to bring its processes up
-START_TIMEOUT = 30.0
 GROUP = "futures-map"
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """A Master and WORKERS Workers, each in its own process; a Client and
-    an Executor of it here.  Ready when every worker has answered."""
-    db, pull, pub, wpull, wpush = tcp_addresses(5)
-    peers = [Peer(run_master, "master", pull, pub, wpull, wpush, db, name="master")]
-    client = executor = None
+def cluster(master_client):
+    """conftest.py's master_client (a Master and 2 Worker processes) and an
+    Executor of the same Master here."""
+    executor = Executor("master", master_client.db_address, timeout=START_TIMEOUT)
     try:
-        peers[0].start(START_TIMEOUT)
-        names = ["worker-%d" % i for i in range(WORKERS)]
-        for name in names:
-            peers.append(Peer(run_worker, name, db, name=name))
-            peers[-1].start(START_TIMEOUT)
-        client = Client("master", db, timeout=START_TIMEOUT)
-        wait_workers(client, names, START_TIMEOUT)
-        executor = Executor("master", db, timeout=START_TIMEOUT)
-        yield client, executor
+        yield master_client, executor
     finally:
-        if executor is not None:
-            executor.shutdown(cancel_futures=True)
-        if client is not None:
-            client.close()
-        for peer in reversed(peers):
-            peer.stop()
+        executor.shutdown(cancel_futures=True)
 
 
 def _map_round(executor, n):
@@ -79,11 +58,7 @@ def _map_round(executor, n):
 
 
 def _job_round(client, n):
-    got = 0
-    for _ in client.job("master.foo", itertools.repeat(PAYLOAD, n), messages=n,
-                        timeout=START_TIMEOUT):
-        got += 1
-    assert got == n
+    job_round(client, itertools.repeat(PAYLOAD, n), n)
 
 
 def _count(replies, n):
@@ -94,35 +69,31 @@ def _count(replies, n):
 
 
 @pytest.mark.benchmark(group=GROUP)
-def test_map_process_pool_executor(bench, benchmark, request):
+def test_map_process_pool_executor(bench):
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(WORKERS, mp_context=ctx) as ex:
         list(ex.map(identity, range(WORKERS * 4)))      # every process started
         bench(lambda: _count(ex.map(identity, itertools.repeat(PAYLOAD, MESSAGES)), MESSAGES),
-              role="ppe", rounds=PPE_ROUNDS, warmup_rounds=0, iterations=1)
-    record(request, benchmark, GROUP, "ppe", MESSAGES)
+              role="ppe", messages=MESSAGES, rounds=PPE_ROUNDS, warmup_rounds=0, iterations=1)
 
 
 @pytest.mark.benchmark(group=GROUP)
-def test_map_pool_imap_chunksize_100(bench, benchmark, request):
+def test_map_pool_imap_chunksize_100(bench):
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(WORKERS) as pool:
         pool.map(identity, range(WORKERS * 4), chunksize=1)
         bench(lambda: _count(pool.imap(identity, itertools.repeat(PAYLOAD, MESSAGES), 100),
                              MESSAGES),
-              role="pool100", rounds=ROUNDS, warmup_rounds=1, iterations=1)
-    record(request, benchmark, GROUP, "pool100", MESSAGES)
+              role="pool100", messages=MESSAGES, rounds=ROUNDS, warmup_rounds=1, iterations=1)
 
 
 @pytest.mark.benchmark(group=GROUP)
-def test_map_ours(bench, benchmark, request, cluster):
-    bench(_map_round, cluster[1], MESSAGES, role="ours",
+def test_map_ours(bench, cluster):
+    bench(_map_round, cluster[1], MESSAGES, role="ours", messages=MESSAGES,
           rounds=ROUNDS, warmup_rounds=1, iterations=1)
-    record(request, benchmark, GROUP, "ours", MESSAGES)
 
 
 @pytest.mark.benchmark(group=GROUP)
-def test_map_baseline_client_job(bench, benchmark, request, cluster):
-    bench(_job_round, cluster[0], MESSAGES, role="baseline",
+def test_map_baseline_client_job(bench, cluster):
+    bench(_job_round, cluster[0], MESSAGES, role="baseline", messages=MESSAGES,
           rounds=ROUNDS, warmup_rounds=1, iterations=1)
-    record(request, benchmark, GROUP, "baseline", MESSAGES)

@@ -2,6 +2,7 @@
 same shape in the same run.
 
 group "stream": 100-byte payloads, MESSAGES per round, reported as msgs/s
+(issue 15's target: ours >= 2.5x the baseline)
     ours      Client.job(['server.f', 'p1.g', 'p2.h']) -> Server(pipelined=True)
               -> Pipeline('p1', to_client=False) -> Pipeline('p2', to_client=True)
               -> Client (its sub_address is p2's pub_address); one process each
@@ -28,12 +29,12 @@ from pylm.clients import Client
 
 try:  # benchmarks/ on sys.path (pytest's rootdir insertion; no __init__.py)
     from _peers import (
-        PAYLOAD, PUB_HWM, Peer, chain_round, probe_chain, record, run_pipeline, run_server,
-        run_stream_head, run_stream_stage, tcp_addresses)
+        PAYLOAD, PUB_HWM, Peer, chain_round, job_round, probe_chain, run_pipeline, run_server,
+        run_stream_head, run_stream_stage, stop_peers, tcp_addresses)
 except ImportError:  # benchmarks/ imported as a package
     from benchmarks._peers import (
-        PAYLOAD, PUB_HWM, Peer, chain_round, probe_chain, record, run_pipeline, run_server,
-        run_stream_head, run_stream_stage, tcp_addresses)
+        PAYLOAD, PUB_HWM, Peer, chain_round, job_round, probe_chain, run_pipeline, run_server,
+        run_stream_head, run_stream_stage, stop_peers, tcp_addresses)
 
 MESSAGES = int(os.environ.get("PYLM_BENCH_MESSAGES", 100_000))
 ROUNDS = int(os.environ.get("PYLM_BENCH_ROUNDS", 7))
@@ -43,11 +44,6 @@ PROBE_TIMEOUT = 10.0
 #: seconds to wait for a first call to make it through our chain
 CHAIN_TIMEOUT = 15.0
 FUNCTION = ["server.f", "p1.g", "p2.h"]
-
-
-def _stop_all(peers):
-    for peer in reversed(peers):
-        peer.stop()
 
 
 # ---------------------------------------------------------------------------
@@ -91,27 +87,21 @@ def stream_client():
     finally:
         if client is not None:
             client.close()
-        _stop_all(peers)
+        stop_peers(peers)
 
 
 def _stream_round(client, n):
-    got = 0
-    # timeout: a lost message fails the round instead of hanging it
-    for _ in client.job(FUNCTION, itertools.repeat(PAYLOAD, n), messages=n,
-                        timeout=PROBE_TIMEOUT):
-        got += 1
-    assert got == n
+    job_round(client, itertools.repeat(PAYLOAD, n), n, function=FUNCTION)
 
 
 @pytest.mark.benchmark(group="stream")
-def test_stream_ours(bench, benchmark, request, stream_client):
+def test_stream_ours(bench, stream_client):
     try:
-        bench(_stream_round, stream_client, MESSAGES, role="ours",
+        bench(_stream_round, stream_client, MESSAGES, role="ours", messages=MESSAGES,
               rounds=ROUNDS, warmup_rounds=1, iterations=1)
     except Exception as exc:
         pytest.skip("our Server -> Pipeline -> Pipeline chain failed during Client.job: "
                     "%s: %s" % (type(exc).__name__, exc))
-    record(request, benchmark, "stream", "ours", MESSAGES)
 
 
 # ---------------------------------------------------------------------------
@@ -146,7 +136,7 @@ def pyzmq_chain():
         sub.setsockopt(zmq.RCVTIMEO, int(START_TIMEOUT * 1000))  # a lost message fails, not hangs
         yield push, sub, me
     finally:
-        _stop_all(peers)
+        stop_peers(peers)
         push.close(linger=0)
         sub.close(linger=0)
         ctx.term()
@@ -160,8 +150,7 @@ def _chain_round(push, sub, me, n):
 
 
 @pytest.mark.benchmark(group="stream")
-def test_stream_baseline_pyzmq(bench, benchmark, request, pyzmq_chain):
+def test_stream_baseline_pyzmq(bench, pyzmq_chain):
     push, sub, me = pyzmq_chain
-    bench(_chain_round, push, sub, me, MESSAGES, role="baseline",
+    bench(_chain_round, push, sub, me, MESSAGES, role="baseline", messages=MESSAGES,
           rounds=ROUNDS, warmup_rounds=1, iterations=1)
-    record(request, benchmark, "stream", "baseline", MESSAGES)

@@ -7,10 +7,12 @@
   calibrates by itself.  Give sub-microsecond functions ``iterations``:
   its calibration runs them once per round, and then the timer calls
   and the harness (~0.25 us here) are most of what is measured.
-* ``bench(fn, *args, role=...)`` records the median under the test's
-  benchmark group; for every group with an ``ours`` and a ``baseline`` run
-  the ratio of medians is printed after pytest-benchmark's tables.  Times are
-  reported, never asserted.
+* ``bench(fn, *args, role=..., messages=...)`` records the run under the
+  test's benchmark group and role (_targets.py): after pytest-benchmark's
+  tables, one summary compares ``ours`` with every other role of each
+  group and says which of issue 15's targets the run met.  Times are
+  reported, never asserted.  The summary is also written as JSON
+  (``--bench-json``, default build/bench-targets.json).
 
 Run with ``make bench`` (adds --benchmark-disable-gc).
 """
@@ -20,10 +22,14 @@ import sys
 
 import pytest
 
+try:  # benchmarks/ on sys.path (pytest's rootdir insertion; no __init__.py)
+    import _peers
+    import _targets
+except ImportError:  # benchmarks/ imported as a package
+    from benchmarks import _peers, _targets
+
 # the protobuf reference class lives with the tests
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tests"))
-
-_MEDIANS = {}   # group -> {role: (median seconds, test name)}
 
 
 def pytest_addoption(parser):
@@ -34,6 +40,8 @@ def pytest_addoption(parser):
                     help="warm-up rounds per benchmark (benchmark.pedantic)")
     group.addoption("--iterations", type=int, default=None,
                     help="calls per round (benchmark.pedantic)")
+    group.addoption("--bench-json", default=os.path.join("build", "bench-targets.json"),
+                    help="where the summary of the run is written as JSON ('' for nowhere)")
 
 
 def pytest_collect_file(file_path, parent):
@@ -46,11 +54,13 @@ def pytest_collect_file(file_path, parent):
 
 @pytest.fixture
 def bench(benchmark, request):
-    """``bench(fn, *args, role="ours"|"baseline", rounds=None,
-    warmup_rounds=None, iterations=None)``: benchmark fn(*args)."""
+    """``bench(fn, *args, role="ours"|"baseline"|..., messages=0, rounds=None,
+    warmup_rounds=None, iterations=None)``: benchmark fn(*args), which
+    handles `messages` messages per call (0: one call, timed as a latency,
+    p50 and p99 in extra_info), and record it (_targets.add)."""
     opts = request.config.option
 
-    def run(fn, *args, role, rounds=None, warmup_rounds=None, iterations=None):
+    def run(fn, *args, role, messages=0, rounds=None, warmup_rounds=None, iterations=None):
         rounds = opts.rounds or rounds
         warmup_rounds = opts.warmup_rounds or warmup_rounds
         iterations = opts.iterations or iterations
@@ -62,25 +72,38 @@ def bench(benchmark, request):
             result = benchmark(fn, *args)
         stats = getattr(benchmark, "stats", None)     # None with --benchmark-disable
         if stats is not None:
-            _MEDIANS.setdefault(benchmark.group, {})[role] = (
-                stats.stats.median, request.node.name)
+            times = list(stats.stats.data)
+            _targets.add(benchmark.group, role, request.node.name, times, messages)
+            recorded = _targets.RESULTS[benchmark.group][role]
+            if messages:
+                benchmark.extra_info["msgs_per_round"] = messages
+                benchmark.extra_info["msgs_per_s"] = round(messages / recorded["median"])
+            else:
+                benchmark.extra_info["p50_us"] = round(recorded["median"] * 1e6, 1)
+                benchmark.extra_info["p99_us"] = round(recorded["p99"] * 1e6, 1)
         return result
 
     return run
 
 
-def pytest_terminal_summary(terminalreporter):
-    lines = []
-    for group, roles in _MEDIANS.items():
-        if "ours" in roles and "baseline" in roles:
-            (ours, ours_name), (base, base_name) = roles["ours"], roles["baseline"]
-            lines += [
-                "%s: ours     %-34s median %10.1f ns" % (group, ours_name, ours * 1e9),
-                "%s: baseline %-34s median %10.1f ns" % (group, base_name, base * 1e9),
-                "%s: baseline / ours = %.2fx  (ours / baseline = %.3f)"
-                % (group, base / ours, ours / base),
-            ]
-    if lines:
-        terminalreporter.section("ratio of medians")
-        for line in lines:
-            terminalreporter.write_line(line)
+@pytest.fixture(scope="session")
+def master_client():
+    """A Master and 2 Worker processes (identity method ``foo``) and a
+    Client of it here (_peers.master_cluster), shared by the benchmarks
+    of the run."""
+    with _peers.master_cluster() as client:
+        yield client
+
+
+@pytest.hookimpl(trylast=True)     # after pytest-benchmark's tables
+def pytest_terminal_summary(terminalreporter, config):
+    lines = _targets.summary_lines()
+    if not lines:
+        return
+    terminalreporter.section("targets (issue 15): ours against each baseline, one run")
+    for line in lines:
+        terminalreporter.write_line(line)
+    path = config.option.bench_json
+    if path:
+        _targets.write_json(path)
+        terminalreporter.write_line("(written to %s)" % path)

@@ -57,6 +57,9 @@ MAX_LOST = _core.MAX_LOST_
 _LOST = object()
 #: Calls a job keeps in flight; bounds every queue between client and workers.
 JOB_WINDOW = 2000
+#: Payload bytes a job keeps in flight at most (16 MiB): with large payloads
+#: the window of calls shrinks to this over the largest payload (at least 1).
+JOB_WINDOW_BYTES = _core.WINDOW_BYTES_
 #: Taken only when a Client is bound to its thread (its first call).
 _BIND_LOCK = threading.Lock()
 #: After a server's new welcome, an eval is sent again when no reply came
@@ -536,10 +539,14 @@ class Client:
 
     def job(self, function: Function, generator: Iterable[Any], messages: int = sys.maxsize,
             cache: str = "", *, timeout: Optional[float] = None, window: int = JOB_WINDOW,
-            progress: bool = False, resend: Optional[bool] = None) -> Iterator[bytes]:
+            progress: bool = False, resend: Optional[bool] = None,
+            window_bytes: int = JOB_WINDOW_BYTES) -> Iterator[bytes]:
         """Send every payload the generator yields and yield the replies as
         they come, until `messages` replies arrived (or, by default, one
-        for each payload sent).  At most `window` calls are in flight.
+        for each payload sent).  At most `window` calls are in flight, and
+        at most `window_bytes` of payloads (the window shrinks to
+        `window_bytes` over the largest payload so far; one call always
+        goes).
         `timeout` bounds the wait for each reply.  A method that raises
         raises pylm.RemoteError here; a message that took down MAX_LOST
         workers (poison) is skipped, and pylm.WorkerLost is raised once the
@@ -558,11 +565,13 @@ class Client:
         if progress:
             bar = progress_bar(job_total(messages, generator, sys.maxsize),
                                desc=self._function(function))
-        return self._job(function, generator, messages, cache, timeout, window, bar, resend)
+        return self._job(function, generator, messages, cache, timeout, window, bar, resend,
+                         window_bytes)
 
     def _job(self, function: Function, generator: Iterable[Any], messages: int, cache: str,
              timeout: Optional[float], window: int, bar: Any,
-             resend: Optional[bool] = None) -> Generator[bytes, None, None]:
+             resend: Optional[bool] = None,
+             window_bytes: int = JOB_WINDOW_BYTES) -> Generator[bytes, None, None]:
         """The generator behind job(); `bar`, when not None, counts replies.
         Until it ends the client is in a call, which close() from another
         thread refuses to cut short (_begin_call).  The replies come from
@@ -573,7 +582,7 @@ class Client:
         try:
             lost: List[BaseException] = []
             stream = self._job_stream(function, generator, messages, cache, timeout,
-                                      window, resend, lost)
+                                      window, resend, lost, window_bytes)
             if bar is None:
                 yield from stream
             else:
@@ -591,7 +600,8 @@ class Client:
 
     def _job_stream(self, function: Function, generator: Iterable[Any], messages: int,
                     cache: str, timeout: Optional[float], window: int,
-                    resend: Optional[bool], lost: List[BaseException]) -> _core.JobStream:
+                    resend: Optional[bool], lost: List[BaseException],
+                    window_bytes: int = JOB_WINDOW_BYTES) -> _core.JobStream:
         """The core's iterator of the job's replies; a poison message's
         WorkerLost goes to `lost` (reported once the job is done), any other
         error reply raises."""
@@ -621,7 +631,8 @@ class Client:
                                batch=self._protocol == PROTOCOL,
                                on_error=on_error, call=call,
                                until_answered=messages == sys.maxsize,
-                               batch_bytes=self._batch_bytes, resend=resends, skip=_LOST)
+                               batch_bytes=self._batch_bytes, resend=resends, skip=_LOST,
+                               window_bytes=window_bytes)
 
     # cache -------------------------------------------------------------------
     def _key(self, key: str) -> str:

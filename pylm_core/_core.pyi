@@ -11,6 +11,7 @@ W_RESET: bytes
 W_BEAT_: bytes
 MAX_LOST_: int
 LEND_MIN_: int
+WINDOW_BYTES_: int
 MAX_MESSAGE_SIZE_: int
 PUB_HWM_: int
 WORKER_HWM_: int
@@ -169,7 +170,8 @@ class JobStream(Iterator[Any]):
                  messages: int, *, window: int = ..., batch: bool = ...,
                  timeout: Optional[float] = ..., on_error: Optional[Callable] = ...,
                  call: int = ..., until_answered: bool = ...,
-                 batch_bytes: int = ..., resend: bool = ..., skip: Any = ...) -> None: ...
+                 batch_bytes: int = ..., resend: bool = ..., skip: Any = ...,
+                 window_bytes: int = ...) -> None: ...
     duplicates: int
     resent: int
     def __next__(self) -> Any: ...

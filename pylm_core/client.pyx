@@ -13,12 +13,15 @@ cdef enum:
     LEND_MIN = 65536        # payloads this big are lent to libzmq, not copied
     RESEND_FIRST_MS = 1000  # after a new publisher's welcome, resend again when
                             # no reply came for this long (then twice as long)
+    WINDOW_BYTES = 16777216 # payload bytes a job keeps in flight at most (16 MiB)
 
 cdef bytes _WELCOME = WELCOME
 
 #: Payloads this big are lent to libzmq and travel in a frame of their own,
 #: never in a batch (send_call; pylm.aio sends them alone too).
 LEND_MIN_ = LEND_MIN
+#: Payload bytes Client.job keeps in flight at most, by default (JobStream).
+WINDOW_BYTES_ = WINDOW_BYTES
 
 
 def release_sent():
@@ -177,6 +180,15 @@ cdef int _fill_call(pz_env *env, bytes pipeline, bytes client, bytes function,
     env.f[PZ_F_PAYLOAD].p = p
     env.f[PZ_F_PAYLOAD].n = n
     return 0
+
+
+cdef size_t _payload_size(payload) except? 0:
+    """The size in bytes of a bytes-like payload other than bytes."""
+    cdef Py_buffer buf
+    PyObject_GetBuffer(payload, &buf, PyBUF_SIMPLE)
+    cdef size_t n = <size_t>buf.len
+    PyBuffer_Release(&buf)
+    return n
 
 
 def send_call(push, bytes pipeline, bytes client, bytes function, bytes cache,
@@ -462,7 +474,16 @@ cdef class JobStream:
     MAX_SEND envelopes.  It ends after `messages` replies, or, with
     `until_answered`, once the generator is done and every call sent got
     one reply.  A batch frame holds at most `batch_bytes` (plus one call):
-    half the server's maximum message size keeps it under that limit.  Raises TimeoutError when no reply comes for
+    half the server's maximum message size keeps it under that limit.
+
+    `window_bytes` bounds the payload bytes in flight too: the window of
+    calls shrinks to `window_bytes` // the largest payload taken so far
+    (at least 1), so that a job of 1 MiB payloads keeps 16 of them in flight
+    at the default, not 2,000 (2 GB in the queues of client, Master and
+    workers).  A payload larger than any before, taken when the smaller
+    window is already full, is held until replies make room.
+
+    Raises TimeoutError when no reply comes for
     `timeout` seconds; for an error reply it returns what `on_error(text)`
     returns (or raises what it raises), unless that is `skip` (not None):
     then it goes on to the next reply.
@@ -485,6 +506,9 @@ cdef class JobStream:
         bytes pipeline, client, function, cache
         bytes prefix                # fields 1, 2, 4, 5 of every call, encoded
         long long window, inflight, expected, received
+        long long call_window       # `window`; the byte bound lowers self.window
+        size_t window_bytes, max_len    # ... to window_bytes // max_len
+        object held                 # taken from the generator, waiting for room
         uint64_t call
         bint gen_done, batch, until_answered
         object pending              # a payload the PUSH queue had no room for
@@ -512,7 +536,8 @@ cdef class JobStream:
                  bytes client, bytes function, bytes cache, long long messages,
                  *, long long window=1000, bint batch=False, timeout=None, on_error=None,
                  uint64_t call=0, bint until_answered=False,
-                 size_t batch_bytes=BATCH_BYTES, bint resend=False, skip=None):
+                 size_t batch_bytes=BATCH_BYTES, bint resend=False, skip=None,
+                 size_t window_bytes=WINDOW_BYTES):
         self._push = push
         self.push = sock_handle(push)
         self.reader = reader
@@ -529,7 +554,10 @@ cdef class JobStream:
         _fill_call(&penv, pipeline, client, function, cache, NULL, 0, 0, 0)
         self.prefix = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>pz_encoded_size(&penv))
         pz_encode(&penv, PyBytes_AS_STRING(self.prefix))
-        self.window = max(1, window)
+        self.window = self.call_window = max(1, window)
+        self.window_bytes = max(<size_t>1, window_bytes)
+        self.max_len = 0
+        self.held = None
         self.expected = messages
         self.inflight = self.received = 0
         self.gen_done = False
@@ -594,12 +622,21 @@ cdef class JobStream:
             self.unanswered -= 1
         return payload
 
+    cdef bint _full_for(self, size_t size):
+        """A payload of `size` bytes, larger than any before, was taken:
+        shrink the window to the byte bound; is it full now (not counting
+        this payload)?"""
+        self.max_len = size
+        self.window = max(1, min(self.call_window, <long long>(self.window_bytes // size)))
+        return (self.unanswered if self.resend else self.inflight + self.out.count) \
+            >= self.window
+
     cdef bint _room(self):
         """May another call be taken (a new one from the generator, or one
         to send again)?"""
         if self.pending is not None or self.resend_q:
             return True
-        if self.gen_done:
+        if self.gen_done and self.held is None:
             return False
         if self.resend:
             return self.unanswered < self.window and \
@@ -613,6 +650,8 @@ cdef class JobStream:
         cdef Py_buffer buf
         cdef int rc
         cdef uint64_t call = self.call
+        cdef bint fresh
+        cdef size_t size
         if self.resend:
             # what is sent again is not counted twice
             self.inflight = self.unanswered - self.out.count
@@ -626,12 +665,17 @@ cdef class JobStream:
                     self.window - self.inflight < min(MAX_SEND, self.window // 2):
                 return 0
         while self._room():
+            fresh = False
             if self.pending is not None:
                 payload = self.pending
                 call = self.pending_call
                 self.pending = None
             elif self.resend_q:
                 call, payload = self.resend_q.pop()
+            elif self.held is not None:
+                payload = self.held
+                self.held = None
+                fresh = True
             else:
                 try:
                     payload = next(self.it)
@@ -640,6 +684,13 @@ cdef class JobStream:
                     break
                 if type(payload) is not bytes:
                     check_payload(payload)
+                fresh = True
+            if fresh:
+                size = <size_t>PyBytes_GET_SIZE(payload) if type(payload) is bytes \
+                    else _payload_size(payload)
+                if size > self.max_len and self._full_for(size):
+                    self.held = payload     # the smaller window is full
+                    break
                 if self.resend:
                     call = self.call
                     self.call += 1

@@ -9,7 +9,6 @@ Also here: the names and labels of the systems as the results file and the
 tables give them, and the payloads every system is sent.
 """
 
-import itertools
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -17,7 +16,8 @@ from concurrent.futures import ProcessPoolExecutor
 import zmq
 
 import _peers
-from pylm.clients import Client
+from _peers import payload_of, payloads_of, stop_peers, stream_of  # noqa: F401 (compare's names)
+from pylm.clients import JOB_WINDOW_BYTES, Client
 
 KIB, MIB = 1024, 1024 * 1024
 
@@ -54,47 +54,16 @@ def label(workload, system):
 
 
 #: Bytes in flight at most: the window of calls (_peers.JOB_WINDOW, which is
-#: pylm.clients.JOB_WINDOW) shrinks for large payloads.
-WINDOW_BYTES = 16 * MIB
+#: pylm.clients.JOB_WINDOW) shrinks for large payloads, as Client.job's does.
+WINDOW_BYTES = JOB_WINDOW_BYTES
 #: Seconds to bring a process up, and to wait for any one reply.
-START_TIMEOUT = 30.0
+START_TIMEOUT = _peers.START_TIMEOUT
 REPLY_TIMEOUT = 15.0
-#: Distinct payload objects each job cycles through: pickle (Pool, the
-#: executor) writes an object it already wrote in the same chunk as a
-#: back-reference, so a job of one repeated object would flatter them.
-DISTINCT = 128
-
-
-def payload_of(size):
-    """`size` bytes, not all alike."""
-    block = bytes(range(256))
-    return (block * (size // 256 + 1))[:size]
-
-
-def payloads_of(size, count=DISTINCT):
-    """`count` distinct payloads of `size` bytes (a counter, then
-    payload_of's bytes)."""
-    return [i.to_bytes(8, "little") + payload_of(size - 8) for i in range(count)]
-
-
-def stream_of(payloads, n):
-    """n payloads, cycling through the distinct ones."""
-    return itertools.islice(itertools.cycle(payloads), n)
 
 
 def window_for(size):
     """Calls in flight at most for payloads of `size` bytes."""
     return max(8, min(_peers.JOB_WINDOW, WINDOW_BYTES // max(size, 1)))
-
-
-def stop_peers(peers):
-    """Stop every peer (last started first) and forget them."""
-    for peer in reversed(peers):
-        try:
-            peer.stop()
-        except Exception:
-            pass
-    peers.clear()
 
 
 class OursJob:
