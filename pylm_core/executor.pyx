@@ -528,8 +528,10 @@ cdef class Executor(Part):
                 tp = <char *>self.name
                 tn = len(self.name)
             if topic is not None or not to_client:
-                # along a stream: batched when every next stage is ours
-                marked = self.subs.stage_topic(tp, tn)
+                # along a stream: batched when every next stage is ours;
+                # pings to the stages of ours only
+                marked = (self.subs.ping_topic(tp, tn) if is_ping(o)
+                          else self.subs.stage_topic(tp, tn))
                 if marked is not None:
                     return self.cbatch.add_to(<char *>marked, len(marked), o, NULL, 0,
                                               &self.head)

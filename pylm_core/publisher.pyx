@@ -173,9 +173,15 @@ cdef class Publisher(Part):
 
     cdef int ping(self, pz_env *env) except -1:
         """Send a client's ping back along the default route of results."""
+        cdef bytes marked
         if not self.pipelined:
             return self.publish_env(env, env.f[PZ_F_CLIENT].p, env.f[PZ_F_CLIENT].n)
         if self.stream_hook is None:
+            # to the next stages of ours only (Subscriptions.ping_topic)
+            marked = self.subs.ping_topic(<char *>self.name, len(self.name))
+            if marked is not None:
+                self.pings += 1
+                return self.cbatch.add_to(<char *>marked, len(marked), env, NULL, 0, NULL)
             return self.publish_env(env, <char *>self.name, len(self.name))
         return 0
 
