@@ -4,14 +4,15 @@ subscribed to the plain topic only), and switches as subscribers come and
 go without losing, repeating or reordering a message
 (pylm_core/subscriptions.pyx, "Stage links").
 
-The servers run in threads (pylm._testing.running); the other subscribers
+The first stage is a Server or a Master (with a worker), pipelined.  The
+servers run in threads (pylm._testing.running); the other subscribers
 of the first stage's publisher are raw SUB sockets here, subscribed as a
 stage of ours subscribes (both topics) or as a pylm 0.14 stage does (the
 plain topic only), reading what the publisher sends them frame by frame.
 tests/test_interop.py runs real pylm 0.14 stages next to ours.
 """
 
-import threading
+import contextlib
 import time
 
 import pytest
@@ -21,7 +22,7 @@ from palm_reference import unbatch
 from pylm._testing import running, tcp_addresses
 from pylm.clients import Client
 from pylm.parts.messages_pb2 import PalmMessage
-from pylm.servers import Pipeline, Server
+from pylm.servers import Master, Pipeline, Server, Worker
 from pylm_core import _core
 
 TIMEOUT = 10.0          # seconds for anything that should come
@@ -40,6 +41,13 @@ class First(Tagging, Server):
 
 class Last(Tagging, Pipeline):
     pass
+
+
+class FirstWorker(Worker):
+    """A Master named 'first' has it run first.tag."""
+
+    def tag(self, payload):
+        return payload + b">first"
 
 
 def expected(numbers):
@@ -108,14 +116,35 @@ class Tap:
         self.sock.close()
 
 
+@contextlib.contextmanager
+def first_stage(kind, db, pull, pub):
+    """The first stage, pipelined: a Server, or a Master and its worker."""
+    if kind == "server":
+        with running(First("first", db, pull, pub, pipelined=True)):
+            yield
+        return
+    wpull, wpush = tcp_addresses(2)
+    with running(Master("first", pull, pub, wpull, wpush, db, pipelined=True)), \
+            running(FirstWorker("w", db)):
+        yield
+
+
 @pytest.fixture
 def chain():
     """First(pipelined) -> Last -> a Client, in threads; yields (client,
-    the first stage's pub_address, a context for taps)."""
+    a function making taps on the first stage's publisher)."""
+    with kind_of_chain("server") as c:
+        yield c
+
+
+@contextlib.contextmanager
+def kind_of_chain(kind):
+    """first_stage(kind) -> Last -> a Client; yields (client, tap), where
+    tap(ours) makes a Tap on the first stage's publisher (closed after)."""
     db0, pull0, pub0, db1, pub1 = tcp_addresses(5)
     ctx = zmq.Context.instance()
     taps = []
-    with running(First("first", db0, pull0, pub0, pipelined=True)), \
+    with first_stage(kind, db0, pull0, pub0), \
             running(Last("last", db1, pub0, pub1, "first")), \
             Client("first", db0, sub_address=pub1, timeout=TIMEOUT) as client:
 
@@ -158,8 +187,13 @@ def run_job(client, numbers):
 N = 3000
 
 
-def test_all_ours_batched_in_order(chain):
-    client, tap = chain
+@pytest.mark.parametrize("kind", ["server", "master"])
+def test_all_ours_batched_in_order(kind):
+    with kind_of_chain(kind) as (client, tap):
+        all_ours_batched_in_order(client, tap)
+
+
+def all_ours_batched_in_order(client, tap):
     ours = tap(ours=True)
     probe_until_seen(client, [ours])
     run_job(client, range(N))
@@ -169,8 +203,13 @@ def test_all_ours_batched_in_order(chain):
     assert len(ours.messages) < N
 
 
-def test_plain_subscriber_gets_single_envelopes(chain):
-    client, tap = chain
+@pytest.mark.parametrize("kind", ["server", "master"])
+def test_plain_subscriber_gets_single_envelopes(kind):
+    with kind_of_chain(kind) as (client, tap):
+        plain_subscriber_gets_single_envelopes(client, tap)
+
+
+def plain_subscriber_gets_single_envelopes(client, tap):
     ours = tap(ours=True)
     plain = tap(ours=False)
     probe_until_seen(client, [ours, plain])
