@@ -530,8 +530,12 @@ cdef class Executor(Part):
             if topic is not None or not to_client:
                 # along a stream: batched when every next stage is ours;
                 # pings to the stages of ours only
-                marked = (self.subs.ping_topic(tp, tn) if is_ping(o)
-                          else self.subs.stage_topic(tp, tn))
+                if is_ping(o):
+                    marked = self.subs.ping_topic(tp, tn)
+                    if marked is None:
+                        return 0
+                else:
+                    marked = self.subs.stage_topic(tp, tn)
                 if marked is not None:
                     return self.cbatch.add_to(<char *>marked, len(marked), o, NULL, 0,
                                               &self.head)

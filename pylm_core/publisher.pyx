@@ -179,10 +179,10 @@ cdef class Publisher(Part):
         if self.stream_hook is None:
             # to the next stages of ours only (Subscriptions.ping_topic)
             marked = self.subs.ping_topic(<char *>self.name, len(self.name))
-            if marked is not None:
-                self.pings += 1
-                return self.cbatch.add_to(<char *>marked, len(marked), env, NULL, 0, NULL)
-            return self.publish_env(env, <char *>self.name, len(self.name))
+            if marked is None:
+                return 0
+            self.pings += 1
+            return self.cbatch.add_to(<char *>marked, len(marked), env, NULL, 0, NULL)
         return 0
 
     cdef int pass_error(self, pz_env *env) except -1:

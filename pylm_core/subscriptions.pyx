@@ -209,14 +209,12 @@ cdef class Subscriptions:
         return answer
 
     cdef object ping_topic(self, const char *tp, size_t tn):
-        """STAGE_MARK + topic tp[0:tn] when a stage of ours subscribes to
-        it and nothing else subscribes to a prefix of it, else None.  A
-        client's ping travels along a stream (executor.pyx) on the marked
-        topic, seen by the stages of ours only: a pylm 0.14 stage beside
-        them would take it for a call and die of its empty `function`."""
+        """Where a client's ping goes along a stream to topic tp[0:tn]:
+        STAGE_MARK + topic, which only stages of ours read (held, like a
+        reply, until one subscribes), or None (dropped) when something
+        else subscribes to a prefix of it.  A pylm 0.14 stage would take
+        a ping for a call and die of its empty `function`."""
         cdef bytes marked_topic = _STAGE_MARK + PyBytes_FromStringAndSize(tp, <Py_ssize_t>tn)
-        if not self.counts.get(marked_topic, 0):
-            return None
         for prefix in self.counts:
             if marked_topic.startswith(prefix) and prefix != marked_topic:
                 return None
