@@ -51,6 +51,7 @@ if TYPE_CHECKING:
         def set(self, value: bytes, key: Optional[str] = None) -> str: ...
         def delete(self, key: str) -> str: ...
 
+from pylm._local import LOCAL_KEYS
 from pylm._context import context
 from pylm.parts.messages_pb2 import PalmMessage
 from pylm_core.errors import CACHE_FULL, PROTECTED_KEY, CacheFull, RemoteError
@@ -73,7 +74,7 @@ PROTOCOL_PARTS = b"parts"
 CONFIG_KEYS = frozenset({
     "name", CONFIG_PROTOCOL_KEY, "max_message_size", "db_address", "pull_address",
     "pub_address", "sub_address", "worker_pull_address", "worker_push_address",
-    "worker_router_address"})
+    "worker_router_address", *LOCAL_KEYS})
 #: Default bound of a server's cache (what remote requests stored): entries...
 CACHE_MAX_ENTRIES = 100_000
 #: ...and bytes (keys plus values).

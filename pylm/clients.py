@@ -27,6 +27,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, Generator, Iterable, Ite
 import zmq
 
 from pylm_core import _core
+from pylm import _local
 from pylm._cache import (CONFIG_PROTOCOL_KEY, PROTOCOL, PROTOCOL_PARTS, UNLIMITED, CacheClient,
                          batch_bytes_for)
 from pylm._context import context
@@ -190,18 +191,31 @@ class Client:
             if name != self.server_name:
                 raise ValueError("the server at %s is %r, not %r"
                                  % (self.db_address, name, self.server_name))
-            if self.push_address is None:
+            fetch_push, fetch_sub = self.push_address is None, self.sub_address is None
+            if fetch_push:
                 self.push_address = cache.request("get", b"pull_address").decode()
-            if self.sub_address is None:
+            if fetch_sub:
                 self.sub_address = cache.request("get", b"pub_address").decode()
             self._protocol = cache.request("get", CONFIG_PROTOCOL_KEY.encode())
             if self._protocol == PROTOCOL:
+                if fetch_push and fetch_sub:
+                    self._take_local_links(cache)
                 self._batch_bytes = batch_bytes_for(
                     cache.request("get", b"max_message_size"))
                 self._brokered = bool(cache.request("get", b"worker_push_address"))
         except BaseException:
             self.close()
             raise
+
+    def _take_local_links(self, cache: CacheClient) -> None:
+        """On the server's host, its ipc twins instead of the tcp addresses
+        from its cache (both or neither: pylm._local)."""
+        def get(key: bytes) -> bytes:
+            return cache.request("get", key)
+
+        twins = _local.local_addresses(get, _local.LOCAL_PULL_KEY, _local.LOCAL_PUB_KEY)
+        if twins is not None:
+            self.push_address, self.sub_address = twins
 
     # context manager -------------------------------------------------------
     def __enter__(self) -> Client:
@@ -542,29 +556,40 @@ class Client:
              resend: Optional[bool] = None) -> Generator[bytes, None, None]:
         """The generator behind job(); `bar`, when not None, counts replies.
         Until it ends the client is in a call, which close() from another
-        thread refuses to cut short (_begin_call)."""
+        thread refuses to cut short (_begin_call).  The replies come from
+        the core's JobStream through this one generator (no other Python
+        frame per reply)."""
         self._check_thread()        # the generator may be iterated elsewhere
         self._begin_call()
         try:
-            for payload in self._job_replies(function, generator, messages, cache,
-                                             timeout, window, resend):
-                if bar is not None:
+            lost: List[BaseException] = []
+            stream = self._job_stream(function, generator, messages, cache, timeout,
+                                      window, resend, lost)
+            if bar is None:
+                yield from stream
+            else:
+                for payload in stream:
                     bar.update(1)
-                yield payload
+                    yield payload
+            if lost:
+                raise WorkerLost("%d message(s) of the job took down %d workers each and "
+                                 "were not run; the other replies were delivered"
+                                 % (len(lost), MAX_LOST), lost)
         finally:
             self._end_call()
             if bar is not None:
                 bar.close()
 
-    def _job_replies(self, function: Function, generator: Iterable[Any], messages: int,
-                     cache: str, timeout: Optional[float], window: int,
-                     resend: Optional[bool] = None) -> Generator[bytes, None, None]:
-        self._check_thread()        # the generator may be iterated elsewhere
+    def _job_stream(self, function: Function, generator: Iterable[Any], messages: int,
+                    cache: str, timeout: Optional[float], window: int,
+                    resend: Optional[bool], lost: List[BaseException]) -> _core.JobStream:
+        """The core's iterator of the job's replies; a poison message's
+        WorkerLost goes to `lost` (reported once the job is done), any other
+        error reply raises."""
         name = self._function(function)
         self._connect(timeout)
         reader = self._reader
         assert reader is not None   # _connect made it
-        lost: List[BaseException] = []
 
         def on_error(error: str) -> object:
             # a poison message does not stop the job: it is reported at the end
@@ -581,20 +606,13 @@ class Client:
             call = _JOB_ID_BIT | (self._jobs << _JOB_SHIFT)
         else:
             call = self._next_call()
-        stream = _core.JobStream(self._push, reader, generator, self._pipeline,
-                                 self._topic, name.encode(), cache.encode(),
-                                 min(messages, 2**62), window=window, timeout=timeout,
-                                 batch=self._protocol == PROTOCOL,
-                                 on_error=on_error, call=call,
-                                 until_answered=messages == sys.maxsize,
-                                 batch_bytes=self._batch_bytes, resend=resends)
-        for payload in stream:
-            if payload is not _LOST:
-                yield payload
-        if lost:
-            raise WorkerLost("%d message(s) of the job took down %d workers each and "
-                             "were not run; the other replies were delivered"
-                             % (len(lost), MAX_LOST), lost)
+        return _core.JobStream(self._push, reader, generator, self._pipeline,
+                               self._topic, name.encode(), cache.encode(),
+                               min(messages, 2**62), window=window, timeout=timeout,
+                               batch=self._protocol == PROTOCOL,
+                               on_error=on_error, call=call,
+                               until_answered=messages == sys.maxsize,
+                               batch_bytes=self._batch_bytes, resend=resends, skip=_LOST)
 
     # cache -------------------------------------------------------------------
     def _key(self, key: str) -> str:

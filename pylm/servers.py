@@ -26,6 +26,7 @@ import pylm_core
 from pylm_core import _core
 from pylm._cache import (CACHE_MAX_BYTES, CACHE_MAX_ENTRIES, CONFIG_PROTOCOL_KEY, PROTOCOL,
                          CacheClient, CacheHandler, batch_bytes_for, serve_cache)
+from pylm import _local
 from pylm._dispatch import DropLog, ErrorReporter, method_table, overrides
 from pylm._runtime import Runtime, StopHandle
 from pylm._stats import server_stats, stats_reply
@@ -392,6 +393,10 @@ class Master(_Served):
     forwarded as the workers wrote them: ``send_tracebacks=False`` on a
     Master applies to its own hooks; give it to the Workers as well.
     `options`: keyword-only options of every server (_Served).
+
+    :param local_ipc: also bind an ipc twin of each tcp endpoint, which its
+        clients and workers on this host take instead (pylm._local); tcp
+        stays for everyone else
     """
 
     def __init__(self, name: str, pull_address: str, pub_address: str,
@@ -399,7 +404,7 @@ class Master(_Served):
                  pipelined: bool = False, cache: Optional[Store] = None,
                  log_level: Union[int, str, None] = None, messages: int = sys.maxsize, *,
                  worker_router_address: Optional[str] = None, worker_timeout: float = 3.0,
-                 **options: Any) -> None:
+                 local_ipc: bool = True, **options: Any) -> None:
         super().__init__(name, db_address, log_level, cache, **options)
         self.pull_address = pull_address
         self.pub_address = pub_address
@@ -408,6 +413,9 @@ class Master(_Served):
         self.worker_router_address = worker_router_address
         self._router_bound: Optional[str] = None
         self.worker_timeout = worker_timeout
+        #: clients and workers on this host reach the Master by ipc (pylm._local)
+        self.local_ipc = local_ipc
+        self._twins: Dict[str, str] = _local.published("", "", "")
         self.pipelined = pipelined
         self.messages = messages
 
@@ -431,6 +439,7 @@ class Master(_Served):
                       worker_push_address=self.worker_push_address,
                       worker_router_address=self._router_bound,
                       db_address=self.db_address)
+        config.update(self._twins)
         return config
 
     def _inbound(self, rt: Runtime) -> Tuple[Socket, int]:
@@ -445,9 +454,13 @@ class Master(_Served):
                                SNDHWM=_core.WORKER_HWM_, bind=self.worker_router_address
                                or _router_address(self.worker_push_address))
             self._router_bound = router.getsockopt_string(zmq.LAST_ENDPOINT)
-            self._serve_cache(rt, cache_messages)
             inbound, in_kind = self._inbound(rt)
             pub = rt.publisher(self.pub_address, MAX_MESSAGE_SIZE)
+            if self.local_ipc:
+                self._twins = _local.published(
+                    "" if in_kind == _core.IN_TOPIC_ else _local.bind_twin(inbound, self.logger),
+                    _local.bind_twin(pub, self.logger), _local.bind_twin(router, self.logger))
+            self._serve_cache(rt, cache_messages)
             wpush = rt.socket(zmq.PUSH, bind=self.worker_push_address)
             wpull = rt.socket(zmq.PULL, bind=self.worker_pull_address,
                               MAXMSGSIZE=MAX_MESSAGE_SIZE)
@@ -572,10 +585,18 @@ class Worker(_Served):
         if self.pull_address is None:
             self.pull_address = fetch("worker_push_address")
         self._batch_bytes = batch_bytes_for(fetch("max_message_size"))
-        self.router_address = self._router_in(fetch("worker_router_address"))
+        self.router_address = self._router_of(self._cache_client)
 
-    def _router_in(self, address: str) -> Optional[str]:
-        """The worker ROUTER address from the cache, as this host reaches it."""
+    def _router_of(self, cache: CacheClient) -> Optional[str]:
+        """The worker ROUTER address in the Master's `cache`, as this host
+        reaches it: its ipc twin on the Master's host (pylm._local)."""
+        def get(key: bytes) -> bytes:
+            return cache.request("get", key)
+
+        twin = _local.local_addresses(get, _local.LOCAL_ROUTER_KEY)
+        if twin is not None:
+            return twin[0]
+        address = get(b"worker_router_address").decode()
         if not address:
             return None
         host = urlsplit(self.db_address).hostname
@@ -628,7 +649,7 @@ class Worker(_Served):
         probe = CacheClient(self.db_address, "worker", min(self.heartbeat, 1.0) + 0.5,
                             self._security)
         try:
-            address = self._router_in(probe.request("get", b"worker_router_address").decode())
+            address = self._router_of(probe)
         except TimeoutError:
             return False
         finally:

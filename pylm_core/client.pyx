@@ -282,8 +282,7 @@ cdef class ReplyReader:
                         msg_ptr(&self.mp.f[0]), <char *>_WELCOME, len(_WELCOME)) == 0:
                     self.welcomes += 1      # one frame: a welcome, counted
                 continue
-            with nogil:
-                rc = pz_parse(msg_ptr(&self.mp.f[1]), pz_msg_size(&self.mp.f[1]), env)
+            rc = pz_parse(msg_ptr(&self.mp.f[1]), pz_msg_size(&self.mp.f[1]), env)
             if rc != PZ_OK:
                 self.bad += 1
                 continue
@@ -393,7 +392,8 @@ cdef class JobStream:
     one reply.  A batch frame holds at most `batch_bytes` (plus one call):
     half the server's maximum message size keeps it under that limit.  Raises TimeoutError when no reply comes for
     `timeout` seconds; for an error reply it returns what `on_error(text)`
-    returns (or raises what it raises).
+    returns (or raises what it raises), unless that is `skip` (not None):
+    then it goes on to the next reply.
 
     With `resend`, each call gets an id of its own (`call`, `call` + 1, ...)
     and its payload is kept until its reply comes: when the SUB reads a
@@ -411,6 +411,7 @@ cdef class JobStream:
         ReplyReader reader
         object it
         bytes pipeline, client, function, cache
+        bytes prefix                # fields 1, 2, 4, 5 of every call, encoded
         long long window, inflight, expected, received
         uint64_t call
         bint gen_done, batch, until_answered
@@ -419,6 +420,7 @@ cdef class JobStream:
         long long out_pending       # ... how many
         size_t batch_bytes          # a batch is sent once it holds this much
         object timeout, on_error
+        object skip                 # what on_error returns for a reply not yielded
         # resend mode: call i of the job (id `first` + i) keeps its payload
         # in slots[i & mask] (its id in ids[i & mask]) until its reply comes
         bint resend
@@ -438,7 +440,7 @@ cdef class JobStream:
                  bytes client, bytes function, bytes cache, long long messages,
                  *, long long window=1000, bint batch=False, timeout=None, on_error=None,
                  uint64_t call=0, bint until_answered=False,
-                 size_t batch_bytes=BATCH_BYTES, bint resend=False):
+                 size_t batch_bytes=BATCH_BYTES, bint resend=False, skip=None):
         self._push = push
         self.push = sock_handle(push)
         self.reader = reader
@@ -451,6 +453,10 @@ cdef class JobStream:
         self.client = client
         self.function = function
         self.cache = cache
+        cdef pz_env penv
+        _fill_call(&penv, pipeline, client, function, cache, NULL, 0, 0, 0)
+        self.prefix = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>pz_encoded_size(&penv))
+        pz_encode(&penv, PyBytes_AS_STRING(self.prefix))
         self.window = max(1, window)
         self.expected = messages
         self.inflight = self.received = 0
@@ -461,6 +467,7 @@ cdef class JobStream:
         self.batch_bytes = max(<size_t>1, min(batch_bytes, <size_t>BATCH_BYTES))
         self.timeout = timeout
         self.on_error = on_error
+        self.skip = skip
         self.resend = resend
         self.first = call
         self.unanswered = 0
@@ -559,13 +566,26 @@ cdef class JobStream:
                 except StopIteration:
                     self.gen_done = True
                     break
-                check_payload(payload)
+                if type(payload) is not bytes:
+                    check_payload(payload)
                 if self.resend:
                     call = self.call
                     self.call += 1
                     self.ids[(call - self.first) & self.mask] = call
                     self.slots[(call - self.first) & self.mask] = payload
                     self.unanswered += 1
+            if self.batch and type(payload) is bytes and PyBytes_GET_SIZE(payload) < LEND_MIN:
+                # the usual call: the prefix, then this payload and call id
+                if pz_batch_add_call(&self.out, PyBytes_AS_STRING(self.prefix),
+                                     <size_t>PyBytes_GET_SIZE(self.prefix),
+                                     PyBytes_AS_STRING(payload),
+                                     <size_t>PyBytes_GET_SIZE(payload),
+                                     PZ_FLAG_BATCH, call) != 0:
+                    raise MemoryError()
+                if self.out.count >= MAX_SEND or self.out.len >= self.batch_bytes:
+                    if self._send_batch():
+                        return 0
+                continue
             PyObject_GetBuffer(payload, &buf, PyBUF_SIMPLE)
             try:
                 _fill_call(&env, self.pipeline, self.client, self.function,
@@ -623,10 +643,17 @@ cdef class JobStream:
         return 0
 
     def __next__(self):
+        while True:
+            value = self._next()
+            if value is not self.skip or value is None:
+                return value
+
+    cdef object _next(self):
+        """The next reply's payload (what on_error returns for an error)."""
         cdef pz_env env
         cdef pz_pollitem_t items[2]
-        cdef _Deadline dl = _Deadline(self.timeout)
-        cdef int rc
+        cdef _Deadline dl = None        # made at the first wait: a reply
+        cdef int rc                     # already there costs no clock read
         cdef long left
         cdef long long wait
         cdef bint blocked
@@ -653,6 +680,8 @@ cdef class JobStream:
                 continue
             if self.resend and self.reader.welcomes != self.seen_welcomes:
                 continue                # read with the replies: send again first
+            if dl is None:
+                dl = _Deadline(self.timeout)
             left = dl.left()
             if left == 0:
                 raise TimeoutError("no reply for %s s (%d of the job's replies received%s)"
@@ -677,8 +706,12 @@ cdef class JobStream:
         self.received += 1
         if self.inflight > 0:
             self.inflight -= 1
+        if env.f[PZ_F_ERROR].n == 0:
+            # the hot path: no (payload, error) tuple made for a result
+            return PyBytes_FromStringAndSize(env.f[PZ_F_PAYLOAD].p,
+                                             <Py_ssize_t>env.f[PZ_F_PAYLOAD].n)
         payload, error = self.reader._result(&env)
-        if error is not None and self.on_error is not None:
+        if self.on_error is not None:
             return self.on_error(error)
         return payload
 

@@ -34,6 +34,8 @@ cdef extern from "wire.h" nogil:
     int pz_batch_add_env(pz_batch *b, const pz_env *e)
     int pz_batch_add_env_h(pz_batch *b, const pz_env *e, const pz_slice *head)
     int pz_batch_add_raw(pz_batch *b, const char *data, size_t n)
+    int pz_batch_add_call(pz_batch *b, const char *prefix, size_t pn, const char *payload,
+                          size_t n, uint64_t flags, uint64_t call)
     void pz_batch_free_cb(void *data, void *hint) noexcept
     int pz_batch_taking_back            # thread-local (see wire.h)
     uint64_t pz_batches_given          # counted with the GIL

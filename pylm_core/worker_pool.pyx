@@ -573,15 +573,22 @@ cdef class WorkerPool(Part):
         """Send queued envelopes: batches of up to MAX_SEND to the least
         loaded worker with credit left, else one by one to pylm 0.14
         workers while their PUSH has room.  1 when stopped."""
-        cdef int best, room
+        cdef int best, room, idle
+        cdef long share
         cdef Fifo *src
         while self.queue.count or self.retry.count:
             # messages of lost workers first, each alone in its batch
             src = &self.retry if self.retry.count else &self.queue
-            best = self._least_loaded(&room)
+            best = self._least_loaded(&room, &idle)
             if best >= 0:
-                if self._send_to_worker(best, src, min(room, 1 if src == &self.retry
-                                                       else MAX_SEND)):
+                # a batch is up to MAX_SEND (large batches: fewer wake-ups
+                # in every process), but what is queued is shared among the
+                # idle workers, so that a burst of calls does not go to
+                # one of them while the others have nothing to do
+                share = 1 if src == &self.retry else MAX_SEND
+                if idle > 1:
+                    share = min(share, (src.count + idle - 1) // idle)
+                if self._send_to_worker(best, src, <int>min(room, share)):
                     return 1
             elif not legacy_ready or self._send_to_legacy(src):
                 return 0
@@ -589,21 +596,25 @@ cdef class WorkerPool(Part):
         self.retry.head = self.retry.b.len = 0
         return 0
 
-    cdef int _least_loaded(self, int *room) noexcept nogil:
+    cdef int _least_loaded(self, int *room, int *idle) noexcept nogil:
         """The worker with the fewest messages in flight among those with
         room left in their credit and fewer than MAX_BATCHES_IN_FLIGHT
         batches, on a tie the one asking for more (a fast worker asks for
-        more credit); -1 when none.  *room: its room."""
+        more credit); -1 when none.  *room: its room; *idle: how many
+        workers have nothing in flight."""
         cdef int i, k, best = -1
         room[0] = 0
+        idle[0] = 0
         for i in range(self.n_workers):
             k = self.workers[i].limit - <int>self.workers[i].fly.count
-            if k > 0 and self.workers[i].fly.n < MAX_BATCHES_IN_FLIGHT and (best < 0
-                          or self.workers[i].fly.count < self.workers[best].fly.count
-                          or (self.workers[i].fly.count == self.workers[best].fly.count
-                              and k > room[0])):
-                best = i
-                room[0] = k
+            if k > 0 and self.workers[i].fly.n < MAX_BATCHES_IN_FLIGHT:
+                if self.workers[i].fly.count == 0:
+                    idle[0] += 1
+                if (best < 0 or self.workers[i].fly.count < self.workers[best].fly.count
+                        or (self.workers[i].fly.count == self.workers[best].fly.count
+                            and k > room[0])):
+                    best = i
+                    room[0] = k
         return best
 
     cdef int _send_to_worker(self, int w, Fifo *src, int most) except -1:

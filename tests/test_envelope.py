@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import pylm_core
+from pylm_core import _core
 from pylm_core.errors import DecodeError
 
 import palm_reference as ref
@@ -631,3 +632,42 @@ def test_repr():
     text = repr(m)
     assert "error='E: x'" in text and "(100 bytes)" in text
     assert len(text) < 250
+
+
+# --- the calls a job sends ---
+
+@settings(deadline=None, max_examples=40)
+@given(pipeline=text, client=text, function=text.filter(bool), cache=text,
+       payloads=st.lists(st.one_of(st.binary(max_size=300),
+                                   st.binary(max_size=20).map(bytearray)),
+                         min_size=1, max_size=4),
+       call=st.sampled_from([0, 1, 127, 128, 123456, 2**40, 2**63 - 1]))
+def test_job_batch_is_the_reference_encoding(pipeline, client, function, cache,
+                                             payloads, call):
+    """JobStream writes each call of a batch from a prefix encoded once
+    (wire.h pz_batch_add_call); the envelopes must be the canonical
+    encoding of the same fields, flags and call id, whatever the payload
+    type (bytes take the fast path, others the buffer protocol)."""
+    import zmq
+    ctx = zmq.Context.instance()
+    pull, push, sub = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH), ctx.socket(zmq.SUB)
+    try:
+        pull.bind("inproc://job-batch-%d" % id(pull))
+        push.connect("inproc://job-batch-%d" % id(pull))
+        stream = _core.JobStream(
+            push, _core.ReplyReader(sub), iter(payloads), pipeline.encode(),
+            client.encode(), function.encode(), cache.encode(), len(payloads),
+            batch=True, timeout=0, call=call)
+        with pytest.raises(TimeoutError):   # no server: the calls are sent, no reply
+            next(stream)
+        assert pull.poll(5000)
+        mark, frame = pull.recv_multipart()
+        assert mark == _core.BATCH_MARK
+        assert ref.unbatch(frame) == [
+            Pb(pipeline=pipeline, client=client, function=function, cache=cache,
+               payload=bytes(p)).SerializeToString()
+            + field_varint(16, 1) + (field_varint(17, call) if call else b"")
+            for p in payloads]
+    finally:
+        for s in (pull, push, sub):
+            s.close(linger=0)

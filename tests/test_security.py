@@ -22,6 +22,7 @@ import pytest
 import zmq
 import zmq.auth
 
+from pylm import _local
 from pylm._testing import in_child, running, stop_all, tcp_addresses, tcp_ports, wait_for
 from pylm.clients import Client
 from pylm.parts.servers import ServerTemplate
@@ -287,6 +288,51 @@ def test_master_refuses_bad_peers_and_fake_workers(keys):
                 sock.close(linger=0)
             stop_all(procs)
     assert master.stats["refused"] >= 2 * len(bad_peers(keys)) + 3
+
+
+@pytest.mark.skipif(not _local.host_id(), reason="abstract ipc sockets are Linux's")
+def test_the_ipc_twins_of_a_master_refuse_as_its_tcp_endpoints(keys):
+    """A Master's ipc twins (pylm/_local.py) are its tcp sockets bound once
+    more: a good client on its host goes through them, and every bad peer
+    at a twin (a plain or refused client, a plain subscriber, a fake worker
+    with a key not authorized) is refused and counted, and reads nothing."""
+    addresses = master_addresses()
+    db = addresses["db_address"]
+    master = Master("m", worker_timeout=3.0, **addresses, **keys.serve)
+    worker = TagWorker("good", db, heartbeat=0.2, **keys.worker)
+    ctx = zmq.Context.instance()
+    with running(master, client_kwargs=keys.good), running(worker):
+        with Client("m", db, timeout=TIMEOUT, **keys.good) as client:
+            pull, pub = client.push_address, client.sub_address
+            assert (pull, pub) == (_local.twin_of(addresses["pull_address"]),
+                                   _local.twin_of(addresses["pub_address"]))
+            wait_for(lambda: client.eval("m.tag", b"up", timeout=TIMEOUT) == b"good:up",
+                     timeout=30, what="the worker answering")
+            assert worker.router_address.startswith("ipc://@pylm/")
+            for label, kwargs, key in bad_peers(keys):
+                refuses(master, "%s at the twins" % label,
+                        bad_call("m", pull, pub, "m.tag", kwargs), key)
+            outsider = curve_options(keys.server_public, keys.outsider_secret)
+            for kind, address, options in ((zmq.SUB, pub, {}),
+                                           (zmq.DEALER, worker.router_address, outsider)):
+                sock = ctx.socket(kind)
+                try:
+                    sock.setsockopt(zmq.LINGER, 0)
+                    if kind == zmq.SUB:
+                        sock.setsockopt(zmq.SUBSCRIBE, b"")
+                    for name, value in options.items():
+                        sock.setsockopt(getattr(zmq, name), value)
+                    settle(master)
+                    before = master.refused
+                    sock.connect(address)
+                    if kind == zmq.DEALER:
+                        sock.send_multipart([b"R", b"1000"])
+                    wait_for(lambda: master.refused > before, timeout=REFUSED_WITHIN,
+                             what="%s at %s refused" % (sock.type, address))
+                    job_of(client, "m.tag", 500, b"", prefix=b"good:")
+                    assert silent(sock)
+                finally:
+                    sock.close(linger=0)
 
 
 def test_pipeline_refuses_bad_peers_and_outsiders_read_nothing(keys):
