@@ -292,6 +292,20 @@ class Server(_Served):
                                          name=self.name, limit=self.messages))
 
 
+def _stage_sub(rt: Runtime, address: str, previous: str) -> Socket:
+    """A stage's SUB on the stage before it, at `address`: subscribed to
+    topic `previous`, as pylm 0.14's stages are, and to the marked topic
+    on which a stage of ours sends batches when every stage after it is
+    ours (pylm_core/subscriptions.pyx, "Stage links").  Both are set
+    before the connect, so that the SUB sends them in byte order: the
+    plain one first."""
+    topic = previous.encode()
+    sub = rt.prepare(zmq.SUB, connect=address, SUBSCRIBE=topic)
+    sub.setsockopt(zmq.SUBSCRIBE, _core.STAGE_MARK + topic)
+    sub.connect(address)
+    return sub
+
+
 class Pipeline(_Served):
     """A stage of a stream: subscribes to topic `previous` at `sub_address`,
     runs its entry of `function`, publishes at `pub_address` to the client
@@ -323,8 +337,7 @@ class Pipeline(_Served):
             self._serve_cache(rt, cache_messages)
             inbound = []
             for address, topic in self._subscriptions():
-                sub = rt.socket(zmq.SUB, connect=address, SUBSCRIBE=topic.encode())
-                inbound.append((sub, _core.IN_TOPIC_))
+                inbound.append((_stage_sub(rt, address, topic), _core.IN_TOPIC_))
             pub = rt.publisher(self.pub_address, MAX_MESSAGE_SIZE)
             self._run(rt, self._executor(rt, inbound, pub, _core.OUT_TOPIC_,
                                          name=self.name, limit=self.messages))
@@ -493,8 +506,7 @@ class Hub(Master):
         return config
 
     def _inbound(self, rt: Runtime) -> Tuple[Socket, int]:
-        sub = rt.socket(zmq.SUB, connect=self.sub_address, SUBSCRIBE=self.previous.encode())
-        return sub, _core.IN_TOPIC_
+        return _stage_sub(rt, self.sub_address, self.previous), _core.IN_TOPIC_
 
 
 class Worker(_Served):

@@ -5,6 +5,7 @@ from typing import (Any, Callable, Dict, Iterable, Iterator, List, Literal, Opti
 PING_PREFIX: bytes
 WELCOME: bytes
 BATCH_MARK: bytes
+STAGE_MARK: bytes
 PAYLOAD_MARK: bytes
 HB_SUFFIX: bytes
 W_RESET: bytes

@@ -19,6 +19,14 @@ cdef enum:
 # The frame before a batch of envelopes on a pylm-to-pylm link:
 # client -> server [BATCH_MARK, batch]; server -> client [topic, BATCH_MARK, batch].
 BATCH_MARK = b"\x00pylm-batch"
+# The topic prefix of a stage link's batches: a stage of ours publishes
+# [STAGE_MARK + topic, BATCH_MARK, batch] instead of one [topic, envelope]
+# per message when every subscriber of `topic` is ours, which each says by
+# subscribing to STAGE_MARK + topic too (subscriptions.pyx, "Stage links").
+# 0xFF never occurs in UTF-8, so no plain topic (or subscription) starts
+# with it, and a SUB resends its subscriptions in byte order, the plain one
+# first.
+STAGE_MARK = b"\xffpylm-stage:"
 # The frame before [envelope, payload] on a pylm-to-pylm link: the payload
 # travels in a frame of its own, pointing at the caller's buffer (no copy).
 PAYLOAD_MARK = b"\x00pylm-payld"
@@ -32,6 +40,7 @@ WELCOME = b"\x00pylm-welcome"
 cdef bytes _BATCH_MARK = BATCH_MARK
 cdef bytes _PAYLOAD_MARK = PAYLOAD_MARK
 cdef bytes _PING_PREFIX = PING_PREFIX
+cdef bytes _STAGE_MARK = STAGE_MARK
 
 # -- the worker protocol (worker DEALER <-> Master ROUTER) --------------------
 #

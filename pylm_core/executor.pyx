@@ -497,11 +497,13 @@ cdef class Executor(Part):
         """Queue or send one reply (self.head before its payload).  Worker
         mode: into the batch for the Master.  Replies to a client that
         takes batches (flags) on the default route: into that client's
-        batch.  Anything else: alone, after the batch so far (order is
-        kept).  1 when stopped."""
+        batch; along a stream whose next stages are all ours: into their
+        batch (subscriptions.pyx, "Stage links").  Anything else: alone,
+        after the batch so far (order is kept).  1 when stopped."""
         cdef pz_msg_t m
         cdef const char *tp
         cdef size_t tn
+        cdef bytes marked
         if is_ping(o):
             self.pings += 1
         else:
@@ -515,8 +517,6 @@ cdef class Executor(Part):
         if self.out_kind == OUT_TOPIC:
             if topic is None and to_client and o.flags & PZ_FLAG_BATCH:
                 return self.cbatch.add(o, NULL, 0, &self.head)
-            if self.cbatch.flush():
-                return 1
             if topic is not None:
                 tp = <char *>topic
                 tn = len(topic)
@@ -526,6 +526,20 @@ cdef class Executor(Part):
             else:
                 tp = <char *>self.name
                 tn = len(self.name)
+            if topic is not None or not to_client:
+                # along a stream: batched when every next stage is ours;
+                # pings to the stages of ours only
+                if is_ping(o):
+                    marked = self.subs.ping_topic(tp, tn)
+                    if marked is None:
+                        return 0
+                else:
+                    marked = self.subs.stage_topic(tp, tn)
+                if marked is not None:
+                    return self.cbatch.add_to(<char *>marked, len(marked), o, NULL, 0,
+                                              &self.head)
+            if self.cbatch.flush():
+                return 1
             if env_head_to_msg(o, &self.head, &m) != 0:
                 raise MemoryError()
             return self.subs.publish(tp, tn, &m, NULL, legacy_reply(o))

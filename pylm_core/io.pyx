@@ -421,9 +421,11 @@ cdef int send_alone(void *sock, pz_msg_t *m, int flags, Waiter waiter) except -1
 cdef class ClientBatch:
     """Replies for clients that read batches (flag PZ_FLAG_BATCH), published
     as one frame [topic, BATCH_MARK, batch] per client: the one batcher of
-    the Executor's and the Publisher's replies.  A batch frame goes to one
-    client's topic, so a reply for another client sends the batch first;
-    a full batch (BATCH_BYTES) is sent at once."""
+    the Executor's and the Publisher's replies, and of their messages to a
+    next stage of ours (add_to, on the stage's marked topic: subscriptions.pyx,
+    "Stage links").  A batch frame goes to one topic, so a message for
+    another topic sends the batch first; a full batch (BATCH_BYTES) is sent
+    at once."""
     cdef pz_batch b
     cdef bytes topic                # the client whose replies b holds
     cdef void *sock                 # the PUB the batches go to ...
@@ -443,8 +445,11 @@ cdef class ClientBatch:
         """Add the reply env for its client: p[0:n], its encoding, or
         env encoded (`head` before its payload, see pz_encode_h) when p is
         NULL.  1 when stopped."""
-        cdef const char *tp = env.f[PZ_F_CLIENT].p
-        cdef size_t tn = env.f[PZ_F_CLIENT].n
+        return self.add_to(env.f[PZ_F_CLIENT].p, env.f[PZ_F_CLIENT].n, env, p, n, head)
+
+    cdef int add_to(self, const char *tp, size_t tn, pz_env *env, const char *p, size_t n,
+                    const pz_slice *head) except -1:
+        """add(), to the batch of topic tp[0:tn].  1 when stopped."""
         if self.b.count != 0 and (tn != <size_t>PyBytes_GET_SIZE(self.topic)
                                   or memcmp(tp, PyBytes_AS_STRING(self.topic), tn) != 0):
             if self.flush():

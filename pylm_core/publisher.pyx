@@ -1,6 +1,7 @@
 # The Master's publisher: the part that publishes results on the Master's
 # XPUB, to each client's topic (batched for clients that read batches) or,
-# when pipelined, to the next stage.  Python runs only for the hooks a
+# when pipelined, to the next stage (batched when the next stages are
+# ours).  Python runs only for the hooks a
 # subclass overrides (gather, handle_stream).
 
 
@@ -95,7 +96,7 @@ cdef class Publisher(Part):
                 return self._publish_raw(p, n, frame, env.f[PZ_F_CLIENT].p,
                                          env.f[PZ_F_CLIENT].n, legacy_reply(env))
             env.stage += 1
-            return self.publish_env(env, <char *>self.name, len(self.name))
+            return self.along(env, <char *>self.name, len(self.name))
         msg = PalmMessage.__new__(PalmMessage)
         msg.from_env(env, None)
         try:
@@ -172,10 +173,16 @@ cdef class Publisher(Part):
 
     cdef int ping(self, pz_env *env) except -1:
         """Send a client's ping back along the default route of results."""
+        cdef bytes marked
         if not self.pipelined:
             return self.publish_env(env, env.f[PZ_F_CLIENT].p, env.f[PZ_F_CLIENT].n)
         if self.stream_hook is None:
-            return self.publish_env(env, <char *>self.name, len(self.name))
+            # to the next stages of ours only (Subscriptions.ping_topic)
+            marked = self.subs.ping_topic(<char *>self.name, len(self.name))
+            if marked is None:
+                return 0
+            self.pings += 1
+            return self.cbatch.add_to(<char *>marked, len(marked), env, NULL, 0, NULL)
         return 0
 
     cdef int pass_error(self, pz_env *env) except -1:
@@ -204,12 +211,24 @@ cdef class Publisher(Part):
     cdef int flush(self) except -1:
         return self.cbatch.flush()
 
+    cdef int along(self, pz_env *env, const char *tp, size_t tn) except -1:
+        """Publish a result along the stream, to topic tp[0:tn]: into the
+        batch of the next stages when they are all ours (subscriptions.pyx,
+        "Stage links"), else alone.  1 when stopped."""
+        cdef bytes marked = self.subs.stage_topic(tp, tn)
+        if marked is None:
+            return self.publish_env(env, tp, tn)
+        self.sent += 1
+        return self.cbatch.add_to(<char *>marked, len(marked), env, NULL, 0, NULL)
+
     cdef int publish_message(self, object topic, PalmMessage msg) except -1:
         cdef pz_env env
         cdef Py_buffer buf
         cdef int held = msg.to_env(&env, &buf)
         cdef bytes btopic = topic.encode() if isinstance(topic, str) else bytes(topic)
         try:
+            if env.f[PZ_F_ERROR].n == 0 and not is_ping(&env):
+                return self.along(&env, <char *>btopic, len(btopic))
             return self.publish_env(&env, <char *>btopic, len(btopic))
         finally:
             if held:

@@ -6,6 +6,18 @@
 # subscriber, also when a subscriber's connection ends), so a reply whose
 # topic matches none is kept here, bounded in count and time, and published
 # when a matching subscription arrives.
+#
+# Stage links: a stage of ours (Server or Master pipelined, Pipeline, Sink,
+# Hub) subscribes to the topic of the stage before it, `previous`, as pylm
+# 0.14 does, and also to STAGE_MARK + `previous` (consts.pxi), which pylm
+# 0.14 never does.  Counting both here tells a publisher whether every
+# subscriber of a topic is ours: then it publishes batches [STAGE_MARK +
+# topic, BATCH_MARK, batch], else single envelopes [topic, envelope] as
+# pylm 0.14 does.  A message goes on exactly one of the two topics, and a
+# subscriber of ours takes both from one queue, so it gets every message
+# once and in order whatever the switches between them; a pylm 0.14
+# subscriber is counted from the moment its subscription is read, and gets
+# single envelopes from then on.
 
 
 HOLD_REPLIES = 10000            # the default bound on replies held ...
@@ -80,6 +92,10 @@ cdef class Subscriptions:
         size_t first, count, cap
         size_t max_held
         long long hold_ns
+        long long changes           # subscriptions changed (stage_topic's cache)
+        bytes stage_for             # the topic stage_topic last answered for ...
+        object stage_answer         # ... its answer ...
+        long long stage_at          # ... and `changes` then
     cdef readonly long long held_dropped, held_sent
 
     def __init__(self, size_t max_held=HOLD_REPLIES, double hold_seconds=HOLD_SECONDS):
@@ -93,6 +109,7 @@ cdef class Subscriptions:
         self.steady = set()
         self.waiting = {}
         self.out = []
+        self.stage_at = -1
 
     def __dealloc__(self):
         cdef size_t i
@@ -154,9 +171,59 @@ cdef class Subscriptions:
         self.n_lens = len(lens)
         return 0
 
+    cdef object stage_topic(self, const char *tp, size_t tn):
+        """STAGE_MARK + topic tp[0:tn] when every subscriber of the topic
+        is a stage of ours (see "Stage links" above), else None.  Ours
+        subscribe to both; one of pylm 0.14 to the topic only.  So: as many
+        subscriptions to the marked topic as to prefixes of the topic, and
+        no other prefix of the marked topic (a subscriber of every topic,
+        "", would get the batches).  A SUB sends its plain subscription
+        before the marked one (byte order), so a subscriber of ours half
+        counted (its plain subscription read, the other not yet) counts as
+        one of pylm 0.14; its two unsubscriptions, when it leaves, are
+        queued together by libzmq and read in one read().  Cached until
+        the subscriptions change."""
+        cdef Py_ssize_t plain = 0
+        cdef Py_ssize_t marked
+        cdef bytes topic
+        if self.stage_at == self.changes and self.stage_for is not None and \
+                <size_t>PyBytes_GET_SIZE(self.stage_for) == tn and \
+                memcmp(PyBytes_AS_STRING(self.stage_for), tp, tn) == 0:
+            return self.stage_answer
+        topic = PyBytes_FromStringAndSize(tp, <Py_ssize_t>tn)
+        marked_topic = _STAGE_MARK + topic
+        marked = self.counts.get(marked_topic, 0)
+        answer = None
+        if marked > 0:
+            for prefix, c in self.counts.items():
+                if topic.startswith(prefix):
+                    plain += c
+                elif marked_topic.startswith(prefix) and prefix != marked_topic:
+                    plain = -1
+                    break
+            if plain == marked:
+                answer = marked_topic
+        self.stage_for = topic
+        self.stage_answer = answer
+        self.stage_at = self.changes
+        return answer
+
+    cdef object ping_topic(self, const char *tp, size_t tn):
+        """Where a client's ping goes along a stream to topic tp[0:tn]:
+        STAGE_MARK + topic, which only stages of ours read (held, like a
+        reply, until one subscribes), or None (dropped) when something
+        else subscribes to a prefix of it.  A pylm 0.14 stage would take
+        a ping for a call and die of its empty `function`."""
+        cdef bytes marked_topic = _STAGE_MARK + PyBytes_FromStringAndSize(tp, <Py_ssize_t>tn)
+        for prefix in self.counts:
+            if marked_topic.startswith(prefix) and prefix != marked_topic:
+                return None
+        return marked_topic
+
     cdef int _subscribed(self, bytes prefix, bint on, long long now) except -1:
         """A subscribe (on) or unsubscribe of `prefix` by one subscriber."""
         cdef long c = self.counts.get(prefix, 0) + (1 if on else -1)
+        self.changes += 1
         if on:
             self.sub_at[prefix] = now
             self.steady.discard(prefix)

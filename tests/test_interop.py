@@ -295,7 +295,7 @@ def test_new_worker_old_master(node):
 STREAM = ["server.foo", "pipeline.bar"]
 
 
-def until_joined(db, sub_address, timeout=30.0):
+def until_joined(db, sub_address, timeout=30.0, function=STREAM):
     """Call through the stream with our Client until it answers.  A stage's
     SUB subscribes to the stage before it asynchronously, and neither kind
     of server tells when that is done; a pylm 0.14 client would lose its
@@ -304,7 +304,7 @@ def until_joined(db, sub_address, timeout=30.0):
         deadline = time.monotonic() + timeout
         while True:
             try:
-                return client.eval(STREAM, b"probe", timeout=0.5)
+                return client.eval(function, b"probe", timeout=0.5)
             except TimeoutError:
                 if time.monotonic() > deadline:
                     raise AssertionError("the stream did not answer within %s s" % timeout)
@@ -315,13 +315,13 @@ def stream_client(request, node):
     """Runs eval and job through a two-stage stream, from our Client or
     from a pylm 0.14 one, and checks every reply."""
 
-    def run(db, sub_address, prefix):
+    def run(db, sub_address, prefix, function=STREAM):
         if request.param == "old-client":
-            run_old_client(node, "server", db, " ".join(STREAM), prefix,
+            run_old_client(node, "server", db, " ".join(function), prefix,
                            old_publisher=prefix.startswith("old-"), sub=sub_address)
         else:
             with Client("server", db, sub_address=sub_address) as client:
-                run_new_client(client, STREAM, prefix)
+                run_new_client(client, function, prefix)
 
     return run
 
@@ -344,6 +344,66 @@ def test_new_pipeline_after_old_server(node, stream_client):
         wait_cache(pdb, "pipeline")
         assert until_joined(db, ppub) == b"new-pipeline:old-server:probe"
         stream_client(db, ppub, "new-pipeline:old-server:")
+
+
+# Stage links between our stages carry batches, negotiated by subscription
+# (pylm_core/subscriptions.pyx, "Stage links"): a pylm 0.14 stage beside,
+# before or after ours must still get, and send, single envelopes.
+
+STREAM3 = ["server.foo", "middle.bar", "pipeline.bar"]
+
+
+class NewMiddle(Tagged, Pipeline):
+    def bar(self, payload):
+        return self.work(b"new-middle:", payload)
+
+
+def test_old_pipeline_after_new_stages(node, stream_client):
+    """Our Server -> our Pipeline (a link of ours) -> a pylm 0.14 Pipeline."""
+    db, pull, pub, mdb, mpub, pdb, ppub = tcp_addresses(7)
+    with Served(behind_old_publisher(NewServer("server", db, pull, pub, pipelined=True))), \
+            Served(NewMiddle("middle", mdb, pub, mpub, "server", to_client=False)):
+        wait_cache(db, "server")
+        wait_cache(mdb, "middle")
+        start_old(node, "old-pipeline", "pipeline", "pipeline", pdb, mpub, ppub, "middle",
+                  db=pdb, name="pipeline")
+        prefix = "old-pipeline:new-middle:new-server:"
+        assert until_joined(db, ppub, function=STREAM3) == prefix.encode() + b"probe"
+        stream_client(db, ppub, prefix, STREAM3)
+
+
+def test_new_stages_after_old_server(node, stream_client):
+    """A pylm 0.14 Server -> our Pipeline -> our Pipeline (a link of ours)."""
+    db, pull, pub, mdb, mpub, pdb, ppub = tcp_addresses(7)
+    start_old(node, "old-server", "server", "server", db, pull, pub, "--pipelined",
+              db=db, name="server")
+    with Served(NewMiddle("middle", mdb, pub, mpub, "server", to_client=False)), \
+            Served(NewPipeline("pipeline", pdb, mpub, ppub, "middle")):
+        wait_cache(mdb, "middle")
+        wait_cache(pdb, "pipeline")
+        prefix = "new-pipeline:new-middle:old-server:"
+        assert until_joined(db, ppub, function=STREAM3) == prefix.encode() + b"probe"
+        stream_client(db, ppub, prefix, STREAM3)
+
+
+def test_old_and_new_pipeline_after_new_server(node, stream_client):
+    """Our Server with two next stages of the same name: a pylm 0.14
+    Pipeline and ours, each publishing on its own address.  Both get every
+    call (the Server sends single envelopes, which both read), and the
+    pylm 0.14 one none of our clients' pings (its `function` would be
+    empty: a pylm 0.14 stage dies of it)."""
+    db, pull, pub, pdb, ppub, ndb, npub = tcp_addresses(7)
+    with Served(behind_old_publisher(NewServer("server", db, pull, pub, pipelined=True))), \
+            Served(NewPipeline("pipeline", ndb, pub, npub, "server")):
+        wait_cache(db, "server")
+        wait_cache(ndb, "pipeline")
+        start_old(node, "old-pipeline", "pipeline", "pipeline", pdb, pub, ppub, "server",
+                  db=pdb, name="pipeline")
+        assert until_joined(db, npub) == b"new-pipeline:new-server:probe"
+        assert until_joined(db, ppub) == b"old-pipeline:new-server:probe"
+        stream_client(db, ppub, "old-pipeline:new-server:")
+        with Client("server", db, sub_address=npub) as client:
+            run_new_client(client, STREAM, "new-pipeline:new-server:")
 
 
 # ---------------------------------------------------------------------------

@@ -620,12 +620,13 @@ def test_raw_envelopes_with_a_bad_stage_or_server_get_lookup_errors(chain):
     client_id = "raw-" + uuid.uuid4().hex
     with raw_sockets(chain.src.pull_address, chain.src.pub_address,
                      [client_id, "src"]) as (push, sub):
-        # the subscription is live once a ping comes back (on 'src': pipelined)
-        def pinged():
-            push.send(PalmMessage(pipeline="ping", client=client_id,
-                                  cache="\x00pylm-ping:raw").SerializeToString())
+        # the subscription is live once a call comes back on 'src' (pings
+        # go on along a stream to the stages of ours only: Subscriptions.ping_topic)
+        def joined():
+            push.send(PalmMessage(pipeline="join", client=client_id, function="src.tag p1.tag",
+                                  payload=b"j").SerializeToString())
             return sub.poll(200) and len(sub.recv_multipart()) == 2
-        wait_for(pinged, timeout=TIMEOUT, what="the raw subscription")
+        wait_for(joined, timeout=TIMEOUT, what="the raw subscription")
 
         # Errors go to the client's topic here (and along the stream, topic
         # 'src', to a client subscribed at the last stage).
