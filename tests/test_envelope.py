@@ -11,6 +11,7 @@ import copy
 import pickle
 import random
 import sys
+import uuid
 
 import numpy as np
 import pytest
@@ -652,8 +653,11 @@ def test_job_batch_is_the_reference_encoding(pipeline, client, function, cache,
     ctx = zmq.Context.instance()
     pull, push, sub = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH), ctx.socket(zmq.SUB)
     try:
-        pull.bind("inproc://job-batch-%d" % id(pull))
-        push.connect("inproc://job-batch-%d" % id(pull))
+        # a name of its own per example: a closed socket's inproc name is
+        # released by libzmq later, and id() is reused at once
+        address = "inproc://job-batch-%s" % uuid.uuid4().hex
+        pull.bind(address)
+        push.connect(address)
         stream = _core.JobStream(
             push, _core.ReplyReader(sub), iter(payloads), pipeline.encode(),
             client.encode(), function.encode(), cache.encode(), len(payloads),
