@@ -131,6 +131,7 @@ cdef int give_batch(pz_batch *b, pz_msg_t *m) noexcept:
         return -1
     else:
         pz_batches_given += 1
+        b.hint = min(b.len, PZ_HINT_MAX)    # the next batch's first size (wire.h)
     b.buf = NULL
     b.len = b.cap = 0
     b.count = b.completed = 0

@@ -22,12 +22,14 @@ cdef extern from "wire.h" nogil:
         int bad_field
 
     int PZ_FLAG_BATCH
+    size_t PZ_HINT_MAX
 
     ctypedef struct pz_batch:
         char *buf
         size_t len, cap
         int count
         int completed
+        size_t hint
 
     int pz_batch_next(const char **pp, const char *end, pz_slice *out)
     int pz_batch_reserve(pz_batch *b, size_t extra)
