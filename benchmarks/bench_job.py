@@ -2,7 +2,10 @@
 hand-written baselines of the same shape in the same run.
 
 group "job": 100-byte payloads (128 distinct ones, cycled), MESSAGES per
-round, reported as msgs/s (issue 15's targets: ours >= 2.0x each baseline)
+round, reported as msgs/s (issue 15's targets: ours >= 2.0x each baseline);
+ours, baseline and pool100 take turns in one test (test_job_interleaved:
+ours, baseline, pool100, ours, ...; conftest.py's interleave), so that each
+ratio compares rounds run under the same load
     ours      Client.job -> Master (process) -> 2 Workers (processes) -> Master -> Client
     baseline  ventilator PUSH (thread) -> 2 workers PULL/PUSH (processes) -> sink PULL
     pool100   multiprocessing.Pool(2).imap(chunksize=100) (spawn)
@@ -22,8 +25,10 @@ group "job-stats": the "job" round of ours with live statistics asked for
               asked (measured with the job alone)
     The two run one after the other; on a loaded machine rounds vary more
     than the difference, so compare several runs (or interleave the two).
-group "eval": one call per round; p50 and p99 of the rounds (issue 15's
-targets: ours p50 <= 1.0x and p99 <= 1.2x the baseline's)
+group "eval": every call timed; p50 and p99 of the calls (issue 15's
+targets: ours p50 <= 1.0x and p99 <= 1.2x the baseline's); blocks of
+EVAL_BLOCK calls of each side take turns in one test (test_eval_interleaved),
+EVAL_ROUNDS calls of each in all
     ours      Client.eval -> Server (process) -> Client
     baseline  REQ -> REP (process) -> REQ
 
@@ -35,6 +40,7 @@ PYLM_BENCH_ROUNDS, PYLM_BENCH_EVAL_ROUNDS in the environment; conftest.py's
 """
 
 import contextlib
+import functools
 import multiprocessing
 import os
 import threading
@@ -64,6 +70,10 @@ except ImportError:  # benchmarks/ imported as a package
 MESSAGES = int(os.environ.get("PYLM_BENCH_MESSAGES", 100_000))
 ROUNDS = int(os.environ.get("PYLM_BENCH_ROUNDS", 10))
 EVAL_ROUNDS = int(os.environ.get("PYLM_BENCH_EVAL_ROUNDS", 20000))
+#: eval: calls of one side before the other side's turn, and calls of
+#: each side in the warm-up
+EVAL_BLOCK = 100
+EVAL_WARMUP = 200
 #: the job group's payloads: distinct objects, so that pickle's memo does
 #: not flatter the Pool
 PAYLOADS = payloads_of(len(PAYLOAD))
@@ -117,25 +127,25 @@ def _pushpull_round(vent, sink, n):
 
 
 @pytest.mark.benchmark(group="job")
-def test_job_ours(bench, master_client):
-    bench(lambda: job_round(master_client, stream_of(PAYLOADS, MESSAGES), MESSAGES),
-          role="ours", messages=MESSAGES, rounds=ROUNDS, warmup_rounds=1, iterations=1)
-
-
-@pytest.mark.benchmark(group="job")
-def test_job_baseline_pyzmq(bench, pushpull):
+def test_job_interleaved(interleave, master_client, pushpull):
+    """ours, the pyzmq pipeline and the Pool, taking turns round by round
+    (conftest.py's interleave): each ratio from the same load."""
     vent, sink = pushpull
-    bench(_pushpull_round, vent, sink, MESSAGES, role="baseline", messages=MESSAGES,
-          rounds=ROUNDS, warmup_rounds=1, iterations=1)
-
-
-@pytest.mark.benchmark(group="job")
-def test_job_baseline_pool_imap_chunksize_100(bench):
     pool = PoolJob(WORKERS)
     try:
-        run = pool.runner(100)
-        bench(lambda: run(MESSAGES, PAYLOADS), role="pool100", messages=MESSAGES,
-              rounds=ROUNDS, warmup_rounds=1, iterations=1)
+        run_pool = pool.runner(100)
+
+        def pool_round():
+            result = run_pool(MESSAGES, PAYLOADS)
+            assert result["received"] == MESSAGES, "%d of %d results" % (
+                result["received"], MESSAGES)
+
+        interleave([
+            ("ours", "ours", lambda: job_round(master_client, stream_of(PAYLOADS, MESSAGES),
+                                               MESSAGES)),
+            ("baseline", "pyzmq", lambda: _pushpull_round(vent, sink, MESSAGES)),
+            ("pool100", "pool_imap_chunksize_100", pool_round),
+        ], messages=MESSAGES, rounds=ROUNDS, warmup_rounds=1)
     finally:
         pool.close()
 
@@ -269,14 +279,14 @@ def _req_rep(req):
 
 
 @pytest.mark.benchmark(group="eval")
-def test_eval_ours(bench, server_client):
-    result = bench(server_client.eval, "server.foo", PAYLOAD, role="ours",
-                   rounds=EVAL_ROUNDS, warmup_rounds=200, iterations=1)
-    assert result == PAYLOAD
-
-
-@pytest.mark.benchmark(group="eval")
-def test_eval_baseline_pyzmq(bench, req_socket):
-    result = bench(_req_rep, req_socket, role="baseline",
-                   rounds=EVAL_ROUNDS, warmup_rounds=200, iterations=1)
-    assert result == PAYLOAD
+def test_eval_interleaved(interleave, server_client, req_socket):
+    """Blocks of EVAL_BLOCK calls of Client.eval and of REQ/REP taking
+    turns (conftest.py's interleave), every call timed: both sides' p50
+    and p99 from the same load."""
+    interleave([
+        ("ours", "ours", functools.partial(server_client.eval, "server.foo", PAYLOAD)),
+        ("baseline", "pyzmq_req_rep", functools.partial(_req_rep, req_socket)),
+    ], calls=EVAL_BLOCK, rounds=max(1, EVAL_ROUNDS // EVAL_BLOCK),
+        warmup_rounds=max(1, EVAL_WARMUP // EVAL_BLOCK))
+    assert server_client.eval("server.foo", PAYLOAD) == PAYLOAD
+    assert _req_rep(req_socket) == PAYLOAD
