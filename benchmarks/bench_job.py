@@ -2,7 +2,10 @@
 hand-written baselines of the same shape in the same run.
 
 group "job": 100-byte payloads (128 distinct ones, cycled), MESSAGES per
-round, reported as msgs/s (issue 15's targets: ours >= 2.0x each baseline)
+round, reported as msgs/s (issue 15's targets: ours >= 2.0x each baseline);
+ours, baseline and pool100 take turns in one test (test_job_interleaved:
+ours, baseline, pool100, ours, ...; conftest.py's interleave), so that each
+ratio compares rounds run under the same load
     ours      Client.job -> Master (process) -> 2 Workers (processes) -> Master -> Client
     baseline  ventilator PUSH (thread) -> 2 workers PULL/PUSH (processes) -> sink PULL
     pool100   multiprocessing.Pool(2).imap(chunksize=100) (spawn)
@@ -20,10 +23,13 @@ group "job-stats": the "job" round of ours with live statistics asked for
               13's target: ours >= 0.95x its msgs/s).  On 2 busy cores the
               polling itself costs the job about 10% whichever server is
               asked (measured with the job alone)
-    The two run one after the other; on a loaded machine rounds vary more
-    than the difference, so compare several runs (or interleave the two).
-group "eval": one call per round; p50 and p99 of the rounds (issue 15's
-targets: ours p50 <= 1.0x and p99 <= 1.2x the baseline's)
+    One poller process asks one Master or the other, switched at the
+    start of each round; the two take turns (test_job_stats_interleaved),
+    so that the ratio compares rounds run under the same load.
+group "eval": every call timed; p50 and p99 of the calls (issue 15's
+targets: ours p50 <= 1.0x and p99 <= 1.2x the baseline's); blocks of
+EVAL_BLOCK calls of each side take turns in one test (test_eval_interleaved),
+EVAL_ROUNDS calls of each in all
     ours      Client.eval -> Server (process) -> Client
     baseline  REQ -> REP (process) -> REQ
 
@@ -35,6 +41,7 @@ PYLM_BENCH_ROUNDS, PYLM_BENCH_EVAL_ROUNDS in the environment; conftest.py's
 """
 
 import contextlib
+import functools
 import multiprocessing
 import os
 import threading
@@ -64,6 +71,10 @@ except ImportError:  # benchmarks/ imported as a package
 MESSAGES = int(os.environ.get("PYLM_BENCH_MESSAGES", 100_000))
 ROUNDS = int(os.environ.get("PYLM_BENCH_ROUNDS", 10))
 EVAL_ROUNDS = int(os.environ.get("PYLM_BENCH_EVAL_ROUNDS", 20000))
+#: eval: calls of one side before the other side's turn, and calls of
+#: each side in the warm-up
+EVAL_BLOCK = 100
+EVAL_WARMUP = 200
 #: the job group's payloads: distinct objects, so that pickle's memo does
 #: not flatter the Pool
 PAYLOADS = payloads_of(len(PAYLOAD))
@@ -117,25 +128,25 @@ def _pushpull_round(vent, sink, n):
 
 
 @pytest.mark.benchmark(group="job")
-def test_job_ours(bench, master_client):
-    bench(lambda: job_round(master_client, stream_of(PAYLOADS, MESSAGES), MESSAGES),
-          role="ours", messages=MESSAGES, rounds=ROUNDS, warmup_rounds=1, iterations=1)
-
-
-@pytest.mark.benchmark(group="job")
-def test_job_baseline_pyzmq(bench, pushpull):
+def test_job_interleaved(interleave, master_client, pushpull):
+    """ours, the pyzmq pipeline and the Pool, taking turns round by round
+    (conftest.py's interleave): each ratio from the same load."""
     vent, sink = pushpull
-    bench(_pushpull_round, vent, sink, MESSAGES, role="baseline", messages=MESSAGES,
-          rounds=ROUNDS, warmup_rounds=1, iterations=1)
-
-
-@pytest.mark.benchmark(group="job")
-def test_job_baseline_pool_imap_chunksize_100(bench):
     pool = PoolJob(WORKERS)
     try:
-        run = pool.runner(100)
-        bench(lambda: run(MESSAGES, PAYLOADS), role="pool100", messages=MESSAGES,
-              rounds=ROUNDS, warmup_rounds=1, iterations=1)
+        run_pool = pool.runner(100)
+
+        def pool_round():
+            result = run_pool(MESSAGES, PAYLOADS)
+            assert result["received"] == MESSAGES, "%d of %d results" % (
+                result["received"], MESSAGES)
+
+        interleave([
+            ("ours", "ours", lambda: job_round(master_client, stream_of(PAYLOADS, MESSAGES),
+                                               MESSAGES)),
+            ("baseline", "pyzmq", lambda: _pushpull_round(vent, sink, MESSAGES)),
+            ("pool100", "pool_imap_chunksize_100", pool_round),
+        ], messages=MESSAGES, rounds=ROUNDS, warmup_rounds=1)
     finally:
         pool.close()
 
@@ -158,18 +169,22 @@ def test_job_reference_c_libzmq(tmp_path, request):
 STATS_EVERY = 0.01
 
 
-def _poll_stats(db_address, stop, polls):
-    """Ask the Master for its statistics every STATS_EVERY seconds until
-    `stop` is set (in a process of its own: the cost measured is the
-    server's, not a second thread's in the client's process)."""
-    client = Client("master", db_address, timeout=START_TIMEOUT)
+def _poll_stats(db_addresses, which, stop, polls):
+    """Ask a Master for its statistics every STATS_EVERY seconds until
+    `stop` is set: the one at db_addresses[which.value], chosen anew before
+    each call, and count the answers of each in `polls` (in a process of
+    its own: the cost measured is the server's, not a second thread's in
+    the client's process)."""
+    clients = [Client("master", db, timeout=START_TIMEOUT) for db in db_addresses]
     try:
         while not stop.wait(STATS_EVERY):
-            client.stats(timeout=START_TIMEOUT)
+            target = which.value
+            clients[target].stats(timeout=START_TIMEOUT)
             with polls.get_lock():
-                polls.value += 1
+                polls[target] += 1
     finally:
-        client.close()
+        for client in clients:
+            client.close()
 
 
 @pytest.fixture(scope="module")
@@ -185,19 +200,22 @@ def idle_master():
 
 
 @contextlib.contextmanager
-def _stats_poller(db_address):
-    """A process polling the statistics of the server at `db_address`
-    while the block runs; yields the count of answers."""
+def _stats_poller(db_addresses):
+    """A process polling the statistics of the servers at `db_addresses`
+    while the block runs, one at a time; yields (which, polls): set
+    which.value to the index of the server to ask, polls[i] counts the
+    answers of server i."""
     ctx = multiprocessing.get_context("spawn")
-    stop, polls = ctx.Event(), ctx.Value("q", 0)
-    proc = ctx.Process(target=_poll_stats, args=(db_address, stop, polls))
+    stop, which = ctx.Event(), ctx.Value("i", 0)
+    polls = ctx.Array("q", len(db_addresses))
+    proc = ctx.Process(target=_poll_stats, args=(db_addresses, which, stop, polls))
     proc.start()
     try:
         deadline = time.monotonic() + START_TIMEOUT
-        while polls.value == 0 and proc.is_alive() and time.monotonic() < deadline:
+        while polls[0] == 0 and proc.is_alive() and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert polls.value > 0, "the statistics poller did not get an answer"
-        yield polls
+        assert polls[0] > 0, "the statistics poller did not get an answer"
+        yield which, polls
     finally:
         stop.set()
         proc.join(START_TIMEOUT)
@@ -206,22 +224,23 @@ def _stats_poller(db_address):
             proc.join()
 
 
-def _polled_rounds(bench, client, db_address, role):
-    with _stats_poller(db_address) as polls:
-        before = polls.value
-        bench(lambda: job_round(client, stream_of(PAYLOADS, MESSAGES), MESSAGES), role=role,
-              messages=MESSAGES, rounds=ROUNDS, warmup_rounds=1, iterations=1)
-        assert polls.value > before, "no statistics were read during the rounds"
-
-
 @pytest.mark.benchmark(group="job-stats")
-def test_job_stats_elsewhere(bench, master_client, idle_master):
-    _polled_rounds(bench, master_client, idle_master, "baseline")
+def test_job_stats_interleaved(interleave, master_client, idle_master):
+    """Rounds of the job with the poller asking the job's Master (ours)
+    and asking the idle one (baseline), taking turns (conftest.py's
+    interleave); the poller switches at the start of each turn."""
+    with _stats_poller([master_client.db_address, idle_master]) as (which, polls):
+        def polled_round(target):
+            which.value = target
+            job_round(master_client, stream_of(PAYLOADS, MESSAGES), MESSAGES)
 
-
-@pytest.mark.benchmark(group="job-stats")
-def test_job_stats_polled(bench, master_client):
-    _polled_rounds(bench, master_client, master_client.db_address, "ours")
+        before = list(polls)
+        interleave([
+            ("ours", "polled", functools.partial(polled_round, 0)),
+            ("baseline", "stats_elsewhere", functools.partial(polled_round, 1)),
+        ], messages=MESSAGES, rounds=ROUNDS, warmup_rounds=1)
+        assert all(after > b for after, b in zip(polls, before)), \
+            "statistics not read from both Masters during the rounds (warm-up included): %s" % list(polls)
 
 
 # ---------------------------------------------------------------------------
@@ -269,14 +288,14 @@ def _req_rep(req):
 
 
 @pytest.mark.benchmark(group="eval")
-def test_eval_ours(bench, server_client):
-    result = bench(server_client.eval, "server.foo", PAYLOAD, role="ours",
-                   rounds=EVAL_ROUNDS, warmup_rounds=200, iterations=1)
-    assert result == PAYLOAD
-
-
-@pytest.mark.benchmark(group="eval")
-def test_eval_baseline_pyzmq(bench, req_socket):
-    result = bench(_req_rep, req_socket, role="baseline",
-                   rounds=EVAL_ROUNDS, warmup_rounds=200, iterations=1)
-    assert result == PAYLOAD
+def test_eval_interleaved(interleave, server_client, req_socket):
+    """Blocks of EVAL_BLOCK calls of Client.eval and of REQ/REP taking
+    turns (conftest.py's interleave), every call timed: both sides' p50
+    and p99 from the same load."""
+    interleave([
+        ("ours", "ours", functools.partial(server_client.eval, "server.foo", PAYLOAD)),
+        ("baseline", "pyzmq_req_rep", functools.partial(_req_rep, req_socket)),
+    ], calls=EVAL_BLOCK, rounds=max(1, EVAL_ROUNDS // EVAL_BLOCK),
+        warmup_rounds=max(1, EVAL_WARMUP // EVAL_BLOCK))
+    assert server_client.eval("server.foo", PAYLOAD) == PAYLOAD
+    assert _req_rep(req_socket) == PAYLOAD

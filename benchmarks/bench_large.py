@@ -9,6 +9,9 @@ msgs/s
               calls and JOB_WINDOW_BYTES)
     baseline  zguide's ventilator -> 2 workers -> sink as benchmarks/compare
               runs it (compare.systems.PyzmqJob: 16 MiB in flight)
+    The two take turns round by round in one test per size
+    (test_large_interleaved; conftest.py's interleave), so that the ratio
+    compares rounds run under the same load.
 
 benchmarks/large_payloads.py measures the same two systems outside pytest
 (and the Master's CPU time per message).
@@ -50,16 +53,12 @@ def _pyzmq_round(job, payloads, n):
 
 
 @pytest.mark.parametrize("group", list(SIZES))
-def test_large_ours(bench, benchmark, master_client, group):
+def test_large_interleaved(interleave, benchmark, master_client, pyzmq_job, group):
+    """Rounds of ours and of the pyzmq pipeline taking turns (conftest.py's
+    interleave): the ratio from rounds run under the same load."""
     benchmark.group = group
     payloads, n = payloads_of(SIZES[group]), messages_for(SIZES[group])
-    bench(lambda: job_round(master_client, stream_of(payloads, n), n), role="ours",
-          messages=n, rounds=ROUNDS, warmup_rounds=1, iterations=1)
-
-
-@pytest.mark.parametrize("group", list(SIZES))
-def test_large_baseline_pyzmq(bench, benchmark, pyzmq_job, group):
-    benchmark.group = group
-    payloads, n = payloads_of(SIZES[group]), messages_for(SIZES[group])
-    bench(_pyzmq_round, pyzmq_job, payloads, n, role="baseline", messages=n,
-          rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    interleave([
+        ("ours", "ours", lambda: job_round(master_client, stream_of(payloads, n), n)),
+        ("baseline", "pyzmq", lambda: _pyzmq_round(pyzmq_job, payloads, n)),
+    ], messages=n, rounds=ROUNDS, warmup_rounds=1)

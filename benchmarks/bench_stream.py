@@ -10,6 +10,9 @@ group "stream": 100-byte payloads, MESSAGES per round, reported as msgs/s
               process per stage, the client keeping the same window of calls
               in flight as Client.job (pylm.clients.JOB_WINDOW); frames sent
               one by one, not with send_multipart (see _peers.py)
+    The two take turns round by round in one test (test_stream_interleaved;
+    conftest.py's interleave), so that the ratio compares rounds run under
+    the same load.
 
 If our chain cannot be brought up, the benchmark is skipped with the error.
 
@@ -94,16 +97,6 @@ def _stream_round(client, n):
     job_round(client, itertools.repeat(PAYLOAD, n), n, function=FUNCTION)
 
 
-@pytest.mark.benchmark(group="stream")
-def test_stream_ours(bench, stream_client):
-    try:
-        bench(_stream_round, stream_client, MESSAGES, role="ours", messages=MESSAGES,
-              rounds=ROUNDS, warmup_rounds=1, iterations=1)
-    except Exception as exc:
-        pytest.skip("our Server -> Pipeline -> Pipeline chain failed during Client.job: "
-                    "%s: %s" % (type(exc).__name__, exc))
-
-
 # ---------------------------------------------------------------------------
 # hand-written pyzmq chain
 
@@ -149,8 +142,30 @@ def _chain_round(push, sub, me, n):
     assert got == n, "%d of %d replies" % (got, n)
 
 
+# ---------------------------------------------------------------------------
+# both, taking turns
+
+class _ChainFailed(Exception):
+    """Our chain failed during Client.job (the test is skipped with it)."""
+
+
 @pytest.mark.benchmark(group="stream")
-def test_stream_baseline_pyzmq(bench, pyzmq_chain):
+def test_stream_interleaved(interleave, stream_client, pyzmq_chain):
+    """Rounds of ours and of the pyzmq chain taking turns (conftest.py's
+    interleave): the ratio from rounds run under the same load."""
     push, sub, me = pyzmq_chain
-    bench(_chain_round, push, sub, me, MESSAGES, role="baseline", messages=MESSAGES,
-          rounds=ROUNDS, warmup_rounds=1, iterations=1)
+
+    def ours():
+        try:
+            _stream_round(stream_client, MESSAGES)
+        except Exception as exc:
+            raise _ChainFailed("%s: %s" % (type(exc).__name__, exc)) from exc
+
+    try:
+        interleave([
+            ("ours", "ours", ours),
+            ("baseline", "pyzmq", lambda: _chain_round(push, sub, me, MESSAGES)),
+        ], messages=MESSAGES, rounds=ROUNDS, warmup_rounds=1)
+    except _ChainFailed as exc:
+        pytest.skip("our Server -> Pipeline -> Pipeline chain failed during Client.job: %s"
+                    % exc)

@@ -13,12 +13,20 @@
   group and says which of issue 15's targets the run met.  Times are
   reported, never asserted.  The summary is also written as JSON
   (``--bench-json``, default build/bench-targets.json).
+* ``interleave([(role, label, fn), ...], ...)`` measures the sides of a
+  group in one test, taking turns (ours, then each baseline, then ours
+  again...), and records each side's samples the same way: on this shared
+  machine the load changes from second to second, and sides measured one
+  after the other (one test each) gave ratios that swung from 0.7x to 2.4x
+  between runs, where taking turns gave the same ratio run after run.
+  Issue 15's target groups (job, eval, stream, large-*) are measured so.
 
 Run with ``make bench`` (adds --benchmark-disable-gc).
 """
 
 import os
 import sys
+import time
 
 import pytest
 
@@ -82,6 +90,59 @@ def bench(benchmark, request):
                 benchmark.extra_info["p50_us"] = round(recorded["median"] * 1e6, 1)
                 benchmark.extra_info["p99_us"] = round(recorded["p99"] * 1e6, 1)
         return result
+
+    return run
+
+
+@pytest.fixture
+def interleave(benchmark, request):
+    """``interleave(sides, messages=0, calls=1, rounds=..., warmup_rounds=...)``:
+    measure the `sides` of the test's benchmark group taking turns, and
+    record each (_targets.add) under its role, named
+    ``test-name[label]``.
+
+    `sides` is a list of (role, label, fn).  One round runs, for each side
+    in turn, `calls` calls of fn() and times each call: a sample.  With
+    `messages` (> 0) a call handles that many messages and its time is
+    reported as msgs/s (give calls=1); with 0 each call is one round trip,
+    timed as a latency (p50, p99 of all its calls).  Warm-up rounds run
+    first, in the same turns, and are not kept.  ``--rounds`` and
+    ``--warmup-rounds`` override the counts.  pytest-benchmark times whole
+    rounds (every side's turn): its table row for the test is the time of
+    one round of all sides, not a figure of any one side; the summary's
+    figures are each side's own samples."""
+    opts = request.config.option
+
+    def run(sides, *, messages=0, calls=1, rounds, warmup_rounds):
+        rounds = opts.rounds or rounds
+        warmup_rounds = opts.warmup_rounds or warmup_rounds
+        samples = {role: [] for role, _, _ in sides}
+        clock = time.perf_counter
+
+        def one_round(kept):
+            for role, _, fn in sides:
+                out = samples[role] if kept else []
+                append = out.append
+                for _ in range(calls):
+                    t0 = clock()
+                    fn()
+                    append(clock() - t0)
+
+        for _ in range(warmup_rounds):
+            one_round(False)
+        benchmark.pedantic(one_round, (True,), rounds=rounds, warmup_rounds=0, iterations=1)
+        if getattr(benchmark, "stats", None) is None:     # --benchmark-disable
+            return samples
+        for role, label, _ in sides:
+            name = "%s[%s]" % (request.node.name, label)
+            _targets.add(benchmark.group, role, name, samples[role], messages)
+            recorded = _targets.RESULTS[benchmark.group][role]
+            if messages:
+                benchmark.extra_info["%s_msgs_per_s" % role] = round(messages / recorded["median"])
+            else:
+                benchmark.extra_info["%s_p50_us" % role] = round(recorded["median"] * 1e6, 1)
+                benchmark.extra_info["%s_p99_us" % role] = round(recorded["p99"] * 1e6, 1)
+        return samples
 
     return run
 
