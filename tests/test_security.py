@@ -159,6 +159,30 @@ def job_of(client, function, n, suffix, prefix=b""):
     assert Counter(replies) == Counter(prefix + p + suffix for p in payloads)
 
 
+def refused_peer(server, ctx, kind, address, options, subscribe=False):
+    """A raw socket of `kind` with `options` (CURVE settings or none),
+    connected to `address`: a fake worker (DEALER) announces itself, a SUB
+    subscribes to everything; returns it once `server` counted its refusal."""
+    sock = ctx.socket(kind)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        if subscribe:
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+        for name, value in options.items():
+            sock.setsockopt(getattr(zmq, name), value)
+        settle(server)
+        before = server.refused
+        sock.connect(address)
+        if kind == zmq.DEALER:
+            sock.send_multipart([b"R", b"1000"])
+        wait_for(lambda: server.refused > before, timeout=REFUSED_WITHIN,
+                 what="%s at %s refused" % (sock.type, address))
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
 def silent(sock, ms=300):
     """Nothing arrived on sock (within `ms`: used after traffic flowed)."""
     return not sock.poll(ms)
@@ -262,18 +286,8 @@ def test_master_refuses_bad_peers_and_fake_workers(keys):
                 router = client.get("worker_router_address").decode()
                 for kind, address in ((zmq.DEALER, router),
                                       (zmq.PULL, addresses["worker_push_address"])):
-                    sock = ctx.socket(kind)
+                    sock = refused_peer(master, ctx, kind, address, outsider)
                     fakes.append(sock)
-                    sock.setsockopt(zmq.LINGER, 0)
-                    for name, value in outsider.items():
-                        sock.setsockopt(getattr(zmq, name), value)
-                    settle(master)
-                    before = master.refused
-                    sock.connect(address)
-                    if kind == zmq.DEALER:
-                        sock.send_multipart([b"R", b"1000"])
-                    wait_for(lambda: master.refused > before, timeout=REFUSED_WITHIN,
-                             what="fake worker refused")
                     z85 = zmq.auth.load_certificate(keys.outsider_public)[0].decode()
                     assert z85 in master._refusals._who
                     # while it retries, the real worker gets every call
@@ -315,20 +329,9 @@ def test_the_ipc_twins_of_a_master_refuse_as_its_tcp_endpoints(keys):
             outsider = curve_options(keys.server_public, keys.outsider_secret)
             for kind, address, options in ((zmq.SUB, pub, {}),
                                            (zmq.DEALER, worker.router_address, outsider)):
-                sock = ctx.socket(kind)
+                sock = refused_peer(master, ctx, kind, address, options,
+                                    subscribe=kind == zmq.SUB)
                 try:
-                    sock.setsockopt(zmq.LINGER, 0)
-                    if kind == zmq.SUB:
-                        sock.setsockopt(zmq.SUBSCRIBE, b"")
-                    for name, value in options.items():
-                        sock.setsockopt(getattr(zmq, name), value)
-                    settle(master)
-                    before = master.refused
-                    sock.connect(address)
-                    if kind == zmq.DEALER:
-                        sock.send_multipart([b"R", b"1000"])
-                    wait_for(lambda: master.refused > before, timeout=REFUSED_WITHIN,
-                             what="%s at %s refused" % (sock.type, address))
                     job_of(client, "m.tag", 500, b"", prefix=b"good:")
                     assert silent(sock)
                 finally:
