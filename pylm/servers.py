@@ -146,6 +146,11 @@ class _Served(DefaultStream):
         self._started: Optional[float] = None
         self._stopped: Optional[float] = None
         self._metrics: Optional[MetricsServer] = None
+        #: bind ipc twins for local peers (pylm._local): set by the servers
+        #: that take the ``local_ipc`` keyword (Server, Master, Hub)
+        self.local_ipc = False
+        #: the cache entries of the twins bound (empty values: none)
+        self._twins: Dict[str, str] = _local.published("", "", "")
         if metrics_port is not None:
             from pylm._metrics import MetricsServer   # the optional extra, only when asked
             self._metrics = MetricsServer(self, metrics_port)
@@ -174,6 +179,17 @@ class _Served(DefaultStream):
         # under half of it (the limit of the sockets this server binds)
         return {"name": self.name, CONFIG_PROTOCOL_KEY: PROTOCOL,
                 "max_message_size": str(MAX_MESSAGE_SIZE)}
+
+    def _bind_twins(self, inbound: Optional[Socket], pub: Socket,
+                    router: Optional[Socket] = None) -> None:
+        """With ``local_ipc``, bind the ipc twin of each given socket's tcp
+        endpoint and keep them for the cache (pylm._local), before the
+        cache is served."""
+        if self.local_ipc:
+            self._twins = _local.published(
+                "" if inbound is None else _local.bind_twin(inbound, self.logger),
+                _local.bind_twin(pub, self.logger),
+                "" if router is None else _local.bind_twin(router, self.logger))
 
     def _serve_cache(self, rt: Runtime, limit: int) -> None:
         """Preset the config keys and run the cache service at db_address
@@ -264,15 +280,21 @@ class Server(_Served):
     :param pipelined: send results to the next stage (topic = name,
         ``stage += 1``) instead of the client
     :param messages: return from start() after this many calls
+    :param local_ipc: also bind an ipc twin of the pull and pub tcp
+        endpoints, which its clients on this host take instead
+        (pylm._local), as a Master's; tcp stays for everyone else
     :param options: keyword-only options of every server (see _Served)
     """
 
     def __init__(self, name: str, db_address: str, pull_address: str, pub_address: str,
                  pipelined: bool = False, log_level: Union[int, str, None] = None,
-                 messages: int = sys.maxsize, **options: Any) -> None:
+                 messages: int = sys.maxsize, *, local_ipc: bool = True,
+                 **options: Any) -> None:
         super().__init__(name, db_address, log_level, **options)
         self.pull_address = pull_address
         self.pub_address = pub_address
+        #: clients on this host reach the Server by ipc (pylm._local)
+        self.local_ipc = local_ipc
         self.pipelined = pipelined
         self.messages = messages
 
@@ -280,14 +302,16 @@ class Server(_Served):
         config = super()._config()
         config.update(pull_address=self.pull_address, pub_address=self.pub_address,
                       db_address=self.db_address)
+        config.update(self._twins)
         return config
 
     def start(self, cache_messages: int = sys.maxsize) -> None:
         """Serve until `messages` calls were made or stop() is called."""
         with self._runtime() as rt:
-            self._serve_cache(rt, cache_messages)
             pull = rt.socket(zmq.PULL, bind=self.pull_address, MAXMSGSIZE=MAX_MESSAGE_SIZE)
             pub = rt.publisher(self.pub_address, MAX_MESSAGE_SIZE)
+            self._bind_twins(pull, pub)
+            self._serve_cache(rt, cache_messages)
             self._run(rt, self._executor(rt, [(pull, _core.IN_PLAIN_)], pub, _core.OUT_TOPIC_,
                                          name=self.name, limit=self.messages))
 
@@ -415,7 +439,6 @@ class Master(_Served):
         self.worker_timeout = worker_timeout
         #: clients and workers on this host reach the Master by ipc (pylm._local)
         self.local_ipc = local_ipc
-        self._twins: Dict[str, str] = _local.published("", "", "")
         self.pipelined = pipelined
         self.messages = messages
 
@@ -456,10 +479,7 @@ class Master(_Served):
             self._router_bound = router.getsockopt_string(zmq.LAST_ENDPOINT)
             inbound, in_kind = self._inbound(rt)
             pub = rt.publisher(self.pub_address, MAX_MESSAGE_SIZE)
-            if self.local_ipc:
-                self._twins = _local.published(
-                    "" if in_kind == _core.IN_TOPIC_ else _local.bind_twin(inbound, self.logger),
-                    _local.bind_twin(pub, self.logger), _local.bind_twin(router, self.logger))
+            self._bind_twins(None if in_kind == _core.IN_TOPIC_ else inbound, pub, router)
             self._serve_cache(rt, cache_messages)
             wpush = rt.socket(zmq.PUSH, bind=self.worker_push_address)
             wpull = rt.socket(zmq.PULL, bind=self.worker_pull_address,

@@ -64,6 +64,7 @@ cdef class Executor(Part):
     """
     cdef:
         void *ins[16]               # inbound sockets (libzmq handles)
+        int in_watch[16]            # their watch numbers in the Router
         int kinds[16]               # IN_* of each inbound socket
         int n_in
         void *out                   # outbound socket
@@ -171,7 +172,7 @@ cdef class Executor(Part):
                 runner.tick(self, HOLD_TICK_MS)
         self.cbatch.bind(self.out, self.waiter, self.subs)
         for i in range(self.n_in):
-            runner.watch(self.ins[i], -1, PZ_POLLIN, self, i, True)
+            self.in_watch[i] = runner.watch(self.ins[i], -1, PZ_POLLIN, self, i, True)
         if self.out_kind == OUT_TOPIC:
             # the XPUB too: subscriptions (and welcomes) are handled there.
             # Only a socket not watched already: ZMQ_EVENTS on a second
@@ -217,6 +218,10 @@ cdef class Executor(Part):
                     rc = mp_recv(&mp, self.ins[slot], PZ_DONTWAIT)
                 if rc < 0:
                     if pz_errno() == EAGAIN:
+                        # only read here (a worker's DEALER is written too):
+                        # the Router's wait need not ask it before sleeping
+                        if self.ins[slot] != self.out:
+                            self.runner.mark_drained(self.in_watch[slot])
                         return 0
                     _check_rc(rc)
                     continue

@@ -106,9 +106,11 @@ def test_a_server_refuses_remote_writes_of_its_configuration(addresses, make_cli
             assert client.get("name") == b"store"
             # the server's own code is not restricted
             assert client.eval("store.republish", b"", timeout=TIMEOUT) == b"pub_address"
-            # a new client finds the server where it is
+            # a new client finds the server where it is (on this host, at
+            # its ipc twins)
             fresh = make_client("store", db, timeout=TIMEOUT)
-            assert (fresh.push_address, fresh.sub_address) == (pull, pub)
+            assert fresh.push_address in (pull, _local.twin_of(pull))
+            assert fresh.sub_address in (pub, _local.twin_of(pub))
             assert fresh.eval("store.echo", b"still here", timeout=TIMEOUT) == b"still here"
     refused = 2 * (len(keys) + 2)
     assert server.stats["cache_refused"] == refused

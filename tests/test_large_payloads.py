@@ -1,7 +1,7 @@
 """Large payloads through a Master (issue 15 item 2): every reply exactly
 once when a worker holding 1 MiB calls is SIGKILLed, and the local links
-(pylm/_local.py): clients and workers on the Master's host reach it by its
-ipc twins, everything else by tcp.
+(pylm/_local.py): clients and workers on the host of a Master (or a
+Server) reach it by its ipc twins, everything else by tcp.
 
 Real processes and sockets; loops bounded in count and time.
 """
@@ -189,19 +189,47 @@ def test_a_master_whose_twin_names_are_taken_says_so_and_serves_tcp(caplog):
 
 
 def test_no_remote_request_sets_the_local_keys():
-    """On any server (here a Server, which publishes no twins) the local
-    keys are configuration keys: a stranger cannot point the server's local
-    clients at a socket of its own."""
+    """On any server (here a Server without twins) the local keys are
+    configuration keys: a stranger cannot point the server's local clients
+    at a socket of its own."""
     from pylm._cache import CONFIG_KEYS
     assert set(_local.LOCAL_KEYS) <= CONFIG_KEYS
     pull, pub, db = tcp_addresses(3)
-    server = Server("plain", db, pull, pub)
+    server = Server("plain", db, pull, pub, local_ipc=False)
     with running(server):
         with Client("plain", db, timeout=TIMEOUT) as client:
             for key in _local.LOCAL_KEYS:
                 with pytest.raises(PermissionError):
                     client.set(b"ipc://@elsewhere", key)
             assert client.push_address == pull
+        with Client("plain", db, timeout=TIMEOUT) as client:
+            assert client.push_address == pull
+
+
+class WhereServer(Server):
+    def where(self, payload):
+        return self.pull_address.encode() + b" " + payload
+
+
+def test_local_clients_of_a_server_take_its_ipc_twins():
+    """A Server binds twins of its pull and pub endpoints as a Master does
+    (Client.eval's round trip over ipc); local_ipc=False keeps tcp; a
+    client given the tcp addresses still reaches the tcp endpoints."""
+    pull, pub, db = tcp_addresses(3)
+    with running(WhereServer("twinned", db, pull, pub)):
+        with Client("twinned", db, timeout=TIMEOUT) as client:
+            assert (client.push_address, client.sub_address) == \
+                (_local.twin_of(pull), _local.twin_of(pub))
+            assert client.eval("twinned.where", b"x", timeout=TIMEOUT) == \
+                pull.encode() + b" x"
+        with Client("twinned", db, push_address=pull, sub_address=pub,
+                    timeout=TIMEOUT) as client:
+            assert client.eval("twinned.where", b"tcp", timeout=TIMEOUT).endswith(b"tcp")
+    pull, pub, db = tcp_addresses(3)
+    with running(WhereServer("untwinned", db, pull, pub, local_ipc=False)):
+        with Client("untwinned", db, timeout=TIMEOUT) as client:
+            assert (client.push_address, client.sub_address) == (pull, pub)
+            assert client.eval("untwinned.where", b"y", timeout=TIMEOUT).endswith(b"y")
 
 
 def test_another_host_id_keeps_tcp():

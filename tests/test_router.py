@@ -23,7 +23,7 @@ from pylm.parts import core as parts_core
 from pylm.parts.servers import ServerTemplate
 from pylm.parts.services import PullService
 from pylm.persistence.kv import DictDB
-from pylm.servers import MAX_MESSAGE_SIZE, Worker
+from pylm.servers import MAX_MESSAGE_SIZE, Server, Worker
 
 import test_parts
 from palm_reference import batch, unbatch
@@ -321,3 +321,39 @@ def test_the_router_sees_messages_a_handler_left_unread():
     finally:
         for sock in sockets:
             sock.close(linger=0)
+
+
+class _Echo(Server):
+    def f(self, payload):
+        return payload
+
+
+def test_a_server_reads_a_burst_longer_than_its_batch_without_a_tick():
+    """More calls at once than the Executor takes per wake-up (BATCH): the
+    rest stay queued with no new libzmq command to signal them, so the
+    Router's wait must ask that socket again (it skips the ask only after
+    the Executor's receive said EAGAIN: wait_items' `drained`).  With
+    hold_replies=0 the Server has no tick that would wake it anyway: a
+    wrong skip hangs here."""
+    n = 3 * 256 + 5
+    db, pull, pub = tcp_addresses(3)
+    server = _Echo("burst", db, pull, pub, hold_replies=0)
+    ctx = context()
+    push, sub = ctx.socket(zmq.PUSH), ctx.socket(zmq.SUB)
+    try:
+        with running(server):
+            sub.setsockopt(zmq.RCVTIMEO, TIMEOUT * 1000)
+            sub.setsockopt(zmq.SUBSCRIBE, b"c")
+            sub.setsockopt(zmq.SUBSCRIBE, _core.WELCOME)
+            sub.connect(pub)
+            assert sub.recv() == _core.WELCOME        # subscribed
+            push.connect(pull)
+            for i in range(n):
+                push.send(test_parts.envelope(b"%d" % i, function="burst.f"))
+            got = set()
+            for _ in range(n):
+                got.add(_core.PalmMessage.FromString(sub.recv_multipart()[-1]).payload)
+            assert got == {b"%d" % i for i in range(n)}
+    finally:
+        push.close(linger=0)
+        sub.close(linger=0)
