@@ -449,7 +449,6 @@ cdef class ReplyReader:
             if receiver is None:
                 self.stale += 1
                 continue
-            payload, error = self._result(&env)
             if type(receiver) is stream:
                 if receiver is not last:
                     if last is not None:
@@ -457,13 +456,28 @@ cdef class ReplyReader:
                     queued = []
                     touched.append(receiver)
                     last = receiver
-                queued.append(payload if error is None else (payload, error))
+                if env.f[PZ_F_ERROR].n:
+                    queued.append(self._result(&env))
+                else:       # the usual reply: its payload, no tuple made
+                    queued.append(PyBytes_FromStringAndSize(
+                        env.f[PZ_F_PAYLOAD].p, <Py_ssize_t>env.f[PZ_F_PAYLOAD].n))
             else:
                 del pending[env.call]
+                payload, error = self._result(&env)
                 answered.append((receiver, payload, error))
         if last is not None:
             last.extend(queued)
         return n, touched, answered
+
+
+cdef bytes _call_prefix(bytes pipeline, bytes client, bytes function, bytes cache):
+    """Fields 1, 2, 4, 5 of every call of (function, cache), encoded once:
+    pz_batch_add_call writes a call from them, its payload and call id."""
+    cdef pz_env penv
+    _fill_call(&penv, pipeline, client, function, cache, NULL, 0, 0, 0)
+    prefix = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>pz_encoded_size(&penv))
+    pz_encode(&penv, PyBytes_AS_STRING(prefix))
+    return prefix
 
 
 cdef class JobStream:
@@ -550,10 +564,7 @@ cdef class JobStream:
         self.client = client
         self.function = function
         self.cache = cache
-        cdef pz_env penv
-        _fill_call(&penv, pipeline, client, function, cache, NULL, 0, 0, 0)
-        self.prefix = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>pz_encoded_size(&penv))
-        pz_encode(&penv, PyBytes_AS_STRING(self.prefix))
+        self.prefix = _call_prefix(pipeline, client, function, cache)
         self.window = self.call_window = max(1, window)
         self.window_bytes = max(<size_t>1, window_bytes)
         self.max_len = 0
@@ -903,22 +914,32 @@ cdef class CallBatch:
         cdef Py_buffer buf
         cdef long long n = 0
         cdef OutFrame out[2]
+        cdef bytes prefix = _call_prefix(self.pipeline, self.client, function, cache)
         while n < most:
             try:
                 payload = next(it)
             except StopIteration:
                 return n, STOP_END
-            check_payload(payload)
-            PyObject_GetBuffer(payload, &buf, PyBUF_SIMPLE)
-            try:
-                if buf.len >= LEND_MIN:
-                    return n, payload
-                _fill_call(&env, self.pipeline, self.client, function, cache,
-                           <const char *>buf.buf, <size_t>buf.len, PZ_FLAG_BATCH, call)
-                if pz_batch_add_env(&self.out, &env) != 0:
+            if type(payload) is bytes and PyBytes_GET_SIZE(payload) < LEND_MIN:
+                # the usual call: the prefix, then this payload and call id
+                if pz_batch_add_call(&self.out, PyBytes_AS_STRING(prefix),
+                                     <size_t>PyBytes_GET_SIZE(prefix),
+                                     PyBytes_AS_STRING(payload),
+                                     <size_t>PyBytes_GET_SIZE(payload),
+                                     PZ_FLAG_BATCH, call) != 0:
                     raise MemoryError()
-            finally:
-                PyBuffer_Release(&buf)
+            else:
+                check_payload(payload)
+                PyObject_GetBuffer(payload, &buf, PyBUF_SIMPLE)
+                try:
+                    if buf.len >= LEND_MIN:
+                        return n, payload
+                    _fill_call(&env, self.pipeline, self.client, function, cache,
+                               <const char *>buf.buf, <size_t>buf.len, PZ_FLAG_BATCH, call)
+                    if pz_batch_add_env(&self.out, &env) != 0:
+                        raise MemoryError()
+                finally:
+                    PyBuffer_Release(&buf)
             n += 1
             if self.out.count >= MAX_SEND or self.out.len >= self.batch_bytes:
                 out[0] = copy_frame(<char *>_BATCH_MARK, MARK_LEN)
