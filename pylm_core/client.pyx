@@ -672,7 +672,7 @@ cdef class JobStream:
             # refill in whole batches: wait until a batch worth of room is
             # free (or nothing is in flight), so calls and replies travel
             # in batches rather than one by one
-            if not self.resend_q and self.inflight and \
+            if not self.resend_q and self.pending is None and self.inflight and \
                     self.window - self.inflight < min(MAX_SEND, self.window // 2):
                 return 0
         while self._room():
@@ -759,6 +759,11 @@ cdef class JobStream:
         publisher welcomed us: the server restarted, or the link came back)."""
         cdef uint64_t call
         self.seen_welcomes = self.reader.welcomes
+        # calls still waiting unsent (a batch or a call the PUSH had no room
+        # for) have their slots like the others: they go once, from resend_q
+        self.out.len = 0
+        self.out.count = 0
+        self.pending = None
         self.resend_q = []
         call = self.call
         while call != self.first:       # newest first: popped from the end
