@@ -30,6 +30,7 @@ import contextlib
 import itertools
 import logging
 import multiprocessing
+import os
 import signal
 import sys
 import time
@@ -232,9 +233,17 @@ class IdentityPipeline(Pipeline):
         return payload
 
 
+def cpu_seconds(pid):
+    """CPU seconds (user + system) process `pid` has used so far, from
+    /proc: the figure load distorts less than wall-clock rates."""
+    with open("/proc/%d/stat" % pid) as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_master(report, name, pull, pub, wpull, wpush, db, keys=None):
-    """A pylm Master (`keys`: its security keywords, for the CURVE
-    benchmarks).  Reports before start(); readiness is checked over the
+    """A pylm Master (`keys`: more of its keywords: security for the CURVE
+    benchmarks, ``local_ipc``).  Reports before start(); readiness is checked over the
     wire by the parent (its cache answers, workers answer `who`)."""
     _quiet_logging()
     server = Master(name, pull, pub, wpull, wpush, db, log_level=LOG_LEVEL, **(keys or {}))

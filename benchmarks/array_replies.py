@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _peers import LOG_LEVEL, Peer, tcp_addresses  # noqa: E402
+from _peers import LOG_LEVEL, Peer, cpu_seconds, tcp_addresses  # noqa: E402
 from pylm.arrays import dumps  # noqa: E402
 from pylm.clients import Client  # noqa: E402
 from pylm.servers import Server  # noqa: E402
@@ -51,11 +51,6 @@ def run_reply_server(report, name, db, pull, pub):
     server = ReplyServer(name, db, pull, pub, log_level=LOG_LEVEL)
     report()
     server.start()
-
-
-def cpu_seconds(pid):
-    fields = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main():

@@ -24,26 +24,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _peers  # noqa: E402
 from compare import systems  # noqa: E402
 from compare.systems import OursJob, PyzmqJob, payloads_of  # noqa: E402
-from pylm.servers import Master  # noqa: E402
-
-
-def run_tcp_master(report, name, pull, pub, wpull, wpush, db, keys=None):
-    """_peers.run_master without the ipc twins."""
-    _peers._quiet_logging()
-    server = Master(name, pull, pub, wpull, wpush, db, log_level=_peers.LOG_LEVEL,
-                    local_ipc=False)
-    report()
-    server.start()
 
 
 class TcpOursJob(OursJob):
-    def __init__(self):
-        launch = _peers.run_master
-        _peers.run_master = run_tcp_master
-        try:
-            super().__init__()
-        finally:
-            _peers.run_master = launch
+    """pylm with its Master's links on tcp only."""
+    MASTER_OPTIONS = {"local_ipc": False}
 
 
 class IpcPyzmqJob(PyzmqJob):
@@ -63,16 +48,11 @@ SYSTEMS = (("pylm-tcp", TcpOursJob), ("pylm-ipc", OursJob), ("pyzmq-tcp", PyzmqJ
            ("pyzmq-ipc", IpcPyzmqJob))
 
 
-def proc_cpu(pid):
-    fields = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def cpu_of(job):
     """CPU seconds of this process (the client or ventilator and sink) and
     of each of the job's peers."""
     mine = os.times()
-    return [mine.user + mine.system] + [proc_cpu(p.process.pid) for p in job.peers]
+    return [mine.user + mine.system] + [_peers.cpu_seconds(p.process.pid) for p in job.peers]
 
 
 def main(argv=None):

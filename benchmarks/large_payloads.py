@@ -23,6 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _peers import cpu_seconds  # noqa: E402
 from compare.systems import OursJob, PyzmqJob, payloads_of, stream_of  # noqa: E402
 
 SIZES = (64 * 1024, 1024 * 1024)
@@ -35,11 +36,6 @@ LARGE_MIB = int(os.environ.get("PYLM_BENCH_LARGE_MIB", 256))
 def messages_for(size):
     """LARGE_MIB of payloads per round, between 200 and 200,000 calls."""
     return max(200, min(200000, (LARGE_MIB << 20) // size))
-
-
-def cpu_seconds(pid):
-    fields = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def each_size(job, sizes, measure):

@@ -69,11 +69,14 @@ def window_for(size):
 class OursJob:
     """pylm: a Master process, N Worker processes, a Client here."""
 
+    #: more keywords of the Master (a subclass's), None: its defaults
+    MASTER_OPTIONS = None
+
     def __init__(self):
         db, pull, pub, wpull, wpush = _peers.tcp_addresses(5)
         self.db = db
         self.peers = [_peers.Peer(_peers.run_master, "master", pull, pub, wpull, wpush, db,
-                                  name="master").launch()]
+                                  self.MASTER_OPTIONS, name="master").launch()]
         self.names = []
         self.client = None
         try:
