@@ -1,5 +1,6 @@
-"""Local links: an ipc endpoint beside each tcp endpoint a Master binds,
-taken by its clients and workers that run on the same host.
+"""Local links: an ipc endpoint beside each tcp endpoint a Master binds (a
+Server: its pull and pub), taken by its clients and workers that run on the
+same host.
 
 Large payloads spend most of their time in the kernel's TCP stack
 (segmentation, softirq, acks) on top of the two copies every byte costs;
@@ -88,7 +89,8 @@ def bind_twin(sock: Socket, logger: logging.Logger) -> str:
 
 
 def published(pull: str, pub: str, router: str) -> Dict[str, str]:
-    """The cache entries of a Master's twins (its config)."""
+    """The cache entries of a server's twins (its config; a Server has no
+    `router`)."""
     return {LOCAL_HOST_KEY: host_id() if (pull or pub or router) else "",
             LOCAL_PULL_KEY: pull, LOCAL_PUB_KEY: pub, LOCAL_ROUTER_KEY: router}
 
